@@ -1,0 +1,179 @@
+"""Teacher clients for trainers: send many items on one stream, get exactly one result per id back.
+
+    with TeacherClient("localhost:50051") as teacher:
+        results = teacher.generate([generate_request("a", "Once upon a time", n=4, logprobs=True)])
+        results["a"].completions[0].text
+
+Results come back as the proto messages (`GenerateResult`, `ScoreResult`), keyed by id. A failed item is a result
+with `error` set (see `raise_for_error`); an item the server never answered (the stream broke, the server drained)
+gets a client-made UNAVAILABLE error, so every id you sent has exactly one result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+
+_UNAVAILABLE = 14
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_MiB = 1024 * 1024
+Result = TypeVar("Result", teacher_pb2.GenerateResult, teacher_pb2.ScoreResult)
+
+
+class ItemFailed(RuntimeError):
+    def __init__(self, item_id: str, error: common_pb2.Status) -> None:
+        name = _CODE_NAMES.get(error.code, str(error.code))
+        super().__init__(f"item {item_id!r} failed with {name}: {error.message}")
+        self.item_id = item_id
+        self.code = error.code
+        self.field = error.field
+
+
+def raise_for_error(result: teacher_pb2.GenerateResult | teacher_pb2.ScoreResult) -> None:
+    if result.HasField("error"):
+        raise ItemFailed(result.id, result.error)
+
+
+def _prompt(value: str | list[int]) -> common_pb2.Prompt:
+    if isinstance(value, str):
+        return common_pb2.Prompt(text=value)
+    return common_pb2.Prompt(token_ids=common_pb2.TokenIds(ids=value))
+
+
+def generate_request(
+    id: str, prompt: str | list[int], *, timeout_ms: int = 0, **params: Any
+) -> teacher_pb2.GenerateRequest:
+    """`params` are SamplingParams fields: n, temperature, top_p, top_k, seed, max_tokens, stop, logprobs, ..."""
+    return teacher_pb2.GenerateRequest(
+        id=id, prompt=_prompt(prompt), params=teacher_pb2.SamplingParams(**params), timeout_ms=timeout_ms
+    )
+
+
+def score_request(
+    id: str, context: str | list[int], target: str | list[int], *, top_logprobs: int = 0, timeout_ms: int = 0
+) -> teacher_pb2.ScoreRequest:
+    return teacher_pb2.ScoreRequest(
+        id=id, context=_prompt(context), target=_prompt(target), top_logprobs=top_logprobs, timeout_ms=timeout_ms
+    )
+
+
+def _unanswered(kind: type[Result], item_id: str, why: str) -> Result:
+    return kind(id=item_id, error=common_pb2.Status(code=_UNAVAILABLE, message=why))
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+def _collect(kind: type[Result], sent: list[str], answers: Iterable[Result], broke: str | None) -> dict[str, Result]:
+    results: dict[str, Result] = {}
+    for result in answers:
+        results.setdefault(result.id, result)
+    why = broke or "the stream ended before this item was answered"
+    for item_id in sent:
+        if item_id not in results:
+            results[item_id] = _unanswered(kind, item_id, why)
+    return results
+
+
+class TeacherClient:
+    """Blocking client (one channel; safe to share across threads)."""
+
+    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * _MiB) -> None:
+        self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> TeacherClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+
+    def info(self) -> common_pb2.ModelInfo:
+        info: common_pb2.ModelInfo = self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+        return info
+
+    def generate_stream(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> Iterator[teacher_pb2.GenerateResult]:
+        """Results as they finish, in completion order."""
+        yield from self.stub.Generate(iter(requests), timeout=self.timeout_s)
+
+    def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
+        return self._run(teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
+
+    def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
+        return self._run(teacher_pb2.ScoreResult, self.stub.Score, list(requests))
+
+    def _run(self, kind: type[Result], method: Any, requests: list[Any]) -> dict[str, Result]:
+        answers: list[Result] = []
+        broke = None
+        try:
+            for result in method(iter(requests), timeout=self.timeout_s):
+                answers.append(result)
+        except grpc.RpcError as exc:
+            broke = f"stream failed with {exc.code().name}: {exc.details()}"
+        return _collect(kind, [r.id for r in requests], answers, broke)
+
+
+class AsyncTeacherClient:
+    """asyncio client; create it inside the running loop."""
+
+    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * _MiB) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
+        self.timeout_s = timeout_s
+
+    async def __aenter__(self) -> AsyncTeacherClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close(grace=None)
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
+
+    async def info(self) -> common_pb2.ModelInfo:
+        info: common_pb2.ModelInfo = await self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+        return info
+
+    async def generate_stream(
+        self, requests: Iterator[teacher_pb2.GenerateRequest] | AsyncIterator[teacher_pb2.GenerateRequest]
+    ) -> AsyncIterator[teacher_pb2.GenerateResult]:
+        """Results as they finish; `requests` may be an async iterator that keeps producing items."""
+        call = self.stub.Generate(requests, timeout=self.timeout_s)
+        async for result in call:
+            yield result
+
+    async def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
+        return await self._run(teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
+
+    async def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
+        return await self._run(teacher_pb2.ScoreResult, self.stub.Score, list(requests))
+
+    async def _run(self, kind: type[Result], method: Any, requests: list[Any]) -> dict[str, Result]:
+        answers: list[Result] = []
+        broke = None
+        call = method(iter(requests), timeout=self.timeout_s)
+        try:
+            async for result in call:
+                answers.append(result)
+        except grpc.RpcError as exc:
+            broke = f"stream failed with {exc.code().name}: {exc.details()}"
+        return _collect(kind, [r.id for r in requests], answers, broke)

@@ -1,0 +1,29 @@
+"""The two backend interfaces of DESIGN.md. Services and domain code depend on these, never on a model."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from proctor.engine.types import BackendInfo, GenerateItem, Generation, ScoreItem, ScoreOutput
+
+
+class Generator(Protocol):
+    """Completions and log-probs of given tokens from a causal LM."""
+
+    @property
+    def info(self) -> BackendInfo: ...
+
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...
+
+    def queue_depth(self) -> int: ...
+
+    async def start(self) -> None:
+        """Load the model; the service reports SERVING only after this returns."""
+
+    async def close(self) -> None: ...
+
+    async def generate(self, item: GenerateItem) -> Generation:
+        """Cancelling the awaiting task stops the item's computation."""
+        ...
+
+    async def score(self, item: ScoreItem) -> ScoreOutput: ...

@@ -1,0 +1,442 @@
+"""The torch Generator: a transformers causal LM driven by proctor's own batching, in one engine thread.
+
+The engine thread owns the model (one forward at a time) and takes work in batches:
+- generation runs in waves: the prompts of a wave are prefilled together (left-padded), each prompt's KV cache is
+  shared by its `n` samples, and decoding steps the whole wave with the KV cache; a sequence that finishes or
+  whose caller cancelled is dropped from the batch at the next step, and a prompt's result is sent as soon as
+  its last sample ends. New prompts join at the next wave (vLLM is the continuous-batching backend);
+- scoring runs the model to hidden states and turns only the target positions into log-probs
+  (`proctor.kernels`), never materialising [tokens, vocab] logits for the whole batch.
+The asyncio side talks to the thread through futures resolved with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from proctor.engine.backends.sampling import RowParams, sample
+from proctor.engine.models import resolve_model
+from proctor.engine.types import (
+    BackendInfo,
+    FinishReason,
+    GenerateItem,
+    Generation,
+    Sample,
+    ScoreItem,
+    ScoreOutput,
+    TopK,
+)
+from proctor.kernels import lm_head_logprobs_reference
+
+log = logging.getLogger(__name__)
+
+_SEED_STRIDE = 0x9E3779B97F4A7C15  # decorrelates the generators of the n samples of one seeded prompt
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
+
+
+@dataclass
+class _Job:
+    item: Any
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+    def resolve(self, value: Any) -> None:
+        self.loop.call_soon_threadsafe(_set_result, self.future, value)
+
+    def fail(self, exc: BaseException) -> None:
+        self.loop.call_soon_threadsafe(_set_exception, self.future, exc)
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+@dataclass
+class _Seq:
+    job: _Job
+    index: int
+    generator: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: TopK = field(default_factory=TopK)
+    text: str | None = None  # set when a stop string cut it
+    finish: FinishReason | None = None
+    stop_reason: str = ""
+
+
+@dataclass
+class _Wave:
+    """Book-keeping of one generation wave: which samples of which job are still running."""
+
+    jobs: list[_Job]
+    started: float
+    samples: dict[int, list[Sample | None]] = field(default_factory=dict)
+
+
+class TorchGenerator:
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_seqs: int = 64,
+        max_score_tokens: int = 16384,
+        seed: int = 0,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """`on_batch(rpc, items)` is told the size of every batch the engine runs (for metrics)."""
+        self._model_ref = model
+        self._device = pick_device(device)
+        self._dtype = pick_dtype(dtype, self._device)
+        self._max_batch_seqs = max_batch_seqs
+        self._max_score_tokens = max_score_tokens
+        self._unseeded = torch.Generator().manual_seed(seed)
+        self._on_batch = on_batch or (lambda rpc, items: None)
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._info: BackendInfo | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    @property
+    def info(self) -> BackendInfo:
+        if self._info is None:
+            raise RuntimeError("model not loaded yet")
+        return self._info
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._run, name="proctor-torch-engine", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_model(self._model_ref)
+        t0 = time.perf_counter()
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype)
+        self._model = model.to(self._device).eval()
+        # transformers 5.2x renamed `past_key_values` to `cache`; older releases only know the former.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        config = model.config
+        eos = config.eos_token_id if config.eos_token_id is not None else self._tokenizer.eos_token_id
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        self._pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else eos_ids[0]
+        self._vocab = int(model.get_output_embeddings().weight.shape[0])
+        self._info = BackendInfo(
+            model=self._model_ref if self._model_ref == path else f"{self._model_ref} ({path})",
+            backend="torch",
+            dtype=str(self._dtype).removeprefix("torch."),
+            device=str(self._device),
+            tokenizer=type(self._tokenizer).__name__,
+            vocab_size=self._vocab,
+            max_model_len=int(getattr(config, "max_position_embeddings", 2048)),
+            eos_token_ids=eos_ids,
+        )
+        log.info("loaded %s on %s (%s) in %.1fs", path, self._device, self._dtype, time.perf_counter() - t0)
+
+    async def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    # ---- asyncio side ----------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    async def generate(self, item: GenerateItem) -> Generation:
+        result: Generation = await self._submit(item)
+        return result
+
+    async def score(self, item: ScoreItem) -> ScoreOutput:
+        result: ScoreOutput = await self._submit(item)
+        return result
+
+    async def _submit(self, item: GenerateItem | ScoreItem) -> Any:
+        loop = asyncio.get_running_loop()
+        job = _Job(item=item, future=loop.create_future(), loop=loop)
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("backend is shut down")
+            self._pending.append(job)
+            self._cv.notify()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True  # the engine drops it from its batch at the next step
+            raise
+
+    # ---- engine thread ---------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._stopping:
+                    self._cv.wait()
+                if self._stopping and not self._pending:
+                    return
+                scores, gens = self._take_batch()
+            try:
+                with torch.inference_mode():
+                    if scores:
+                        self._on_batch("Score", len(scores))
+                        self._score_batch(scores)
+                    if gens:
+                        self._on_batch("Generate", len(gens))
+                        self._generate_wave(gens)
+            except Exception as exc:  # a model failure fails the batch, not the server
+                log.exception("backend batch failed")
+                for job in scores + gens:
+                    job.fail(exc)
+
+    def _take_batch(self) -> tuple[list[_Job], list[_Job]]:
+        """Take one score batch (token budget) and one generation wave (sequence budget) off the queue."""
+        scores: list[_Job] = []
+        gens: list[_Job] = []
+        score_tokens = 0
+        seqs = 0
+        keep: collections.deque[_Job] = collections.deque()
+        while self._pending:
+            job = self._pending.popleft()
+            if job.cancelled:
+                continue
+            if isinstance(job.item, ScoreItem):
+                tokens = len(job.item.context_ids) + len(job.item.target_ids)
+                if scores and score_tokens + tokens > self._max_score_tokens:
+                    keep.append(job)
+                    continue
+                scores.append(job)
+                score_tokens += tokens
+            else:
+                n = job.item.params.n
+                if gens and seqs + n > self._max_batch_seqs:
+                    keep.append(job)
+                    continue
+                gens.append(job)
+                seqs += n
+        self._pending = keep
+        return scores, gens
+
+    def _score_batch(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        items: list[ScoreItem] = [j.item for j in jobs]
+        seqs = [it.context_ids + it.target_ids for it in items]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        rows: list[int] = []
+        cols: list[int] = []
+        targets: list[int] = []
+        for b, (it, s) in enumerate(zip(items, seqs, strict=True)):
+            ids[b, : len(s)] = torch.tensor(s)
+            mask[b, : len(s)] = 1
+            first = len(it.context_ids) - 1  # the position whose output predicts target[0]
+            rows.extend([b] * len(it.target_ids))
+            cols.extend(range(first, first + len(it.target_ids)))
+            targets.extend(it.target_ids)
+        hidden = self._model.base_model(
+            input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
+        ).last_hidden_state
+        picked = hidden[torch.tensor(rows), torch.tensor(cols)]
+        top_k = max(it.top_k for it in items)
+        weight = self._model.get_output_embeddings().weight
+        logprobs, top_vals, top_ids = lm_head_logprobs_reference(
+            picked, weight, torch.tensor(targets, device=self._device), top_k=top_k
+        )
+        logprobs_l = logprobs.cpu().tolist()
+        top_vals_l = top_vals.cpu().tolist() if top_vals is not None else None
+        top_ids_l = top_ids.cpu().tolist() if top_ids is not None else None
+        done = time.perf_counter()
+        offset = 0
+        for job, it in zip(jobs, items, strict=True):
+            span = slice(offset, offset + len(it.target_ids))
+            offset += len(it.target_ids)
+            top = None
+            if it.top_k and top_vals_l is not None and top_ids_l is not None:
+                top = TopK(
+                    ids=[r[: it.top_k] for r in top_ids_l[span]], logprobs=[r[: it.top_k] for r in top_vals_l[span]]
+                )
+            job.resolve(
+                ScoreOutput(
+                    logprobs=logprobs_l[span], top=top, queue_s=started - job.enqueued, inference_s=done - started
+                )
+            )
+
+    def _generate_wave(self, jobs: list[_Job]) -> None:
+        wave = _Wave(jobs=jobs, started=time.perf_counter())
+        items: list[GenerateItem] = [j.item for j in jobs]
+        width = max(len(it.prompt_ids) for it in items)
+        ids = torch.full((len(items), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for r, it in enumerate(items):
+            ids[r, width - len(it.prompt_ids) :] = torch.tensor(it.prompt_ids)
+            mask[r, width - len(it.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self._model(
+            input_ids=ids.to(self._device),
+            attention_mask=mask.to(self._device),
+            position_ids=positions.to(self._device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = getattr(out, self._cache_kwarg)
+        # Each prompt's prefill is shared by its n samples: repeat its cache rows instead of recomputing.
+        origin = [r for r, it in enumerate(items) for _ in range(it.params.n)]
+        select = torch.tensor(origin, device=self._device)
+        cache.batch_select_indices(select)
+        logits = out.logits[:, -1, :].float()[select]
+        mask = mask.to(self._device)[select]
+        next_pos = positions.to(self._device)[select, -1] + 1
+        seqs = [
+            _Seq(job=jobs[r], index=i, generator=self._generator(items[r].params.seed, i))
+            for r in range(len(items))
+            for i in range(items[r].params.n)
+        ]
+        for job, it in zip(jobs, items, strict=True):
+            wave.samples[id(job)] = [None] * it.params.n
+        params = self._row_params([s.job.item.params for s in seqs])
+        counts = torch.zeros((len(seqs), self._vocab), dtype=torch.float32, device=self._device)
+        while True:
+            tokens = sample(logits, counts, params, [s.generator for s in seqs])
+            counts.scatter_add_(1, tokens.unsqueeze(1), torch.ones_like(counts[:, :1]))
+            self._record(seqs, logits, tokens)
+            keep = [i for i, s in enumerate(seqs) if s.finish is None and not s.job.cancelled]
+            for _i, s in enumerate(seqs):
+                if s.finish is not None:
+                    self._finish(wave, s)
+            if not keep:
+                return
+            if len(keep) < len(seqs):
+                index = torch.tensor(keep, device=self._device)
+                cache.batch_select_indices(index)
+                seqs = [seqs[i] for i in keep]
+                tokens, mask, next_pos, counts = tokens[index], mask[index], next_pos[index], counts[index]
+                params = RowParams(*(getattr(params, f)[index] for f in RowParams.__dataclass_fields__))
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self._model(
+                input_ids=tokens.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=next_pos.unsqueeze(1),
+                use_cache=True,
+                **{self._cache_kwarg: cache},
+            )
+            next_pos = next_pos + 1
+            logits = out.logits[:, -1, :].float()
+
+    def _generator(self, seed: int | None, index: int) -> torch.Generator:
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self._unseeded))
+        return torch.Generator().manual_seed((seed + index * _SEED_STRIDE) % 2**63)
+
+    def _row_params(self, params: Sequence[Any]) -> RowParams:
+        def col(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([getattr(p, name) for p in params], dtype=dtype, device=self._device)
+
+        return RowParams(
+            temperature=col("temperature", torch.float32),
+            top_p=col("top_p", torch.float32),
+            top_k=col("top_k", torch.long),
+            presence_penalty=col("presence_penalty", torch.float32),
+            frequency_penalty=col("frequency_penalty", torch.float32),
+        )
+
+    def _record(self, seqs: list[_Seq], logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Append each row's sampled token with its raw log-prob, then check the stop conditions."""
+        raw = torch.log_softmax(logits, dim=-1)
+        chosen = raw.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        max_k = max(s.job.item.params.top_logprobs for s in seqs)
+        top_vals, top_ids = raw.topk(max_k, dim=-1) if max_k else (None, None)
+        for row, (s, token, lp) in enumerate(zip(seqs, tokens.tolist(), chosen, strict=True)):
+            p = s.job.item.params
+            s.tokens.append(token)
+            s.logprobs.append(lp)
+            if p.top_logprobs and top_vals is not None and top_ids is not None:
+                s.top.ids.append(top_ids[row, : p.top_logprobs].tolist())
+                s.top.logprobs.append(top_vals[row, : p.top_logprobs].tolist())
+            self._check_stop(s, token)
+
+    def _check_stop(self, s: _Seq, token: int) -> None:
+        p = s.job.item.params
+        if not p.ignore_eos and token in self.info.eos_token_ids:
+            s.finish = FinishReason.STOP
+        elif token in p.stop_token_ids:
+            s.finish, s.stop_reason = FinishReason.STOP, str(token)
+        elif p.stop:
+            text = self._tokenizer.decode(s.tokens, skip_special_tokens=True)
+            hits = [(text.find(stop), stop) for stop in p.stop if stop in text]
+            if hits:
+                at, stop = min(hits)
+                s.finish, s.stop_reason, s.text = FinishReason.STOP, stop, text[:at]
+                return
+        if s.finish is None and len(s.tokens) >= p.max_tokens:
+            s.finish = FinishReason.LENGTH
+
+    def _finish(self, wave: _Wave, s: _Seq) -> None:
+        p = s.job.item.params
+        text = ""
+        if p.detokenize:
+            text = s.text if s.text is not None else self._tokenizer.decode(s.tokens, skip_special_tokens=True)
+        slots = wave.samples[id(s.job)]
+        slots[s.index] = Sample(
+            index=s.index,
+            token_ids=s.tokens,
+            text=text,
+            finish_reason=s.finish or FinishReason.LENGTH,
+            stop_reason=s.stop_reason,
+            cumulative_logprob=float(sum(s.logprobs)),
+            logprobs=s.logprobs if p.logprobs or p.top_logprobs else None,
+            top=s.top if p.top_logprobs else None,
+        )
+        if all(slot is not None for slot in slots):
+            now = time.perf_counter()
+            s.job.resolve(
+                Generation(
+                    prompt_ids=s.job.item.prompt_ids,
+                    samples=[slot for slot in slots if slot is not None],
+                    queue_s=wave.started - s.job.enqueued,
+                    inference_s=now - wave.started,
+                )
+            )

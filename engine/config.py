@@ -1,0 +1,118 @@
+"""Server configuration: one YAML file, CLI flags on top. Unknown keys are errors, not silently ignored.
+
+```yaml
+server:   {host: 127.0.0.1, port: 50051, metrics_port: 9400, drain_grace_s: 30}
+teacher:  {model: builtin:smollm2, backend: torch, device: auto}
+```
+A service is hosted when its section is present (`proctor serve` without a config hosts the built-in defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"  # localhost by default: exposing the server is a deliberate choice
+    port: int = 50051
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9400  # 0 = any free port; -1 = no metrics endpoint
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_calls: int = 256
+    drain_grace_s: float = 30.0
+
+
+@dataclass
+class ServiceLimits:
+    """Admission control shared by every service.
+
+    `max_queued_items` bounds the items admitted and not yet answered across all calls of the service: past it an
+    item is answered RESOURCE_EXHAUSTED at once. `stream_window` bounds the items one call may have in flight;
+    the server stops reading that stream until one finishes (backpressure, not an error).
+    """
+
+    max_queued_items: int = 4096
+    stream_window: int = 1024
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "builtin:smollm2"
+    backend: str = "torch"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_prompt_tokens: int = 0  # 0 = the model's context length
+    default_max_tokens: int = 16
+    max_n: int = 64
+    max_top_logprobs: int = 64
+    max_batch_seqs: int = 64
+    max_score_tokens: int = 16384
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    teacher: TeacherConfig | None = None
+
+    def services(self) -> list[str]:
+        return [name for name in ("teacher",) if getattr(self, name) is not None]
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Any, path: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        where = f"{path}.{name}"
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, where)
+        elif isinstance(default, float) and type(value) is int:
+            kwargs[name] = float(value)
+        elif type(value) is not type(default):
+            raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, default_services: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config; without one, host `default_services` (section name -> mapping)."""
+    if path is None:
+        data: dict[str, Any] = {"server": {}, **(default_services or {})}
+    else:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    known = {"server", "teacher"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return Config(
+        server=_build(ServerConfig, data.get("server"), "server"),
+        teacher=_build(TeacherConfig, data["teacher"], "teacher") if "teacher" in data else None,
+    )

@@ -1,0 +1,101 @@
+"""`proctor demo`: a real server on free ports, a short session through the real client, results printed."""
+
+from __future__ import annotations
+
+import math
+import time
+import urllib.request
+
+from proctor.clients.teacher import AsyncTeacherClient, generate_request, raise_for_error, score_request
+from proctor.engine.config import Config, ServerConfig, TeacherConfig
+from proctor.engine.server import ProctorServer
+
+_PROMPTS = {
+    "store": "PersonX goes to the store. As a result, PersonX",
+    "rain": "It started to rain, so the children",
+}
+
+
+def _rule(title: str) -> None:
+    print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
+
+
+async def run_demo(model: str, device: str) -> int:
+    config = Config(
+        server=ServerConfig(port=0, metrics_port=0),
+        teacher=TeacherConfig(model=model, device=device, default_max_tokens=24),
+    )
+    server = ProctorServer(config)
+    print(f"starting proctor with teacher {model} (a first run converts or builds the model once) ...", flush=True)
+    t0 = time.perf_counter()
+    await server.start()
+    await server.wait_until_ready()
+    target = f"127.0.0.1:{server.port}"
+    print(f"server ready on {target} in {time.perf_counter() - t0:.1f}s")
+    try:
+        async with AsyncTeacherClient(target, timeout_s=600) as client:
+            info = await client.info()
+            _rule("Teacher.Info")
+            print(
+                f"model {info.model}\nbackend {info.backend} on {info.device} ({info.dtype}), vocab {info.vocab_size}"
+            )
+
+            _rule("Teacher.Generate: 2 prompts x n=3, seed 7, stop at '.', log-probs + top-2")
+            requests = [
+                generate_request(
+                    key, prompt, n=3, seed=7, temperature=0.8, top_p=0.95, max_tokens=24, stop=["."], top_logprobs=2
+                )
+                for key, prompt in _PROMPTS.items()
+            ]
+            t0 = time.perf_counter()
+            results = await client.generate(requests)
+            print(f"({time.perf_counter() - t0:.2f}s for {len(requests)} prompts in one stream)")
+            for key, result in results.items():
+                raise_for_error(result)
+                print(f"\n[{key}] {_PROMPTS[key]!r}  (prompt {len(result.prompt_token_ids)} tokens)")
+                for c in result.completions:
+                    reason = c.stop_reason or ("length" if c.finish_reason == 2 else "eos")
+                    print(f"  #{c.index} {c.text!r}")
+                    print(
+                        f"     {len(c.token_ids)} tokens, stopped by {reason!r}, "
+                        f"log p = {c.cumulative_logprob:.2f}, first token ids {list(c.token_ids[:4])}, "
+                        f"log-probs {[round(x, 2) for x in c.logprobs[:4]]}"
+                    )
+            _rule("Teacher.Score: log p(target | context), per token")
+            scored = await client.score(
+                [
+                    score_request("plain", "The capital of France is", " Paris", top_logprobs=3),
+                    score_request("odd", "The capital of France is", " a banana", top_logprobs=3),
+                ]
+            )
+            for key, score in scored.items():
+                raise_for_error(score)
+                total = sum(score.logprobs)
+                print(
+                    f"[{key}] target ids {list(score.target_token_ids)}: log-probs "
+                    f"{[round(x, 3) for x in score.logprobs]} (sum {total:.2f}, p = {math.exp(total):.2e}); "
+                    f"top-3 at the first position {list(score.top.token_ids[:3])}"
+                )
+
+            _rule("a bad item fails alone")
+            mixed = await client.generate(
+                [generate_request("ok", "Hello", max_tokens=4), generate_request("bad", "Hello", top_p=1.5)]
+            )
+            for key, result in mixed.items():
+                status = (
+                    f"error in field {result.error.field!r}: {result.error.message}"
+                    if result.HasField("error")
+                    else "ok"
+                )
+                print(f"[{key}] {status}")
+        metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        _rule("Prometheus")
+        print(f"metrics at {metrics_url} (while the server runs); a sample:")
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(("proctor_items_total", "proctor_tokens_total")):
+                    print(f"  {line}")
+    finally:
+        await server.drain(grace_s=5)
+    print("\ndemo finished; `proctor serve` runs the server on its own (see README).")
+    return 0

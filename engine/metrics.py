@@ -1,0 +1,71 @@
+"""Prometheus metrics of one server (its own registry, so several servers can live in one process).
+
+Names follow Prometheus conventions: `proctor_` prefix, base units in the name, `_total` on counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Item latencies run from sub-millisecond (rule rewards) to minutes (long generations).
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "proctor_requests", "Calls answered, by final gRPC status code.", ["service", "rpc", "code"], registry=r
+        )
+        self.items = Counter(
+            "proctor_items", "Stream items answered, by per-item status code.", ["service", "rpc", "code"], registry=r
+        )
+        self.inflight_items = Gauge(
+            "proctor_inflight_items", "Items admitted and not yet answered.", ["service"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "proctor_queue_depth_items",
+            "Items waiting in the backend queue (cf. vLLM's vllm:num_requests_waiting).",
+            ["service"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "proctor_batch_size_items", "Items per backend batch.", ["service", "rpc"], buckets=_BATCH, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "proctor_queue_seconds",
+            "Time from admission to the backend picking the item up.",
+            ["service", "rpc"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "proctor_inference_seconds",
+            "Time the item spent in the model.",
+            ["service", "rpc"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.item_seconds = Histogram(
+            "proctor_item_seconds",
+            "Time from receiving an item to sending its result (cf. vLLM's vllm:e2e_request_latency_seconds).",
+            ["service", "rpc"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "proctor_tokens",
+            "Tokens processed: kind=prompt|generated|scored.",
+            ["service", "rpc", "kind"],
+            registry=r,
+        )
+        self.serving = Gauge(
+            "proctor_serving", "1 while the service reports SERVING on grpc.health.v1.", ["service"], registry=r
+        )
+
+    def watch_queue(self, service: str, depth: Callable[[], int]) -> None:
+        self.queue_depth.labels(service).set_function(depth)

@@ -1,0 +1,191 @@
+"""The gRPC server: hosts the configured services, health, reflection and the metrics endpoint; drains on SIGTERM.
+
+Start-up order: the port opens at once with every service NOT_SERVING (so probes and `grpcurl list` answer while
+weights load), then each backend loads and its service turns SERVING. Calls to a service that is not ready, or
+to any service while draining, are answered UNAVAILABLE (retryable) by an interceptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from proctor.engine.backends.base import Generator
+from proctor.engine.config import Config, TeacherConfig
+from proctor.engine.metrics import Metrics
+from proctor.engine.services import teacher
+from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext
+from proctor.proto.proctor.v1 import teacher_pb2, teacher_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def make_generator(config: TeacherConfig, metrics: Metrics, service: str) -> Generator:
+    batch = metrics.batch_size
+
+    def on_batch(rpc: str, items: int) -> None:
+        batch.labels(service, rpc).observe(items)
+
+    if config.backend != "torch":
+        raise ValueError(f"teacher.backend {config.backend!r} is not available; use 'torch'")
+    from proctor.engine.backends.torch_generator import TorchGenerator
+
+    return TorchGenerator(
+        config.model,
+        device=config.device,
+        dtype=config.dtype,
+        max_batch_seqs=config.max_batch_seqs,
+        max_score_tokens=config.max_score_tokens,
+        on_batch=on_batch,
+    )
+
+
+class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Answers UNAVAILABLE for proctor services that are loading or draining; health and reflection pass."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
+        service = details.method.split("/")[1] if details.method.count("/") == 2 else ""
+        if handler is None or not service.startswith("proctor."):
+            return handler
+        if self.lifecycle.draining.is_set():
+            return _refuse(handler, "server is draining (shutting down); retry on another replica")
+        if service not in self.lifecycle.ready:
+            return _refuse(handler, f"{service} is loading its model; retry when health reports SERVING")
+        return handler
+
+
+def _refuse(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        abort, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+class ProctorServer:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.lifecycle = Lifecycle()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.port = 0
+        self.metrics_port = 0
+        self._backends: dict[str, Generator] = {}
+        self._metrics_server: Any = None
+        self._loading: asyncio.Task[None] | None = None
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        cfg = self.config.server
+        server = grpc.aio.server(
+            interceptors=[_Gate(self.lifecycle)],
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=cfg.max_concurrent_calls,
+        )
+        names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+        if self.config.teacher is not None:
+            tc = self.config.teacher
+            backend = make_generator(tc, self.metrics, teacher.SERVICE)
+            self._backends[teacher.SERVICE] = backend
+            svc = self._service_context(teacher.SERVICE, tc.limits.max_queued_items, tc.limits.stream_window)
+            self.metrics.watch_queue(teacher.SERVICE, backend.queue_depth)
+            teacher_pb2_grpc.add_TeacherServicer_to_server(teacher.TeacherService(backend, tc, svc), server)
+            names.append(teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(names, server)
+        for name in self._backends:
+            await self._set_health(name, NOT_SERVING)
+        await self.health.set("", NOT_SERVING)
+        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
+        await server.start()
+        self._server = server
+        if cfg.metrics_port >= 0:
+            self._metrics_server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, self.metrics.registry)
+            self.metrics_port = self._metrics_server.server_port
+        self._loading = asyncio.create_task(self._load_all())
+
+    def _service_context(self, name: str, capacity: int, window: int) -> ServiceContext:
+        return ServiceContext(
+            name=name,
+            metrics=self.metrics,
+            lifecycle=self.lifecycle,
+            admission=Admission(capacity),
+            stream_window=window,
+        )
+
+    async def _load_all(self) -> None:
+        await asyncio.gather(*(self._load(name, backend) for name, backend in self._backends.items()))
+        if self._backends and not self.lifecycle.draining.is_set():
+            await self.health.set("", SERVING)
+
+    async def _load(self, name: str, backend: Generator) -> None:
+        try:
+            await backend.start()
+        except Exception:
+            log.exception("%s failed to load its model; it stays NOT_SERVING", name)
+            return
+        if not self.lifecycle.draining.is_set():
+            self.lifecycle.ready.add(name)
+            await self._set_health(name, SERVING)
+            log.info("%s is SERVING", name)
+
+    async def wait_until_ready(self) -> None:
+        if self._loading is not None:
+            await self._loading
+
+    async def _set_health(self, name: str, status: Any) -> None:
+        await self.health.set(name, status)
+        self.metrics.serving.labels(name).set(1 if status == SERVING else 0)
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Stop taking work: health NOT_SERVING, new calls UNAVAILABLE, in-flight items finish within the grace."""
+        grace = self.config.server.drain_grace_s if grace_s is None else grace_s
+        self.lifecycle.draining.set()
+        self.lifecycle.ready.clear()
+        await self.health.enter_graceful_shutdown()
+        for name in self._backends:
+            self.metrics.serving.labels(name).set(0)
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._loading is not None:
+            self._loading.cancel()
+        for backend in self._backends.values():
+            await backend.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

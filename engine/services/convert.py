@@ -1,0 +1,58 @@
+"""Proto <-> dataclass helpers shared by the services; every check names the request field it rejects."""
+
+from __future__ import annotations
+
+import math
+
+from proctor.engine.errors import ItemError
+from proctor.engine.types import TopK
+from proctor.proto.proctor.v1 import common_pb2
+
+_CODES = {
+    "OK": 0,
+    "CANCELLED": 1,
+    "UNKNOWN": 2,
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "UNIMPLEMENTED": 12,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+}
+
+
+def status(error: ItemError) -> common_pb2.Status:
+    return common_pb2.Status(code=_CODES.get(error.code, 2), message=error.message, field=error.field)
+
+
+def timing(queue_s: float, inference_s: float, total_s: float) -> common_pb2.Timing:
+    return common_pb2.Timing(queue_ms=queue_s * 1e3, inference_ms=inference_s * 1e3, total_ms=total_s * 1e3)
+
+
+def top_k(top: TopK | None) -> common_pb2.TopK | None:
+    if top is None:
+        return None
+    k = len(top.ids[0]) if top.ids else 0
+    return common_pb2.TopK(
+        k=k,
+        token_ids=[t for row in top.ids for t in row],
+        logprobs=[v for row in top.logprobs for v in row],
+    )
+
+
+def check_range(value: float, field: str, low: float, high: float, *, low_open: bool = False) -> float:
+    if not math.isfinite(value):
+        raise ItemError(f"must be a finite number, got {value}", field)
+    if value < low or (low_open and value == low) or value > high:
+        bracket = "(" if low_open else "["
+        raise ItemError(f"{value} is outside {bracket}{low}, {high}]", field)
+    return value
+
+
+def token_ids(ids: list[int], field: str, vocab_size: int) -> list[int]:
+    for i, t in enumerate(ids):
+        if not 0 <= t < vocab_size:
+            raise ItemError(f"token id {t} is outside the vocabulary [0, {vocab_size})", f"{field}[{i}]")
+    return ids

@@ -1,0 +1,176 @@
+"""The machinery every streaming RPC shares: admission, backpressure, per-item errors, deadlines, drain, metrics.
+
+An item's life: read from the stream -> a slot in the call's window (backpressure: the server stops reading while
+the window is full) -> a slot in the service's queue (none free: RESOURCE_EXHAUSTED for that item, at once) ->
+its handler -> its result, sent as soon as it is ready. A failing item fails alone; a cancelled call cancels its
+items' handlers, which stops their backend work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from proctor.engine.errors import ItemError
+from proctor.engine.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+
+class Lifecycle:
+    """Server-wide state the services consult: readiness per service and draining."""
+
+    def __init__(self) -> None:
+        self.draining = asyncio.Event()
+        self.ready: set[str] = set()
+
+
+class Admission:
+    """A bounded count of admitted items; acquiring never waits."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def try_acquire(self) -> bool:
+        if self.used >= self.capacity:
+            return False
+        self.used += 1
+        return True
+
+    def release(self) -> None:
+        self.used -= 1
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    metrics: Metrics
+    lifecycle: Lifecycle
+    admission: Admission
+    stream_window: int
+    inflight: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inflight = self.metrics.inflight_items.labels(self.name)
+
+
+@dataclass
+class StreamSpec(Generic[Req, Res]):
+    """What run_stream needs to know about one RPC's messages."""
+
+    rpc: str
+    item_id: Callable[[Req], str]
+    timeout_ms: Callable[[Req], int]
+    handle: Callable[[Req], Awaitable[Res]]
+    error_result: Callable[[str, ItemError], Res]
+
+
+_END = object()
+
+
+async def run_stream(
+    svc: ServiceContext, spec: StreamSpec[Req, Res], requests: AsyncIterator[Req]
+) -> AsyncIterator[Res]:
+    out: asyncio.Queue[Any] = asyncio.Queue()
+    window = asyncio.Semaphore(svc.stream_window)
+    tasks: set[asyncio.Task[None]] = set()
+    in_flight_ids: set[str] = set()
+    items = svc.metrics.items
+    item_seconds = svc.metrics.item_seconds.labels(svc.name, spec.rpc)
+
+    def answer(result: Res, code: str, received: float) -> None:
+        items.labels(svc.name, spec.rpc, code).inc()
+        item_seconds.observe(time.perf_counter() - received)
+        out.put_nowait(result)
+
+    async def run_item(req: Req, item_id: str, received: float) -> None:
+        timeout = spec.timeout_ms(req)
+        try:
+            work = spec.handle(req)
+            result = await (asyncio.wait_for(work, timeout / 1000) if timeout else work)
+            code = "OK"
+        except ItemError as exc:
+            result, code = spec.error_result(item_id, exc), exc.code
+        except TimeoutError:
+            late = ItemError(f"item not finished within {timeout} ms", "timeout_ms", "DEADLINE_EXCEEDED")
+            result, code = spec.error_result(item_id, late), late.code
+        except Exception as exc:  # a bug or a backend failure: report it on the item, keep the stream
+            log.exception("%s item %r failed", spec.rpc, item_id)
+            err = ItemError(f"internal error: {type(exc).__name__}: {exc}", code="INTERNAL")
+            result, code = spec.error_result(item_id, err), err.code
+        finally:
+            svc.admission.release()
+            svc.inflight.dec()
+            window.release()
+            in_flight_ids.discard(item_id)
+        answer(result, code, received)
+
+    def admit(req: Req) -> None:
+        received = time.perf_counter()
+        item_id = spec.item_id(req)
+        rejection = None
+        if not item_id:
+            rejection = ItemError("required: every item needs a caller-chosen id", "id")
+        elif item_id in in_flight_ids:
+            rejection = ItemError(f"{item_id!r} is already in flight on this stream", "id")
+        elif not svc.admission.try_acquire():
+            rejection = ItemError(
+                f"{svc.name} is at capacity ({svc.admission.capacity} items queued); retry later",
+                code="RESOURCE_EXHAUSTED",
+            )
+        if rejection is not None:
+            window.release()
+            answer(spec.error_result(item_id, rejection), rejection.code, received)
+            return
+        svc.inflight.inc()
+        in_flight_ids.add(item_id)
+        task = asyncio.create_task(run_item(req, item_id, received))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def read() -> None:
+        drain = asyncio.create_task(svc.lifecycle.draining.wait())
+        try:
+            iterator = aiter(requests)
+            while True:
+                await window.acquire()
+                nxt = asyncio.ensure_future(anext(iterator))
+                await asyncio.wait({nxt, drain}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():  # draining: read no more; what was read still finishes
+                    nxt.cancel()
+                    break
+                try:
+                    req = nxt.result()
+                except StopAsyncIteration:
+                    break
+                admit(req)
+            while tasks:
+                await asyncio.wait(set(tasks))
+            out.put_nowait(_END)
+        except BaseException as exc:
+            out.put_nowait(exc)
+            raise
+        finally:
+            drain.cancel()
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            result = await out.get()
+            if result is _END:
+                break
+            if isinstance(result, BaseException):
+                raise result
+            yield result
+    finally:
+        reader.cancel()
+        for task in list(tasks):
+            task.cancel()

@@ -1,0 +1,222 @@
+"""The Teacher service: Generate and Score over any Generator backend, and Info."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from proctor.engine.backends.base import Generator
+from proctor.engine.config import TeacherConfig
+from proctor.engine.errors import ItemError
+from proctor.engine.services import convert
+from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
+from proctor.engine.types import FinishReason, GenerateItem, SamplingParams, ScoreItem
+from proctor.engine.version import __version__
+from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+
+SERVICE = "proctor.v1.Teacher"
+_FINISH = {FinishReason.STOP: teacher_pb2.STOP, FinishReason.LENGTH: teacher_pb2.LENGTH}
+_MAX_SEED = 2**63
+
+
+class TeacherService(teacher_pb2_grpc.TeacherServicer):
+    def __init__(self, backend: Generator, config: TeacherConfig, svc: ServiceContext) -> None:
+        self.backend = backend
+        self.config = config
+        self.svc = svc
+        self._generate = StreamSpec(
+            rpc="Generate",
+            item_id=lambda r: r.id,
+            timeout_ms=lambda r: r.timeout_ms,
+            handle=self._generate_one,
+            error_result=lambda i, e: teacher_pb2.GenerateResult(id=i, error=convert.status(e)),
+        )
+        self._score = StreamSpec(
+            rpc="Score",
+            item_id=lambda r: r.id,
+            timeout_ms=lambda r: r.timeout_ms,
+            handle=self._score_one,
+            error_result=lambda i, e: teacher_pb2.ScoreResult(id=i, error=convert.status(e)),
+        )
+
+    # ---- RPCs ------------------------------------------------------------------------------------------------
+
+    async def Generate(
+        self, request_iterator: AsyncIterator[teacher_pb2.GenerateRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[teacher_pb2.GenerateResult]:
+        async for result in run_stream(self.svc, self._generate, request_iterator):
+            yield result
+
+    async def Score(
+        self, request_iterator: AsyncIterator[teacher_pb2.ScoreRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[teacher_pb2.ScoreResult]:
+        async for result in run_stream(self.svc, self._score, request_iterator):
+            yield result
+
+    async def GenerateTriples(
+        self, request: teacher_pb2.TriplesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[teacher_pb2.TripleResult]:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Teacher.GenerateTriples is not implemented yet: it lands with Symbolic Knowledge Distillation (issue 4)",
+        )
+        yield teacher_pb2.TripleResult()  # unreachable; makes this an async generator like the other streams
+
+    async def Info(
+        self, request: common_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.ModelInfo:
+        info = self.backend.info
+        return common_pb2.ModelInfo(
+            service="Teacher",
+            model=info.model,
+            backend=info.backend,
+            dtype=info.dtype,
+            device=info.device,
+            tokenizer=info.tokenizer,
+            vocab_size=info.vocab_size,
+            max_model_len=info.max_model_len,
+            max_prompt_tokens=self._max_prompt_tokens(),
+            version=__version__,
+            extra={"eos_token_ids": ",".join(map(str, info.eos_token_ids))},
+        )
+
+    # ---- items -----------------------------------------------------------------------------------------------
+
+    async def _generate_one(self, req: teacher_pb2.GenerateRequest) -> teacher_pb2.GenerateResult:
+        received = time.perf_counter()
+        prompt = self._prompt_ids(req.prompt, "prompt", add_special_tokens=True)
+        params = self._sampling(req.params, len(prompt))
+        gen = await self.backend.generate(GenerateItem(prompt_ids=prompt, params=params))
+        self._count_tokens("Generate", len(prompt), sum(len(s.token_ids) for s in gen.samples))
+        self._observe("Generate", gen.queue_s, gen.inference_s)
+        return teacher_pb2.GenerateResult(
+            id=req.id,
+            prompt_token_ids=gen.prompt_ids,
+            completions=[
+                teacher_pb2.Completion(
+                    index=s.index,
+                    token_ids=s.token_ids,
+                    text=s.text,
+                    finish_reason=_FINISH[s.finish_reason],
+                    stop_reason=s.stop_reason,
+                    logprobs=s.logprobs or [],
+                    top=convert.top_k(s.top),
+                    cumulative_logprob=s.cumulative_logprob,
+                )
+                for s in gen.samples
+            ],
+            timing=convert.timing(gen.queue_s, gen.inference_s, time.perf_counter() - received),
+        )
+
+    async def _score_one(self, req: teacher_pb2.ScoreRequest) -> teacher_pb2.ScoreResult:
+        received = time.perf_counter()
+        context = self._prompt_ids(req.context, "context", add_special_tokens=True)
+        target = self._prompt_ids(req.target, "target", add_special_tokens=False)
+        limit = self.backend.info.max_model_len
+        if len(context) + len(target) > limit:
+            raise ItemError(
+                f"context ({len(context)} tokens) + target ({len(target)} tokens) exceeds the model's context length "
+                f"{limit}; nothing is truncated",
+                "target",
+            )
+        self._check_top_logprobs(req.top_logprobs, "top_logprobs")
+        out = await self.backend.score(ScoreItem(context_ids=context, target_ids=target, top_k=req.top_logprobs))
+        self._count_tokens("Score", len(context), 0, scored=len(target))
+        self._observe("Score", out.queue_s, out.inference_s)
+        return teacher_pb2.ScoreResult(
+            id=req.id,
+            target_token_ids=target,
+            logprobs=out.logprobs,
+            top=convert.top_k(out.top),
+            context_tokens=len(context),
+            timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
+        )
+
+    # ---- validation ------------------------------------------------------------------------------------------
+
+    def _max_prompt_tokens(self) -> int:
+        model_len = self.backend.info.max_model_len
+        return min(self.config.max_prompt_tokens, model_len) if self.config.max_prompt_tokens else model_len
+
+    def _prompt_ids(self, prompt: common_pb2.Prompt, field: str, add_special_tokens: bool) -> list[int]:
+        which = prompt.WhichOneof("input")
+        if which is None:
+            raise ItemError("required: set text or token_ids", field)
+        if which == "text":
+            if not prompt.text:
+                raise ItemError("empty text", f"{field}.text")
+            ids = self.backend.tokenize(prompt.text, add_special_tokens)
+        else:
+            ids = convert.token_ids(list(prompt.token_ids.ids), f"{field}.token_ids.ids", self.backend.info.vocab_size)
+        if not ids:
+            raise ItemError("tokenises to zero tokens", field)
+        limit = self._max_prompt_tokens()
+        if len(ids) > limit:
+            raise ItemError(f"{len(ids)} tokens > max_prompt_tokens {limit}; nothing is truncated", field)
+        return ids
+
+    def _check_top_logprobs(self, k: int, field: str) -> None:
+        limit = min(self.config.max_top_logprobs, self.backend.info.vocab_size)
+        if k > limit:
+            raise ItemError(f"{k} > {limit} (server limit max_top_logprobs)", field)
+
+    def _sampling(self, p: teacher_pb2.SamplingParams, prompt_len: int) -> SamplingParams:
+        vocab = self.backend.info.vocab_size
+        n = p.n or 1
+        if n > self.config.max_n:
+            raise ItemError(f"{n} > {self.config.max_n} (server limit max_n)", "params.n")
+        temperature = p.temperature if p.HasField("temperature") else 1.0
+        convert.check_range(temperature, "params.temperature", 0.0, 100.0)
+        top_p = p.top_p if p.HasField("top_p") else 1.0
+        convert.check_range(top_p, "params.top_p", 0.0, 1.0, low_open=True)
+        if not 0 <= p.top_k <= vocab:
+            raise ItemError(f"{p.top_k} is outside [0, {vocab}] (0 = off)", "params.top_k")
+        convert.check_range(p.presence_penalty, "params.presence_penalty", -2.0, 2.0)
+        convert.check_range(p.frequency_penalty, "params.frequency_penalty", -2.0, 2.0)
+        max_tokens = p.max_tokens or self.config.default_max_tokens
+        model_len = self.backend.info.max_model_len
+        if prompt_len + max_tokens > model_len:
+            raise ItemError(
+                f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the model's context length "
+                f"{model_len}",
+                "params.max_tokens",
+            )
+        for i, stop in enumerate(p.stop):
+            if not stop:
+                raise ItemError("empty stop string", f"params.stop[{i}]")
+        stop_ids = convert.token_ids(list(p.stop_token_ids), "params.stop_token_ids", vocab)
+        self._check_top_logprobs(p.top_logprobs, "params.top_logprobs")
+        return SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=p.top_k,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            seed=p.seed % _MAX_SEED if p.HasField("seed") else None,
+            max_tokens=max_tokens,
+            stop=tuple(p.stop),
+            stop_token_ids=tuple(stop_ids),
+            logprobs=p.logprobs or p.top_logprobs > 0,
+            top_logprobs=p.top_logprobs,
+            ignore_eos=p.ignore_eos,
+            detokenize=not p.skip_detokenize,
+        )
+
+    # ---- metrics ---------------------------------------------------------------------------------------------
+
+    def _observe(self, rpc: str, queue_s: float, inference_s: float) -> None:
+        m = self.svc.metrics
+        m.queue_seconds.labels(self.svc.name, rpc).observe(queue_s)
+        m.inference_seconds.labels(self.svc.name, rpc).observe(inference_s)
+
+    def _count_tokens(self, rpc: str, prompt: int, generated: int, scored: int = 0) -> None:
+        tokens = self.svc.metrics.tokens
+        tokens.labels(self.svc.name, rpc, "prompt").inc(prompt)
+        if generated:
+            tokens.labels(self.svc.name, rpc, "generated").inc(generated)
+        if scored:
+            tokens.labels(self.svc.name, rpc, "scored").inc(scored)

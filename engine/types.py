@@ -1,0 +1,90 @@
+"""Plain dataclasses that cross between the service, domain and backend layers (no proto, no model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    max_tokens: int = 16
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    ignore_eos: bool = False
+    detokenize: bool = True
+
+
+@dataclass(frozen=True)
+class GenerateItem:
+    prompt_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass
+class TopK:
+    """Top-k alternatives per position: ids[p][j], logprobs[p][j], descending."""
+
+    ids: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class Sample:
+    index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    stop_reason: str
+    cumulative_logprob: float
+    logprobs: list[float] | None = None
+    top: TopK | None = None
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    samples: list[Sample]
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    context_ids: list[int]
+    target_ids: list[int]
+    top_k: int = 0
+
+
+@dataclass
+class ScoreOutput:
+    logprobs: list[float]
+    top: TopK | None = None
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    model: str
+    backend: str
+    dtype: str
+    device: str
+    tokenizer: str
+    vocab_size: int
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from proctor.engine.config import Config, ServerConfig, ServiceLimits, TeacherConfig
+from proctor.engine.server import ProctorServer
+
+TINY = "builtin:tiny"
+
+
+def tiny_config(**teacher: object) -> Config:
+    limits = teacher.pop("limits", ServiceLimits())
+    return Config(
+        server=ServerConfig(port=0, metrics_port=0, drain_grace_s=10),
+        teacher=dataclasses.replace(TeacherConfig(model=TINY, device="cpu", limits=limits), **teacher),  # type: ignore[arg-type]
+    )
+
+
+async def started(config: Config) -> ProctorServer:
+    server = ProctorServer(config)
+    await server.start()
+    await server.wait_until_ready()
+    return server
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def tiny_server() -> AsyncIterator[ProctorServer]:
+    server = await started(tiny_config(default_max_tokens=8))
+    yield server
+    await server.drain(grace_s=1)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def target(tiny_server: ProctorServer) -> str:
+    return f"127.0.0.1:{tiny_server.port}"
