@@ -17,9 +17,9 @@ log = logging.getLogger("proctor")
 
 
 def default_services() -> dict[str, Any]:
-    """The built-in models of this machine: SmolLM2 as the teacher when its package is installed, else tiny."""
-    teacher = "builtin:smollm2" if builtin_available("smollm2") else "builtin:tiny"
-    return {"teacher": {"model": teacher}}
+    """The built-in models of this machine: SmolLM2 as teacher and RRM when its package is installed, else tiny."""
+    model = "builtin:smollm2" if builtin_available("smollm2") else "builtin:tiny"
+    return {"teacher": {"model": model}, "reward": {"model": model}}
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from proctor.engine import rrm
+
 
 class ConfigError(ValueError):
     pass
@@ -61,12 +63,43 @@ class TeacherConfig:
 
 
 @dataclass
+class RewardConfig:
+    """The RewardModel service. `model` is the RRM (any HF causal LM); "" hosts rules-only rewards."""
+
+    model: str = "builtin:smollm2"
+    backend: str = "torch"
+    device: str = "auto"
+    dtype: str = "auto"
+    mode: str = "expected"  # generate | expected | rules (a request may choose another)
+    total_steps: int = 0  # T_MAX; 0 = every request must carry total_steps
+    aggregation: str = "mean"  # mean | min | last
+    no_atoms_r_atom: float = 0.0  # R_atom of a rollout without atoms (flagged in the result)
+    prompt_template: str = rrm.DEFAULT_TEMPLATE
+    include_gold: bool = True
+    judge_temperature: float = 0.7
+    judge_max_tokens: int = 0  # 0 = 8 per atom + 16
+    renormalize: bool = True  # expected mode: renormalise over the score tokens
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("generate", "expected", "rules"):
+            raise ConfigError(f"reward.mode: {self.mode!r} is not one of generate, expected, rules")
+        if self.mode != "rules" and not self.model:
+            raise ConfigError(f"reward.mode: {self.mode} needs reward.model (an RRM); use mode: rules without one")
+        if self.aggregation not in rrm.aggregations():
+            raise ConfigError(f"reward.aggregation: {self.aggregation!r} is not one of {', '.join(rrm.aggregations())}")
+        if self.total_steps < 0:
+            raise ConfigError("reward.total_steps: must be >= 0")
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     teacher: TeacherConfig | None = None
+    reward: RewardConfig | None = None
 
     def services(self) -> list[str]:
-        return [name for name in ("teacher",) if getattr(self, name) is not None]
+        return [name for name in ("teacher", "reward") if getattr(self, name) is not None]
 
 
 T = TypeVar("T")
@@ -108,11 +141,12 @@ def load_config(path: str | Path | None = None, default_services: dict[str, Any]
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    known = {"server", "teacher"}
+    known = {"server", "teacher", "reward"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return Config(
         server=_build(ServerConfig, data.get("server"), "server"),
         teacher=_build(TeacherConfig, data["teacher"], "teacher") if "teacher" in data else None,
+        reward=_build(RewardConfig, data["reward"], "reward") if "reward" in data else None,
     )

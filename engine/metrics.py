@@ -34,7 +34,7 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "proctor_batch_size_items", "Items per backend batch.", ["service", "rpc"], buckets=_BATCH, registry=r
+            "proctor_batch_size_items", "Items per backend batch.", ["model", "rpc"], buckets=_BATCH, registry=r
         )
         self.queue_seconds = Histogram(
             "proctor_queue_seconds",

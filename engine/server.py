@@ -18,11 +18,12 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from proctor.engine.backends.base import Generator
-from proctor.engine.config import Config, TeacherConfig
+from proctor.engine.config import Config, RewardConfig
 from proctor.engine.metrics import Metrics
-from proctor.engine.services import teacher
+from proctor.engine.reward import RewardScorer, RewardSettings
+from proctor.engine.services import reward, teacher
 from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext
-from proctor.proto.proctor.v1 import teacher_pb2, teacher_pb2_grpc
+from proctor.proto.proctor.v1 import reward_pb2_grpc, teacher_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +31,39 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def make_generator(config: TeacherConfig, metrics: Metrics, service: str) -> Generator:
+def make_generator(
+    model: str, backend: str, device: str, dtype: str, metrics: Metrics, max_batch_seqs: int, max_score_tokens: int
+) -> Generator:
     batch = metrics.batch_size
 
     def on_batch(rpc: str, items: int) -> None:
-        batch.labels(service, rpc).observe(items)
+        batch.labels(model, rpc).observe(items)
 
-    if config.backend != "torch":
-        raise ValueError(f"teacher.backend {config.backend!r} is not available; use 'torch'")
+    if backend != "torch":
+        raise ValueError(f"backend {backend!r} is not available; use 'torch'")
     from proctor.engine.backends.torch_generator import TorchGenerator
 
     return TorchGenerator(
-        config.model,
-        device=config.device,
-        dtype=config.dtype,
-        max_batch_seqs=config.max_batch_seqs,
-        max_score_tokens=config.max_score_tokens,
+        model,
+        device=device,
+        dtype=dtype,
+        max_batch_seqs=max_batch_seqs,
+        max_score_tokens=max_score_tokens,
         on_batch=on_batch,
+    )
+
+
+def reward_settings(rc: RewardConfig) -> RewardSettings:
+    return RewardSettings(
+        mode=rc.mode,
+        total_steps=rc.total_steps,
+        aggregation=rc.aggregation,
+        no_atoms_r_atom=rc.no_atoms_r_atom,
+        prompt_template=rc.prompt_template,
+        include_gold=rc.include_gold,
+        judge_temperature=rc.judge_temperature,
+        judge_max_tokens=rc.judge_max_tokens,
+        renormalize=rc.renormalize,
     )
 
 
@@ -96,7 +113,8 @@ class ProctorServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
         self.metrics_port = 0
-        self._backends: dict[str, Generator] = {}
+        self._backends: dict[tuple[str, ...], Generator] = {}  # shared by services naming the same model
+        self._needs: dict[str, list[Generator]] = {}  # service -> the backends it waits for
         self._metrics_server: Any = None
         self._loading: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
@@ -114,15 +132,23 @@ class ProctorServer:
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         if self.config.teacher is not None:
             tc = self.config.teacher
-            backend = make_generator(tc, self.metrics, teacher.SERVICE)
-            self._backends[teacher.SERVICE] = backend
+            backend = self._generator(tc.model, tc.backend, tc.device, tc.dtype, tc.max_batch_seqs, tc.max_score_tokens)
+            self._needs[teacher.SERVICE] = [backend]
             svc = self._service_context(teacher.SERVICE, tc.limits.max_queued_items, tc.limits.stream_window)
             self.metrics.watch_queue(teacher.SERVICE, backend.queue_depth)
             teacher_pb2_grpc.add_TeacherServicer_to_server(teacher.TeacherService(backend, tc, svc), server)
-            names.append(teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name)
+            names.append(teacher.SERVICE)
+        if self.config.reward is not None:
+            rc = self.config.reward
+            judge = self._generator(rc.model, rc.backend, rc.device, rc.dtype) if rc.model else None
+            self._needs[reward.SERVICE] = [judge] if judge is not None else []
+            svc = self._service_context(reward.SERVICE, rc.limits.max_queued_items, rc.limits.stream_window)
+            scorer = RewardScorer(reward_settings(rc), judge)
+            reward_pb2_grpc.add_RewardModelServicer_to_server(reward.RewardService(scorer, judge, svc), server)
+            names.append(reward.SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(names, server)
-        for name in self._backends:
+        for name in self._needs:
             await self._set_health(name, NOT_SERVING)
         await self.health.set("", NOT_SERVING)
         self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
@@ -135,6 +161,16 @@ class ProctorServer:
             self.metrics_port = self._metrics_server.server_port
         self._loading = asyncio.create_task(self._load_all())
 
+    def _generator(
+        self, model: str, backend: str, device: str, dtype: str, max_batch_seqs: int = 64, max_score_tokens: int = 16384
+    ) -> Generator:
+        key = (model, backend, device, dtype)
+        if key not in self._backends:
+            self._backends[key] = make_generator(
+                model, backend, device, dtype, self.metrics, max_batch_seqs, max_score_tokens
+            )
+        return self._backends[key]
+
     def _service_context(self, name: str, capacity: int, window: int) -> ServiceContext:
         return ServiceContext(
             name=name,
@@ -145,20 +181,27 @@ class ProctorServer:
         )
 
     async def _load_all(self) -> None:
-        await asyncio.gather(*(self._load(name, backend) for name, backend in self._backends.items()))
-        if self._backends and not self.lifecycle.draining.is_set():
+        loads = {id(b): asyncio.create_task(self._load(b)) for b in self._backends.values()}
+        await asyncio.gather(
+            *(self._ready_when_loaded(name, [loads[id(b)] for b in needs]) for name, needs in self._needs.items())
+        )
+        if self._needs and not self.lifecycle.draining.is_set():
             await self.health.set("", SERVING)
 
-    async def _load(self, name: str, backend: Generator) -> None:
+    async def _load(self, backend: Generator) -> bool:
         try:
             await backend.start()
+            return True
         except Exception:
-            log.exception("%s failed to load its model; it stays NOT_SERVING", name)
+            log.exception("a backend failed to load its model; the services using it stay NOT_SERVING")
+            return False
+
+    async def _ready_when_loaded(self, name: str, loads: list[asyncio.Task[bool]]) -> None:
+        if not all(await asyncio.gather(*loads)) or self.lifecycle.draining.is_set():
             return
-        if not self.lifecycle.draining.is_set():
-            self.lifecycle.ready.add(name)
-            await self._set_health(name, SERVING)
-            log.info("%s is SERVING", name)
+        self.lifecycle.ready.add(name)
+        await self._set_health(name, SERVING)
+        log.info("%s is SERVING", name)
 
     async def wait_until_ready(self) -> None:
         if self._loading is not None:
@@ -174,7 +217,7 @@ class ProctorServer:
         self.lifecycle.draining.set()
         self.lifecycle.ready.clear()
         await self.health.enter_graceful_shutdown()
-        for name in self._backends:
+        for name in self._needs:
             self.metrics.serving.labels(name).set(0)
         if self._server is not None:
             await self._server.stop(grace)

@@ -70,6 +70,14 @@ class ScoreItem:
     top_k: int = 0
 
 
+@dataclass(frozen=True)
+class ProbeItem:
+    """Log-probs of several candidate tokens at the position right after `context_ids`."""
+
+    context_ids: list[int]
+    token_ids: list[int]
+
+
 @dataclass
 class ScoreOutput:
     logprobs: list[float]

@@ -204,6 +204,7 @@ async def test_metrics_endpoint(tiny_server: ProctorServer, target: str) -> None
     text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     for name in (
         'proctor_items_total{code="OK",rpc="Generate",service="proctor.v1.Teacher"}',
+        'proctor_requests_total{code="OK",rpc="Generate",service="proctor.v1.Teacher"}',
         "proctor_queue_seconds_bucket",
         "proctor_inference_seconds_bucket",
         "proctor_batch_size_items_bucket",

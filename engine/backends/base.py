@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from proctor.engine.types import BackendInfo, GenerateItem, Generation, ScoreItem, ScoreOutput
+from proctor.engine.types import BackendInfo, GenerateItem, Generation, ProbeItem, ScoreItem, ScoreOutput
 
 
 class Generator(Protocol):
@@ -27,3 +27,7 @@ class Generator(Protocol):
         ...
 
     async def score(self, item: ScoreItem) -> ScoreOutput: ...
+
+    async def probe(self, item: ProbeItem) -> ScoreOutput:
+        """Full-vocabulary log-probs of `item.token_ids` as the next token after the context, in that order."""
+        ...

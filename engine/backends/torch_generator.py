@@ -31,6 +31,7 @@ from proctor.engine.types import (
     FinishReason,
     GenerateItem,
     Generation,
+    ProbeItem,
     Sample,
     ScoreItem,
     ScoreOutput,
@@ -103,6 +104,10 @@ class _Wave:
     jobs: list[_Job]
     started: float
     samples: dict[int, list[Sample | None]] = field(default_factory=dict)
+
+
+def _sequence(item: ScoreItem | ProbeItem) -> list[int]:
+    return item.context_ids + item.target_ids if isinstance(item, ScoreItem) else item.context_ids
 
 
 class TorchGenerator:
@@ -195,7 +200,11 @@ class TorchGenerator:
         result: ScoreOutput = await self._submit(item)
         return result
 
-    async def _submit(self, item: GenerateItem | ScoreItem) -> Any:
+    async def probe(self, item: ProbeItem) -> ScoreOutput:
+        result: ScoreOutput = await self._submit(item)
+        return result
+
+    async def _submit(self, item: GenerateItem | ScoreItem | ProbeItem) -> Any:
         loop = asyncio.get_running_loop()
         job = _Job(item=item, future=loop.create_future(), loop=loop)
         with self._cv:
@@ -243,8 +252,8 @@ class TorchGenerator:
             job = self._pending.popleft()
             if job.cancelled:
                 continue
-            if isinstance(job.item, ScoreItem):
-                tokens = len(job.item.context_ids) + len(job.item.target_ids)
+            if isinstance(job.item, ScoreItem | ProbeItem):
+                tokens = len(_sequence(job.item))
                 if scores and score_tokens + tokens > self._max_score_tokens:
                     keep.append(job)
                     continue
@@ -261,9 +270,10 @@ class TorchGenerator:
         return scores, gens
 
     def _score_batch(self, jobs: list[_Job]) -> None:
+        """Score and probe items together: run the model to hidden states, then log-probs at the rows asked for."""
         started = time.perf_counter()
-        items: list[ScoreItem] = [j.item for j in jobs]
-        seqs = [it.context_ids + it.target_ids for it in items]
+        items: list[ScoreItem | ProbeItem] = [j.item for j in jobs]
+        seqs = [_sequence(it) for it in items]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -273,15 +283,19 @@ class TorchGenerator:
         for b, (it, s) in enumerate(zip(items, seqs, strict=True)):
             ids[b, : len(s)] = torch.tensor(s)
             mask[b, : len(s)] = 1
-            first = len(it.context_ids) - 1  # the position whose output predicts target[0]
-            rows.extend([b] * len(it.target_ids))
-            cols.extend(range(first, first + len(it.target_ids)))
-            targets.extend(it.target_ids)
+            if isinstance(it, ScoreItem):
+                first = len(it.context_ids) - 1  # the position whose output predicts target[0]
+                cols.extend(range(first, first + len(it.target_ids)))
+                targets.extend(it.target_ids)
+            else:
+                cols.extend([len(it.context_ids) - 1] * len(it.token_ids))
+                targets.extend(it.token_ids)
+            rows.extend([b] * (len(cols) - len(rows)))
         hidden = self._model.base_model(
             input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
         ).last_hidden_state
         picked = hidden[torch.tensor(rows), torch.tensor(cols)]
-        top_k = max(it.top_k for it in items)
+        top_k = max(it.top_k if isinstance(it, ScoreItem) else 0 for it in items)
         weight = self._model.get_output_embeddings().weight
         logprobs, top_vals, top_ids = lm_head_logprobs_reference(
             picked, weight, torch.tensor(targets, device=self._device), top_k=top_k
@@ -292,13 +306,13 @@ class TorchGenerator:
         done = time.perf_counter()
         offset = 0
         for job, it in zip(jobs, items, strict=True):
-            span = slice(offset, offset + len(it.target_ids))
-            offset += len(it.target_ids)
+            count = len(it.target_ids) if isinstance(it, ScoreItem) else len(it.token_ids)
+            span = slice(offset, offset + count)
+            offset += count
+            k = it.top_k if isinstance(it, ScoreItem) else 0
             top = None
-            if it.top_k and top_vals_l is not None and top_ids_l is not None:
-                top = TopK(
-                    ids=[r[: it.top_k] for r in top_ids_l[span]], logprobs=[r[: it.top_k] for r in top_vals_l[span]]
-                )
+            if k and top_vals_l is not None and top_ids_l is not None:
+                top = TopK(ids=[r[:k] for r in top_ids_l[span]], logprobs=[r[:k] for r in top_vals_l[span]])
             job.resolve(
                 ScoreOutput(
                     logprobs=logprobs_l[span], top=top, queue_s=started - job.enqueued, inference_s=done - started

@@ -162,15 +162,19 @@ async def run_stream(
             drain.cancel()
 
     reader = asyncio.create_task(read())
+    final = "CANCELLED"  # the call was cancelled or its deadline passed, unless we get to the end
     try:
         while True:
             result = await out.get()
             if result is _END:
+                final = "OK"
                 break
             if isinstance(result, BaseException):
+                final = "UNKNOWN"
                 raise result
             yield result
     finally:
+        svc.metrics.requests.labels(svc.name, spec.rpc, final).inc()
         reader.cancel()
         for task in list(tasks):
             task.cancel()

@@ -1,0 +1,32 @@
+"""The outcome reward R_f1 (PAPERS.md §2.2): token-set F1 of the first answer against the best gold."""
+
+from __future__ import annotations
+
+import re
+import string
+
+ANSWER_SPLIT = "<|answer_split|>"
+_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})  # ASCII only: “ ” — … stay
+_SPACES = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    return _SPACES.sub(" ", text.translate(_PUNCTUATION)).strip()
+
+
+def f1(prediction: str, gold: str) -> float:
+    pred, ref = set(normalize(prediction).split()), set(normalize(gold).split())
+    common = len(pred & ref)
+    if not pred or not ref or not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def split_golds(golds: list[str]) -> list[str]:
+    """Golds may come as a list, each possibly joining several with <|answer_split|>; lowercased like the answer."""
+    return [g for joined in golds for g in joined.lower().split(ANSWER_SPLIT)]
+
+
+def best_f1(answer: str, golds: list[str]) -> float:
+    return max((f1(answer, gold) for gold in split_golds(golds)), default=0.0)

@@ -1,0 +1,171 @@
+"""Atom-Searcher's reward for one rollout: R = alpha * R_atom + (1 - alpha) * R_f1, or -1 when malformed.
+
+The RRM is any Generator (the backend interface); everything else is rules on strings. Rules-only work never waits
+on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from proctor.engine import outcome, rollout, rrm, schedule
+from proctor.engine.backends.base import Generator
+from proctor.engine.errors import ItemError
+from proctor.engine.types import GenerateItem, ProbeItem, SamplingParams
+
+MODES = ("generate", "expected", "rules")
+ATTEMPTS = 2  # an unparseable judgement is retried once
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    mode: str = "expected"
+    total_steps: int = 0
+    aggregation: str = "mean"
+    no_atoms_r_atom: float = 0.0
+    prompt_template: str = rrm.DEFAULT_TEMPLATE
+    include_gold: bool = True
+    judge_temperature: float = 0.7
+    judge_max_tokens: int = 0  # 0 = 8 per atom + 16
+    renormalize: bool = True
+
+
+@dataclass(frozen=True)
+class RolloutInput:
+    question: str
+    response: str
+    golds: list[str]
+    step: int
+    total_steps: int | None = None
+    mode: str | None = None
+
+
+@dataclass
+class RewardOutcome:
+    reward: float
+    alpha: float
+    r_f1: float
+    format_ok: bool
+    format_reason: str
+    atoms: list[rollout.Atom]
+    atom_scores: list[float] = field(default_factory=list)
+    r_atom: float | None = None
+    no_atoms: bool = False
+    rrm_text: str = ""
+    rrm_attempts: int = 0
+    inference_s: float = 0.0
+
+
+class RewardScorer:
+    def __init__(self, settings: RewardSettings, judge: Generator | None) -> None:
+        self.settings = settings
+        self.judge = judge
+        self._score_tokens: rrm.ScoreTokens | None = None
+
+    async def score(self, item: RolloutInput) -> RewardOutcome:
+        mode = item.mode or self.settings.mode
+        if mode != "rules" and self.judge is None:
+            raise ItemError(
+                f"{mode} mode needs an RRM and this server has none configured; use RULES",
+                "mode",
+                "FAILED_PRECONDITION",
+            )
+        total = item.total_steps if item.total_steps is not None else self.settings.total_steps
+        alpha = schedule.alpha(item.step, total)
+        if not any(g.strip() for g in item.golds):
+            raise ItemError("required: at least one non-empty gold answer", "gold_answers")
+        verdict = rollout.check_format(item.response)
+        atoms = rollout.atoms(item.response)
+        if not verdict.ok:
+            return RewardOutcome(-1.0, alpha, 0.0, False, verdict.reason, atoms)
+        r_f1 = outcome.best_f1(verdict.answer, item.golds)
+        if mode == "rules":  # alpha is taken as 0: there is no R_atom to mix in
+            return RewardOutcome(r_f1, 0.0, r_f1, True, "", atoms)
+        result = RewardOutcome(0.0, alpha, r_f1, True, "", atoms)
+        if not atoms:
+            result.no_atoms = True
+            result.r_atom = self.settings.no_atoms_r_atom
+        else:
+            gold = outcome.split_golds(item.golds)[0] if self.settings.include_gold else None
+            prompt = rrm.render_prompt(self.settings.prompt_template, item.question, atoms, gold)
+            started = time.perf_counter()
+            if mode == "generate":
+                await self._judge_by_sampling(prompt, item, result)
+            else:
+                await self._judge_by_expectation(prompt, result)
+            result.inference_s = time.perf_counter() - started
+            result.r_atom = rrm.aggregate(result.atom_scores, self.settings.aggregation)
+        result.reward = schedule.mix(alpha, result.r_atom, r_f1)
+        return result
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        assert self.judge is not None
+        ids = self.judge.tokenize(text, True)
+        limit = self.judge.info.max_model_len
+        if len(ids) + self._judge_max_tokens(1) > limit:
+            raise ItemError(f"the RRM prompt is {len(ids)} tokens, over the RRM's context length {limit}", "response")
+        return ids
+
+    def _judge_max_tokens(self, count: int) -> int:
+        return self.settings.judge_max_tokens or 8 * count + 16
+
+    async def _judge_by_sampling(self, prompt: str, item: RolloutInput, result: RewardOutcome) -> None:
+        assert self.judge is not None
+        ids = self._prompt_ids(prompt)
+        # Seeded by the rollout's content: the same rollout gets the same judgement on any replica.
+        seed = zlib.crc32(f"{item.question}\x00{item.response}".encode())
+        problem = ""
+        for attempt in range(1, ATTEMPTS + 1):
+            params = SamplingParams(
+                temperature=self.settings.judge_temperature,
+                seed=seed + attempt,
+                max_tokens=self._judge_max_tokens(len(result.atoms)),
+            )
+            generation = await self.judge.generate(GenerateItem(prompt_ids=ids, params=params))
+            text = generation.samples[0].text
+            result.rrm_attempts = attempt
+            result.rrm_text = text
+            try:
+                result.atom_scores = [float(s) for s in rrm.parse_judgement(text, len(result.atoms))]
+                return
+            except rrm.Unparseable as exc:
+                problem = str(exc)
+        raise ItemError(
+            f"the RRM's judgement was unparseable after {ATTEMPTS} attempts ({problem}); last output: {text[:300]!r}",
+            code="INTERNAL",
+        )
+
+    async def _judge_by_expectation(self, prompt: str, result: RewardOutcome) -> None:
+        assert self.judge is not None
+        plan = self._plan()
+        wanted = plan.wanted()
+        contexts = [self._prompt_ids(rrm.expected_mode_prompt(prompt, i)) for i in range(1, len(result.atoms) + 1)]
+        jobs = [
+            self.judge.probe(ProbeItem(context_ids=ctx + list(probe), token_ids=ids))
+            for ctx in contexts
+            for probe, ids in wanted.items()
+        ]
+        outputs = iter(await asyncio.gather(*jobs))
+        scores = []
+        for _ in contexts:
+            next_probs = {}
+            for probe, ids in wanted.items():
+                logprobs = next(outputs).logprobs
+                next_probs[probe] = {t: math.exp(lp) for t, lp in zip(ids, logprobs, strict=True)}
+            distribution = plan.distribution(next_probs, renormalize=self.settings.renormalize)
+            scores.append(rrm.expected_value(distribution))
+        result.atom_scores = scores
+
+    def _plan(self) -> rrm.ScoreTokens:
+        if self._score_tokens is None:
+            assert self.judge is not None
+            judge = self.judge
+            # How " k" continues "...Atom i:" depends only on the tail, so a short tail stands for every prompt.
+            self._score_tokens = rrm.ScoreTokens.build(
+                lambda s: judge.tokenize(s, False), rrm.expected_mode_prompt("", 1)
+            )
+        return self._score_tokens

@@ -1,0 +1,101 @@
+"""The RewardModel service: Reward (stream) and Info, over the Atom-Searcher reward of `engine.reward`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from proctor.engine.backends.base import Generator
+from proctor.engine.errors import ItemError
+from proctor.engine.reward import RewardScorer, RolloutInput
+from proctor.engine.services import convert
+from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
+from proctor.engine.version import __version__
+from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+
+SERVICE = "proctor.v1.RewardModel"
+_MODES = {
+    reward_pb2.RRM_MODE_UNSPECIFIED: None,
+    reward_pb2.GENERATE: "generate",
+    reward_pb2.EXPECTED: "expected",
+    reward_pb2.RULES: "rules",
+}
+
+
+class RewardService(reward_pb2_grpc.RewardModelServicer):
+    def __init__(self, scorer: RewardScorer, judge: Generator | None, svc: ServiceContext) -> None:
+        self.scorer = scorer
+        self.judge = judge
+        self.svc = svc
+        self._reward = StreamSpec(
+            rpc="Reward",
+            item_id=lambda r: r.id,
+            timeout_ms=lambda r: r.timeout_ms,
+            handle=self._reward_one,
+            error_result=lambda i, e: reward_pb2.RewardResult(id=i, error=convert.status(e)),
+        )
+
+    async def Reward(
+        self, request_iterator: AsyncIterator[reward_pb2.RewardRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[reward_pb2.RewardResult]:
+        async for result in run_stream(self.svc, self._reward, request_iterator):
+            yield result
+
+    async def Info(
+        self, request: common_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.ModelInfo:
+        settings = self.scorer.settings
+        extra = {"mode": settings.mode, "aggregation": settings.aggregation, "total_steps": str(settings.total_steps)}
+        if self.judge is None:
+            return common_pb2.ModelInfo(service="RewardModel", model="(rules only)", version=__version__, extra=extra)
+        info = self.judge.info
+        return common_pb2.ModelInfo(
+            service="RewardModel",
+            model=info.model,
+            backend=info.backend,
+            dtype=info.dtype,
+            device=info.device,
+            tokenizer=info.tokenizer,
+            vocab_size=info.vocab_size,
+            max_model_len=info.max_model_len,
+            version=__version__,
+            extra=extra,
+        )
+
+    async def _reward_one(self, req: reward_pb2.RewardRequest) -> reward_pb2.RewardResult:
+        received = time.perf_counter()
+        if req.mode not in _MODES:
+            raise ItemError(f"unknown mode {req.mode}", "mode")
+        if not req.response:
+            raise ItemError("required: the rollout text", "response")
+        item = RolloutInput(
+            question=req.question,
+            response=req.response,
+            golds=list(req.gold_answers),
+            step=req.training_step,
+            total_steps=req.total_steps if req.HasField("total_steps") else None,
+            mode=_MODES[req.mode],
+        )
+        out = await self.scorer.score(item)
+        scores: list[float | None] = list(out.atom_scores) or [None] * len(out.atoms)
+        self.svc.metrics.inference_seconds.labels(self.svc.name, "Reward").observe(out.inference_s)
+        return reward_pb2.RewardResult(
+            id=req.id,
+            reward=out.reward,
+            alpha=out.alpha,
+            r_f1=out.r_f1,
+            r_atom=out.r_atom,
+            format_ok=out.format_ok,
+            format_reason=out.format_reason,
+            atoms=[
+                reward_pb2.Atom(type=a.type, text=a.text, turn=a.turn, score=s)
+                for a, s in zip(out.atoms, scores, strict=True)
+            ],
+            no_atoms=out.no_atoms,
+            rrm_text=out.rrm_text if req.return_rrm_text else "",
+            rrm_attempts=out.rrm_attempts,
+            timing=convert.timing(0.0, out.inference_s, time.perf_counter() - received),
+        )
