@@ -13,30 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
+from proctor.clients.streaming import MiB, channel_options, run_async, run_sync
 from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
-
-_UNAVAILABLE = 14
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-_MiB = 1024 * 1024
-Result = TypeVar("Result", teacher_pb2.GenerateResult, teacher_pb2.ScoreResult)
-
-
-class ItemFailed(RuntimeError):
-    def __init__(self, item_id: str, error: common_pb2.Status) -> None:
-        name = _CODE_NAMES.get(error.code, str(error.code))
-        super().__init__(f"item {item_id!r} failed with {name}: {error.message}")
-        self.item_id = item_id
-        self.code = error.code
-        self.field = error.field
-
-
-def raise_for_error(result: teacher_pb2.GenerateResult | teacher_pb2.ScoreResult) -> None:
-    if result.HasField("error"):
-        raise ItemFailed(result.id, result.error)
 
 
 def _prompt(value: str | list[int]) -> common_pb2.Prompt:
@@ -62,33 +44,11 @@ def score_request(
     )
 
 
-def _unanswered(kind: type[Result], item_id: str, why: str) -> Result:
-    return kind(id=item_id, error=common_pb2.Status(code=_UNAVAILABLE, message=why))
-
-
-def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
-
-
-def _collect(kind: type[Result], sent: list[str], answers: Iterable[Result], broke: str | None) -> dict[str, Result]:
-    results: dict[str, Result] = {}
-    for result in answers:
-        results.setdefault(result.id, result)
-    why = broke or "the stream ended before this item was answered"
-    for item_id in sent:
-        if item_id not in results:
-            results[item_id] = _unanswered(kind, item_id, why)
-    return results
-
-
 class TeacherClient:
     """Blocking client (one channel; safe to share across threads)."""
 
-    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * _MiB) -> None:
-        self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * MiB) -> None:
+        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -113,27 +73,17 @@ class TeacherClient:
         yield from self.stub.Generate(iter(requests), timeout=self.timeout_s)
 
     def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
-        return self._run(teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
+        return run_sync(teacher_pb2.GenerateResult, self.stub.Generate, list(requests), self.timeout_s)
 
     def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
-        return self._run(teacher_pb2.ScoreResult, self.stub.Score, list(requests))
-
-    def _run(self, kind: type[Result], method: Any, requests: list[Any]) -> dict[str, Result]:
-        answers: list[Result] = []
-        broke = None
-        try:
-            for result in method(iter(requests), timeout=self.timeout_s):
-                answers.append(result)
-        except grpc.RpcError as exc:
-            broke = f"stream failed with {exc.code().name}: {exc.details()}"
-        return _collect(kind, [r.id for r in requests], answers, broke)
+        return run_sync(teacher_pb2.ScoreResult, self.stub.Score, list(requests), self.timeout_s)
 
 
 class AsyncTeacherClient:
     """asyncio client; create it inside the running loop."""
 
-    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * _MiB) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
+    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * MiB) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
         self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -162,18 +112,7 @@ class AsyncTeacherClient:
             yield result
 
     async def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
-        return await self._run(teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
+        return await run_async(teacher_pb2.GenerateResult, self.stub.Generate, list(requests), self.timeout_s)
 
     async def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
-        return await self._run(teacher_pb2.ScoreResult, self.stub.Score, list(requests))
-
-    async def _run(self, kind: type[Result], method: Any, requests: list[Any]) -> dict[str, Result]:
-        answers: list[Result] = []
-        broke = None
-        call = method(iter(requests), timeout=self.timeout_s)
-        try:
-            async for result in call:
-                answers.append(result)
-        except grpc.RpcError as exc:
-            broke = f"stream failed with {exc.code().name}: {exc.details()}"
-        return _collect(kind, [r.id for r in requests], answers, broke)
+        return await run_async(teacher_pb2.ScoreResult, self.stub.Score, list(requests), self.timeout_s)

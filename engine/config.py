@@ -79,6 +79,7 @@ class RewardConfig:
     judge_temperature: float = 0.7
     judge_max_tokens: int = 0  # 0 = 8 per atom + 16
     renormalize: bool = True  # expected mode: renormalise over the score tokens
+    http_port: int = -1  # OpenRLHF-compatible POST endpoint; -1 = off, 0 = any free port
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,8 @@ import math
 import time
 import urllib.request
 
-from proctor.clients.teacher import AsyncTeacherClient, generate_request, raise_for_error, score_request
+from proctor.clients.streaming import raise_for_error
+from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
 from proctor.engine.config import Config, ServerConfig, TeacherConfig
 from proctor.engine.server import ProctorServer
 

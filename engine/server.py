@@ -22,6 +22,7 @@ from proctor.engine.config import Config, RewardConfig
 from proctor.engine.metrics import Metrics
 from proctor.engine.reward import RewardScorer, RewardSettings
 from proctor.engine.services import reward, teacher
+from proctor.engine.services.openrlhf_http import OpenRLHFEndpoint
 from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext
 from proctor.proto.proctor.v1 import reward_pb2_grpc, teacher_pb2_grpc
 
@@ -118,6 +119,7 @@ class ProctorServer:
         self._metrics_server: Any = None
         self._loading: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
+        self.openrlhf: OpenRLHFEndpoint | None = None
 
     async def start(self) -> None:
         cfg = self.config.server
@@ -144,6 +146,9 @@ class ProctorServer:
             self._needs[reward.SERVICE] = [judge] if judge is not None else []
             svc = self._service_context(reward.SERVICE, rc.limits.max_queued_items, rc.limits.stream_window)
             scorer = RewardScorer(reward_settings(rc), judge)
+            if rc.http_port >= 0:
+                self.openrlhf = OpenRLHFEndpoint(scorer, asyncio.get_running_loop(), cfg.host, rc.http_port)
+                self.openrlhf.start()
             reward_pb2_grpc.add_RewardModelServicer_to_server(reward.RewardService(scorer, judge, svc), server)
             names.append(reward.SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -225,6 +230,8 @@ class ProctorServer:
             self._loading.cancel()
         for backend in self._backends.values():
             await backend.close()
+        if self.openrlhf is not None:
+            self.openrlhf.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

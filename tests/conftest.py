@@ -17,7 +17,7 @@ def tiny_config(**teacher: object) -> Config:
     return Config(
         server=ServerConfig(port=0, metrics_port=0, drain_grace_s=10),
         teacher=dataclasses.replace(TeacherConfig(model=TINY, device="cpu", limits=limits), **teacher),  # type: ignore[arg-type]
-        reward=RewardConfig(model=TINY, device="cpu", total_steps=100),
+        reward=RewardConfig(model=TINY, device="cpu", total_steps=100, http_port=0),
     )
 
 

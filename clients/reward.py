@@ -1,0 +1,91 @@
+"""RewardModel clients: one stream per training step (a GRPO step of 256 x 16 rollouts is one call)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import grpc
+
+from proctor.clients.streaming import MiB, channel_options, run_async, run_sync
+from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+
+MODES = {
+    "generate": reward_pb2.GENERATE,
+    "expected": reward_pb2.EXPECTED,
+    "rules": reward_pb2.RULES,
+    None: reward_pb2.RRM_MODE_UNSPECIFIED,
+}
+
+
+def reward_request(
+    id: str,
+    question: str,
+    response: str,
+    golds: str | Sequence[str],
+    training_step: int,
+    *,
+    total_steps: int | None = None,
+    mode: str | None = None,
+    return_rrm_text: bool = False,
+    timeout_ms: int = 0,
+) -> reward_pb2.RewardRequest:
+    """`mode` is generate, expected, rules or None (the server's default)."""
+    request = reward_pb2.RewardRequest(
+        id=id,
+        question=question,
+        response=response,
+        gold_answers=[golds] if isinstance(golds, str) else list(golds),
+        training_step=training_step,
+        mode=MODES[mode],
+        return_rrm_text=return_rrm_text,
+        timeout_ms=timeout_ms,
+    )
+    if total_steps is not None:
+        request.total_steps = total_steps
+    return request
+
+
+class RewardClient:
+    """Blocking client (one channel; safe to share across threads)."""
+
+    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * MiB) -> None:
+        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.stub = reward_pb2_grpc.RewardModelStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def info(self) -> common_pb2.ModelInfo:
+        info: common_pb2.ModelInfo = self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+        return info
+
+    def reward(self, requests: Iterable[reward_pb2.RewardRequest]) -> dict[str, reward_pb2.RewardResult]:
+        return run_sync(reward_pb2.RewardResult, self.stub.Reward, list(requests), self.timeout_s)
+
+
+class AsyncRewardClient:
+    """asyncio client; create it inside the running loop."""
+
+    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * MiB) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.stub = reward_pb2_grpc.RewardModelStub(self.channel)
+        self.timeout_s = timeout_s
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close(grace=None)
+
+    async def reward(self, requests: Iterable[reward_pb2.RewardRequest]) -> dict[str, reward_pb2.RewardResult]:
+        return await run_async(reward_pb2.RewardResult, self.stub.Reward, list(requests), self.timeout_s)
