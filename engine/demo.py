@@ -6,9 +6,10 @@ import math
 import time
 import urllib.request
 
+from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.streaming import raise_for_error
 from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
-from proctor.engine.config import Config, ServerConfig, TeacherConfig
+from proctor.engine.config import Config, RewardConfig, ServerConfig, TeacherConfig
 from proctor.engine.server import ProctorServer
 
 _PROMPTS = {
@@ -21,10 +22,49 @@ def _rule(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
 
 
+_QUESTION = "Which city is the capital of Australia?"
+_ROLLOUTS = {
+    "well-formed": (
+        "<think><PLAN>I should search for the capital of Australia rather than guess Sydney.</PLAN></think>"
+        '<tool_call>{"name": "search", "arguments": {"query": "capital of Australia"}}</tool_call>'
+        "<tool_response>Canberra is the capital city of Australia.</tool_response>"
+        "<think><OBSERVATION>The search result names Canberra.</OBSERVATION>"
+        "<VERIFICATION>Canberra, not Sydney, is the seat of government, so the result is right.</VERIFICATION></think>"
+        "<answer>Canberra</answer>"
+    ),
+    "no atoms": "<think>It is probably Sydney, the biggest city.</think><answer>Sydney, Australia</answer>",
+    "malformed": "<think><PLAN>Answer directly.</PLAN><answer>Canberra</answer>",
+}
+
+
+async def _reward_session(target: str) -> None:
+    _rule("RewardModel.Reward: T = 250 of T_MAX = 1000 -> alpha = 0.375")
+    async with AsyncRewardClient(target, timeout_s=600) as client:
+        for mode in ("expected", "rules"):
+            results = await client.reward(
+                reward_request(key, _QUESTION, text, "Canberra", 250, total_steps=1000, mode=mode)
+                for key, text in _ROLLOUTS.items()
+            )
+            print(f"-- mode {mode}")
+            for key, r in results.items():
+                raise_for_error(r)
+                r_atom = f"{r.r_atom:.3f}" if r.HasField("r_atom") else "-"
+                verdict = "ok" if r.format_ok else f"malformed ({r.format_reason})"
+                print(
+                    f"[{key}] reward {r.reward:+.3f} = alpha {r.alpha:.3f} * R_atom {r_atom} + "
+                    f"(1 - alpha) * R_f1 {r.r_f1:.3f}; format {verdict}{'; no atoms' if r.no_atoms else ''}"
+                )
+                for a in r.atoms:
+                    score = f"{a.score:.2f}/10" if a.HasField("score") else "not scored"
+                    print(f"     turn {a.turn} <{a.type}> {score}: {a.text[:60]!r}")
+    print("(the expected-mode RRM here is the small demo model; its atom scores show the plumbing, not judgement)")
+
+
 async def run_demo(model: str, device: str) -> int:
     config = Config(
         server=ServerConfig(port=0, metrics_port=0),
         teacher=TeacherConfig(model=model, device=device, default_max_tokens=24),
+        reward=RewardConfig(model=model, device=device),
     )
     server = ProctorServer(config)
     print(f"starting proctor with teacher {model} (a first run converts or builds the model once) ...", flush=True)
@@ -89,6 +129,7 @@ async def run_demo(model: str, device: str) -> int:
                     else "ok"
                 )
                 print(f"[{key}] {status}")
+        await _reward_session(target)
         metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         _rule("Prometheus")
         print(f"metrics at {metrics_url} (while the server runs); a sample:")
