@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+
+# Triton kernels run on CPU tensors in the interpreter; this must be set before anything imports triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import dataclasses
 from collections.abc import AsyncIterator
 
