@@ -1,0 +1,113 @@
+"""Symbolic Knowledge Distillation domain: templates byte-exact against PAPERS.md, filters, names, cut-offs."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from proctor.engine import critic_input, cutoffs, skd
+from proctor.engine.types import FinishReason
+
+PAPERS = Path(__file__).resolve().parents[2] / "shared" / "PAPERS.md"
+
+
+def _papers_table() -> dict[str, tuple[str, str]]:
+    """relation -> (prefix, example) as written in PAPERS.md §1.2, with its escapes decoded."""
+    rows = {}
+    for line in PAPERS.read_text().splitlines():
+        found = re.match(r"\| (\w+) \| `(.*?)` \| `(.*)` \|$", line)
+        if found and found.group(1) in skd.RELATIONS:
+            rows[found.group(1)] = (found.group(2).replace("\\n", "\n"), found.group(3).replace("\\n", "\n"))
+    return rows
+
+
+@pytest.mark.skipif(not PAPERS.exists(), reason="../shared/PAPERS.md is not beside this checkout")
+def test_templates_are_byte_exact_against_papers_md() -> None:
+    table = _papers_table()
+    assert set(table) == set(skd.RELATIONS)
+    for name, rel in skd.RELATIONS.items():
+        assert (rel.prefix, rel.example) == table[name], name
+
+
+def test_templates_pinned() -> None:  # the same facts, for checkouts without ../shared
+    rel = skd.RELATIONS["xIntent"]
+    assert rel.example == '{n}. \n\nEvent: {head}.\n\nIntention: "{head}" because PersonX wants {tail}.\n\n'
+    assert skd.RELATIONS["HinderedBy"].example.endswith("because {tail}.\n\n\n")
+    assert skd.RELATIONS["xEffect"].open_slot(6, "PersonX runs") == "6.\n\nevent: PersonX runs\n\noutcome: PersonX"
+
+
+def test_event_prompt_has_ten_reshuffled_shots_and_the_open_slot() -> None:
+    first = skd.event_prompt(random.Random(1))
+    second = skd.event_prompt(random.Random(2))
+    assert first != second and first.endswith("\n\n\n11. Event:")
+    shots = re.findall(r"(\d+)\. Event: (.*?)\n\n\n", first)
+    assert [int(n) for n, _ in shots] == list(range(1, 11))
+    assert all(event in skd.seed_events() for _, event in shots)
+    assert first == skd.event_prompt(random.Random(1)), "seeded"
+
+
+def test_inference_prompt_names_and_open_slot() -> None:
+    prompt = skd.inference_prompt("xWant", "PersonX asks PersonY for help", random.Random(3))
+    assert prompt.startswith("How does this situation affect each character's wants?\n\n\nSituation 1: ")
+    assert prompt.endswith("Situation 6: Alex asks Chris for help.\n\nWants: As a result, Alex wants")
+    assert "PersonX" not in prompt and "PersonY" not in prompt
+    assert prompt.count("Situation ") == 6
+
+
+def test_seed_data_sizes() -> None:
+    assert len(skd.seed_events()) >= 100 and all(e.startswith("PersonX") for e in skd.seed_events())
+    assert all(len(v) >= 5 for v in skd.worked_examples().values())
+    assert not {"Alex", "Chris"} & set(skd.first_names())
+
+
+def _c(text: str, lp: float = -1.0, finish: FinishReason = FinishReason.STOP, stop: str = "\n\n") -> skd.Candidate:
+    return skd.Candidate(text, finish, stop, lp)
+
+
+def test_event_filters_in_order() -> None:
+    samples = [
+        _c(" PersonX goes home", -1.0),
+        _c(" PersonX goes home", -1.0),  # duplicate
+        _c(" PersonY goes home", -1.0),  # does not start with PersonX
+        _c(" PersonX runs away", -2.0, FinishReason.LENGTH, ""),  # did not stop on the stop string
+        _c(" PersonX eats @ noon", -3.0),  # bad character, dropped after the likelihood cut
+        _c(" PersonX sings", -4.0),
+        _c(" PersonX swims", -50.0),  # least likely 20% of 5 unique = 1
+        _c(" PersonX reads", -5.0),
+        _c(" PersonX’s dog barks", -6.0),  # ’ is allowed
+    ]
+    kept = [c.text for c in skd.filter_events(samples)]
+    assert kept == ["PersonX goes home", "PersonX sings", "PersonX reads", "PersonX’s dog barks"]
+
+
+def test_tail_post_processing_and_names_back() -> None:
+    tails = [_c(" to thank Chris."), _c(" ok"), _c(" to thank Chris"), _c(" Alexandra smiles"), _c(" Alex rests.")]
+    assert [c.text for c in skd.clean_tails(tails)] == ["to thank PersonY", "Alexandra smiles", "PersonX rests"]
+    assert skd.names_back("Alex helps Chris and Chris's dog") == "PersonX helps PersonY and PersonY's dog"
+
+
+def test_critic_input_pairs_are_seeded_with_two_different_names() -> None:
+    pairs = critic_input.triple_pairs("PersonX helps PersonY", "xWant", "to rest", seed=4)
+    assert len(pairs) == 5
+    assert pairs == critic_input.triple_pairs("PersonX helps PersonY", "xWant", "to rest", seed=4)
+    for p in pairs:
+        x, _, y = p.first.split()
+        assert x != y and p.second == f"as a result, {x} wants to rest"
+    assert len({p.first for p in pairs}) > 1
+
+
+def test_cutoffs_on_a_synthetic_precision_recall_curve() -> None:
+    scores = [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    labels = [True, True, False, True, True, False, True, False, True, False]
+    result = cutoffs.cutoffs(scores, labels)  # 6 positives
+    high = result["high"]  # recall 0.5 -> 3 positives kept: scores > 0.8 is not enough, > 0.7 is
+    assert high.threshold == 0.7 and high.recall == 0.5 and high.precision == pytest.approx(3 / 4)
+    medium = result["medium"]  # recall 0.8 -> 5 of 6 positives: lowest kept 0.5
+    assert (
+        medium.threshold == 0.4 and medium.recall == pytest.approx(5 / 6) and medium.precision == pytest.approx(5 / 7)
+    )
+    with pytest.raises(ValueError):
+        cutoffs.cutoff_at_recall([0.1], [False], 0.5)
