@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 import yaml
 
 from proctor.engine import rrm
+from proctor.engine.critic_input import RELATION_PHRASES
+
+RELATION_NAMES = tuple(RELATION_PHRASES)
 
 
 class ConfigError(ValueError):
@@ -55,10 +58,12 @@ class TeacherConfig:
     dtype: str = "auto"
     max_prompt_tokens: int = 0  # 0 = the model's context length
     default_max_tokens: int = 16
-    max_n: int = 64
+    max_n: int = 128  # the SKD event prompt samples n = 100
     max_top_logprobs: int = 64
     max_batch_seqs: int = 64
     max_score_tokens: int = 16384
+    critic: str = "local"  # GenerateTriples' critic: "local" (this server's Critic), an address, or "" (none)
+    max_triples_events: int = 1000
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
 
@@ -94,13 +99,41 @@ class RewardConfig:
 
 
 @dataclass
+class CriticConfig:
+    """The Critic service: any HF sequence classifier (1 sigmoid logit, or softmax over 2 labels)."""
+
+    model: str = "builtin:critic"  # trained once by `proctor train-critic` on the shipped set, then cached
+    device: str = "auto"
+    dtype: str = "auto"
+    valid_label: int = 1  # with 2 labels: the index of "valid"
+    cutoff_level: str = "medium"  # high | medium, read from the model folder's proctor_cutoffs.json
+    cutoff: float = -1.0  # >= 0 overrides the level for every relation
+    cutoffs: dict[str, float] = field(default_factory=dict)  # per relation (xWant, ...), over both of the above
+    draws: int = 5  # name draws per triple; the score is their mean
+    max_batch_items: int = 256
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 2.0
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+
+    def __post_init__(self) -> None:
+        if self.cutoff_level not in ("high", "medium"):
+            raise ConfigError(f"critic.cutoff_level: {self.cutoff_level!r} is not high or medium")
+        unknown = sorted(set(self.cutoffs) - set(RELATION_NAMES))
+        if unknown:
+            raise ConfigError(f"critic.cutoffs: unknown relation(s) {', '.join(unknown)}")
+        if self.draws < 1:
+            raise ConfigError("critic.draws: must be >= 1")
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     teacher: TeacherConfig | None = None
+    critic: CriticConfig | None = None
     reward: RewardConfig | None = None
 
     def services(self) -> list[str]:
-        return [name for name in ("teacher", "reward") if getattr(self, name) is not None]
+        return [name for name in ("teacher", "critic", "reward") if getattr(self, name) is not None]
 
 
 T = TypeVar("T")
@@ -142,12 +175,13 @@ def load_config(path: str | Path | None = None, default_services: dict[str, Any]
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    known = {"server", "teacher", "reward"}
+    known = {"server", "teacher", "critic", "reward"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return Config(
         server=_build(ServerConfig, data.get("server"), "server"),
         teacher=_build(TeacherConfig, data["teacher"], "teacher") if "teacher" in data else None,
+        critic=_build(CriticConfig, data["critic"], "critic") if "critic" in data else None,
         reward=_build(RewardConfig, data["reward"], "reward") if "reward" in data else None,
     )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 TARGET_RECALLS = {"high": 0.5, "medium": 0.8}  # "high" filtration keeps less
+CUTOFFS_FILE = "proctor_cutoffs.json"  # beside a trained critic: {"high": {"threshold": ...}, "medium": ...}
 
 
 @dataclass(frozen=True)

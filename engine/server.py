@@ -17,14 +17,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from proctor.engine.backends.base import Generator
+from proctor.engine.backends.base import Backend, Generator
+from proctor.engine.backends.torch_classifier import TorchClassifier
 from proctor.engine.config import Config, RewardConfig
 from proctor.engine.metrics import Metrics
 from proctor.engine.reward import RewardScorer, RewardSettings
-from proctor.engine.services import reward, teacher
+from proctor.engine.services import critic, reward, teacher
 from proctor.engine.services.openrlhf_http import OpenRLHFEndpoint
+from proctor.engine.services.remote_critic import RemoteCritic
 from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext
-from proctor.proto.proctor.v1 import reward_pb2_grpc, teacher_pb2_grpc
+from proctor.engine.triples import Critic
+from proctor.proto.proctor.v1 import critic_pb2_grpc, reward_pb2_grpc, teacher_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +117,15 @@ class ProctorServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
         self.metrics_port = 0
-        self._backends: dict[tuple[str, ...], Generator] = {}  # shared by services naming the same model
-        self._needs: dict[str, list[Generator]] = {}  # service -> the backends it waits for
+        self._backends: dict[tuple[str, ...], Backend] = {}  # shared by services naming the same model
+        self._needs: dict[str, list[Backend]] = {}  # service -> the backends it waits for
+        self._generators: dict[tuple[str, ...], Generator] = {}
+        self.critic_scorer: critic.CriticScorer | None = None
         self._metrics_server: Any = None
         self._loading: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self.openrlhf: OpenRLHFEndpoint | None = None
+        self.remote_critic: RemoteCritic | None = None
 
     async def start(self) -> None:
         cfg = self.config.server
@@ -132,13 +138,38 @@ class ProctorServer:
             maximum_concurrent_rpcs=cfg.max_concurrent_calls,
         )
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+        if self.config.critic is not None:
+            cc = self.config.critic
+            classifier = TorchClassifier(
+                cc.model,
+                device=cc.device,
+                dtype=cc.dtype,
+                valid_label=cc.valid_label,
+                max_batch_items=cc.max_batch_items,
+                max_batch_tokens=cc.max_batch_tokens,
+                max_wait_ms=cc.max_wait_ms,
+                on_batch=lambda items, tokens: self.metrics.batch_size.labels(cc.model, "Classify").observe(items),
+            )
+            self._backends[("classifier", cc.model, cc.device, cc.dtype)] = classifier
+            self._needs[critic.SERVICE] = [classifier]
+            self.critic_scorer = critic.CriticScorer(classifier, cc)
+            svc = self._service_context(critic.SERVICE, cc.limits.max_queued_items, cc.limits.stream_window)
+            self.metrics.watch_queue(critic.SERVICE, classifier.queue_depth)
+            critic_pb2_grpc.add_CriticServicer_to_server(critic.CriticService(self.critic_scorer, svc), server)
+            names.append(critic.SERVICE)
         if self.config.teacher is not None:
             tc = self.config.teacher
             backend = self._generator(tc.model, tc.backend, tc.device, tc.dtype, tc.max_batch_seqs, tc.max_score_tokens)
             self._needs[teacher.SERVICE] = [backend]
             svc = self._service_context(teacher.SERVICE, tc.limits.max_queued_items, tc.limits.stream_window)
             self.metrics.watch_queue(teacher.SERVICE, backend.queue_depth)
-            teacher_pb2_grpc.add_TeacherServicer_to_server(teacher.TeacherService(backend, tc, svc), server)
+            triples_critic: Critic | None = None
+            if tc.critic == "local":
+                triples_critic = self.critic_scorer
+            elif tc.critic:
+                self.remote_critic = triples_critic = RemoteCritic(tc.critic)
+            service = teacher.TeacherService(backend, tc, svc, triples_critic)
+            teacher_pb2_grpc.add_TeacherServicer_to_server(service, server)
             names.append(teacher.SERVICE)
         if self.config.reward is not None:
             rc = self.config.reward
@@ -170,11 +201,12 @@ class ProctorServer:
         self, model: str, backend: str, device: str, dtype: str, max_batch_seqs: int = 64, max_score_tokens: int = 16384
     ) -> Generator:
         key = (model, backend, device, dtype)
-        if key not in self._backends:
-            self._backends[key] = make_generator(
+        if key not in self._generators:
+            self._generators[key] = make_generator(
                 model, backend, device, dtype, self.metrics, max_batch_seqs, max_score_tokens
             )
-        return self._backends[key]
+            self._backends[key] = self._generators[key]
+        return self._generators[key]
 
     def _service_context(self, name: str, capacity: int, window: int) -> ServiceContext:
         return ServiceContext(
@@ -186,14 +218,21 @@ class ProctorServer:
         )
 
     async def _load_all(self) -> None:
-        loads = {id(b): asyncio.create_task(self._load(b)) for b in self._backends.values()}
-        await asyncio.gather(
-            *(self._ready_when_loaded(name, [loads[id(b)] for b in needs]) for name, needs in self._needs.items())
-        )
+        # One backend at a time: transformers' lazy imports are not thread-safe, and loads would fight for memory.
+        loaded: dict[int, asyncio.Future[bool]] = {
+            id(b): asyncio.get_running_loop().create_future() for b in self._backends.values()
+        }
+        waiting = [
+            asyncio.create_task(self._ready_when_loaded(name, [loaded[id(b)] for b in needs]))
+            for name, needs in self._needs.items()
+        ]
+        for backend in self._backends.values():
+            loaded[id(backend)].set_result(await self._load(backend))
+        await asyncio.gather(*waiting)
         if self._needs and not self.lifecycle.draining.is_set():
             await self.health.set("", SERVING)
 
-    async def _load(self, backend: Generator) -> bool:
+    async def _load(self, backend: Backend) -> bool:
         try:
             await backend.start()
             return True
@@ -201,7 +240,7 @@ class ProctorServer:
             log.exception("a backend failed to load its model; the services using it stay NOT_SERVING")
             return False
 
-    async def _ready_when_loaded(self, name: str, loads: list[asyncio.Task[bool]]) -> None:
+    async def _ready_when_loaded(self, name: str, loads: list[asyncio.Future[bool]]) -> None:
         if not all(await asyncio.gather(*loads)) or self.lifecycle.draining.is_set():
             return
         self.lifecycle.ready.add(name)
@@ -230,6 +269,8 @@ class ProctorServer:
             self._loading.cancel()
         for backend in self._backends.values():
             await backend.close()
+        if self.remote_critic is not None:
+            await self.remote_critic.close()
         if self.openrlhf is not None:
             self.openrlhf.stop()
         if self._metrics_server is not None:

@@ -10,18 +10,20 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from proctor.engine.config import Config, RewardConfig, ServerConfig, ServiceLimits, TeacherConfig
+from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, ServiceLimits, TeacherConfig
 from proctor.engine.server import ProctorServer
 
 TINY = "builtin:tiny"
 
 
 def tiny_config(**teacher: object) -> Config:
-    """The Teacher and the RewardModel (RRM in expected mode, T_MAX 100) sharing the tiny model."""
+    """The Teacher and the RewardModel (RRM in expected mode, T_MAX 100) sharing the tiny model, and a tiny
+    random critic with a fixed cut-off."""
     limits = teacher.pop("limits", ServiceLimits())
     return Config(
         server=ServerConfig(port=0, metrics_port=0, drain_grace_s=10),
         teacher=dataclasses.replace(TeacherConfig(model=TINY, device="cpu", limits=limits), **teacher),  # type: ignore[arg-type]
+        critic=CriticConfig(model="builtin:tiny-critic", device="cpu", cutoff=0.5),
         reward=RewardConfig(model=TINY, device="cpu", total_steps=100, http_port=0),
     )
 

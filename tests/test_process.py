@@ -73,7 +73,7 @@ def test_sigterm_drains_in_flight_items_then_exits_0(server: ServerProcess) -> N
     def stream() -> None:
         with TeacherClient(server.target) as client:
             results.update(
-                client.generate(generate_request(i, "Hello", max_tokens=300, ignore_eos=True, n=2) for i in ids)
+                client.generate(generate_request(i, "Hello", max_tokens=120, ignore_eos=True, n=2) for i in ids)
             )
 
     worker = threading.Thread(target=stream)
@@ -85,7 +85,7 @@ def test_sigterm_drains_in_flight_items_then_exits_0(server: ServerProcess) -> N
     assert set(results) == set(ids)
     for item_id, result in results.items():
         assert not result.HasField("error"), (item_id, result.error)  # type: ignore[attr-defined]
-        assert all(len(c.token_ids) == 300 for c in result.completions)  # type: ignore[attr-defined]
+        assert all(len(c.token_ids) == 120 for c in result.completions)  # type: ignore[attr-defined]
     assert any("draining" in line for line in server.lines)
 
 

@@ -27,11 +27,11 @@ INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 async def test_health_per_service(target: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "proctor.v1.Teacher"):
+        for service in ("", "proctor.v1.Teacher", "proctor.v1.Critic", "proctor.v1.RewardModel"):
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Check(health_pb2.HealthCheckRequest(service="proctor.v1.Critic"))
+            await stub.Check(health_pb2.HealthCheckRequest(service="proctor.v1.Nope"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -41,7 +41,13 @@ async def test_reflection_lists_the_services(target: str) -> None:
         call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         reply = await call.read()
         services = {s.name for s in reply.list_services_response.service}
-    assert {"proctor.v1.Teacher", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert {
+        "proctor.v1.Teacher",
+        "proctor.v1.Critic",
+        "proctor.v1.RewardModel",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
 
 
 async def test_info(target: str) -> None:

@@ -7,13 +7,11 @@ from typing import Protocol
 from proctor.engine.types import BackendInfo, GenerateItem, Generation, ProbeItem, ScoreItem, ScoreOutput
 
 
-class Generator(Protocol):
-    """Completions and log-probs of given tokens from a causal LM."""
+class Backend(Protocol):
+    """What the server needs of any backend: load, stop, and how much work waits."""
 
     @property
     def info(self) -> BackendInfo: ...
-
-    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...
 
     def queue_depth(self) -> int: ...
 
@@ -21,6 +19,12 @@ class Generator(Protocol):
         """Load the model; the service reports SERVING only after this returns."""
 
     async def close(self) -> None: ...
+
+
+class Generator(Backend, Protocol):
+    """Completions and log-probs of given tokens from a causal LM."""
+
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...
 
     async def generate(self, item: GenerateItem) -> Generation:
         """Cancelling the awaiting task stops the item's computation."""

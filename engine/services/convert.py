@@ -23,6 +23,25 @@ _CODES = {
 }
 
 
+RELATIONS: dict[common_pb2.Relation.ValueType, str] = {
+    common_pb2.X_WANT: "xWant",
+    common_pb2.X_ATTR: "xAttr",
+    common_pb2.X_INTENT: "xIntent",
+    common_pb2.X_EFFECT: "xEffect",
+    common_pb2.X_REACT: "xReact",
+    common_pb2.X_NEED: "xNeed",
+    common_pb2.HINDERED_BY: "HinderedBy",
+}
+RELATION_ENUMS = {name: value for value, name in RELATIONS.items()}
+
+
+def relation(value: int, field: str) -> str:
+    name = RELATIONS.get(common_pb2.Relation.ValueType(value))
+    if name is None:
+        raise ItemError(f"{value} is not one of the seven relations", field)
+    return name
+
+
 def status(error: ItemError) -> common_pb2.Status:
     return common_pb2.Status(code=_CODES.get(error.code, 2), message=error.message, field=error.field)
 

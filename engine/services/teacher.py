@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from proctor.engine import skd, triples
 from proctor.engine.backends.base import Generator
 from proctor.engine.config import TeacherConfig
 from proctor.engine.errors import ItemError
@@ -22,9 +24,24 @@ _FINISH = {FinishReason.STOP: teacher_pb2.STOP, FinishReason.LENGTH: teacher_pb2
 _MAX_SEED = 2**63
 
 
+@dataclass(frozen=True)
+class TriplesJob:
+    events: list[str]
+    num_events: int
+    relations: list[str]
+    seed: int
+    event_params: SamplingParams
+    inference_params: SamplingParams
+    cutoff: float | None
+    skip_critic: bool
+
+
 class TeacherService(teacher_pb2_grpc.TeacherServicer):
-    def __init__(self, backend: Generator, config: TeacherConfig, svc: ServiceContext) -> None:
+    def __init__(
+        self, backend: Generator, config: TeacherConfig, svc: ServiceContext, critic: triples.Critic | None = None
+    ) -> None:
         self.backend = backend
+        self.critic = critic
         self.config = config
         self.svc = svc
         self._generate = StreamSpec(
@@ -59,11 +76,72 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
     async def GenerateTriples(
         self, request: teacher_pb2.TriplesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[teacher_pb2.TripleResult]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "Teacher.GenerateTriples is not implemented yet: it lands with Symbolic Knowledge Distillation (issue 4)",
+        try:
+            job = self._triples_job(request)
+        except ItemError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        if not job.skip_critic and self.critic is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no critic: host the Critic service here or set teacher.critic to a Critic's address; "
+                "or set skip_critic",
+            )
+        if not self.svc.admission.try_acquire():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.svc.name} is at capacity; retry later")
+        items = self.svc.metrics.items
+        try:
+            events = job.events or await triples.generate_events(
+                self.backend, job.num_events, job.seed, job.event_params
+            )
+            critic = None if job.skip_critic else self.critic
+            for head in events:
+                try:
+                    found = await triples.triples_for_event(
+                        self.backend, head, job.relations, job.seed, job.inference_params, critic, job.cutoff
+                    )
+                except ItemError as exc:  # this event fails; the next ones go on
+                    items.labels(self.svc.name, "GenerateTriples", exc.code).inc()
+                    yield teacher_pb2.TripleResult(head=head, error=convert.status(exc))
+                    continue
+                for t in found:
+                    items.labels(self.svc.name, "GenerateTriples", "OK").inc()
+                    yield teacher_pb2.TripleResult(
+                        head=t.head,
+                        relation=convert.RELATION_ENUMS[t.relation],
+                        tail=t.tail,
+                        teacher_logprob=t.teacher_logprob,
+                        critic_score=t.critic_score,
+                        accepted=t.accepted,
+                    )
+        finally:
+            self.svc.admission.release()
+
+    def _triples_job(self, r: teacher_pb2.TriplesRequest) -> TriplesJob:
+        events = [e.strip() for e in r.events]
+        for i, event in enumerate(events):
+            if not event:
+                raise ItemError("empty event", f"events[{i}]")
+        if events and r.num_events:
+            raise ItemError("give events or num_events, not both", "num_events")
+        if not events and not r.num_events:
+            raise ItemError("required: events to infer from, or num_events for the teacher to write", "events")
+        limit = self.config.max_triples_events
+        if max(len(events), r.num_events) > limit:
+            raise ItemError(f"at most {limit} events per call (teacher.max_triples_events)", "events")
+        relations = [convert.relation(v, f"relations[{i}]") for i, v in enumerate(r.relations)]
+        cutoff = None
+        if r.HasField("cutoff"):
+            cutoff = convert.check_range(r.cutoff, "cutoff", 0.0, 1.0)
+        return TriplesJob(
+            events=events,
+            num_events=r.num_events,
+            relations=relations or list(skd.RELATIONS),
+            seed=r.seed if r.HasField("seed") else 0,
+            event_params=self._sampling(r.event_params, 0, skd.EVENT_SAMPLING, "event_params"),
+            inference_params=self._sampling(r.inference_params, 0, skd.INFERENCE_SAMPLING, "inference_params"),
+            cutoff=cutoff,
+            skip_critic=r.skip_critic,
         )
-        yield teacher_pb2.TripleResult()  # unreachable; makes this an async generator like the other streams
 
     async def Info(
         self, request: common_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -163,47 +241,55 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         if k > limit:
             raise ItemError(f"{k} > {limit} (server limit max_top_logprobs)", field)
 
-    def _sampling(self, p: teacher_pb2.SamplingParams, prompt_len: int) -> SamplingParams:
+    def _sampling(
+        self, p: teacher_pb2.SamplingParams, prompt_len: int, base: SamplingParams | None = None, at: str = "params"
+    ) -> SamplingParams:
+        """The request's fields over `base` (a field left at its proto default keeps the base value), checked."""
+        base = base or SamplingParams(max_tokens=self.config.default_max_tokens)
         vocab = self.backend.info.vocab_size
-        n = p.n or 1
+        n = p.n or base.n
         if n > self.config.max_n:
-            raise ItemError(f"{n} > {self.config.max_n} (server limit max_n)", "params.n")
-        temperature = p.temperature if p.HasField("temperature") else 1.0
-        convert.check_range(temperature, "params.temperature", 0.0, 100.0)
-        top_p = p.top_p if p.HasField("top_p") else 1.0
-        convert.check_range(top_p, "params.top_p", 0.0, 1.0, low_open=True)
-        if not 0 <= p.top_k <= vocab:
-            raise ItemError(f"{p.top_k} is outside [0, {vocab}] (0 = off)", "params.top_k")
-        convert.check_range(p.presence_penalty, "params.presence_penalty", -2.0, 2.0)
-        convert.check_range(p.frequency_penalty, "params.frequency_penalty", -2.0, 2.0)
-        max_tokens = p.max_tokens or self.config.default_max_tokens
+            raise ItemError(f"{n} > {self.config.max_n} (server limit max_n)", f"{at}.n")
+        temperature = p.temperature if p.HasField("temperature") else base.temperature
+        convert.check_range(temperature, f"{at}.temperature", 0.0, 100.0)
+        top_p = p.top_p if p.HasField("top_p") else base.top_p
+        convert.check_range(top_p, f"{at}.top_p", 0.0, 1.0, low_open=True)
+        top_k = p.top_k or base.top_k
+        if not 0 <= top_k <= vocab:
+            raise ItemError(f"{top_k} is outside [0, {vocab}] (0 = off)", f"{at}.top_k")
+        presence = p.presence_penalty or base.presence_penalty
+        frequency = p.frequency_penalty or base.frequency_penalty
+        convert.check_range(presence, f"{at}.presence_penalty", -2.0, 2.0)
+        convert.check_range(frequency, f"{at}.frequency_penalty", -2.0, 2.0)
+        max_tokens = p.max_tokens or base.max_tokens
         model_len = self.backend.info.max_model_len
         if prompt_len + max_tokens > model_len:
             raise ItemError(
                 f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the model's context length "
                 f"{model_len}",
-                "params.max_tokens",
+                f"{at}.max_tokens",
             )
         for i, stop in enumerate(p.stop):
             if not stop:
-                raise ItemError("empty stop string", f"params.stop[{i}]")
-        stop_ids = convert.token_ids(list(p.stop_token_ids), "params.stop_token_ids", vocab)
-        self._check_top_logprobs(p.top_logprobs, "params.top_logprobs")
+                raise ItemError("empty stop string", f"{at}.stop[{i}]")
+        stop_ids = convert.token_ids(list(p.stop_token_ids), f"{at}.stop_token_ids", vocab)
+        top_logprobs = p.top_logprobs or base.top_logprobs
+        self._check_top_logprobs(top_logprobs, f"{at}.top_logprobs")
         return SamplingParams(
             n=n,
             temperature=temperature,
             top_p=top_p,
-            top_k=p.top_k,
-            presence_penalty=p.presence_penalty,
-            frequency_penalty=p.frequency_penalty,
-            seed=p.seed % _MAX_SEED if p.HasField("seed") else None,
+            top_k=top_k,
+            presence_penalty=presence,
+            frequency_penalty=frequency,
+            seed=p.seed % _MAX_SEED if p.HasField("seed") else base.seed,
             max_tokens=max_tokens,
-            stop=tuple(p.stop),
-            stop_token_ids=tuple(stop_ids),
-            logprobs=p.logprobs or p.top_logprobs > 0,
-            top_logprobs=p.top_logprobs,
-            ignore_eos=p.ignore_eos,
-            detokenize=not p.skip_detokenize,
+            stop=tuple(p.stop) or base.stop,
+            stop_token_ids=tuple(stop_ids) or base.stop_token_ids,
+            logprobs=p.logprobs or base.logprobs or top_logprobs > 0,
+            top_logprobs=top_logprobs,
+            ignore_eos=p.ignore_eos or base.ignore_eos,
+            detokenize=base.detokenize and not p.skip_detokenize,
         )
 
     # ---- metrics ---------------------------------------------------------------------------------------------

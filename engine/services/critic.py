@@ -1,0 +1,139 @@
+"""The Critic service: Classify (stream) and Info. A triple is scored as the mean over seeded name draws."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from proctor.engine.backends.torch_classifier import TorchClassifier
+from proctor.engine.config import CriticConfig
+from proctor.engine.critic_input import TextPair, triple_pairs
+from proctor.engine.cutoffs import CUTOFFS_FILE
+from proctor.engine.errors import ItemError
+from proctor.engine.models import resolve_model
+from proctor.engine.services import convert
+from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
+from proctor.engine.triples import Judgement
+from proctor.engine.version import __version__
+from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
+
+SERVICE = "proctor.v1.Critic"
+
+
+class CriticScorer:
+    """Triples and pairs -> P(valid) and the cut-off that applies; shared by Classify and GenerateTriples."""
+
+    def __init__(self, backend: TorchClassifier, config: CriticConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self._level_cutoffs: dict[str, float] | None = None
+
+    def cutoff(self, relation: str | None) -> float:
+        if relation is not None and relation in self.config.cutoffs:
+            return self.config.cutoffs[relation]
+        if self.config.cutoff >= 0:
+            return self.config.cutoff
+        if self._level_cutoffs is None:
+            path = Path(resolve_model(self.config.model)) / CUTOFFS_FILE
+            if not path.exists():
+                raise ItemError(
+                    f"no cut-off configured: set critic.cutoff, or give a model folder with {CUTOFFS_FILE}",
+                    "cutoff",
+                    "FAILED_PRECONDITION",
+                )
+            self._level_cutoffs = {k: float(v["threshold"]) for k, v in json.loads(path.read_text()).items()}
+        return self._level_cutoffs[self.config.cutoff_level]
+
+    async def score_triple(
+        self, head: str, relation: str, tail: str, seed: int | None, field: str = "triple"
+    ) -> tuple[float, float, float]:
+        pairs = triple_pairs(head, relation, tail, seed, self.config.draws)
+        encoded = [self.backend.encode(p, field) for p in pairs]
+        probs, queue_s, inference_s = await self.backend.classify(encoded)
+        return statistics.fmean(probs), queue_s, inference_s
+
+    async def judge_many(self, triples: Sequence[tuple[str, str, str, int]]) -> list[Judgement]:
+        """The domain's Critic interface (GenerateTriples in the same server)."""
+        scores = await asyncio.gather(*(self.score_triple(h, r, t, seed) for h, r, t, seed in triples))
+        return [Judgement(s[0], self.cutoff(r)) for s, (_, r, _, _) in zip(scores, triples, strict=True)]
+
+    async def score_pair(self, pair: TextPair, field: str = "pair") -> tuple[float, float, float]:
+        probs, queue_s, inference_s = await self.backend.classify([self.backend.encode(pair, field)])
+        return probs[0], queue_s, inference_s
+
+
+class CriticService(critic_pb2_grpc.CriticServicer):
+    def __init__(self, scorer: CriticScorer, svc: ServiceContext) -> None:
+        self.scorer = scorer
+        self.svc = svc
+        self._classify = StreamSpec(
+            rpc="Classify",
+            item_id=lambda r: r.id,
+            timeout_ms=lambda r: r.timeout_ms,
+            handle=self._classify_one,
+            error_result=lambda i, e: critic_pb2.ClassifyResult(id=i, error=convert.status(e)),
+        )
+
+    async def Classify(
+        self, request_iterator: AsyncIterator[critic_pb2.ClassifyRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[critic_pb2.ClassifyResult]:
+        async for result in run_stream(self.svc, self._classify, request_iterator):
+            yield result
+
+    async def Info(
+        self, request: common_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.ModelInfo:
+        info = self.scorer.backend.info
+        return common_pb2.ModelInfo(
+            service="Critic",
+            model=info.model,
+            backend=info.backend,
+            dtype=info.dtype,
+            device=info.device,
+            tokenizer=info.tokenizer,
+            vocab_size=info.vocab_size,
+            max_model_len=info.max_model_len,
+            max_prompt_tokens=info.max_model_len,
+            version=__version__,
+            extra={"draws": str(self.scorer.config.draws), "cutoff_level": self.scorer.config.cutoff_level},
+        )
+
+    async def _classify_one(self, req: critic_pb2.ClassifyRequest) -> critic_pb2.ClassifyResult:
+        received = time.perf_counter()
+        which = req.WhichOneof("input")
+        seed = req.seed if req.HasField("seed") else None
+        if which == "triple":
+            t = req.triple
+            relation = convert.relation(t.relation, "triple.relation")
+            for name in ("head", "tail"):
+                if not getattr(t, name).strip():
+                    raise ItemError("empty", f"triple.{name}")
+            score, queue_s, inference_s = await self.scorer.score_triple(t.head, relation, t.tail, seed)
+        elif which == "pair":
+            if not req.pair.first.strip():
+                raise ItemError("empty", "pair.first")
+            relation = None
+            score, queue_s, inference_s = await self.scorer.score_pair(TextPair(req.pair.first, req.pair.second))
+        else:
+            raise ItemError("required: set triple or pair", "input")
+        if req.HasField("cutoff"):
+            cutoff = convert.check_range(req.cutoff, "cutoff", 0.0, 1.0)
+        else:
+            cutoff = self.scorer.cutoff(relation)
+        m = self.svc.metrics
+        m.queue_seconds.labels(self.svc.name, "Classify").observe(queue_s)
+        m.inference_seconds.labels(self.svc.name, "Classify").observe(inference_s)
+        return critic_pb2.ClassifyResult(
+            id=req.id,
+            score=score,
+            accepted=score > cutoff,
+            cutoff=cutoff,
+            timing=convert.timing(queue_s, inference_s, time.perf_counter() - received),
+        )

@@ -1,0 +1,111 @@
+"""The SKD pipeline on a Generator: events -> seven inference prompts per event -> tails -> critic verdicts.
+
+Every random choice derives from (seed, event, relation), so an event gives the same triples wherever and whenever
+it is processed: a resumed corpus job equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from proctor.engine import skd
+from proctor.engine.backends.base import Generator
+from proctor.engine.errors import ItemError
+from proctor.engine.types import GenerateItem, SamplingParams
+
+MAX_EVENT_PROMPTS_PER_EVENT = 4  # event prompts tried per requested event before giving up on more
+
+
+@dataclass(frozen=True)
+class Judgement:
+    score: float  # P(valid)
+    cutoff: float  # the cut-off that applies to this triple
+
+
+class Critic(Protocol):
+    async def judge_many(self, triples: Sequence[tuple[str, str, str, int]]) -> list[Judgement]:
+        """(head, relation, tail, seed) each -> its judgement, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class Triple:
+    head: str
+    relation: str
+    tail: str
+    teacher_logprob: float
+    critic_score: float | None = None
+    accepted: bool = True  # without a critic every triple passes
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    digest = hashlib.blake2b("\x00".join((str(seed), *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2
+
+
+async def _complete(generator: Generator, prompt: str, params: SamplingParams) -> list[skd.Candidate]:
+    ids = generator.tokenize(prompt, True)
+    limit = generator.info.max_model_len
+    if len(ids) + params.max_tokens > limit:
+        raise ItemError(f"an SKD prompt of {len(ids)} tokens does not fit the teacher's context {limit}", "events")
+    generation = await generator.generate(GenerateItem(prompt_ids=ids, params=params))
+    return [skd.Candidate(s.text, s.finish_reason, s.stop_reason, s.cumulative_logprob) for s in generation.samples]
+
+
+async def generate_events(generator: Generator, count: int, seed: int, params: SamplingParams) -> list[str]:
+    """Events written by the teacher from the seed pool, filtered as in the paper, first `count` distinct."""
+    events: list[str] = []
+    for attempt in range(count * MAX_EVENT_PROMPTS_PER_EVENT):
+        rng = random.Random(derive_seed(seed, "events", str(attempt)))
+        prompt = skd.event_prompt(rng)
+        samples = await _complete(generator, prompt, dataclasses.replace(params, seed=rng.randrange(2**62)))
+        for candidate in skd.filter_events(samples):
+            if candidate.text not in events:
+                events.append(candidate.text)
+        if len(events) >= count:
+            break
+    return events[:count]
+
+
+async def infer(
+    generator: Generator, head: str, relations: Sequence[str], seed: int, params: SamplingParams
+) -> dict[str, list[skd.Candidate]]:
+    """The seven (or fewer) relation prompts of one event, sent to the backend together; cleaned tails each."""
+
+    async def one(relation: str) -> list[skd.Candidate]:
+        rng = random.Random(derive_seed(seed, head, relation))
+        prompt = skd.inference_prompt(relation, head, rng)
+        samples = await _complete(generator, prompt, dataclasses.replace(params, seed=rng.randrange(2**62)))
+        return skd.clean_tails(samples)
+
+    tails = await asyncio.gather(*(one(r) for r in relations))
+    return dict(zip(relations, tails, strict=True))
+
+
+async def triples_for_event(
+    generator: Generator,
+    head: str,
+    relations: Sequence[str],
+    seed: int,
+    params: SamplingParams,
+    critic: Critic | None,
+    cutoff: float | None,
+) -> list[Triple]:
+    """One event's triples in a fixed order (relations as given, tails as sampled), each judged by the critic."""
+    tails = await infer(generator, head, relations, seed, params)
+    found = [(relation, c) for relation in relations for c in tails[relation]]
+    if critic is None:
+        return [Triple(head, relation, c.text, c.logprob_sum) for relation, c in found]
+    verdicts = await critic.judge_many(
+        [(head, relation, c.text, derive_seed(seed, head, relation, c.text)) for relation, c in found]
+    )
+    return [
+        Triple(head, relation, c.text, c.logprob_sum, v.score, v.score > (cutoff if cutoff is not None else v.cutoff))
+        for (relation, c), v in zip(found, verdicts, strict=True)
+    ]
