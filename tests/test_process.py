@@ -73,19 +73,19 @@ def test_sigterm_drains_in_flight_items_then_exits_0(server: ServerProcess) -> N
     def stream() -> None:
         with TeacherClient(server.target) as client:
             results.update(
-                client.generate(generate_request(i, "Hello", max_tokens=120, ignore_eos=True, n=2) for i in ids)
+                client.generate(generate_request(i, "Hello", max_tokens=200, ignore_eos=True, n=2) for i in ids)
             )
 
     worker = threading.Thread(target=stream)
     worker.start()
-    time.sleep(1.0)  # items are in the engine
+    time.sleep(0.5)  # items are in the engine
     server.proc.send_signal(signal.SIGTERM)
     worker.join(120)
     assert server.proc.wait(60) == 0, "".join(server.lines)
     assert set(results) == set(ids)
     for item_id, result in results.items():
         assert not result.HasField("error"), (item_id, result.error)  # type: ignore[attr-defined]
-        assert all(len(c.token_ids) == 120 for c in result.completions)  # type: ignore[attr-defined]
+        assert all(len(c.token_ids) == 200 for c in result.completions)  # type: ignore[attr-defined]
     assert any("draining" in line for line in server.lines)
 
 
