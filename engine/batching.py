@@ -59,12 +59,19 @@ class DynamicBatcher(Generic[T, R]):
     def depth(self) -> int:
         return len(self._queue)
 
-    async def submit(self, item: T) -> tuple[R, float, float]:
-        """The item's result, its queue time and its batch's inference time (seconds)."""
-        pending: _Pending[T, R] = _Pending(item, self._size_of(item), asyncio.get_running_loop().create_future())
-        self._queue.append(pending)
+    async def submit(self, items: list[T]) -> list[tuple[R, float, float]]:
+        """Each item's result, queue time and batch inference time (seconds). The items are queued at once, so
+        that they share a batch when they fit one (the same items then always meet the same batch)."""
+        loop = asyncio.get_running_loop()
+        pending: list[_Pending[T, R]] = [_Pending(i, self._size_of(i), loop.create_future()) for i in items]
+        self._queue.extend(pending)
         self._wakeup.set()
-        return await pending.future
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        except asyncio.CancelledError:
+            for p in pending:
+                p.future.cancel()
+            raise
 
     def _take(self) -> list[_Pending[T, R]]:
         batch: list[_Pending[T, R]] = []

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
+from proctor.engine.config import RELATION_NAMES as RELATION_CHOICES
 from proctor.engine.config import Config, ConfigError, load_config
 from proctor.engine.models import builtin_available
 from proctor.engine.version import __version__
@@ -17,9 +22,13 @@ log = logging.getLogger("proctor")
 
 
 def default_services() -> dict[str, Any]:
-    """The built-in models of this machine: SmolLM2 as teacher and RRM when its package is installed, else tiny."""
+    """The built-in models of this machine: SmolLM2 as teacher and RRM when its package is installed (else tiny),
+    and the demo critic when MiniLM's package is."""
     model = "builtin:smollm2" if builtin_available("smollm2") else "builtin:tiny"
-    return {"teacher": {"model": model}, "reward": {"model": model}}
+    services: dict[str, Any] = {"teacher": {"model": model}, "reward": {"model": model}}
+    if builtin_available("critic"):
+        services["critic"] = {"model": "builtin:critic"}
+    return services
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -85,6 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
         "whose models exist, on 127.0.0.1:50051 with metrics on :9400.",
     )
     _add_server_flags(p_serve)
+    p_train = sub.add_parser(
+        "train-critic",
+        help="fine-tune a critic on labelled triples",
+        description="Fine-tune a critic with the SKD recipe (sigmoid head with the prior bias, BCE, warm-up, early "
+        "stopping on precision at 80%% recall); save an HF folder with proctor_cutoffs.json (high / medium).",
+    )
+    p_train.add_argument("--data", help="JSONL of {head, relation, tail, label}; default: the shipped set")
+    p_train.add_argument("--output", required=True, help="folder for the trained model")
+    p_train.add_argument("--base-model", default="builtin:minilm", help="encoder to start from [builtin:minilm]")
+    p_train.add_argument("--epochs", type=int, default=10)
+    p_train.add_argument("--learning-rate", type=float, default=None)
+    p_train.add_argument("--seed", type=int, default=0)
+    p_distill = sub.add_parser(
+        "distill",
+        help="build an SKD corpus: events -> inferences -> critic -> JSONL (resumable)",
+        description="Run the Symbolic Knowledge Distillation corpus job against a server (--server) or an "
+        "embedded one with the built-in models. Kill it at any point and run the same command again to resume.",
+    )
+    p_distill.add_argument("--output", required=True, help="output folder (corpus.jsonl, summary.json, ...)")
+    p_distill.add_argument("--server", help="host:port of a proctor server with Teacher and Critic; default: embedded")
+    p_distill.add_argument("--events", help="file of PersonX events, one per line; default: the teacher writes them")
+    p_distill.add_argument("--num-events", type=int, default=8, help="events the teacher writes [8]")
+    p_distill.add_argument("--relations", help="comma-separated subset of: " + ", ".join(RELATION_CHOICES))
+    p_distill.add_argument("--seed", type=int, default=0)
+    p_distill.add_argument("--chunk-events", type=int, default=4, help="events per call and checkpoint [4]")
+    p_distill.add_argument("--inference-n", type=int, default=10, help="tails sampled per (event, relation) [10]")
+    p_distill.add_argument("--cutoffs", help="high=X,medium=Y; default: the server critic's")
     p_demo = sub.add_parser(
         "demo",
         help="start a server and run a short client session against it",
@@ -96,12 +132,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_critic(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from proctor.engine.train_critic import SHIPPED_SET, TrainSettings, train_critic
+
+    settings = TrainSettings(base_model=args.base_model, epochs=args.epochs, seed=args.seed)
+    if args.learning_rate is not None:
+        settings = dataclasses.replace(settings, learning_rate=args.learning_rate)
+    train_critic(Path(args.data) if args.data else SHIPPED_SET, Path(args.output), settings)
+    print(f"saved to {args.output}; serve it with critic: {{model: {args.output}}}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from proctor.engine import distill
+
+    relations = tuple(r.strip() for r in args.relations.split(",")) if args.relations else tuple(RELATION_CHOICES)
+    unknown = sorted(set(relations) - set(RELATION_CHOICES))
+    if unknown:
+        raise ConfigError(f"--relations: unknown {', '.join(unknown)}")
+    cutoffs = {}
+    if args.cutoffs:
+        try:
+            cutoffs = {k.strip(): float(v) for k, v in (part.split("=") for part in args.cutoffs.split(","))}
+        except ValueError:
+            raise ConfigError("--cutoffs: expected high=X,medium=Y") from None
+    job = distill.DistillJob(
+        seed=args.seed,
+        num_events=0 if args.events else args.num_events,
+        events_file=str(Path(args.events).resolve()) if args.events else "",
+        relations=relations,
+        chunk_events=args.chunk_events,
+        inference_n=args.inference_n,
+    )
+    if args.server:
+        summary = distill.run(args.server, Path(args.output), job, cutoffs)
+    else:
+        with embedded_server(load_config(None, default_services())) as target:
+            summary = distill.run(target, Path(args.output), job, cutoffs)
+    distill.print_summary(summary)
+    return 0
+
+
+@contextlib.contextmanager
+def embedded_server(config: Config) -> Iterator[str]:
+    """A server on free ports in a background thread (for commands that are gRPC clients)."""
+    from proctor.engine.server import ProctorServer
+
+    config.server.port = 0
+    config.server.metrics_port = -1
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="proctor-embedded", daemon=True)
+    thread.start()
+    server = ProctorServer(config)
+
+    async def start() -> None:
+        await server.start()
+        await server.wait_until_ready()
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result()
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(server.drain(grace_s=5), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
             return asyncio.run(serve(_config(args)))
+        if args.command == "train-critic":
+            return _train_critic(args)
+        if args.command == "distill":
+            return _distill(args)
         if args.command == "demo":
             from proctor.engine.demo import run_demo
 

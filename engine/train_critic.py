@@ -39,11 +39,11 @@ class Example:
 @dataclass(frozen=True)
 class TrainSettings:
     base_model: str = "builtin:minilm"
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 16
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     warmup_fraction: float = 0.1
-    patience: int = 2
+    patience: int = 3
     validation_fraction: float = 0.2
     seed: int = 0
 
@@ -80,6 +80,14 @@ def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Exa
 
 def precision_at_recall(scores: list[float], labels: list[bool], recall: float = 0.8) -> float:
     return cutoffs.cutoff_at_recall(scores, labels, recall).precision
+
+
+def roc_auc(scores: list[float], labels: list[bool]) -> float:
+    """P(a random valid triple scores above a random invalid one), ties counting half."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
 
 
 def _output_layer(model: Any) -> torch.nn.Linear:
@@ -178,11 +186,14 @@ def train_critic(data: Path, output: Path, settings: TrainSettings = TrainSettin
         "data": str(data),
         "train": len(train),
         "validation": len(validation),
+        "validation_prior": sum(labels) / len(labels),
+        "validation_roc_auc": roc_auc(scores, labels),
         "best_precision_at_recall_0.8": best,
         "cutoffs": report,
         "history": history,
     }
     (output / "proctor_training.json").write_text(json.dumps(summary, indent=2))
+    print(f"validation ROC AUC {summary['validation_roc_auc']:.3f} (chance 0.5)")
     for name, c in levels.items():
         print(f"cut-off {name}: {c.threshold:.4f} (validation recall {c.recall:.2f}, precision {c.precision:.2f})")
     return summary

@@ -6,7 +6,6 @@ it is processed: a resumed corpus job equals an uninterrupted one.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import random
@@ -49,13 +48,20 @@ def derive_seed(seed: int, *parts: str) -> int:
     return int.from_bytes(digest, "big") >> 2
 
 
-async def _complete(generator: Generator, prompt: str, params: SamplingParams) -> list[skd.Candidate]:
-    ids = generator.tokenize(prompt, True)
+async def _complete(generator: Generator, prompts: Sequence[tuple[str, SamplingParams]]) -> list[list[skd.Candidate]]:
+    """Sample every prompt, all in one backend batch."""
+    items = []
     limit = generator.info.max_model_len
-    if len(ids) + params.max_tokens > limit:
-        raise ItemError(f"an SKD prompt of {len(ids)} tokens does not fit the teacher's context {limit}", "events")
-    generation = await generator.generate(GenerateItem(prompt_ids=ids, params=params))
-    return [skd.Candidate(s.text, s.finish_reason, s.stop_reason, s.cumulative_logprob) for s in generation.samples]
+    for prompt, params in prompts:
+        ids = generator.tokenize(prompt, True)
+        if len(ids) + params.max_tokens > limit:
+            raise ItemError(f"an SKD prompt of {len(ids)} tokens does not fit the teacher's context {limit}", "events")
+        items.append(GenerateItem(prompt_ids=ids, params=params))
+    generations = await generator.generate_many(items)
+    return [
+        [skd.Candidate(s.text, s.finish_reason, s.stop_reason, s.cumulative_logprob) for s in g.samples]
+        for g in generations
+    ]
 
 
 async def generate_events(generator: Generator, count: int, seed: int, params: SamplingParams) -> list[str]:
@@ -64,7 +70,7 @@ async def generate_events(generator: Generator, count: int, seed: int, params: S
     for attempt in range(count * MAX_EVENT_PROMPTS_PER_EVENT):
         rng = random.Random(derive_seed(seed, "events", str(attempt)))
         prompt = skd.event_prompt(rng)
-        samples = await _complete(generator, prompt, dataclasses.replace(params, seed=rng.randrange(2**62)))
+        [samples] = await _complete(generator, [(prompt, dataclasses.replace(params, seed=rng.randrange(2**62)))])
         for candidate in skd.filter_events(samples):
             if candidate.text not in events:
                 events.append(candidate.text)
@@ -78,14 +84,13 @@ async def infer(
 ) -> dict[str, list[skd.Candidate]]:
     """The seven (or fewer) relation prompts of one event, sent to the backend together; cleaned tails each."""
 
-    async def one(relation: str) -> list[skd.Candidate]:
+    prompts = []
+    for relation in relations:
         rng = random.Random(derive_seed(seed, head, relation))
         prompt = skd.inference_prompt(relation, head, rng)
-        samples = await _complete(generator, prompt, dataclasses.replace(params, seed=rng.randrange(2**62)))
-        return skd.clean_tails(samples)
-
-    tails = await asyncio.gather(*(one(r) for r in relations))
-    return dict(zip(relations, tails, strict=True))
+        prompts.append((prompt, dataclasses.replace(params, seed=rng.randrange(2**62))))
+    samples = await _complete(generator, prompts)
+    return {relation: skd.clean_tails(s) for relation, s in zip(relations, samples, strict=True)}
 
 
 async def triples_for_event(

@@ -30,6 +30,10 @@ class Generator(Backend, Protocol):
         """Cancelling the awaiting task stops the item's computation."""
         ...
 
+    async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
+        """Items that must share a batch (e.g. the seven relation prompts of one SKD event)."""
+        ...
+
     async def score(self, item: ScoreItem) -> ScoreOutput: ...
 
     async def probe(self, item: ProbeItem) -> ScoreOutput:

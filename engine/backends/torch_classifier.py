@@ -106,10 +106,8 @@ class TorchClassifier:
 
     async def classify(self, encoded: list[dict[str, list[int]]]) -> tuple[list[float], float, float]:
         """P(valid) per encoded pair, with the longest queue and inference time among them."""
-        import asyncio
-
         assert self._batcher is not None
-        results = await asyncio.gather(*(self._batcher.submit(enc) for enc in encoded))
+        results = await self._batcher.submit(encoded)
         return [r[0] for r in results], max(r[1] for r in results), max(r[2] for r in results)
 
     def _run(self, batch: list[dict[str, list[int]]]) -> list[float]:

@@ -196,6 +196,10 @@ class TorchGenerator:
         result: Generation = await self._submit(item)
         return result
 
+    async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
+        results: list[Generation] = await self._submit_many(items)
+        return results
+
     async def score(self, item: ScoreItem) -> ScoreOutput:
         result: ScoreOutput = await self._submit(item)
         return result
@@ -205,17 +209,22 @@ class TorchGenerator:
         return result
 
     async def _submit(self, item: GenerateItem | ScoreItem | ProbeItem) -> Any:
+        return (await self._submit_many([item]))[0]
+
+    async def _submit_many(self, items: Sequence[GenerateItem | ScoreItem | ProbeItem]) -> list[Any]:
+        """Queue the items at once, so that the engine takes them into the same batch."""
         loop = asyncio.get_running_loop()
-        job = _Job(item=item, future=loop.create_future(), loop=loop)
+        jobs = [_Job(item=item, future=loop.create_future(), loop=loop) for item in items]
         with self._cv:
             if self._stopping:
                 raise RuntimeError("backend is shut down")
-            self._pending.append(job)
+            self._pending.extend(jobs)
             self._cv.notify()
         try:
-            return await job.future
+            return list(await asyncio.gather(*(job.future for job in jobs)))
         except asyncio.CancelledError:
-            job.cancelled = True  # the engine drops it from its batch at the next step
+            for job in jobs:
+                job.cancelled = True  # the engine drops them from its batch at the next step
             raise
 
     # ---- engine thread ---------------------------------------------------------------------------------------

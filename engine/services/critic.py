@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import time
@@ -35,21 +34,27 @@ class CriticScorer:
         self.config = config
         self._level_cutoffs: dict[str, float] | None = None
 
+    def levels(self) -> dict[str, float]:
+        """The "high" / "medium" cut-offs `proctor train-critic` wrote beside the model; {} if there are none."""
+        if self._level_cutoffs is None:
+            path = Path(resolve_model(self.config.model)) / CUTOFFS_FILE
+            found = json.loads(path.read_text()) if path.exists() else {}
+            self._level_cutoffs = {k: float(v["threshold"]) for k, v in found.items()}
+        return self._level_cutoffs
+
     def cutoff(self, relation: str | None) -> float:
         if relation is not None and relation in self.config.cutoffs:
             return self.config.cutoffs[relation]
         if self.config.cutoff >= 0:
             return self.config.cutoff
-        if self._level_cutoffs is None:
-            path = Path(resolve_model(self.config.model)) / CUTOFFS_FILE
-            if not path.exists():
-                raise ItemError(
-                    f"no cut-off configured: set critic.cutoff, or give a model folder with {CUTOFFS_FILE}",
-                    "cutoff",
-                    "FAILED_PRECONDITION",
-                )
-            self._level_cutoffs = {k: float(v["threshold"]) for k, v in json.loads(path.read_text()).items()}
-        return self._level_cutoffs[self.config.cutoff_level]
+        levels = self.levels()
+        if self.config.cutoff_level not in levels:
+            raise ItemError(
+                f"no cut-off configured: set critic.cutoff, or give a model folder with {CUTOFFS_FILE}",
+                "cutoff",
+                "FAILED_PRECONDITION",
+            )
+        return levels[self.config.cutoff_level]
 
     async def score_triple(
         self, head: str, relation: str, tail: str, seed: int | None, field: str = "triple"
@@ -60,9 +65,19 @@ class CriticScorer:
         return statistics.fmean(probs), queue_s, inference_s
 
     async def judge_many(self, triples: Sequence[tuple[str, str, str, int]]) -> list[Judgement]:
-        """The domain's Critic interface (GenerateTriples in the same server)."""
-        scores = await asyncio.gather(*(self.score_triple(h, r, t, seed) for h, r, t, seed in triples))
-        return [Judgement(s[0], self.cutoff(r)) for s, (_, r, _, _) in zip(scores, triples, strict=True)]
+        """The domain's Critic interface (GenerateTriples in the same server): every draw of every triple of an
+        event in one classifier submission."""
+        draws = self.config.draws
+        encoded = [
+            self.backend.encode(p, "triple")
+            for head, relation, tail, seed in triples
+            for p in triple_pairs(head, relation, tail, seed, draws)
+        ]
+        probs, _, _ = await self.backend.classify(encoded)
+        return [
+            Judgement(statistics.fmean(probs[i * draws : (i + 1) * draws]), self.cutoff(relation))
+            for i, (_, relation, _, _) in enumerate(triples)
+        ]
 
     async def score_pair(self, pair: TextPair, field: str = "pair") -> tuple[float, float, float]:
         probs, queue_s, inference_s = await self.backend.classify([self.backend.encode(pair, field)])
@@ -102,8 +117,16 @@ class CriticService(critic_pb2_grpc.CriticServicer):
             max_model_len=info.max_model_len,
             max_prompt_tokens=info.max_model_len,
             version=__version__,
-            extra={"draws": str(self.scorer.config.draws), "cutoff_level": self.scorer.config.cutoff_level},
+            extra=self._extra(),
         )
+
+    def _extra(self) -> dict[str, str]:
+        config = self.scorer.config
+        extra = {"draws": str(config.draws), "cutoff_level": config.cutoff_level}
+        extra.update({f"cutoff_{level}": repr(value) for level, value in self.scorer.levels().items()})
+        if config.cutoff >= 0:
+            extra["cutoff"] = repr(config.cutoff)
+        return extra
 
     async def _classify_one(self, req: critic_pb2.ClassifyRequest) -> critic_pb2.ClassifyResult:
         received = time.perf_counter()
