@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
+
+import grpc
 
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.streaming import raise_for_error
 from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
-from proctor.engine.config import Config, RewardConfig, ServerConfig, TeacherConfig
+from proctor.engine import distill
+from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
+from proctor.engine.models import builtin_available
 from proctor.engine.server import ProctorServer
+from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
 _PROMPTS = {
     "store": "PersonX goes to the store. As a result, PersonX",
@@ -60,14 +69,56 @@ async def _reward_session(target: str) -> None:
     print("(the expected-mode RRM here is the small demo model; its atom scores show the plumbing, not judgement)")
 
 
+async def _skd_session(target: str) -> None:
+    _rule("Critic.Classify: P(valid) of SKD triples (mean over 5 name draws)")
+    triples = [
+        ("PersonX adopts a puppy from the shelter", common_pb2.X_WANT, "to buy dog food"),
+        ("PersonX adopts a puppy from the shelter", common_pb2.X_REACT, "the the the"),
+        ("PersonX misses the last train home", common_pb2.X_ATTR, "unlucky"),
+        ("PersonX misses the last train home", common_pb2.X_ATTR, "to call a taxi"),
+    ]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = critic_pb2_grpc.CriticStub(channel)
+        requests = [
+            critic_pb2.ClassifyRequest(id=str(i), triple=critic_pb2.Triple(head=h, relation=r, tail=t))
+            for i, (h, r, t) in enumerate(triples)
+        ]
+        results = {r.id: r async for r in stub.Classify(iter(requests))}
+    for i, (h, r, t) in enumerate(triples):
+        res = results[str(i)]
+        raise_for_error(res)
+        verdict = "accept" if res.accepted else "reject"
+        print(f"{verdict} {res.score:.3f} (cut-off {res.cutoff:.3f}): {h} | {common_pb2.Relation.Name(r)} | {t}")
+
+    _rule("proctor distill: 2 events x 3 relations -> inferences -> critic -> JSONL")
+    with tempfile.TemporaryDirectory() as folder:
+        events = Path(folder) / "events.txt"
+        events.write_text("PersonX forgets the umbrella at home\nPersonX helps PersonY move house\n")
+        job = distill.DistillJob(
+            seed=1, events_file=str(events), relations=("xWant", "xReact", "HinderedBy"), chunk_events=1, inference_n=5
+        )
+        output = Path(folder) / "corpus"
+        summary = await asyncio.to_thread(distill.run, target, output, job)
+        for line in (output / "corpus.jsonl").read_text().splitlines()[:8]:
+            row = json.loads(line)
+            kept = ",".join(k for k, v in row["kept"].items() if v) or "-"
+            print(f"  {row['relation']:<10} {row['tail']!r:<40} critic {row['critic_score']:.3f} kept: {kept}")
+        distill.print_summary(summary)
+
+
 async def run_demo(model: str, device: str) -> int:
     config = Config(
         server=ServerConfig(port=0, metrics_port=0),
         teacher=TeacherConfig(model=model, device=device, default_max_tokens=24),
+        critic=CriticConfig(model="builtin:critic", device=device) if builtin_available("critic") else None,
         reward=RewardConfig(model=model, device=device),
     )
     server = ProctorServer(config)
-    print(f"starting proctor with teacher {model} (a first run converts or builds the model once) ...", flush=True)
+    print(
+        f"starting proctor with teacher {model} (a first run converts SmolLM2 once, ~30 s, and trains the demo "
+        "critic once, ~3 min on 2 CPU cores; both are cached) ...",
+        flush=True,
+    )
     t0 = time.perf_counter()
     await server.start()
     await server.wait_until_ready()
@@ -130,6 +181,8 @@ async def run_demo(model: str, device: str) -> int:
                 )
                 print(f"[{key}] {status}")
         await _reward_session(target)
+        if config.critic is not None:
+            await _skd_session(target)
         metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         _rule("Prometheus")
         print(f"metrics at {metrics_url} (while the server runs); a sample:")
