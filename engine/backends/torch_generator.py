@@ -37,7 +37,7 @@ from proctor.engine.types import (
     ScoreOutput,
     TopK,
 )
-from proctor.kernels import lm_head_logprobs_reference
+from proctor.kernels import lm_head_logprobs, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -279,54 +279,70 @@ class TorchGenerator:
         return scores, gens
 
     def _score_batch(self, jobs: list[_Job]) -> None:
-        """Score and probe items together: run the model to hidden states, then log-probs at the rows asked for."""
+        """Score and probe items together: run the model to hidden states once, then log-probs only at the rows
+        asked for (fused kernels: no [tokens, vocab] logits)."""
         started = time.perf_counter()
         items: list[ScoreItem | ProbeItem] = [j.item for j in jobs]
         seqs = [_sequence(it) for it in items]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        rows: list[int] = []
-        cols: list[int] = []
-        targets: list[int] = []
-        for b, (it, s) in enumerate(zip(items, seqs, strict=True)):
+        for b, s in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s)
             mask[b, : len(s)] = 1
-            if isinstance(it, ScoreItem):
-                first = len(it.context_ids) - 1  # the position whose output predicts target[0]
-                cols.extend(range(first, first + len(it.target_ids)))
-                targets.extend(it.target_ids)
-            else:
-                cols.extend([len(it.context_ids) - 1] * len(it.token_ids))
-                targets.extend(it.token_ids)
-            rows.extend([b] * (len(cols) - len(rows)))
         hidden = self._model.base_model(
             input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
         ).last_hidden_state
-        picked = hidden[torch.tensor(rows), torch.tensor(cols)]
-        top_k = max(it.top_k if isinstance(it, ScoreItem) else 0 for it in items)
         weight = self._model.get_output_embeddings().weight
-        logprobs, top_vals, top_ids = lm_head_logprobs_reference(
+        outputs: dict[int, ScoreOutput] = {}
+        scores = [b for b, it in enumerate(items) if isinstance(it, ScoreItem)]
+        if scores:
+            outputs.update(self._score_rows(hidden, weight, {b: items[b] for b in scores}))  # type: ignore[misc]
+        probes: dict[tuple[int, ...], list[int]] = {}
+        for b, it in enumerate(items):
+            if isinstance(it, ProbeItem):
+                probes.setdefault(tuple(it.token_ids), []).append(b)
+        for token_ids, rows in probes.items():
+            last = torch.tensor([len(seqs[b]) - 1 for b in rows], device=self._device)
+            picked = hidden[torch.tensor(rows, device=self._device), last]
+            logprobs = token_logprobs(picked, weight, torch.tensor(token_ids, device=self._device)).cpu().tolist()
+            outputs.update({b: ScoreOutput(logprobs=lp) for b, lp in zip(rows, logprobs, strict=True)})
+        done = time.perf_counter()
+        for b, job in enumerate(jobs):
+            out = outputs[b]
+            out.queue_s, out.inference_s = started - job.enqueued, done - started
+            job.resolve(out)
+
+    def _score_rows(
+        self, hidden: torch.Tensor, weight: torch.Tensor, items: dict[int, ScoreItem]
+    ) -> dict[int, ScoreOutput]:
+        rows: list[int] = []
+        cols: list[int] = []
+        targets: list[int] = []
+        for b, it in items.items():
+            first = len(it.context_ids) - 1  # the position whose output predicts target[0]
+            rows.extend([b] * len(it.target_ids))
+            cols.extend(range(first, first + len(it.target_ids)))
+            targets.extend(it.target_ids)
+        picked = hidden[torch.tensor(rows, device=self._device), torch.tensor(cols, device=self._device)]
+        top_k = max(it.top_k for it in items.values())
+        logprobs, _, top_vals, top_ids = lm_head_logprobs(
             picked, weight, torch.tensor(targets, device=self._device), top_k=top_k
         )
         logprobs_l = logprobs.cpu().tolist()
         top_vals_l = top_vals.cpu().tolist() if top_vals is not None else None
         top_ids_l = top_ids.cpu().tolist() if top_ids is not None else None
-        done = time.perf_counter()
+        out: dict[int, ScoreOutput] = {}
         offset = 0
-        for job, it in zip(jobs, items, strict=True):
-            count = len(it.target_ids) if isinstance(it, ScoreItem) else len(it.token_ids)
-            span = slice(offset, offset + count)
-            offset += count
-            k = it.top_k if isinstance(it, ScoreItem) else 0
+        for b, it in items.items():
+            span = slice(offset, offset + len(it.target_ids))
+            offset += len(it.target_ids)
             top = None
-            if k and top_vals_l is not None and top_ids_l is not None:
+            if it.top_k and top_vals_l is not None and top_ids_l is not None:
+                k = it.top_k
                 top = TopK(ids=[r[:k] for r in top_ids_l[span]], logprobs=[r[:k] for r in top_vals_l[span]])
-            job.resolve(
-                ScoreOutput(
-                    logprobs=logprobs_l[span], top=top, queue_s=started - job.enqueued, inference_s=done - started
-                )
-            )
+            out[b] = ScoreOutput(logprobs=logprobs_l[span], top=top)
+        return out
 
     def _generate_wave(self, jobs: list[_Job]) -> None:
         wave = _Wave(jobs=jobs, started=time.perf_counter())
