@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from proctor.engine.cli import main
 from proctor.engine.cutoffs import CUTOFFS_FILE
 from proctor.engine.train_critic import SHIPPED_SET, load_examples, roc_auc, split
@@ -25,6 +27,7 @@ def test_roc_auc() -> None:
     assert roc_auc([0.5, 0.5], [True, False]) == 0.5
 
 
+@pytest.mark.timeout(1200)  # a few minutes of fine-tuning on 2 CPU cores
 def test_train_critic_separates_held_out_triples(tmp_path: Path) -> None:
     out = tmp_path / "critic"
     assert main(["train-critic", "--output", str(out)]) == 0
