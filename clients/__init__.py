@@ -2,7 +2,13 @@
 
 from proctor.clients.reward import AsyncRewardClient, RewardClient, reward_request
 from proctor.clients.streaming import ItemFailed, raise_for_error
-from proctor.clients.teacher import AsyncTeacherClient, TeacherClient, generate_request, score_request
+from proctor.clients.teacher import (
+    AsyncTeacherClient,
+    TeacherClient,
+    generate_request,
+    score_group_request,
+    score_request,
+)
 
 __all__ = [
     "AsyncRewardClient",
@@ -13,5 +19,6 @@ __all__ = [
     "generate_request",
     "raise_for_error",
     "reward_request",
+    "score_group_request",
     "score_request",
 ]

@@ -44,6 +44,24 @@ def score_request(
     )
 
 
+def score_group_request(
+    id: str,
+    context: str | list[int],
+    continuations: list[str] | list[list[int]],
+    *,
+    top_logprobs: int = 0,
+    timeout_ms: int = 0,
+) -> teacher_pb2.ScoreRequest:
+    """One prompt and its n sampled completions: the server computes the shared prompt once."""
+    return teacher_pb2.ScoreRequest(
+        id=id,
+        context=_prompt(context),
+        continuations=[_prompt(c) for c in continuations],
+        top_logprobs=top_logprobs,
+        timeout_ms=timeout_ms,
+    )
+
+
 class TeacherClient:
     """Blocking client (one channel; safe to share across threads)."""
 

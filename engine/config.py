@@ -62,6 +62,7 @@ class TeacherConfig:
     max_top_logprobs: int = 64
     max_batch_seqs: int = 64
     max_score_tokens: int = 16384
+    max_group_size: int = 1024  # continuations per Score group
     critic: str = "local"  # GenerateTriples' critic: "local" (this server's Critic), an address, or "" (none)
     max_triples_events: int = 1000
     limits: ServiceLimits = field(default_factory=ServiceLimits)

@@ -71,6 +71,22 @@ class ScoreItem:
 
 
 @dataclass(frozen=True)
+class ScoreGroupItem:
+    """One context, many continuations: the context is computed once and shared."""
+
+    context_ids: list[int]
+    continuations: list[list[int]]
+    top_k: int = 0
+
+
+@dataclass
+class GroupOutput:
+    scores: list[ScoreOutput]
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class ProbeItem:
     """Log-probs of several candidate tokens at the position right after `context_ids`."""
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from proctor.engine.types import BackendInfo, GenerateItem, Generation, ProbeItem, ScoreItem, ScoreOutput
+from proctor.engine.types import (
+    BackendInfo,
+    GenerateItem,
+    Generation,
+    GroupOutput,
+    ProbeItem,
+    ScoreGroupItem,
+    ScoreItem,
+    ScoreOutput,
+)
 
 
 class Backend(Protocol):
@@ -35,6 +44,10 @@ class Generator(Backend, Protocol):
         ...
 
     async def score(self, item: ScoreItem) -> ScoreOutput: ...
+
+    async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
+        """Each continuation scored after the shared context, as if scored on its own."""
+        ...
 
     async def probe(self, item: ProbeItem) -> ScoreOutput:
         """Full-vocabulary log-probs of `item.token_ids` as the next token after the context, in that order."""

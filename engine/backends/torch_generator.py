@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import inspect
 import logging
 import threading
@@ -31,8 +32,10 @@ from proctor.engine.types import (
     FinishReason,
     GenerateItem,
     Generation,
+    GroupOutput,
     ProbeItem,
     Sample,
+    ScoreGroupItem,
     ScoreItem,
     ScoreOutput,
     TopK,
@@ -208,10 +211,14 @@ class TorchGenerator:
         result: ScoreOutput = await self._submit(item)
         return result
 
-    async def _submit(self, item: GenerateItem | ScoreItem | ProbeItem) -> Any:
+    async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
+        result: GroupOutput = await self._submit(item)
+        return result
+
+    async def _submit(self, item: GenerateItem | ScoreItem | ScoreGroupItem | ProbeItem) -> Any:
         return (await self._submit_many([item]))[0]
 
-    async def _submit_many(self, items: Sequence[GenerateItem | ScoreItem | ProbeItem]) -> list[Any]:
+    async def _submit_many(self, items: Sequence[GenerateItem | ScoreItem | ScoreGroupItem | ProbeItem]) -> list[Any]:
         """Queue the items at once, so that the engine takes them into the same batch."""
         loop = asyncio.get_running_loop()
         jobs = [_Job(item=item, future=loop.create_future(), loop=loop) for item in items]
@@ -236,9 +243,12 @@ class TorchGenerator:
                     self._cv.wait()
                 if self._stopping and not self._pending:
                     return
-                scores, gens = self._take_batch()
+                groups, scores, gens = self._take_batch()
             try:
                 with torch.inference_mode():
+                    for group in groups:
+                        self._on_batch("Score", 1)
+                        self._score_group(group)
                     if scores:
                         self._on_batch("Score", len(scores))
                         self._score_batch(scores)
@@ -247,11 +257,12 @@ class TorchGenerator:
                         self._generate_wave(gens)
             except Exception as exc:  # a model failure fails the batch, not the server
                 log.exception("backend batch failed")
-                for job in scores + gens:
+                for job in groups + scores + gens:
                     job.fail(exc)
 
-    def _take_batch(self) -> tuple[list[_Job], list[_Job]]:
-        """Take one score batch (token budget) and one generation wave (sequence budget) off the queue."""
+    def _take_batch(self) -> tuple[list[_Job], list[_Job], list[_Job]]:
+        """Take the score groups, one score batch (token budget) and one generation wave (sequence budget)."""
+        groups: list[_Job] = []
         scores: list[_Job] = []
         gens: list[_Job] = []
         score_tokens = 0
@@ -261,7 +272,9 @@ class TorchGenerator:
             job = self._pending.popleft()
             if job.cancelled:
                 continue
-            if isinstance(job.item, ScoreItem | ProbeItem):
+            if isinstance(job.item, ScoreGroupItem):
+                groups.append(job)
+            elif isinstance(job.item, ScoreItem | ProbeItem):
                 tokens = len(_sequence(job.item))
                 if scores and score_tokens + tokens > self._max_score_tokens:
                     keep.append(job)
@@ -276,7 +289,7 @@ class TorchGenerator:
                 gens.append(job)
                 seqs += n
         self._pending = keep
-        return scores, gens
+        return groups, scores, gens
 
     def _score_batch(self, jobs: list[_Job]) -> None:
         """Score and probe items together: run the model to hidden states once, then log-probs only at the rows
@@ -312,6 +325,61 @@ class TorchGenerator:
             out = outputs[b]
             out.queue_s, out.inference_s = started - job.enqueued, done - started
             job.resolve(out)
+
+    def _score_group(self, job: _Job) -> None:
+        """The context's KV cache once; then the continuations in batches against copies of it."""
+        started = time.perf_counter()
+        item: ScoreGroupItem = job.item
+        ctx = torch.tensor([item.context_ids], device=self._device)
+        out = self._model.base_model(input_ids=ctx, use_cache=True)
+        shared = getattr(out, self._cache_kwarg)
+        last_hidden = out.last_hidden_state[0, -1]  # predicts every continuation's first token
+        weight = self._model.get_output_embeddings().weight
+        n_ctx = len(item.context_ids)
+        per_batch = max(1, self._max_score_tokens // (n_ctx + max(len(c) for c in item.continuations)))
+        scores: list[ScoreOutput] = []
+        for start in range(0, len(item.continuations), per_batch):
+            if job.cancelled:
+                return
+            conts = item.continuations[start : start + per_batch]
+            width = max(len(c) for c in conts)
+            ids = torch.full((len(conts), width), self._pad_id, dtype=torch.long)
+            mask = torch.zeros((len(conts), n_ctx + width), dtype=torch.long)
+            mask[:, :n_ctx] = 1
+            for b, c in enumerate(conts):
+                ids[b, : len(c)] = torch.tensor(c)
+                mask[b, n_ctx : n_ctx + len(c)] = 1
+            cache = copy.deepcopy(shared)
+            cache.batch_select_indices(torch.zeros(len(conts), dtype=torch.long, device=self._device))
+            positions = torch.arange(n_ctx, n_ctx + width, device=self._device).expand(len(conts), -1)
+            hidden = self._model.base_model(
+                input_ids=ids.to(self._device),
+                attention_mask=mask.to(self._device),
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_kwarg: cache},
+            ).last_hidden_state
+            # Token j of a continuation is predicted by the context's last state (j = 0) or its own state j - 1.
+            batch_rows = torch.tensor([b for b, c in enumerate(conts) for _ in range(1, len(c))], dtype=torch.long)
+            state_cols = torch.tensor([j for c in conts for j in range(len(c) - 1)], dtype=torch.long)
+            picked = torch.cat(
+                [last_hidden.expand(len(conts), -1), hidden[batch_rows.to(self._device), state_cols.to(self._device)]]
+            )
+            targets = [c[0] for c in conts] + [t for c in conts for t in c[1:]]
+            logprobs, _, top_vals, top_ids = lm_head_logprobs(
+                picked, weight, torch.tensor(targets, device=self._device), top_k=item.top_k
+            )
+            lp = logprobs.cpu().tolist()
+            tv = top_vals.cpu().tolist() if top_vals is not None else None
+            ti = top_ids.cpu().tolist() if top_ids is not None else None
+            offset = len(conts)
+            for b, c in enumerate(conts):
+                order = [b, *range(offset, offset + len(c) - 1)]
+                offset += len(c) - 1
+                top = TopK(ids=[ti[i] for i in order], logprobs=[tv[i] for i in order]) if tv and ti else None
+                scores.append(ScoreOutput(logprobs=[lp[i] for i in order], top=top))
+        done = time.perf_counter()
+        job.resolve(GroupOutput(scores=scores, queue_s=started - job.enqueued, inference_s=done - started))
 
     def _score_rows(
         self, hidden: torch.Tensor, weight: torch.Tensor, items: dict[int, ScoreItem]

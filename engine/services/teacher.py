@@ -15,7 +15,7 @@ from proctor.engine.config import TeacherConfig
 from proctor.engine.errors import ItemError
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
-from proctor.engine.types import FinishReason, GenerateItem, SamplingParams, ScoreItem
+from proctor.engine.types import FinishReason, GenerateItem, SamplingParams, ScoreGroupItem, ScoreItem
 from proctor.engine.version import __version__
 from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
@@ -192,15 +192,11 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
     async def _score_one(self, req: teacher_pb2.ScoreRequest) -> teacher_pb2.ScoreResult:
         received = time.perf_counter()
         context = self._prompt_ids(req.context, "context", add_special_tokens=True)
-        target = self._prompt_ids(req.target, "target", add_special_tokens=False)
-        limit = self.backend.info.max_model_len
-        if len(context) + len(target) > limit:
-            raise ItemError(
-                f"context ({len(context)} tokens) + target ({len(target)} tokens) exceeds the model's context length "
-                f"{limit}; nothing is truncated",
-                "target",
-            )
         self._check_top_logprobs(req.top_logprobs, "top_logprobs")
+        if req.continuations:
+            return await self._score_group(req, context, received)
+        target = self._prompt_ids(req.target, "target", add_special_tokens=False)
+        self._check_fits(context, target, "target")
         out = await self.backend.score(ScoreItem(context_ids=context, target_ids=target, top_k=req.top_logprobs))
         self._count_tokens("Score", len(context), 0, scored=len(target))
         self._observe("Score", out.queue_s, out.inference_s)
@@ -212,6 +208,44 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             context_tokens=len(context),
             timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
         )
+
+    async def _score_group(
+        self, req: teacher_pb2.ScoreRequest, context: list[int], received: float
+    ) -> teacher_pb2.ScoreResult:
+        if req.HasField("target"):
+            raise ItemError("set target or continuations, not both", "target")
+        if len(req.continuations) > self.config.max_group_size:
+            raise ItemError(
+                f"{len(req.continuations)} > {self.config.max_group_size} (teacher.max_group_size)", "continuations"
+            )
+        conts = []
+        for i, prompt in enumerate(req.continuations):
+            ids = self._prompt_ids(prompt, f"continuations[{i}]", add_special_tokens=False)
+            self._check_fits(context, ids, f"continuations[{i}]")
+            conts.append(ids)
+        out = await self.backend.score_group(
+            ScoreGroupItem(context_ids=context, continuations=conts, top_k=req.top_logprobs)
+        )
+        self._count_tokens("Score", len(context), 0, scored=sum(len(c) for c in conts))
+        self._observe("Score", out.queue_s, out.inference_s)
+        return teacher_pb2.ScoreResult(
+            id=req.id,
+            context_tokens=len(context),
+            continuations=[
+                teacher_pb2.TokenScores(token_ids=ids, logprobs=s.logprobs, top=convert.top_k(s.top))
+                for ids, s in zip(conts, out.scores, strict=True)
+            ],
+            timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
+        )
+
+    def _check_fits(self, context: list[int], target: list[int], field: str) -> None:
+        limit = self.backend.info.max_model_len
+        if len(context) + len(target) > limit:
+            raise ItemError(
+                f"context ({len(context)} tokens) + target ({len(target)} tokens) exceeds the model's context length "
+                f"{limit}; nothing is truncated",
+                field,
+            )
 
     # ---- validation ------------------------------------------------------------------------------------------
 
@@ -230,7 +264,7 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         else:
             ids = convert.token_ids(list(prompt.token_ids.ids), f"{field}.token_ids.ids", self.backend.info.vocab_size)
         if not ids:
-            raise ItemError("tokenises to zero tokens", field)
+            raise ItemError("empty: needs at least one token", field)
         limit = self._max_prompt_tokens()
         if len(ids) > limit:
             raise ItemError(f"{len(ids)} tokens > max_prompt_tokens {limit}; nothing is truncated", field)

@@ -246,6 +246,10 @@ Global___GenerateResult: _TypeAlias = GenerateResult  # noqa: Y015
 
 @_typing.final
 class ScoreRequest(_message.Message):
+    """Either one `target` after the context, or a group: many `continuations` of one context (GRPO / on-policy
+    distillation: one prompt, n samples), whose shared context is computed once.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -253,6 +257,7 @@ class ScoreRequest(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    CONTINUATIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     top_logprobs: _builtins.int
     """top-k alternatives per target position"""
@@ -265,6 +270,10 @@ class ScoreRequest(_message.Message):
     def target(self) -> _common_pb2.Prompt:
         """text is tokenised without special tokens"""
 
+    @_builtins.property
+    def continuations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]:
+        """a group; set instead of target"""
+
     def __init__(
         self,
         *,
@@ -273,14 +282,45 @@ class ScoreRequest(_message.Message):
         target: _common_pb2.Prompt | None = ...,
         top_logprobs: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
+        continuations: _abc.Iterable[_common_pb2.Prompt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "id", b"id", "target", b"target", "timeout_ms", b"timeout_ms", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "continuations", b"continuations", "id", b"id", "target", b"target", "timeout_ms", b"timeout_ms", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScoreRequest: _TypeAlias = ScoreRequest  # noqa: Y015
+
+@_typing.final
+class TokenScores(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """log p(token[i] | context, token[:i]), float32"""
+
+    @_builtins.property
+    def top(self) -> _common_pb2.TopK: ...
+    def __init__(
+        self,
+        *,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        logprobs: _abc.Iterable[_builtins.float] | None = ...,
+        top: _common_pb2.TopK | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["top", b"top"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs", "token_ids", b"token_ids", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenScores: _TypeAlias = TokenScores  # noqa: Y015
 
 @_typing.final
 class ScoreResult(_message.Message):
@@ -293,6 +333,7 @@ class ScoreResult(_message.Message):
     TOP_FIELD_NUMBER: _builtins.int
     CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
+    CONTINUATIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     context_tokens: _builtins.int
     @_builtins.property
@@ -307,6 +348,10 @@ class ScoreResult(_message.Message):
     def top(self) -> _common_pb2.TopK: ...
     @_builtins.property
     def timing(self) -> _common_pb2.Timing: ...
+    @_builtins.property
+    def continuations(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenScores]:
+        """a group's results, in the request's order"""
+
     def __init__(
         self,
         *,
@@ -317,10 +362,11 @@ class ScoreResult(_message.Message):
         top: _common_pb2.TopK | None = ...,
         context_tokens: _builtins.int = ...,
         timing: _common_pb2.Timing | None = ...,
+        continuations: _abc.Iterable[Global___TokenScores] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "timing", b"timing", "top", b"top"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_tokens", b"context_tokens", "error", b"error", "id", b"id", "logprobs", b"logprobs", "target_token_ids", b"target_token_ids", "timing", b"timing", "top", b"top"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_tokens", b"context_tokens", "continuations", b"continuations", "error", b"error", "id", b"id", "logprobs", b"logprobs", "target_token_ids", b"target_token_ids", "timing", b"timing", "top", b"top"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
