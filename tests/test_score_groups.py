@@ -15,7 +15,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def test_group_equals_independent_scoring(target: str, n: int) -> None:
     gen = torch.Generator().manual_seed(n)
     context = torch.randint(3, 500, (int(torch.randint(1, 40, (1,), generator=gen)),), generator=gen).tolist()
-    lengths = [1] + torch.randint(1, 30, (n - 1,), generator=gen).tolist()  # one-token continuations included
+    lengths = [1, *torch.randint(1, 30, (n - 1,), generator=gen).tolist()]  # one-token continuations included
     conts = [torch.randint(3, 500, (k,), generator=gen).tolist() for k in lengths]
     async with AsyncTeacherClient(target) as client:
         group = await client.score([score_group_request("g", context, conts, top_logprobs=3)])
