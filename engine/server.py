@@ -226,7 +226,9 @@ class ProctorServer:
             asyncio.create_task(self._ready_when_loaded(name, [loaded[id(b)] for b in needs]))
             for name, needs in self._needs.items()
         ]
-        for backend in self._backends.values():
+        # Generators first: a built-in critic may train itself on first use, and should not hold the teacher up.
+        order = sorted(self._backends.values(), key=lambda b: b not in self._generators.values())
+        for backend in order:
             loaded[id(backend)].set_result(await self._load(backend))
         await asyncio.gather(*waiting)
         if self._needs and not self.lifecycle.draining.is_set():
