@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from proctor.engine.errors import ItemError
-from proctor.engine.types import TopK
+from proctor.engine.types import BackendInfo, TopK
+from proctor.engine.version import __version__
 from proctor.proto.proctor.v1 import common_pb2
 
 _CODES = {
@@ -75,3 +76,24 @@ def token_ids(ids: list[int], field: str, vocab_size: int) -> list[int]:
         if not 0 <= t < vocab_size:
             raise ItemError(f"token id {t} is outside the vocabulary [0, {vocab_size})", f"{field}[{i}]")
     return ids
+
+
+def model_info(
+    service: str, info: BackendInfo | None, extra: dict[str, str], max_prompt_tokens: int = 0
+) -> common_pb2.ModelInfo:
+    """Info's answer; `info` None for a service with no model (rules-only rewards)."""
+    if info is None:
+        return common_pb2.ModelInfo(service=service, model="(no model)", version=__version__, extra=extra)
+    return common_pb2.ModelInfo(
+        service=service,
+        model=info.model,
+        backend=info.backend,
+        dtype=info.dtype,
+        device=info.device,
+        tokenizer=info.tokenizer,
+        vocab_size=info.vocab_size,
+        max_model_len=info.max_model_len,
+        max_prompt_tokens=max_prompt_tokens or info.max_model_len,
+        version=__version__,
+        extra=extra,
+    )

@@ -20,7 +20,6 @@ from proctor.engine.models import resolve_model
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
 from proctor.engine.triples import Judgement
-from proctor.engine.version import __version__
 from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
 SERVICE = "proctor.v1.Critic"
@@ -88,13 +87,7 @@ class CriticService(critic_pb2_grpc.CriticServicer):
     def __init__(self, scorer: CriticScorer, svc: ServiceContext) -> None:
         self.scorer = scorer
         self.svc = svc
-        self._classify = StreamSpec(
-            rpc="Classify",
-            item_id=lambda r: r.id,
-            timeout_ms=lambda r: r.timeout_ms,
-            handle=self._classify_one,
-            error_result=lambda i, e: critic_pb2.ClassifyResult(id=i, error=convert.status(e)),
-        )
+        self._classify = StreamSpec("Classify", self._classify_one, critic_pb2.ClassifyResult)
 
     async def Classify(
         self, request_iterator: AsyncIterator[critic_pb2.ClassifyRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -105,20 +98,7 @@ class CriticService(critic_pb2_grpc.CriticServicer):
     async def Info(
         self, request: common_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> common_pb2.ModelInfo:
-        info = self.scorer.backend.info
-        return common_pb2.ModelInfo(
-            service="Critic",
-            model=info.model,
-            backend=info.backend,
-            dtype=info.dtype,
-            device=info.device,
-            tokenizer=info.tokenizer,
-            vocab_size=info.vocab_size,
-            max_model_len=info.max_model_len,
-            max_prompt_tokens=info.max_model_len,
-            version=__version__,
-            extra=self._extra(),
-        )
+        return convert.model_info("Critic", self.scorer.backend.info, self._extra())
 
     def _extra(self) -> dict[str, str]:
         config = self.scorer.config

@@ -13,7 +13,6 @@ from proctor.engine.errors import ItemError
 from proctor.engine.reward import RewardScorer, RolloutInput
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
-from proctor.engine.version import __version__
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 SERVICE = "proctor.v1.RewardModel"
@@ -30,13 +29,7 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         self.scorer = scorer
         self.judge = judge
         self.svc = svc
-        self._reward = StreamSpec(
-            rpc="Reward",
-            item_id=lambda r: r.id,
-            timeout_ms=lambda r: r.timeout_ms,
-            handle=self._reward_one,
-            error_result=lambda i, e: reward_pb2.RewardResult(id=i, error=convert.status(e)),
-        )
+        self._reward = StreamSpec("Reward", self._reward_one, reward_pb2.RewardResult)
 
     async def Reward(
         self, request_iterator: AsyncIterator[reward_pb2.RewardRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -49,21 +42,7 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
     ) -> common_pb2.ModelInfo:
         settings = self.scorer.settings
         extra = {"mode": settings.mode, "aggregation": settings.aggregation, "total_steps": str(settings.total_steps)}
-        if self.judge is None:
-            return common_pb2.ModelInfo(service="RewardModel", model="(rules only)", version=__version__, extra=extra)
-        info = self.judge.info
-        return common_pb2.ModelInfo(
-            service="RewardModel",
-            model=info.model,
-            backend=info.backend,
-            dtype=info.dtype,
-            device=info.device,
-            tokenizer=info.tokenizer,
-            vocab_size=info.vocab_size,
-            max_model_len=info.max_model_len,
-            version=__version__,
-            extra=extra,
-        )
+        return convert.model_info("RewardModel", self.judge.info if self.judge else None, extra)
 
     async def _reward_one(self, req: reward_pb2.RewardRequest) -> reward_pb2.RewardResult:
         received = time.perf_counter()

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from proctor.engine.errors import ItemError
 from proctor.engine.metrics import Metrics
+from proctor.engine.services import convert
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,21 @@ class ServiceContext:
 
 @dataclass
 class StreamSpec(Generic[Req, Res]):
-    """What run_stream needs to know about one RPC's messages."""
+    """One streaming RPC: its name, the handler of one item, and its result message type. Every proctor request
+    item has `id` and `timeout_ms`; every result has `id` and `error`."""
 
     rpc: str
-    item_id: Callable[[Req], str]
-    timeout_ms: Callable[[Req], int]
     handle: Callable[[Req], Awaitable[Res]]
-    error_result: Callable[[str, ItemError], Res]
+    result_type: Callable[..., Res]
+
+    def item_id(self, req: Req) -> str:
+        return str(getattr(req, "id"))  # noqa: B009 (Req is any proctor request message)
+
+    def timeout_ms(self, req: Req) -> int:
+        return int(getattr(req, "timeout_ms"))  # noqa: B009
+
+    def error_result(self, item_id: str, error: ItemError) -> Res:
+        return self.result_type(id=item_id, error=convert.status(error))
 
 
 _END = object()

@@ -16,7 +16,6 @@ from proctor.engine.errors import ItemError
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
 from proctor.engine.types import FinishReason, GenerateItem, SamplingParams, ScoreGroupItem, ScoreItem
-from proctor.engine.version import __version__
 from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
 SERVICE = "proctor.v1.Teacher"
@@ -44,20 +43,8 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         self.critic = critic
         self.config = config
         self.svc = svc
-        self._generate = StreamSpec(
-            rpc="Generate",
-            item_id=lambda r: r.id,
-            timeout_ms=lambda r: r.timeout_ms,
-            handle=self._generate_one,
-            error_result=lambda i, e: teacher_pb2.GenerateResult(id=i, error=convert.status(e)),
-        )
-        self._score = StreamSpec(
-            rpc="Score",
-            item_id=lambda r: r.id,
-            timeout_ms=lambda r: r.timeout_ms,
-            handle=self._score_one,
-            error_result=lambda i, e: teacher_pb2.ScoreResult(id=i, error=convert.status(e)),
-        )
+        self._generate = StreamSpec("Generate", self._generate_one, teacher_pb2.GenerateResult)
+        self._score = StreamSpec("Score", self._score_one, teacher_pb2.ScoreResult)
 
     # ---- RPCs ------------------------------------------------------------------------------------------------
 
@@ -147,19 +134,8 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         self, request: common_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> common_pb2.ModelInfo:
         info = self.backend.info
-        return common_pb2.ModelInfo(
-            service="Teacher",
-            model=info.model,
-            backend=info.backend,
-            dtype=info.dtype,
-            device=info.device,
-            tokenizer=info.tokenizer,
-            vocab_size=info.vocab_size,
-            max_model_len=info.max_model_len,
-            max_prompt_tokens=self._max_prompt_tokens(),
-            version=__version__,
-            extra={"eos_token_ids": ",".join(map(str, info.eos_token_ids))},
-        )
+        extra = {"eos_token_ids": ",".join(map(str, info.eos_token_ids))}
+        return convert.model_info("Teacher", info, extra, self._max_prompt_tokens())
 
     # ---- items -----------------------------------------------------------------------------------------------
 
