@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from proctor.kernels.buffers import poisoned
+
 try:
     import triton
     import triton.language as tl
@@ -149,13 +151,14 @@ def _partials(
     tiles = triton.cdiv(vocab, block_v)
     dev = hidden.device
 
-    def poisoned(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=dev)
-
-    tile_max, tile_sum, tile_xsum = poisoned(n, tiles), poisoned(n, tiles), poisoned(n, tiles)
+    tile_max, tile_sum, tile_xsum = (
+        poisoned(n, tiles, device=dev),
+        poisoned(n, tiles, device=dev),
+        poisoned(n, tiles, device=dev),
+    )
     tile_tgt = torch.zeros(n, tiles, dtype=torch.float32, device=dev)  # only the target's tile writes
-    top_v = poisoned(n, tiles, max(k_pad, 1))
-    top_i = poisoned(n, tiles, max(k_pad, 1), dtype=torch.int32)
+    top_v = poisoned(n, tiles, max(k_pad, 1), device=dev)
+    top_i = poisoned(n, tiles, max(k_pad, 1), device=dev, dtype=torch.int32)
     block_h = min(64, triton.next_power_of_2(h))
     grid = (triton.cdiv(n, block_n), tiles)
     _partials_kernel[grid](

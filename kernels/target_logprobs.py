@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from proctor.kernels.buffers import poisoned
+
 try:
     import triton
     import triton.language as tl
@@ -109,12 +111,9 @@ def _launch(
     k_pad = triton.next_power_of_2(top_k) if top_k else 0
     dev = logits.device
 
-    def poisoned(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=dev)
-
-    out, entropy, lse = poisoned(n), poisoned(n), poisoned(n)
-    top_v = poisoned(n, tiles, max(k_pad, 1))
-    top_i = poisoned(n, tiles, max(k_pad, 1), dtype=torch.int32)
+    out, entropy, lse = poisoned(n, device=dev), poisoned(n, device=dev), poisoned(n, device=dev)
+    top_v = poisoned(n, tiles, max(k_pad, 1), device=dev)
+    top_i = poisoned(n, tiles, max(k_pad, 1), device=dev, dtype=torch.int32)
     if n:
         _target_logprobs_kernel[(n,)](
             logits, logits.stride(0), targets, out, entropy, lse, top_v, top_i, vocab, tiles, ignore_index,
