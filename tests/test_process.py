@@ -20,15 +20,19 @@ from proctor.clients.teacher import TeacherClient, generate_request
 
 from .conftest import TINY
 
+TEACHER_CONFIG = (
+    f"server: {{port: 0, metrics_port: -1, drain_grace_s: 60}}\nteacher: {{model: '{TINY}', device: cpu}}\n"
+)
+
 
 class ServerProcess:
-    def __init__(self, tmp: Path, *extra: str) -> None:
-        config = tmp / "proctor.yaml"
-        config.write_text(
-            f"server: {{port: 0, metrics_port: -1, drain_grace_s: 60}}\nteacher: {{model: '{TINY}', device: cpu}}\n"
-        )
+    """`proctor serve` in a subprocess; `port` is read from its first line."""
+
+    def __init__(self, tmp: Path, config_text: str = TEACHER_CONFIG, name: str = "proctor.yaml") -> None:
+        config = tmp / name
+        config.write_text(config_text)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proctor.engine.cli", "serve", "--config", str(config), *extra],
+            [sys.executable, "-m", "proctor.engine.cli", "serve", "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

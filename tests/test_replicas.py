@@ -1,0 +1,80 @@
+"""Exactly one result per id across replicas: SIGKILL one of two servers mid-stream, restart it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from proctor.clients.replicas import REWARD, ReplicaClient, RetryPolicy
+from proctor.clients.reward import reward_request
+
+from .test_process import ServerProcess
+from .test_reward_service import GOOD, MALFORMED, NO_ATOMS
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(port: int) -> str:
+    return (
+        f"server: {{port: {port}, metrics_port: -1, drain_grace_s: 5}}\n"
+        "reward: {model: '', mode: rules, total_steps: 1000, limits: {max_queued_items: 64, stream_window: 16}}\n"
+    )
+
+
+def _requests(n: int) -> list:  # type: ignore[type-arg]
+    texts = [GOOD, MALFORMED, NO_ATOMS]
+    return [reward_request(f"r{i}", "Capital of France?", texts[i % 3], "Paris", i % 1000) for i in range(n)]
+
+
+@pytest.mark.timeout(300)
+async def test_sigkill_and_restart_of_a_replica_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    ports = [_free_port(), _free_port()]
+    servers = [ServerProcess(tmp_path, _config(p), f"r{i}.yaml") for i, p in enumerate(ports)]
+    targets = [f"127.0.0.1:{p}" for p in ports]
+    try:
+        reference = ReplicaClient([targets[1]], REWARD)
+        expected = await reference.run(_requests(3000))
+        await reference.close()
+
+        client = ReplicaClient(targets, REWARD, RetryPolicy(backoff_s=0.05, item_timeout_s=30), seed=0)
+        run = asyncio.create_task(client.run(_requests(3000)))
+        await asyncio.sleep(0.3)
+        servers[0].proc.kill()  # SIGKILL mid-stream
+        await asyncio.to_thread(servers[0].proc.wait)
+        killed_at = time.perf_counter()
+        servers[0] = await asyncio.to_thread(ServerProcess, tmp_path, _config(ports[0]), "r0.yaml")
+        results = await run
+        await client.close()
+    finally:
+        for server in servers:
+            server.proc.kill()
+            server.proc.wait()
+    assert client.stats.replica_failures[targets[0]] >= 1 and client.stats.resent > 0, client.stats
+    assert list(results) == list(expected), "exactly one result per id, in the order sent"
+    errors = [r for r in results.values() if r.HasField("error")]
+    assert not errors, errors[:3]
+    for item_id, result in results.items():
+        assert result.reward == expected[item_id].reward and result.r_f1 == expected[item_id].r_f1, item_id
+    assert time.perf_counter() - killed_at < 120
+
+
+async def test_items_get_a_final_error_only_when_every_replica_is_gone() -> None:
+    client = ReplicaClient(
+        [f"127.0.0.1:{_free_port()}"], REWARD, RetryPolicy(max_attempts=3, backoff_s=0.01, item_timeout_s=2)
+    )
+    results = await client.run(_requests(5))
+    await client.close()
+    assert len(results) == 5
+    for result in results.values():
+        assert result.error.code == 14 and "gave up after 3 tries" in result.error.message
+        assert "no replica reports SERVING" in result.error.message
