@@ -25,7 +25,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from proctor.clients.streaming import MiB, channel_options
+from proctor.clients.streaming import PLAINTEXT, Credentials, MiB
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 
 R = TypeVar("R", bound=Message)
@@ -89,6 +89,7 @@ class ReplicaClient(Generic[R]):
         targets: Sequence[str],
         method: Method[R],
         policy: RetryPolicy = RetryPolicy(),
+        credentials: Credentials = PLAINTEXT,
         max_message_bytes: int = 64 * MiB,
         seed: int | None = None,
     ) -> None:
@@ -98,14 +99,15 @@ class ReplicaClient(Generic[R]):
         self.method = method
         self.policy = policy
         self.stats = Stats()
-        self._options = channel_options(max_message_bytes)
+        self._credentials = credentials
+        self._max_message_bytes = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._rng = random.Random(seed)
         self._next = 0
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target, options=self._options)
+            self._channels[target] = self._credentials.aio_channel(target, self._max_message_bytes)
         return self._channels[target]
 
     async def close(self) -> None:
@@ -192,7 +194,7 @@ class ReplicaClient(Generic[R]):
         """The answers one replica gave, and why its stream ended early ("" if it did not)."""
         answers: list[R] = []
         stub = self.method.stub(self._channel(target))
-        call = getattr(stub, self.method.rpc)(iter(requests))
+        call = getattr(stub, self.method.rpc)(iter(requests), metadata=self._credentials.metadata())
         try:
             async with asyncio.timeout(self.policy.item_timeout_s):
                 async for answer in call:

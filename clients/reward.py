@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-import grpc
-
-from proctor.clients.streaming import MiB, channel_options, run_async, run_sync
+from proctor.clients.streaming import AsyncClient, SyncClient, run_async, run_sync
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 MODES = {
@@ -45,47 +44,30 @@ def reward_request(
     return request
 
 
-class RewardClient:
-    """Blocking client (one channel; safe to share across threads)."""
+class RewardClient(SyncClient):
+    """Blocking RewardModel client (one channel; safe to share across threads)."""
 
-    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * MiB) -> None:
-        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+    def __init__(self, target: str, **options: Any) -> None:
+        """`options`: timeout_s, credentials (TLS / mTLS / bearer token), max_message_bytes."""
+        super().__init__(target, **options)
         self.stub = reward_pb2_grpc.RewardModelStub(self.channel)
-        self.timeout_s = timeout_s
-
-    def __enter__(self) -> RewardClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.channel.close()
 
     def info(self) -> common_pb2.ModelInfo:
-        info: common_pb2.ModelInfo = self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+        info: common_pb2.ModelInfo = self.stub.Info(
+            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
         return info
 
     def reward(self, requests: Iterable[reward_pb2.RewardRequest]) -> dict[str, reward_pb2.RewardResult]:
-        return run_sync(reward_pb2.RewardResult, self.stub.Reward, list(requests), self.timeout_s)
+        return run_sync(self, reward_pb2.RewardResult, self.stub.Reward, list(requests))
 
 
-class AsyncRewardClient:
-    """asyncio client; create it inside the running loop."""
+class AsyncRewardClient(AsyncClient):
+    """asyncio RewardModel client; create it inside the running loop."""
 
-    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * MiB) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+    def __init__(self, target: str, **options: Any) -> None:
+        super().__init__(target, **options)
         self.stub = reward_pb2_grpc.RewardModelStub(self.channel)
-        self.timeout_s = timeout_s
-
-    async def __aenter__(self) -> AsyncRewardClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self.channel.close(grace=None)
 
     async def reward(self, requests: Iterable[reward_pb2.RewardRequest]) -> dict[str, reward_pb2.RewardResult]:
-        return await run_async(reward_pb2.RewardResult, self.stub.Reward, list(requests), self.timeout_s)
+        return await run_async(self, reward_pb2.RewardResult, self.stub.Reward, list(requests))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -32,11 +35,107 @@ def raise_for_error(result: Any) -> None:
         raise ItemFailed(result.id, result.error)
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach a server: plaintext (the default), TLS (`ca_file`), mutual TLS (`cert_file` + `key_file`),
+    and/or a bearer token sent with every call."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    token: str | None = None
+    server_name: str | None = None  # the name the server's certificate is checked against, if not the target's
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def _ssl(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+    def _options(self, max_message_bytes: int) -> list[tuple[str, Any]]:
+        options = channel_options(max_message_bytes)
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return options
+
+    def channel(self, target: str, max_message_bytes: int = 64 * MiB) -> grpc.Channel:
+        if self.ca_file:
+            return grpc.secure_channel(target, self._ssl(), options=self._options(max_message_bytes))
+        return grpc.insecure_channel(target, options=self._options(max_message_bytes))
+
+    def aio_channel(self, target: str, max_message_bytes: int = 64 * MiB) -> grpc.aio.Channel:
+        if self.ca_file:
+            return grpc.aio.secure_channel(target, self._ssl(), options=self._options(max_message_bytes))
+        return grpc.aio.insecure_channel(target, options=self._options(max_message_bytes))
+
+
+PLAINTEXT = Credentials()
+
+
+class SyncClient:
+    """The blocking half every service client shares: one channel (safe across threads), credentials, timeout."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float | None = None,
+        credentials: Credentials = PLAINTEXT,
+        max_message_bytes: int = 64 * MiB,
+    ) -> None:
+        self.channel = credentials.channel(target, max_message_bytes)
+        self.metadata = credentials.metadata()
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+
+
+class AsyncClient:
+    """The asyncio twin of SyncClient; create it inside the running loop."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float | None = None,
+        credentials: Credentials = PLAINTEXT,
+        max_message_bytes: int = 64 * MiB,
+    ) -> None:
+        self.channel = credentials.aio_channel(target, max_message_bytes)
+        self.metadata = credentials.metadata()
+        self.timeout_s = timeout_s
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close(grace=None)
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
 
 
 def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: str | None) -> dict[str, R]:
@@ -51,21 +150,21 @@ def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: str | N
     return results
 
 
-def run_sync(kind: type[R], method: Any, requests: list[Any], timeout_s: float | None) -> dict[str, R]:
+def run_sync(client: SyncClient, kind: type[R], method: Any, requests: list[Any]) -> dict[str, R]:
     answers: list[R] = []
     broke = None
     try:
-        answers.extend(method(iter(requests), timeout=timeout_s))
+        answers.extend(method(iter(requests), timeout=client.timeout_s, metadata=client.metadata))
     except grpc.RpcError as exc:
         broke = f"stream failed with {exc.code().name}: {exc.details()}"
     return collect(kind, [r.id for r in requests], answers, broke)
 
 
-async def run_async(kind: type[R], method: Any, requests: list[Any], timeout_s: float | None) -> dict[str, R]:
+async def run_async(client: AsyncClient, kind: type[R], method: Any, requests: list[Any]) -> dict[str, R]:
     answers: list[R] = []
     broke = None
     try:
-        async for result in method(iter(requests), timeout=timeout_s):
+        async for result in method(iter(requests), timeout=client.timeout_s, metadata=client.metadata):
             answers.append(result)
     except grpc.RpcError as exc:
         broke = f"stream failed with {exc.code().name}: {exc.details()}"

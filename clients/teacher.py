@@ -11,13 +11,10 @@ gets a client-made UNAVAILABLE error, so every id you sent has exactly one resul
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
-import grpc
-
-from proctor.clients.streaming import MiB, channel_options, run_async, run_sync
+from proctor.clients.streaming import AsyncClient, SyncClient, run_async, run_sync
 from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
 
@@ -62,75 +59,54 @@ def score_group_request(
     )
 
 
-class TeacherClient:
-    """Blocking client (one channel; safe to share across threads)."""
+class TeacherClient(SyncClient):
+    """Blocking Teacher client (one channel; safe to share across threads)."""
 
-    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * MiB) -> None:
-        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+    def __init__(self, target: str, **options: Any) -> None:
+        """`options`: timeout_s, credentials (TLS / mTLS / bearer token), max_message_bytes."""
+        super().__init__(target, **options)
         self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
-        self.timeout_s = timeout_s
-
-    def __enter__(self) -> TeacherClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
 
     def info(self) -> common_pb2.ModelInfo:
-        info: common_pb2.ModelInfo = self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+        info: common_pb2.ModelInfo = self.stub.Info(
+            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
         return info
 
     def generate_stream(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> Iterator[teacher_pb2.GenerateResult]:
         """Results as they finish, in completion order."""
-        yield from self.stub.Generate(iter(requests), timeout=self.timeout_s)
+        yield from self.stub.Generate(iter(requests), timeout=self.timeout_s, metadata=self.metadata)
 
     def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
-        return run_sync(teacher_pb2.GenerateResult, self.stub.Generate, list(requests), self.timeout_s)
+        return run_sync(self, teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
 
     def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
-        return run_sync(teacher_pb2.ScoreResult, self.stub.Score, list(requests), self.timeout_s)
+        return run_sync(self, teacher_pb2.ScoreResult, self.stub.Score, list(requests))
 
 
-class AsyncTeacherClient:
-    """asyncio client; create it inside the running loop."""
+class AsyncTeacherClient(AsyncClient):
+    """asyncio Teacher client; create it inside the running loop."""
 
-    def __init__(self, target: str, *, timeout_s: float | None = None, max_message_bytes: int = 64 * MiB) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+    def __init__(self, target: str, **options: Any) -> None:
+        super().__init__(target, **options)
         self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
-        self.timeout_s = timeout_s
-
-    async def __aenter__(self) -> AsyncTeacherClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self.channel.close(grace=None)
-
-    async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
 
     async def info(self) -> common_pb2.ModelInfo:
-        info: common_pb2.ModelInfo = await self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+        info: common_pb2.ModelInfo = await self.stub.Info(
+            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
         return info
 
     async def generate_stream(
         self, requests: Iterator[teacher_pb2.GenerateRequest] | AsyncIterator[teacher_pb2.GenerateRequest]
     ) -> AsyncIterator[teacher_pb2.GenerateResult]:
         """Results as they finish; `requests` may be an async iterator that keeps producing items."""
-        call = self.stub.Generate(requests, timeout=self.timeout_s)
+        call = self.stub.Generate(requests, timeout=self.timeout_s, metadata=self.metadata)
         async for result in call:
             yield result
 
     async def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
-        return await run_async(teacher_pb2.GenerateResult, self.stub.Generate, list(requests), self.timeout_s)
+        return await run_async(self, teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
 
     async def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
-        return await run_async(teacher_pb2.ScoreResult, self.stub.Score, list(requests), self.timeout_s)
+        return await run_async(self, teacher_pb2.ScoreResult, self.stub.Score, list(requests))
