@@ -138,34 +138,38 @@ class AsyncClient:
         await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
 
 
-def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: str | None) -> dict[str, R]:
-    """Key the answers by id; an id the server never answered gets a client-made UNAVAILABLE error (retryable)."""
+def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: grpc.RpcError | None = None) -> dict[str, R]:
+    """Key the answers by id. An id the server never answered gets a client-made error: the stream's own status
+    when the call failed (e.g. UNAUTHENTICATED), else UNAVAILABLE (retryable)."""
     results: dict[str, R] = {}
     for result in answers:
         results.setdefault(getattr(result, "id"), result)  # noqa: B009 (R is any result message)
-    why = broke or "the stream ended before this item was answered"
+    code, why = UNAVAILABLE, "the stream ended before this item was answered"
+    if broke is not None:
+        code = broke.code().value[0]
+        why = f"the stream failed with {broke.code().name}: {broke.details()}"
     for item_id in sent:
         if item_id not in results:
-            results[item_id] = kind(id=item_id, error=common_pb2.Status(code=UNAVAILABLE, message=why))
+            results[item_id] = kind(id=item_id, error=common_pb2.Status(code=code, message=why))
     return results
 
 
 def run_sync(client: SyncClient, kind: type[R], method: Any, requests: list[Any]) -> dict[str, R]:
     answers: list[R] = []
-    broke = None
+    broke: grpc.RpcError | None = None
     try:
         answers.extend(method(iter(requests), timeout=client.timeout_s, metadata=client.metadata))
     except grpc.RpcError as exc:
-        broke = f"stream failed with {exc.code().name}: {exc.details()}"
+        broke = exc
     return collect(kind, [r.id for r in requests], answers, broke)
 
 
 async def run_async(client: AsyncClient, kind: type[R], method: Any, requests: list[Any]) -> dict[str, R]:
     answers: list[R] = []
-    broke = None
+    broke: grpc.RpcError | None = None
     try:
         async for result in method(iter(requests), timeout=client.timeout_s, metadata=client.metadata):
             answers.append(result)
     except grpc.RpcError as exc:
-        broke = f"stream failed with {exc.code().name}: {exc.details()}"
+        broke = exc
     return collect(kind, [r.id for r in requests], answers, broke)

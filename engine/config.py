@@ -27,6 +27,21 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class TlsConfig:
+    """TLS from PEM files; `client_ca_file` turns on mutual TLS (clients must present a certificate it signed)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("server.tls: set both cert_file and key_file")
+        if self.client_ca_file and not self.cert_file:
+            raise ConfigError("server.tls.client_ca_file needs cert_file and key_file (mutual TLS is TLS first)")
+
+
+@dataclass
 class ServerConfig:
     host: str = "127.0.0.1"  # localhost by default: exposing the server is a deliberate choice
     port: int = 50051
@@ -35,6 +50,10 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_calls: int = 256
     drain_grace_s: float = 30.0
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    # Bearer tokens: one per line in a file and/or comma-separated in an environment variable. Health stays open.
+    auth_tokens_file: str = ""
+    auth_tokens_env: str = ""
 
 
 @dataclass

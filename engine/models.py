@@ -154,7 +154,7 @@ def _build_tiny_critic(out: Path) -> None:
 def _build_critic(out: Path) -> None:
     from proctor.engine.train_critic import SHIPPED_SET, train_critic
 
-    log.info("training the demo critic on the shipped set (once; about a minute on a CPU)")
+    log.info("training the demo critic on the shipped set (once; 2-4 minutes on 2 CPU cores)")
     train_critic(SHIPPED_SET, out)
 
 

@@ -8,8 +8,11 @@ to any service while draining, are answered UNAVAILABLE (retryable) by an interc
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +22,7 @@ from prometheus_client import start_http_server
 
 from proctor.engine.backends.base import Backend, Generator
 from proctor.engine.backends.torch_classifier import TorchClassifier
-from proctor.engine.config import Config, RewardConfig
+from proctor.engine.config import Config, ConfigError, RewardConfig, ServerConfig, TlsConfig
 from proctor.engine.metrics import Metrics
 from proctor.engine.reward import RewardScorer, RewardSettings
 from proctor.engine.services import critic, reward, teacher
@@ -71,11 +74,50 @@ def reward_settings(rc: RewardConfig) -> RewardSettings:
     )
 
 
-class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Answers UNAVAILABLE for proctor services that are loading or draining; health and reflection pass."""
+def load_tokens(config: ServerConfig) -> list[bytes]:
+    """The accepted bearer tokens; empty = no authentication."""
+    tokens: list[str] = []
+    if config.auth_tokens_file:
+        try:
+            lines = Path(config.auth_tokens_file).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"server.auth_tokens_file: cannot read it ({exc.strerror})") from None
+        tokens += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if config.auth_tokens_env:
+        tokens += [t.strip() for t in os.environ.get(config.auth_tokens_env, "").split(",") if t.strip()]
+    if (config.auth_tokens_file or config.auth_tokens_env) and not tokens:
+        raise ConfigError("server: token authentication is configured but no token was found")
+    return [t.encode() for t in tokens]
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
+    if not tls.cert_file:
+        return None
+    try:
+        pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
+        ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"server.tls: cannot read {exc.filename} ({exc.strerror})") from None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """In front of the proctor services (health and reflection pass): a bearer token when tokens are configured
+    (UNAUTHENTICATED), then UNAVAILABLE while loading or draining."""
+
+    def __init__(self, lifecycle: Lifecycle, tokens: list[bytes]) -> None:
         self.lifecycle = lifecycle
+        self.tokens = tokens
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+        given = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                text = value.decode() if isinstance(value, bytes) else value
+                given = text.removeprefix("Bearer ").encode()
+        # Compare against every token, in constant time each, so timing reveals neither match nor position.
+        matches = [hmac.compare_digest(given, token) for token in self.tokens]
+        return any(matches)
 
     async def intercept_service(
         self,
@@ -86,6 +128,8 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         service = details.method.split("/")[1] if details.method.count("/") == 2 else ""
         if handler is None or not service.startswith("proctor."):
             return handler
+        if self.tokens and not self._authorized(details):
+            return _refuse(handler, "missing or invalid bearer token", grpc.StatusCode.UNAUTHENTICATED)
         if self.lifecycle.draining.is_set():
             return _refuse(handler, "server is draining (shutting down); retry on another replica")
         if service not in self.lifecycle.ready:
@@ -93,9 +137,11 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler
 
 
-def _refuse(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _refuse(
+    handler: grpc.RpcMethodHandler[Any, Any], message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+) -> grpc.RpcMethodHandler[Any, Any]:
     async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+        await context.abort(code, message)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -129,8 +175,10 @@ class ProctorServer:
 
     async def start(self) -> None:
         cfg = self.config.server
+        tokens = load_tokens(cfg)
+        credentials = server_credentials(cfg.tls)
         server = grpc.aio.server(
-            interceptors=[_Gate(self.lifecycle)],
+            interceptors=[_Gate(self.lifecycle, tokens)],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -187,7 +235,8 @@ class ProctorServer:
         for name in self._needs:
             await self._set_health(name, NOT_SERVING)
         await self.health.set("", NOT_SERVING)
-        self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        self.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
         await server.start()
