@@ -1,13 +1,9 @@
 from __future__ import annotations
 
-import os
-
-# Triton kernels run on CPU tensors in the interpreter; this must be set before anything imports triton.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
+import pytest
 import pytest_asyncio
 
 from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, ServiceLimits, TeacherConfig
@@ -45,3 +41,12 @@ async def tiny_server() -> AsyncIterator[ProctorServer]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def target(tiny_server: ProctorServer) -> str:
     return f"127.0.0.1:{tiny_server.port}"
+
+
+@pytest.fixture(scope="session")
+def tiny_server_thread() -> Iterator[str]:
+    """The same services in a server on its own thread and loop, for synchronous tests (hypothesis, sync clients)."""
+    from proctor.engine.cli import embedded_server
+
+    with embedded_server(tiny_config(default_max_tokens=8)) as target:
+        yield target
