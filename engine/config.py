@@ -67,6 +67,7 @@ class ServiceLimits:
 
     max_queued_items: int = 4096
     stream_window: int = 1024
+    max_items_per_stream: int = 1_000_000  # past it, items get RESOURCE_EXHAUSTED: open a new stream
 
 
 @dataclass

@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from proctor.engine.backends.base import Backend, Generator
 from proctor.engine.backends.torch_classifier import TorchClassifier
-from proctor.engine.config import Config, ConfigError, RewardConfig, ServerConfig, TlsConfig
+from proctor.engine.config import Config, ConfigError, RewardConfig, ServerConfig, ServiceLimits, TlsConfig
 from proctor.engine.metrics import Metrics
 from proctor.engine.reward import RewardScorer, RewardSettings
 from proctor.engine.services import critic, reward, teacher
@@ -201,7 +201,7 @@ class ProctorServer:
             self._backends[("classifier", cc.model, cc.device, cc.dtype)] = classifier
             self._needs[critic.SERVICE] = [classifier]
             self.critic_scorer = critic.CriticScorer(classifier, cc)
-            svc = self._service_context(critic.SERVICE, cc.limits.max_queued_items, cc.limits.stream_window)
+            svc = self._service_context(critic.SERVICE, cc.limits)
             self.metrics.watch_queue(critic.SERVICE, classifier.queue_depth)
             critic_pb2_grpc.add_CriticServicer_to_server(critic.CriticService(self.critic_scorer, svc), server)
             names.append(critic.SERVICE)
@@ -209,7 +209,7 @@ class ProctorServer:
             tc = self.config.teacher
             backend = self._generator(tc.model, tc.backend, tc.device, tc.dtype, tc.max_batch_seqs, tc.max_score_tokens)
             self._needs[teacher.SERVICE] = [backend]
-            svc = self._service_context(teacher.SERVICE, tc.limits.max_queued_items, tc.limits.stream_window)
+            svc = self._service_context(teacher.SERVICE, tc.limits)
             self.metrics.watch_queue(teacher.SERVICE, backend.queue_depth)
             triples_critic: Critic | None = None
             if tc.critic == "local":
@@ -223,7 +223,7 @@ class ProctorServer:
             rc = self.config.reward
             judge = self._generator(rc.model, rc.backend, rc.device, rc.dtype) if rc.model else None
             self._needs[reward.SERVICE] = [judge] if judge is not None else []
-            svc = self._service_context(reward.SERVICE, rc.limits.max_queued_items, rc.limits.stream_window)
+            svc = self._service_context(reward.SERVICE, rc.limits)
             scorer = RewardScorer(reward_settings(rc), judge)
             if rc.http_port >= 0:
                 self.openrlhf = OpenRLHFEndpoint(scorer, asyncio.get_running_loop(), cfg.host, rc.http_port)
@@ -257,13 +257,14 @@ class ProctorServer:
             self._backends[key] = self._generators[key]
         return self._generators[key]
 
-    def _service_context(self, name: str, capacity: int, window: int) -> ServiceContext:
+    def _service_context(self, name: str, limits: ServiceLimits) -> ServiceContext:
         return ServiceContext(
             name=name,
             metrics=self.metrics,
             lifecycle=self.lifecycle,
-            admission=Admission(capacity),
-            stream_window=window,
+            admission=Admission(limits.max_queued_items),
+            stream_window=limits.stream_window,
+            max_items_per_stream=limits.max_items_per_stream,
         )
 
     async def _load_all(self) -> None:

@@ -57,6 +57,7 @@ class ServiceContext:
     lifecycle: Lifecycle
     admission: Admission
     stream_window: int
+    max_items_per_stream: int = 1_000_000
     inflight: Any = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +93,7 @@ async def run_stream(
     window = asyncio.Semaphore(svc.stream_window)
     tasks: set[asyncio.Task[None]] = set()
     in_flight_ids: set[str] = set()
+    read = 0
     items = svc.metrics.items
     item_seconds = svc.metrics.item_seconds.labels(svc.name, spec.rpc)
 
@@ -123,10 +125,17 @@ async def run_stream(
         answer(result, code, received)
 
     def admit(req: Req) -> None:
+        nonlocal read
+        read += 1
         received = time.perf_counter()
         item_id = spec.item_id(req)
         rejection = None
-        if not item_id:
+        if read > svc.max_items_per_stream:
+            rejection = ItemError(
+                f"this stream passed its limit of {svc.max_items_per_stream} items; open a new stream",
+                code="RESOURCE_EXHAUSTED",
+            )
+        elif not item_id:
             rejection = ItemError("required: every item needs a caller-chosen id", "id")
         elif item_id in in_flight_ids:
             rejection = ItemError(f"{item_id!r} is already in flight on this stream", "id")
@@ -145,7 +154,7 @@ async def run_stream(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def read() -> None:
+    async def reader() -> None:
         drain = asyncio.create_task(svc.lifecycle.draining.wait())
         try:
             iterator = aiter(requests)
@@ -170,7 +179,7 @@ async def run_stream(
         finally:
             drain.cancel()
 
-    reader = asyncio.create_task(read())
+    reading = asyncio.create_task(reader())
     final = "CANCELLED"  # the call was cancelled or its deadline passed, unless we get to the end
     try:
         while True:
@@ -184,6 +193,6 @@ async def run_stream(
             yield result
     finally:
         svc.metrics.requests.labels(svc.name, spec.rpc, final).inc()
-        reader.cancel()
+        reading.cancel()
         for task in list(tasks):
             task.cancel()
