@@ -78,3 +78,41 @@ async def test_items_get_a_final_error_only_when_every_replica_is_gone() -> None
     for result in results.values():
         assert result.error.code == 14 and "gave up after 3 tries" in result.error.message
         assert "no replica reports SERVING" in result.error.message
+
+
+async def test_deterministic_work_is_the_same_on_every_replica() -> None:
+    """Score, expected-mode rewards and seeded sampling give the same answer on two independent servers."""
+    from proctor.clients.replicas import GENERATE, SCORE
+    from proctor.clients.teacher import generate_request, score_request
+    from proctor.proto.proctor.v1 import reward_pb2
+
+    from .conftest import started, tiny_config
+
+    servers = [await started(tiny_config()) for _ in range(2)]
+    try:
+        answers = []
+        for server in servers:
+            target = [f"127.0.0.1:{server.port}"]
+            score = ReplicaClient(target, SCORE)
+            generate = ReplicaClient(target, GENERATE)
+            reward = ReplicaClient(target, REWARD)
+            answers.append(
+                (
+                    await score.run([score_request("s", [5, 6, 7], [8, 9, 10], top_logprobs=2)]),
+                    await generate.run([generate_request("g", "Hello", n=3, seed=11, max_tokens=8, logprobs=True)]),
+                    await reward.run([reward_request("r", "q?", GOOD, "Paris", 10, mode="expected")]),
+                )
+            )
+            for client in (score, generate, reward):
+                await client.close()
+        first, second = answers
+        assert first[0]["s"].logprobs == second[0]["s"].logprobs
+        assert [list(c.token_ids) for c in first[1]["g"].completions] == [
+            list(c.token_ids) for c in second[1]["g"].completions
+        ]
+        r1, r2 = first[2]["r"], second[2]["r"]
+        assert isinstance(r1, reward_pb2.RewardResult) and not r1.HasField("error")
+        assert r1.reward == r2.reward and [a.score for a in r1.atoms] == [a.score for a in r2.atoms]
+    finally:
+        for server in servers:
+            await server.drain(grace_s=1)
