@@ -94,11 +94,14 @@ async def run_stream(
     tasks: set[asyncio.Task[None]] = set()
     in_flight_ids: set[str] = set()
     read = 0
-    items = svc.metrics.items
+    item_counters: dict[str, Any] = {}  # labelled children, looked up once per code, not once per item
     item_seconds = svc.metrics.item_seconds.labels(svc.name, spec.rpc)
 
     def answer(result: Res, code: str, received: float) -> None:
-        items.labels(svc.name, spec.rpc, code).inc()
+        counter = item_counters.get(code)
+        if counter is None:
+            counter = item_counters[code] = svc.metrics.items.labels(svc.name, spec.rpc, code)
+        counter.inc()
         item_seconds.observe(time.perf_counter() - received)
         out.put_nowait(result)
 
@@ -154,22 +157,25 @@ async def run_stream(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    async def read_items() -> None:
+        iterator = aiter(requests)
+        while True:
+            await window.acquire()  # backpressure: no read while the window is full
+            try:
+                req = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            admit(req)
+
     async def reader() -> None:
+        items = asyncio.create_task(read_items())
         drain = asyncio.create_task(svc.lifecycle.draining.wait())
         try:
-            iterator = aiter(requests)
-            while True:
-                await window.acquire()
-                nxt = asyncio.ensure_future(anext(iterator))
-                await asyncio.wait({nxt, drain}, return_when=asyncio.FIRST_COMPLETED)
-                if not nxt.done():  # draining: read no more; what was read still finishes
-                    nxt.cancel()
-                    break
-                try:
-                    req = nxt.result()
-                except StopAsyncIteration:
-                    break
-                admit(req)
+            await asyncio.wait({items, drain}, return_when=asyncio.FIRST_COMPLETED)
+            if items.done():
+                items.result()  # a broken request stream ends the call
+            else:  # draining: read no more; what was read still finishes
+                items.cancel()
             while tasks:
                 await asyncio.wait(set(tasks))
             out.put_nowait(_END)
@@ -177,6 +183,7 @@ async def run_stream(
             out.put_nowait(exc)
             raise
         finally:
+            items.cancel()
             drain.cancel()
 
     reading = asyncio.create_task(reader())
