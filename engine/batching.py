@@ -34,16 +34,16 @@ class DynamicBatcher(Generic[T, R]):
         max_items: int,
         max_tokens: int,
         max_wait_s: float,
-        on_batch: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[int, int, int], None] | None = None,
     ) -> None:
         """`run_batch` is blocking (it runs in a thread) and returns one result per item, in order.
-        `on_batch(items, tokens)` is told every batch's size (for metrics)."""
+        `on_batch(items, tokens, slots)` is told every batch's size, real tokens and padded slots (metrics)."""
         self._run_batch = run_batch
         self._size_of = size_of
         self.max_items = max_items
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_s
-        self._on_batch = on_batch or (lambda items, tokens: None)
+        self._on_batch = on_batch or (lambda items, tokens, slots: None)
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -107,7 +107,7 @@ class DynamicBatcher(Generic[T, R]):
             if not batch:
                 continue
             batch.sort(key=lambda p: p.size)
-            self._on_batch(len(batch), sum(p.size for p in batch))
+            self._on_batch(len(batch), sum(p.size for p in batch), len(batch) * batch[-1].size)
             started = time.perf_counter()
             try:
                 results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])

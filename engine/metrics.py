@@ -36,6 +36,20 @@ class Metrics:
         self.batch_size = Histogram(
             "proctor_batch_size_items", "Items per backend batch.", ["model", "rpc"], buckets=_BATCH, registry=r
         )
+        self.batch_tokens = Histogram(
+            "proctor_batch_tokens",
+            "Real (unpadded) tokens per backend batch.",
+            ["model", "rpc"],
+            buckets=(16, 64, 256, 1024, 4096, 16384, 65536, 262144),
+            registry=r,
+        )
+        self.batch_padding = Histogram(
+            "proctor_batch_padding_ratio",
+            "Share of a batch's token slots that are padding (0 = packed).",
+            ["model", "rpc"],
+            buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
+            registry=r,
+        )
         self.queue_seconds = Histogram(
             "proctor_queue_seconds",
             "Time from admission to the backend picking the item up.",
@@ -66,6 +80,12 @@ class Metrics:
         self.serving = Gauge(
             "proctor_serving", "1 while the service reports SERVING on grpc.health.v1.", ["service"], registry=r
         )
+
+    def observe_batch(self, model: str, rpc: str, items: int, tokens: int, slots: int) -> None:
+        """One backend batch: `tokens` real tokens in `slots` token positions (padding included)."""
+        self.batch_size.labels(model, rpc).observe(items)
+        self.batch_tokens.labels(model, rpc).observe(tokens)
+        self.batch_padding.labels(model, rpc).observe(1.0 - tokens / slots if slots else 0.0)
 
     def watch_queue(self, service: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(service).set_function(depth)

@@ -41,10 +41,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def make_generator(
     model: str, backend: str, device: str, dtype: str, metrics: Metrics, max_batch_seqs: int, max_score_tokens: int
 ) -> Generator:
-    batch = metrics.batch_size
-
-    def on_batch(rpc: str, items: int) -> None:
-        batch.labels(model, rpc).observe(items)
+    def on_batch(rpc: str, items: int, tokens: int, slots: int) -> None:
+        metrics.observe_batch(model, rpc, items, tokens, slots)
 
     if backend != "torch":
         raise ValueError(f"backend {backend!r} is not available; use 'torch'")
@@ -196,7 +194,9 @@ class ProctorServer:
                 max_batch_items=cc.max_batch_items,
                 max_batch_tokens=cc.max_batch_tokens,
                 max_wait_ms=cc.max_wait_ms,
-                on_batch=lambda items, tokens: self.metrics.batch_size.labels(cc.model, "Classify").observe(items),
+                on_batch=lambda items, tokens, slots: self.metrics.observe_batch(
+                    cc.model, "Classify", items, tokens, slots
+                ),
             )
             self._backends[("classifier", cc.model, cc.device, cc.dtype)] = classifier
             self._needs[critic.SERVICE] = [classifier]

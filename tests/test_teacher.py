@@ -214,6 +214,8 @@ async def test_metrics_endpoint(tiny_server: ProctorServer, target: str) -> None
         "proctor_queue_seconds_bucket",
         "proctor_inference_seconds_bucket",
         "proctor_batch_size_items_bucket",
+        "proctor_batch_tokens_bucket",
+        "proctor_batch_padding_ratio_bucket",
         'proctor_queue_depth_items{service="proctor.v1.Teacher"}',
         'proctor_serving{service="proctor.v1.Teacher"} 1.0',
     ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ class TorchClassifier:
         max_batch_items: int = 256,
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 2.0,
-        on_batch: Any = None,
+        on_batch: Callable[[int, int, int], None] | None = None,
     ) -> None:
         self._model_ref = model
         self._device = pick_device(device)

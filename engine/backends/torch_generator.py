@@ -122,16 +122,16 @@ class TorchGenerator:
         max_batch_seqs: int = 64,
         max_score_tokens: int = 16384,
         seed: int = 0,
-        on_batch: Callable[[str, int], None] | None = None,
+        on_batch: Callable[[str, int, int, int], None] | None = None,
     ) -> None:
-        """`on_batch(rpc, items)` is told the size of every batch the engine runs (for metrics)."""
+        """`on_batch(rpc, items, tokens, slots)` is told each batch's size, real tokens and padded slots."""
         self._model_ref = model
         self._device = pick_device(device)
         self._dtype = pick_dtype(dtype, self._device)
         self._max_batch_seqs = max_batch_seqs
         self._max_score_tokens = max_score_tokens
         self._unseeded = torch.Generator().manual_seed(seed)
-        self._on_batch = on_batch or (lambda rpc, items: None)
+        self._on_batch = on_batch or (lambda rpc, items, tokens, slots: None)
         self._pending: collections.deque[_Job] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
@@ -247,13 +247,10 @@ class TorchGenerator:
             try:
                 with torch.inference_mode():
                     for group in groups:
-                        self._on_batch("Score", 1)
                         self._score_group(group)
                     if scores:
-                        self._on_batch("Score", len(scores))
                         self._score_batch(scores)
                     if gens:
-                        self._on_batch("Generate", len(gens))
                         self._generate_wave(gens)
             except Exception as exc:  # a model failure fails the batch, not the server
                 log.exception("backend batch failed")
@@ -261,11 +258,10 @@ class TorchGenerator:
                     job.fail(exc)
 
     def _take_batch(self) -> tuple[list[_Job], list[_Job], list[_Job]]:
-        """Take the score groups, one score batch (token budget) and one generation wave (sequence budget)."""
+        """Take the score groups, one score batch and one generation wave (sequence budget) off the queue."""
         groups: list[_Job] = []
-        scores: list[_Job] = []
+        candidates: list[_Job] = []
         gens: list[_Job] = []
-        score_tokens = 0
         seqs = 0
         keep: collections.deque[_Job] = collections.deque()
         while self._pending:
@@ -275,12 +271,7 @@ class TorchGenerator:
             if isinstance(job.item, ScoreGroupItem):
                 groups.append(job)
             elif isinstance(job.item, ScoreItem | ProbeItem):
-                tokens = len(_sequence(job.item))
-                if scores and score_tokens + tokens > self._max_score_tokens:
-                    keep.append(job)
-                    continue
-                scores.append(job)
-                score_tokens += tokens
+                candidates.append(job)
             else:
                 n = job.item.params.n
                 if gens and seqs + n > self._max_batch_seqs:
@@ -288,8 +279,28 @@ class TorchGenerator:
                     continue
                 gens.append(job)
                 seqs += n
-        self._pending = keep
+        scores = self._score_bucket(candidates)
+        chosen = {id(j) for j in scores}
+        # what waits keeps its arrival order
+        self._pending = collections.deque(sorted([*keep, *(j for j in candidates if id(j) not in chosen)],
+                                                 key=lambda j: j.enqueued))  # fmt: skip
         return groups, scores, gens
+
+    def _score_bucket(self, candidates: list[_Job]) -> list[_Job]:
+        """The oldest score item and the waiting ones closest to it in length, while the padded batch
+        (items x longest) fits `max_score_tokens`: less padding, and the oldest item always goes (no starvation)."""
+        if not candidates:
+            return []
+        anchor = len(_sequence(candidates[0].item))
+        ranked = sorted(candidates[1:], key=lambda j: abs(len(_sequence(j.item)) - anchor))
+        batch, longest = [candidates[0]], anchor
+        for job in ranked:
+            size = len(_sequence(job.item))
+            if (len(batch) + 1) * max(longest, size) > self._max_score_tokens:
+                continue
+            batch.append(job)
+            longest = max(longest, size)
+        return batch
 
     def _score_batch(self, jobs: list[_Job]) -> None:
         """Score and probe items together: run the model to hidden states once, then log-probs only at the rows
@@ -298,6 +309,7 @@ class TorchGenerator:
         items: list[ScoreItem | ProbeItem] = [j.item for j in jobs]
         seqs = [_sequence(it) for it in items]
         width = max(len(s) for s in seqs)
+        self._on_batch("Score", len(seqs), sum(len(s) for s in seqs), len(seqs) * width)
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for b, s in enumerate(seqs):
@@ -343,6 +355,7 @@ class TorchGenerator:
                 return
             conts = item.continuations[start : start + per_batch]
             width = max(len(c) for c in conts)
+            self._on_batch("Score", len(conts), sum(len(c) for c in conts), len(conts) * width)
             ids = torch.full((len(conts), width), self._pad_id, dtype=torch.long)
             mask = torch.zeros((len(conts), n_ctx + width), dtype=torch.long)
             mask[:, :n_ctx] = 1
@@ -416,6 +429,7 @@ class TorchGenerator:
         wave = _Wave(jobs=jobs, started=time.perf_counter())
         items: list[GenerateItem] = [j.item for j in jobs]
         width = max(len(it.prompt_ids) for it in items)
+        self._on_batch("Generate", len(items), sum(len(it.prompt_ids) for it in items), len(items) * width)
         ids = torch.full((len(items), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
         for r, it in enumerate(items):
