@@ -121,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_distill.add_argument("--chunk-events", type=int, default=4, help="events per call and checkpoint [4]")
     p_distill.add_argument("--inference-n", type=int, default=10, help="tails sampled per (event, relation) [10]")
     p_distill.add_argument("--cutoffs", help="high=X,medium=Y; default: the server critic's")
+    p_bench = sub.add_parser(
+        "bench",
+        help="load generator over gRPC (closed / open loop) for each service",
+        description="Drive a server (or an embedded one with the tiny models) with realistic workloads and report "
+        "throughput, latency percentiles and errors; results in bench/results/.",
+    )
+    from proctor.bench.load import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p_bench)
     p_demo = sub.add_parser(
         "demo",
         help="start a server and run a short client session against it",
@@ -212,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train_critic(args)
         if args.command == "distill":
             return _distill(args)
+        if args.command == "bench":
+            from proctor.bench.load import run as run_bench
+
+            return run_bench(args)
         if args.command == "demo":
             from proctor.engine.demo import run_demo
 

@@ -1,0 +1,311 @@
+"""`proctor bench`: a load generator over gRPC for each service, closed or open loop.
+
+    proctor bench --workload grpo --mode closed --concurrency 1,4,16           # embedded server, tiny models
+    proctor bench --workload score --target gpu-host:50051 --mode open --rate 50,200,800
+    proctor bench --workload skd --items 5000
+
+Workloads (realistic shapes, random content):
+  skd    Critic.Classify of SKD triples (short sentence pairs)
+  grpo   RewardModel.Reward of GRPO steps: 256 prompts x 16 rollouts with multi-turn atoms, sent step by step
+  score  Teacher.Score of on-policy distillation sequences of 1-8k tokens (capped at the model's context)
+Closed loop: C streams each keep `--batch` items in flight (a GRPO step for grpo). Open loop: Poisson arrivals at
+a rate, on one stream. Reports items/s, tokens/s, latency p50/p90/p99 and errors by code per level, with a progress
+bar; writes bench/results/YYYY-MM-DD-<device>-bench-<workload>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from tqdm import tqdm
+
+from proctor.clients.streaming import CODE_NAMES
+from proctor.engine import skd
+from proctor.proto.proctor.v1 import (
+    common_pb2,
+    critic_pb2,
+    critic_pb2_grpc,
+    reward_pb2,
+    reward_pb2_grpc,
+    teacher_pb2,
+    teacher_pb2_grpc,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+_TAILS = ["to go home", "tired", "to help", "gets wet", "happy", "to buy food", "it rains", "kind", "the the the"]
+_ATOMS = ["PLAN", "OBSERVATION", "HYPOTHESIS_TESTING", "VERIFICATION", "REFLECTION", "RISK_ANALYSIS"]
+
+
+@dataclass
+class Workload:
+    name: str
+    stub: Callable[[grpc.aio.Channel], Any]
+    rpc: str
+    make: Callable[[random.Random, int], Any]  # (rng, index) -> request
+    tokens: Callable[[Any], int]  # tokens an answered request accounts for
+    step: int = 1  # closed loop: items per stream round (a GRPO step for grpo)
+
+
+def _rollout(rng: random.Random) -> str:
+    turns = []
+    for turn in range(rng.randint(2, 6)):
+        atoms = "".join(
+            f"<{k}>{' '.join(rng.choice(_TAILS) for _ in range(rng.randint(20, 60)))}</{k}>"
+            for k in rng.sample(_ATOMS, rng.randint(1, 3))
+        )
+        turns.append(f'<think>{atoms}</think><tool_call>{{"query": "step {turn}"}}</tool_call>')
+        turns.append(f"<tool_response>{' '.join(rng.choice(_TAILS) for _ in range(80))}</tool_response>")
+    return "".join(turns) + f"<think><VERIFICATION>done</VERIFICATION></think><answer>{rng.choice(_TAILS)}</answer>"
+
+
+def workloads(max_len: int) -> dict[str, Workload]:
+    def classify(rng: random.Random, i: int) -> critic_pb2.ClassifyRequest:
+        head = rng.choice(skd.seed_events())
+        relation = common_pb2.Relation.ValueType(rng.randint(1, 7))
+        return critic_pb2.ClassifyRequest(
+            id=str(i), triple=critic_pb2.Triple(head=head, relation=relation, tail=rng.choice(_TAILS))
+        )
+
+    def reward(rng: random.Random, i: int) -> reward_pb2.RewardRequest:
+        return reward_pb2.RewardRequest(
+            id=str(i), question="Which city is the capital of France?", response=_rollout(rng),
+            gold_answers=["Paris<|answer_split|>paris, france"], training_step=i // 4096, total_steps=10_000,
+        )  # fmt: skip
+
+    def score(rng: random.Random, i: int) -> teacher_pb2.ScoreRequest:
+        total = min(rng.randint(1024, 8192), max_len)
+        context = rng.randint(1, total // 2)
+        ids = [rng.randint(3, 400) for _ in range(total)]
+        return teacher_pb2.ScoreRequest(
+            id=str(i),
+            context=common_pb2.Prompt(token_ids=common_pb2.TokenIds(ids=ids[:context])),
+            target=common_pb2.Prompt(token_ids=common_pb2.TokenIds(ids=ids[context:])),
+        )
+
+    return {
+        "skd": Workload("skd", critic_pb2_grpc.CriticStub, "Classify", classify, lambda r: 0),
+        "grpo": Workload("grpo", reward_pb2_grpc.RewardModelStub, "Reward", reward, lambda r: 0, step=4096),
+        "score": Workload("score", teacher_pb2_grpc.TeacherStub, "Score", score, lambda r: len(r.logprobs)),
+    }
+
+
+@dataclass
+class Level:
+    mode: str
+    level: float  # concurrency or rate
+    items: int
+    seconds: float
+    items_per_s: float
+    tokens_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Recorder:
+    def __init__(self, bar: tqdm) -> None:  # type: ignore[type-arg]
+        self.latencies: list[float] = []
+        self.codes: Counter[str] = Counter()
+        self.tokens = 0
+        self.bar = bar
+
+    def record(self, result: Any, sent: float, work: Workload) -> None:
+        self.latencies.append(time.perf_counter() - sent)
+        if result.HasField("error"):
+            self.codes[CODE_NAMES.get(result.error.code, str(result.error.code))] += 1
+        else:
+            self.tokens += work.tokens(result)
+        self.bar.update(1)
+
+
+async def closed_loop(channel: grpc.aio.Channel, work: Workload, concurrency: int, items: int, rec: Recorder) -> None:
+    rng = random.Random(concurrency)
+    counter = iter(range(items))
+    stub = work.stub(channel)
+
+    async def worker() -> None:
+        while True:
+            batch = [work.make(rng, i) for i in (next(counter, None) for _ in range(work.step)) if i is not None]
+            if not batch:
+                return
+            sent = time.perf_counter()
+            async for result in getattr(stub, work.rpc)(iter(batch)):
+                rec.record(result, sent, work)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def open_loop(channel: grpc.aio.Channel, work: Workload, rate: float, items: int, rec: Recorder) -> None:
+    rng = random.Random(int(rate))
+    sent: dict[str, float] = {}
+
+    async def arrivals() -> AsyncIterator[Any]:
+        for i in range(items):
+            await asyncio.sleep(rng.expovariate(rate))
+            request = work.make(rng, i)
+            sent[request.id] = time.perf_counter()
+            yield request
+
+    async for result in getattr(work.stub(channel), work.rpc)(arrivals()):
+        rec.record(result, sent[result.id], work)
+
+
+async def run_levels(target: str, work: Workload, mode: str, levels: list[float], items: int) -> list[Level]:
+    out = []
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        for level in levels:
+            with tqdm(total=items, desc=f"{work.name} {mode} {level:g}", unit="item", leave=False) as bar:
+                rec = Recorder(bar)
+                t0 = time.perf_counter()
+                if mode == "closed":
+                    await closed_loop(channel, work, int(level), items, rec)
+                else:
+                    await open_loop(channel, work, level, items, rec)
+                seconds = time.perf_counter() - t0
+            ms = [x * 1e3 for x in rec.latencies]
+            out.append(
+                Level(
+                    mode,
+                    level,
+                    len(ms),
+                    seconds,
+                    len(ms) / seconds,
+                    rec.tokens / seconds,
+                    _percentile(ms, 0.5),
+                    _percentile(ms, 0.9),
+                    _percentile(ms, 0.99),
+                    dict(rec.codes),
+                )
+            )
+            print(
+                f"{work.name} {mode} {level:g}: {out[-1].items_per_s:.1f} items/s, {out[-1].tokens_per_s:.0f} tok/s, "
+                f"p50 {out[-1].p50_ms:.1f} ms, p99 {out[-1].p99_ms:.1f} ms, errors {dict(rec.codes) or 0}",
+                flush=True,
+            )
+    return out
+
+
+def embedded_config() -> Any:
+    from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
+
+    return Config(
+        server=ServerConfig(),
+        teacher=TeacherConfig(model="builtin:tiny"),
+        critic=CriticConfig(model="builtin:tiny-critic", cutoff=0.5),
+        reward=RewardConfig(model="", mode="rules", total_steps=10_000),
+    )
+
+
+def report(work: str, target: str, levels: list[Level], device: str, command: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{dt.date.today().isoformat()}-{device}-bench-{work}"
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "workload": work,
+                "target": target,
+                "device": device,
+                "command": command,
+                "levels": [asdict(x) for x in levels],
+            },
+            indent=2,
+        )
+    )
+    lines = [f"# proctor bench: {work} on {device}", "", f"Command: `{command}`", "",
+             "| mode | level | items | items/s | tokens/s | p50 ms | p90 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for x in levels:
+        lines.append(
+            f"| {x.mode} | {x.level:g} | {x.items} | {x.items_per_s:.1f} | {x.tokens_per_s:.0f} | {x.p50_ms:.1f} | "
+            f"{x.p90_ms:.1f} | {x.p99_ms:.1f} | {x.errors or '-'} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([x.items_per_s for x in levels], [x.p50_ms for x in levels], "o-", label="p50")
+        ax.plot([x.items_per_s for x in levels], [x.p99_ms for x in levels], "s--", label="p99")
+        ax.set_xlabel("items/s")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"{work} on {device}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(stem.with_suffix(".png"), dpi=120)
+    except ImportError:
+        print("matplotlib not installed (pip install matplotlib): no PNG")
+    return stem
+
+
+def _device_tag() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name().lower()
+            return next((g for g in ("h100", "h200", "a100", "l40s", "l4") if g in name), "gpu")
+    except ImportError:
+        pass
+    return "cpu"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workload", choices=["skd", "grpo", "score"], default="grpo")
+    p.add_argument("--target", help="host:port of a running server; default: an embedded one with tiny models")
+    p.add_argument("--mode", choices=["closed", "open"], default="closed")
+    p.add_argument("--concurrency", default="1,4", help="closed loop: comma-separated levels [1,4]")
+    p.add_argument("--rate", default="50,200", help="open loop: items/s levels [50,200]")
+    p.add_argument("--items", type=int, default=2000, help="items per level [2000]")
+    p.add_argument("--no-save", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    levels = [float(x) for x in (args.concurrency if args.mode == "closed" else args.rate).split(",")]
+
+    @contextlib.contextmanager
+    def server() -> Iterator[str]:
+        if args.target:
+            yield args.target
+            return
+        from proctor.engine.cli import embedded_server
+
+        with embedded_server(embedded_config()) as target:
+            yield target
+
+    with server() as target:
+        max_len = 2048
+        if args.workload == "score":
+            with grpc.insecure_channel(target) as channel:
+                max_len = teacher_pb2_grpc.TeacherStub(channel).Info(common_pb2.InfoRequest()).max_model_len
+        work = workloads(max_len)[args.workload]
+        results = asyncio.run(run_levels(target, work, args.mode, levels, args.items))
+    if not args.no_save:
+        command = "proctor bench " + " ".join(sys.argv[2:])
+        stem = report(args.workload, args.target or "embedded (tiny models)", results, _device_tag(), command)
+        print(f"saved {stem}.{{json,md,png}}")
+    return 0

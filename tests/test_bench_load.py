@@ -1,0 +1,32 @@
+"""`proctor bench` drives every workload end to end (tiny items, embedded server, no timing claims)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proctor.bench import load
+from proctor.engine.cli import main
+
+
+@pytest.mark.parametrize(("workload", "mode"), [("skd", "closed"), ("grpo", "closed"), ("score", "open")])
+def test_each_workload_runs(workload: str, mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setattr(load, "RESULTS", tmp_path)
+    assert (
+        main(["bench", "--workload", workload, "--mode", mode, "--items", "6", "--concurrency", "2", "--rate", "200"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "errors 0" in out, out
+    assert list(tmp_path.glob(f"*-bench-{workload}.json")) and list(tmp_path.glob(f"*-bench-{workload}.md"))
+
+
+def test_grpo_rollouts_are_well_formed() -> None:
+    import random
+
+    from proctor.engine.rollout import atoms, check_format
+
+    rollout = load._rollout(random.Random(0))
+    assert check_format(rollout).ok and len(atoms(rollout)) >= 2 and len(rollout) > 2000
