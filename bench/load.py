@@ -307,5 +307,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_save:
         command = "proctor bench " + " ".join(sys.argv[2:])
         stem = report(args.workload, args.target or "embedded (tiny models)", results, _device_tag(), command)
-        print(f"saved {stem}.{{json,md,png}}")
+        print("saved " + ", ".join(str(p) for p in sorted(stem.parent.glob(stem.name + ".*"))))
     return 0
