@@ -263,15 +263,11 @@ def report(work: str, target: str, levels: list[Level], device: str, command: st
 
 
 def _device_tag() -> str:
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            name = torch.cuda.get_device_name().lower()
-            return next((g for g in ("h100", "h200", "a100", "l40s", "l4") if g in name), "gpu")
-    except ImportError:
-        pass
-    return "cpu"
+    from proctor.bench.kernels import device_tag
+
+    return device_tag(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
