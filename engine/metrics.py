@@ -77,6 +77,12 @@ class Metrics:
             ["service", "rpc", "kind"],
             registry=r,
         )
+        self.gpu_memory = Gauge(
+            "proctor_gpu_memory_bytes",
+            "GPU memory held by this process's tensors (torch.cuda.memory_allocated), per device.",
+            ["device"],
+            registry=r,
+        )
         self.serving = Gauge(
             "proctor_serving", "1 while the service reports SERVING on grpc.health.v1.", ["service"], registry=r
         )

@@ -244,6 +244,7 @@ class ProctorServer:
         if cfg.metrics_port >= 0:
             self._metrics_server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, self.metrics.registry)
             self.metrics_port = self._metrics_server.server_port
+        self._watch_gpus()
         self._loading = asyncio.create_task(self._load_all())
 
     def _generator(
@@ -256,6 +257,16 @@ class ProctorServer:
             )
             self._backends[key] = self._generators[key]
         return self._generators[key]
+
+    def _watch_gpus(self) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        for index in range(torch.cuda.device_count()):
+            self.metrics.gpu_memory.labels(f"cuda:{index}").set_function(
+                lambda i=index: float(torch.cuda.memory_allocated(i))
+            )
 
     def _service_context(self, name: str, limits: ServiceLimits) -> ServiceContext:
         return ServiceContext(
