@@ -263,10 +263,11 @@ class ProctorServer:
 
         if not torch.cuda.is_available():
             return
+        def allocated(index: int) -> Callable[[], float]:
+            return lambda: float(torch.cuda.memory_allocated(index))
+
         for index in range(torch.cuda.device_count()):
-            self.metrics.gpu_memory.labels(f"cuda:{index}").set_function(
-                lambda i=index: float(torch.cuda.memory_allocated(i))
-            )
+            self.metrics.gpu_memory.labels(f"cuda:{index}").set_function(allocated(index))
 
     def _service_context(self, name: str, limits: ServiceLimits) -> ServiceContext:
         return ServiceContext(
