@@ -24,6 +24,8 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as Counter_
 
 from proctor.clients.streaming import PLAINTEXT, Credentials, MiB
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc, teacher_pb2, teacher_pb2_grpc
@@ -62,6 +64,27 @@ class RetryPolicy:
     item_timeout_s: float = 120.0  # a stream that runs longer is abandoned and its unanswered items resent
 
 
+class ClientMetrics:
+    """Client-side Prometheus metrics, for the trainer's own Prometheus (pass its registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.items = Counter_(
+            "proctor_client_items", "Items answered to the caller, by outcome (ok / error).", ["rpc", "outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self.resent = Counter_(
+            "proctor_client_resent_items", "Items sent again to a replica.", ["rpc"], registry=registry
+        )
+        self.duplicates = Counter_(
+            "proctor_client_duplicates_dropped", "Late answers for ids already answered, dropped.", ["rpc"],
+            registry=registry,
+        )  # fmt: skip
+        self.replica_failures = Counter_(
+            "proctor_client_replica_failures", "Streams that broke or timed out, by replica.", ["rpc", "target"],
+            registry=registry,
+        )  # fmt: skip
+
+
 @dataclass
 class Stats:
     rounds: int = 0
@@ -92,6 +115,7 @@ class ReplicaClient(Generic[R]):
         credentials: Credentials = PLAINTEXT,
         max_message_bytes: int = 64 * MiB,
         seed: int | None = None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         if not targets:
             raise ValueError("at least one target")
@@ -99,6 +123,7 @@ class ReplicaClient(Generic[R]):
         self.method = method
         self.policy = policy
         self.stats = Stats()
+        self.metrics = metrics
         self._credentials = credentials
         self._max_message_bytes = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -150,6 +175,8 @@ class ReplicaClient(Generic[R]):
                         item_id = getattr(answer, "id")  # noqa: B009
                         if item_id in results or item_id not in pending:
                             self.stats.duplicates_dropped += 1
+                            if self.metrics is not None:
+                                self.metrics.duplicates.labels(self.method.rpc).inc()
                             continue
                         error = getattr(answer, "error") if answer.HasField("error") else None  # noqa: B009
                         if error is not None and error.code in RETRYABLE:
@@ -179,9 +206,21 @@ class ReplicaClient(Generic[R]):
             if pending:
                 budget -= len(pending)
                 self.stats.resent += len(pending)
+                if self.metrics is not None:
+                    self.metrics.resent.labels(self.method.rpc).inc(len(pending))
                 delay = min(self.policy.backoff_max_s, self.policy.backoff_s * 2 ** (self.stats.rounds - 1))
                 await asyncio.sleep(delay * (0.5 + self._rng.random()))
+        if self.metrics is not None:
+            m, rpc = self.metrics, self.method.rpc
+            errors = sum(1 for r in results.values() if r.HasField("error"))
+            m.items.labels(rpc, "ok").inc(len(results) - errors)
+            m.items.labels(rpc, "error").inc(errors)
         return {item_id: results[item_id] for item_id in order}
+
+    def _failed(self, target: str) -> None:
+        self.stats.replica_failures[target] += 1
+        if self.metrics is not None:
+            self.metrics.replica_failures.labels(self.method.rpc, target).inc()
 
     def _split(self, ids: list[str], replicas: list[str]) -> dict[str, list[str]]:
         shares: dict[str, list[str]] = {t: [] for t in replicas}
@@ -202,8 +241,8 @@ class ReplicaClient(Generic[R]):
             return answers, ""
         except TimeoutError:
             call.cancel()
-            self.stats.replica_failures[target] += 1
+            self._failed(target)
             return answers, f"{target} did not answer within {self.policy.item_timeout_s}s"
         except grpc.aio.AioRpcError as exc:
-            self.stats.replica_failures[target] += 1
+            self._failed(target)
             return answers, f"{target}: {exc.code().name}: {exc.details()}"

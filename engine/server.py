@@ -263,6 +263,7 @@ class ProctorServer:
 
         if not torch.cuda.is_available():
             return
+
         def allocated(index: int) -> Callable[[], float]:
             return lambda: float(torch.cuda.memory_allocated(index))
 

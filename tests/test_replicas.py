@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from proctor.clients.replicas import REWARD, ReplicaClient, RetryPolicy
+from proctor.clients.replicas import REWARD, ClientMetrics, ReplicaClient, RetryPolicy
 from proctor.clients.reward import reward_request
 
 from .test_process import ServerProcess
@@ -46,7 +47,10 @@ async def test_sigkill_and_restart_of_a_replica_loses_and_doubles_nothing(tmp_pa
         expected = await reference.run(_requests(3000))
         await reference.close()
 
-        client = ReplicaClient(targets, REWARD, RetryPolicy(backoff_s=0.05, item_timeout_s=30), seed=0)
+        registry = CollectorRegistry()
+        client = ReplicaClient(
+            targets, REWARD, RetryPolicy(backoff_s=0.05, item_timeout_s=30), seed=0, metrics=ClientMetrics(registry)
+        )
         run = asyncio.create_task(client.run(_requests(3000)))
         await asyncio.sleep(0.3)
         servers[0].proc.kill()  # SIGKILL mid-stream
@@ -60,6 +64,8 @@ async def test_sigkill_and_restart_of_a_replica_loses_and_doubles_nothing(tmp_pa
             server.proc.kill()
             server.proc.wait()
     assert client.stats.replica_failures[targets[0]] >= 1 and client.stats.resent > 0, client.stats
+    assert registry.get_sample_value("proctor_client_items_total", {"rpc": "Reward", "outcome": "ok"}) == 3000
+    assert registry.get_sample_value("proctor_client_resent_items_total", {"rpc": "Reward"}) == client.stats.resent
     assert list(results) == list(expected), "exactly one result per id, in the order sent"
     errors = [r for r in results.values() if r.HasField("error")]
     assert not errors, errors[:3]
