@@ -30,9 +30,9 @@ class ConfigError(ValueError):
 class TlsConfig:
     """TLS from PEM files; `client_ca_file` turns on mutual TLS (clients must present a certificate it signed)."""
 
-    cert_file: str = ""
-    key_file: str = ""
-    client_ca_file: str = ""
+    cert_file: str = ""  # PEM certificate chain of the server
+    key_file: str = ""  # PEM private key of the server
+    client_ca_file: str = ""  # PEM CA that signs client certificates: mutual TLS
 
     def __post_init__(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
@@ -44,16 +44,16 @@ class TlsConfig:
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"  # localhost by default: exposing the server is a deliberate choice
-    port: int = 50051
-    metrics_host: str = "127.0.0.1"
+    port: int = 50051  # 0 = any free port (printed at start)
+    metrics_host: str = "127.0.0.1"  # the Prometheus endpoint's bind address
     metrics_port: int = 9400  # 0 = any free port; -1 = no metrics endpoint
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_concurrent_calls: int = 256
-    drain_grace_s: float = 30.0
+    max_message_bytes: int = 64 * 1024 * 1024  # per gRPC message, both ways
+    max_concurrent_calls: int = 256  # more concurrent calls get RESOURCE_EXHAUSTED
+    drain_grace_s: float = 30.0  # SIGTERM: in-flight items get this long to finish
     tls: TlsConfig = field(default_factory=TlsConfig)
     # Bearer tokens: one per line in a file and/or comma-separated in an environment variable. Health stays open.
-    auth_tokens_file: str = ""
-    auth_tokens_env: str = ""
+    auth_tokens_file: str = ""  # one bearer token per line (# comments allowed)
+    auth_tokens_env: str = ""  # name of an environment variable with comma-separated tokens
 
 
 @dataclass
@@ -72,10 +72,10 @@ class ServiceLimits:
 
 @dataclass
 class TeacherConfig:
-    model: str = "builtin:smollm2"
-    backend: str = "torch"
-    device: str = "auto"
-    dtype: str = "auto"
+    model: str = "builtin:smollm2"  # HF id, local folder, builtin:smollm2 or builtin:tiny
+    backend: str = "torch"  # torch (vLLM lands with its issue)
+    device: str = "auto"  # auto = cuda if available, else cpu
+    dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
     max_prompt_tokens: int = 0  # 0 = the model's context length
     default_max_tokens: int = 16
     max_n: int = 128  # the SKD event prompt samples n = 100
@@ -92,7 +92,7 @@ class TeacherConfig:
 class RewardConfig:
     """The RewardModel service. `model` is the RRM (any HF causal LM); "" hosts rules-only rewards."""
 
-    model: str = "builtin:smollm2"
+    model: str = "builtin:smollm2"  # the RRM: any HF causal LM; "" = rules only
     backend: str = "torch"
     device: str = "auto"
     dtype: str = "auto"
@@ -124,8 +124,8 @@ class CriticConfig:
     """The Critic service: any HF sequence classifier (1 sigmoid logit, or softmax over 2 labels)."""
 
     model: str = "builtin:critic"  # trained once by `proctor train-critic` on the shipped set, then cached
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = "auto"  # auto = cuda if available, else cpu
+    dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
     valid_label: int = 1  # with 2 labels: the index of "valid"
     cutoff_level: str = "medium"  # high | medium, read from the model folder's proctor_cutoffs.json
     cutoff: float = -1.0  # >= 0 overrides the level for every relation

@@ -74,3 +74,11 @@ def test_kubernetes_configs_load(tmp_path: Path) -> None:
         path.write_text(text)
         config = load_config(path)
         assert config.server.host == "0.0.0.0" and config.services(), name
+
+
+def test_operations_reference_is_current() -> None:
+    from proctor.engine import reference
+
+    assert reference.render(reference.DOC.read_text()) == reference.DOC.read_text(), (
+        "deploy/OPERATIONS.md is stale: python -m proctor.engine.reference --write"
+    )
