@@ -41,6 +41,16 @@ def _query(port: int, expr: str) -> list[dict]:  # type: ignore[type-arg]
     return body["data"]["result"]  # type: ignore[no-any-return]
 
 
+async def _ready(port: int, timeout_s: float = 60) -> None:
+    for _ in range(int(timeout_s * 4)):
+        try:
+            await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/-/ready", None, 2)
+            return
+        except OSError:  # not listening yet, or 503 while its storage starts
+            await asyncio.sleep(0.25)
+    raise AssertionError("prometheus did not become ready")
+
+
 async def _value(port: int, expr: str, above: float, timeout_s: float = 60) -> float:
     """Wait until `expr` has a sample above `above`; return it."""
     for _ in range(int(timeout_s * 2)):
@@ -66,6 +76,7 @@ async def test_prometheus_scrapes_proctor(tiny_server: ProctorServer, tmp_path: 
     )  # fmt: skip
     target = f"127.0.0.1:{tiny_server.port}"
     try:
+        await _ready(web)
         async with AsyncTeacherClient(target) as teacher, AsyncRewardClient(target) as rewards:
             await teacher.generate([generate_request(f"g{i}", "Hi", max_tokens=3) for i in range(4)])
             await rewards.reward([reward_request(f"r{i}", "q", GOOD, "Paris", 1, mode="rules") for i in range(10)])
