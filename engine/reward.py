@@ -75,7 +75,9 @@ class RewardScorer:
                 "FAILED_PRECONDITION",
             )
         total = item.total_steps if item.total_steps is not None else self.settings.total_steps
-        alpha = schedule.alpha(item.step, total)
+        alpha = schedule.alpha(item.step, total)  # validates T even in rules mode
+        if mode == "rules":  # alpha is taken as 0: there is no R_atom to mix in
+            alpha = 0.0
         if not any(g.strip() for g in item.golds):
             raise ItemError("required: at least one non-empty gold answer", "gold_answers")
         verdict = rollout.check_format(item.response)
@@ -83,8 +85,8 @@ class RewardScorer:
         if not verdict.ok:
             return RewardOutcome(-1.0, alpha, 0.0, False, verdict.reason, atoms)
         r_f1 = outcome.best_f1(verdict.answer, item.golds)
-        if mode == "rules":  # alpha is taken as 0: there is no R_atom to mix in
-            return RewardOutcome(r_f1, 0.0, r_f1, True, "", atoms)
+        if mode == "rules":
+            return RewardOutcome(r_f1, alpha, r_f1, True, "", atoms)
         result = RewardOutcome(0.0, alpha, r_f1, True, "", atoms)
         if not atoms:
             result.no_atoms = True

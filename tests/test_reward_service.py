@@ -57,6 +57,7 @@ async def test_rules_malformed_no_atoms_and_bad_items_in_one_stream(target: str)
         target,
         [
             _request("rules", NO_ATOMS, training_step=0, mode=reward_pb2.RULES),
+            _request("rules_malformed", MALFORMED, training_step=0, mode=reward_pb2.RULES),
             _request("malformed", MALFORMED, training_step=10),
             _request("no_atoms", NO_ATOMS, training_step=0),
             _request("late", GOOD, training_step=101),
@@ -69,6 +70,7 @@ async def test_rules_malformed_no_atoms_and_bad_items_in_one_stream(target: str)
     assert (
         not rules.HasField("r_atom") and rules.reward == pytest.approx(rules.r_f1) and rules.r_f1 == pytest.approx(0.4)
     )
+    assert out["rules_malformed"].reward == -1.0 and out["rules_malformed"].alpha == 0.0
     malformed = out["malformed"]
     assert malformed.reward == -1.0 and not malformed.format_ok and "think" in malformed.format_reason
     no_atoms = out["no_atoms"]
