@@ -6,7 +6,6 @@ on the model.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 import zlib
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from proctor.engine import outcome, rollout, rrm, schedule
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
-from proctor.engine.types import GenerateItem, ProbeItem, SamplingParams
+from proctor.engine.types import GenerateItem, ProbeGroupItem, SamplingParams
 
 MODES = ("generate", "expected", "rules")
 ATTEMPTS = 2  # an unparseable judgement is retried once
@@ -142,18 +141,22 @@ class RewardScorer:
         )
 
     async def _judge_by_expectation(self, prompt: str, result: RewardOutcome) -> None:
+        """One pass over the judge prompt (its KV cache shared), then every atom's short tail and score probes."""
         assert self.judge is not None
         plan = self._plan()
         wanted = plan.wanted()
-        contexts = [self._prompt_ids(rrm.expected_mode_prompt(prompt, i)) for i in range(1, len(result.atoms) + 1)]
-        jobs = [
-            self.judge.probe(ProbeItem(context_ids=ctx + list(probe), token_ids=ids))
-            for ctx in contexts
-            for probe, ids in wanted.items()
-        ]
-        outputs = iter(await asyncio.gather(*jobs))
+        prompt_ids = self._prompt_ids(prompt)
+        continuations: list[list[int]] = []
+        token_ids: list[list[int]] = []
+        for i in range(1, len(result.atoms) + 1):
+            tail = self.judge.tokenize(rrm.expected_mode_prompt("", i), False)
+            for probe, ids in wanted.items():
+                continuations.append(tail + list(probe))
+                token_ids.append(ids)
+        group = await self.judge.probe_group(ProbeGroupItem(prompt_ids, continuations, token_ids))
+        outputs = iter(group.scores)
         scores = []
-        for _ in contexts:
+        for _ in result.atoms:
             next_probs = {}
             for probe, ids in wanted.items():
                 logprobs = next(outputs).logprobs

@@ -79,19 +79,20 @@ class ScoreGroupItem:
     top_k: int = 0
 
 
+@dataclass(frozen=True)
+class ProbeGroupItem:
+    """Log-probs of `token_ids[i]` right after context + continuations[i]; the context is computed once."""
+
+    context_ids: list[int]
+    continuations: list[list[int]]
+    token_ids: list[list[int]]
+
+
 @dataclass
 class GroupOutput:
     scores: list[ScoreOutput]
     queue_s: float = 0.0
     inference_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class ProbeItem:
-    """Log-probs of several candidate tokens at the position right after `context_ids`."""
-
-    context_ids: list[int]
-    token_ids: list[int]
 
 
 @dataclass

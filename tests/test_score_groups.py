@@ -57,3 +57,23 @@ async def test_mixed_groups_singles_and_bad_groups_in_one_stream(target: str) ->
     assert out["one"].logprobs[0] == pytest.approx(out["g1"].continuations[0].logprobs[0], abs=1e-4)
     assert out["empty"].error.field == "continuations[1]" and "at least one token" in out["empty"].error.message
     assert out["both"].error.field == "target"
+
+
+async def test_probe_group_equals_scoring_each_candidate_token() -> None:
+    """The RRM's expected mode: candidate-token log-probs after each continuation of one shared prompt."""
+    from proctor.engine.backends.torch_generator import TorchGenerator
+    from proctor.engine.types import ProbeGroupItem, ScoreItem
+
+    backend = TorchGenerator("builtin:tiny", device="cpu")
+    await backend.start()
+    try:
+        context = [5, 17, 99, 230, 41, 8]
+        conts = [[7], [7, 12, 400], [300, 2]]
+        candidates = [[10, 11, 12], [10, 11, 12], [44]]
+        group = await backend.probe_group(ProbeGroupItem(context, conts, candidates))
+        for cont, ids, got in zip(conts, candidates, group.scores, strict=True):
+            for token, logprob in zip(ids, got.logprobs, strict=True):
+                single = await backend.score(ScoreItem(context + cont, [token]))
+                assert logprob == pytest.approx(single.logprobs[0], abs=1e-4)
+    finally:
+        await backend.close()

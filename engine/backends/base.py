@@ -9,7 +9,7 @@ from proctor.engine.types import (
     GenerateItem,
     Generation,
     GroupOutput,
-    ProbeItem,
+    ProbeGroupItem,
     ScoreGroupItem,
     ScoreItem,
     ScoreOutput,
@@ -49,6 +49,6 @@ class Generator(Backend, Protocol):
         """Each continuation scored after the shared context, as if scored on its own."""
         ...
 
-    async def probe(self, item: ProbeItem) -> ScoreOutput:
-        """Full-vocabulary log-probs of `item.token_ids` as the next token after the context, in that order."""
+    async def probe_group(self, item: ProbeGroupItem) -> GroupOutput:
+        """Probes that share a context (e.g. every atom's score position after one RRM prompt)."""
         ...

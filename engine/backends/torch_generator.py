@@ -19,7 +19,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from proctor.engine.types import (
     GenerateItem,
     Generation,
     GroupOutput,
-    ProbeItem,
+    ProbeGroupItem,
     Sample,
     ScoreGroupItem,
     ScoreItem,
@@ -109,8 +109,8 @@ class _Wave:
     samples: dict[int, list[Sample | None]] = field(default_factory=dict)
 
 
-def _sequence(item: ScoreItem | ProbeItem) -> list[int]:
-    return item.context_ids + item.target_ids if isinstance(item, ScoreItem) else item.context_ids
+def _sequence(item: ScoreItem) -> list[int]:
+    return item.context_ids + item.target_ids
 
 
 class TorchGenerator:
@@ -207,18 +207,20 @@ class TorchGenerator:
         result: ScoreOutput = await self._submit(item)
         return result
 
-    async def probe(self, item: ProbeItem) -> ScoreOutput:
-        result: ScoreOutput = await self._submit(item)
-        return result
-
     async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
         result: GroupOutput = await self._submit(item)
         return result
 
-    async def _submit(self, item: GenerateItem | ScoreItem | ScoreGroupItem | ProbeItem) -> Any:
+    async def probe_group(self, item: ProbeGroupItem) -> GroupOutput:
+        result: GroupOutput = await self._submit(item)
+        return result
+
+    async def _submit(self, item: GenerateItem | ScoreItem | ScoreGroupItem | ProbeGroupItem) -> Any:
         return (await self._submit_many([item]))[0]
 
-    async def _submit_many(self, items: Sequence[GenerateItem | ScoreItem | ScoreGroupItem | ProbeItem]) -> list[Any]:
+    async def _submit_many(
+        self, items: Sequence[GenerateItem | ScoreItem | ScoreGroupItem | ProbeGroupItem]
+    ) -> list[Any]:
         """Queue the items at once, so that the engine takes them into the same batch."""
         loop = asyncio.get_running_loop()
         jobs = [_Job(item=item, future=loop.create_future(), loop=loop) for item in items]
@@ -247,7 +249,10 @@ class TorchGenerator:
             try:
                 with torch.inference_mode():
                     for group in groups:
-                        self._score_group(group)
+                        if isinstance(group.item, ProbeGroupItem):
+                            self._probe_group(group)
+                        else:
+                            self._score_group(group)
                     if scores:
                         self._score_batch(scores)
                     if gens:
@@ -268,9 +273,9 @@ class TorchGenerator:
             job = self._pending.popleft()
             if job.cancelled:
                 continue
-            if isinstance(job.item, ScoreGroupItem):
+            if isinstance(job.item, ScoreGroupItem | ProbeGroupItem):
                 groups.append(job)
-            elif isinstance(job.item, ScoreItem | ProbeItem):
+            elif isinstance(job.item, ScoreItem):
                 candidates.append(job)
             else:
                 n = job.item.params.n
@@ -303,10 +308,10 @@ class TorchGenerator:
         return batch
 
     def _score_batch(self, jobs: list[_Job]) -> None:
-        """Score and probe items together: run the model to hidden states once, then log-probs only at the rows
-        asked for (fused kernels: no [tokens, vocab] logits)."""
+        """Run the model to hidden states once, then log-probs only at the rows asked for (fused kernels: no
+        [tokens, vocab] logits)."""
         started = time.perf_counter()
-        items: list[ScoreItem | ProbeItem] = [j.item for j in jobs]
+        items: list[ScoreItem] = [j.item for j in jobs]
         seqs = [_sequence(it) for it in items]
         width = max(len(s) for s in seqs)
         self._on_batch("Score", len(seqs), sum(len(s) for s in seqs), len(seqs) * width)
@@ -319,41 +324,28 @@ class TorchGenerator:
             input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
         ).last_hidden_state
         weight = self._model.get_output_embeddings().weight
-        outputs: dict[int, ScoreOutput] = {}
-        scores = [b for b, it in enumerate(items) if isinstance(it, ScoreItem)]
-        if scores:
-            outputs.update(self._score_rows(hidden, weight, {b: items[b] for b in scores}))  # type: ignore[misc]
-        probes: dict[tuple[int, ...], list[int]] = {}
-        for b, it in enumerate(items):
-            if isinstance(it, ProbeItem):
-                probes.setdefault(tuple(it.token_ids), []).append(b)
-        for token_ids, rows in probes.items():
-            last = torch.tensor([len(seqs[b]) - 1 for b in rows], device=self._device)
-            picked = hidden[torch.tensor(rows, device=self._device), last]
-            logprobs = token_logprobs(picked, weight, torch.tensor(token_ids, device=self._device)).cpu().tolist()
-            outputs.update({b: ScoreOutput(logprobs=lp) for b, lp in zip(rows, logprobs, strict=True)})
+        outputs = self._score_rows(hidden, weight, dict(enumerate(items)))
         done = time.perf_counter()
         for b, job in enumerate(jobs):
             out = outputs[b]
             out.queue_s, out.inference_s = started - job.enqueued, done - started
             job.resolve(out)
 
-    def _score_group(self, job: _Job) -> None:
-        """The context's KV cache once; then the continuations in batches against copies of it."""
-        started = time.perf_counter()
-        item: ScoreGroupItem = job.item
-        ctx = torch.tensor([item.context_ids], device=self._device)
+    def _continuation_batches(
+        self, job: _Job, context_ids: list[int], continuations: list[list[int]]
+    ) -> Iterator[tuple[list[list[int]], torch.Tensor, torch.Tensor]]:
+        """The context's KV cache once; then the continuations in batches against copies of it. Yields each batch
+        with its hidden states [B, width, H] and the context's last state (which predicts every first token)."""
+        ctx = torch.tensor([context_ids], device=self._device)
         out = self._model.base_model(input_ids=ctx, use_cache=True)
         shared = getattr(out, self._cache_kwarg)
-        last_hidden = out.last_hidden_state[0, -1]  # predicts every continuation's first token
-        weight = self._model.get_output_embeddings().weight
-        n_ctx = len(item.context_ids)
-        per_batch = max(1, self._max_score_tokens // (n_ctx + max(len(c) for c in item.continuations)))
-        scores: list[ScoreOutput] = []
-        for start in range(0, len(item.continuations), per_batch):
+        last_hidden = out.last_hidden_state[0, -1]
+        n_ctx = len(context_ids)
+        per_batch = max(1, self._max_score_tokens // (n_ctx + max(len(c) for c in continuations)))
+        for start in range(0, len(continuations), per_batch):
             if job.cancelled:
                 return
-            conts = item.continuations[start : start + per_batch]
+            conts = continuations[start : start + per_batch]
             width = max(len(c) for c in conts)
             self._on_batch("Score", len(conts), sum(len(c) for c in conts), len(conts) * width)
             ids = torch.full((len(conts), width), self._pad_id, dtype=torch.long)
@@ -372,6 +364,14 @@ class TorchGenerator:
                 use_cache=True,
                 **{self._cache_kwarg: cache},
             ).last_hidden_state
+            yield conts, hidden, last_hidden
+
+    def _score_group(self, job: _Job) -> None:
+        started = time.perf_counter()
+        item: ScoreGroupItem = job.item
+        weight = self._model.get_output_embeddings().weight
+        scores: list[ScoreOutput] = []
+        for conts, hidden, last_hidden in self._continuation_batches(job, item.context_ids, item.continuations):
             # Token j of a continuation is predicted by the context's last state (j = 0) or its own state j - 1.
             batch_rows = torch.tensor([b for b, c in enumerate(conts) for _ in range(1, len(c))], dtype=torch.long)
             state_cols = torch.tensor([j for c in conts for j in range(len(c) - 1)], dtype=torch.long)
@@ -393,6 +393,29 @@ class TorchGenerator:
                 scores.append(ScoreOutput(logprobs=[lp[i] for i in order], top=top))
         done = time.perf_counter()
         job.resolve(GroupOutput(scores=scores, queue_s=started - job.enqueued, inference_s=done - started))
+
+    def _probe_group(self, job: _Job) -> None:
+        """Candidate-token log-probs after each continuation of a shared context (an RRM reading its score
+        tokens after every atom's tail): the expected-score kernel at each continuation's last state."""
+        started = time.perf_counter()
+        item: ProbeGroupItem = job.item
+        weight = self._model.get_output_embeddings().weight
+        outputs: list[ScoreOutput] = []
+        done_so_far = 0
+        for conts, hidden, _ in self._continuation_batches(job, item.context_ids, item.continuations):
+            last = hidden[torch.arange(len(conts)), torch.tensor([len(c) - 1 for c in conts])]
+            sets: dict[tuple[int, ...], list[int]] = {}
+            for b in range(len(conts)):
+                sets.setdefault(tuple(item.token_ids[done_so_far + b]), []).append(b)
+            batch_out: dict[int, ScoreOutput] = {}
+            for token_ids, rows in sets.items():
+                picked = last[torch.tensor(rows, device=self._device)]
+                lps = token_logprobs(picked, weight, torch.tensor(token_ids, device=self._device)).cpu().tolist()
+                batch_out.update({b: ScoreOutput(logprobs=lp) for b, lp in zip(rows, lps, strict=True)})
+            outputs.extend(batch_out[b] for b in range(len(conts)))
+            done_so_far += len(conts)
+        done = time.perf_counter()
+        job.resolve(GroupOutput(scores=outputs, queue_s=started - job.enqueued, inference_s=done - started))
 
     def _score_rows(
         self, hidden: torch.Tensor, weight: torch.Tensor, items: dict[int, ScoreItem]
