@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from proctor.engine.backends.torch_generator import pick_device, pick_dtype
+from proctor.engine.backends.loading import load, pick_device, pick_dtype
 from proctor.engine.batching import DynamicBatcher
 from proctor.engine.critic_input import TextPair
 from proctor.engine.errors import ItemError
-from proctor.engine.models import resolve_model
 from proctor.engine.types import BackendInfo
-
-log = logging.getLogger(__name__)
 
 
 class TorchClassifier:
@@ -64,32 +59,19 @@ class TorchClassifier:
         self._batcher.start()
 
     def _load(self) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        path = resolve_model(self._model_ref)
-        t0 = time.perf_counter()
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self._dtype)
-        self._model = model.to(self._device).eval()
+        loaded = load(AutoModelForSequenceClassification, self._model_ref, self._device, self._dtype)
+        model, self._model, self._tokenizer = loaded.model, loaded.model, loaded.tokenizer
         labels = int(model.config.num_labels)
         if labels not in (1, 2):
-            raise ValueError(f"{path}: a critic needs 1 (sigmoid) or 2 (softmax) output labels, not {labels}")
+            raise ValueError(f"{loaded.path}: a critic needs 1 (sigmoid) or 2 (softmax) output labels, not {labels}")
         if labels == 2 and self._valid_label not in (0, 1):
             raise ValueError(f"critic.valid_label must be 0 or 1, not {self._valid_label}")
         self._max_len = int(
             min(self._tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512))
         )
-        self._info = BackendInfo(
-            model=self._model_ref if self._model_ref == path else f"{self._model_ref} ({path})",
-            backend="torch",
-            dtype=str(self._dtype).removeprefix("torch."),
-            device=str(self._device),
-            tokenizer=type(self._tokenizer).__name__,
-            vocab_size=int(model.config.vocab_size),
-            max_model_len=self._max_len,
-            eos_token_ids=(),
-        )
-        log.info("loaded critic %s in %.1fs", path, time.perf_counter() - t0)
+        self._info = loaded.info(int(model.config.vocab_size), self._max_len)
 
     async def close(self) -> None:
         if self._batcher is not None:

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from proctor.engine.backends.loading import load, pick_device, pick_dtype
 from proctor.engine.backends.sampling import RowParams, sample
-from proctor.engine.models import resolve_model
 from proctor.engine.types import (
     BackendInfo,
     FinishReason,
@@ -45,21 +45,6 @@ from proctor.kernels import lm_head_logprobs, token_logprobs
 log = logging.getLogger(__name__)
 
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # decorrelates the generators of the n samples of one seeded prompt
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
 
 
 @dataclass
@@ -154,13 +139,10 @@ class TorchGenerator:
         self._thread.start()
 
     def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        path = resolve_model(self._model_ref)
-        t0 = time.perf_counter()
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype)
-        self._model = model.to(self._device).eval()
+        loaded = load(AutoModelForCausalLM, self._model_ref, self._device, self._dtype)
+        model, self._model, self._tokenizer = loaded.model, loaded.model, loaded.tokenizer
         # transformers 5.2x renamed `past_key_values` to `cache`; older releases only know the former.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         config = model.config
@@ -168,17 +150,7 @@ class TorchGenerator:
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
         self._pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else eos_ids[0]
         self._vocab = int(model.get_output_embeddings().weight.shape[0])
-        self._info = BackendInfo(
-            model=self._model_ref if self._model_ref == path else f"{self._model_ref} ({path})",
-            backend="torch",
-            dtype=str(self._dtype).removeprefix("torch."),
-            device=str(self._device),
-            tokenizer=type(self._tokenizer).__name__,
-            vocab_size=self._vocab,
-            max_model_len=int(getattr(config, "max_position_embeddings", 2048)),
-            eos_token_ids=eos_ids,
-        )
-        log.info("loaded %s on %s (%s) in %.1fs", path, self._device, self._dtype, time.perf_counter() - t0)
+        self._info = loaded.info(self._vocab, int(getattr(config, "max_position_embeddings", 2048)), eos_ids)
 
     async def close(self) -> None:
         with self._cv:
