@@ -17,6 +17,7 @@ import os
 import torch
 
 from proctor.kernels.buffers import poisoned
+from proctor.kernels.target_logprobs import target_logprobs_reference
 
 try:
     import triton
@@ -43,28 +44,29 @@ def lm_head_logprobs_reference(
 ) -> Result:
     """(target log-probs [N], entropy [N], top-k log-probs [N, k] or None, top-k ids [N, k] or None).
 
-    Works in row chunks so it never holds more than `chunk_rows x V` float32 logits at once.
+    The logits reference applied to row chunks, so it never holds more than `chunk_rows x V` logits at once.
+    float64 inputs are computed in float64 (a ground truth for tests), anything else in float32.
     """
-    n = hidden.shape[0]
-    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
-    entropy = torch.empty(n, dtype=torch.float32, device=hidden.device)
-    top_vals = torch.empty(n, top_k, dtype=torch.float32, device=hidden.device) if top_k else None
-    top_ids = torch.empty(n, top_k, dtype=torch.int64, device=hidden.device) if top_k else None
-    w = weight.float()
-    for start in range(0, n, chunk_rows):
-        rows = slice(start, start + chunk_rows)
-        logprobs = torch.log_softmax(hidden[rows].float() @ w.T, dim=-1)
-        t = targets[rows].long()
-        keep = t != ignore_index
-        picked = logprobs.gather(1, torch.where(keep, t, 0).unsqueeze(1)).squeeze(1)
-        ent = -(logprobs.exp() * logprobs).nansum(dim=-1)
-        out[rows] = torch.where(keep, picked, 0.0)
-        entropy[rows] = torch.where(keep, ent, 0.0)
-        if top_vals is not None and top_ids is not None:
-            vals, ids = logprobs.topk(top_k, dim=-1)
-            top_vals[rows] = vals
-            top_ids[rows] = ids
-    return out, entropy, top_vals, top_ids
+    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    w = weight.to(compute)
+    parts = [
+        target_logprobs_reference(
+            hidden[s : s + chunk_rows].to(compute) @ w.T, targets[s : s + chunk_rows], top_k, ignore_index
+        )
+        for s in range(0, hidden.shape[0], chunk_rows)
+    ]
+    if not parts:
+        empty = torch.empty(0, dtype=compute, device=hidden.device)
+        return empty, empty, None, None
+    logprob, entropy = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if not top_k:
+        return logprob, entropy, None, None
+    return (
+        logprob,
+        entropy,
+        torch.cat([p[2] for p in parts if p[2] is not None]),
+        torch.cat([p[3] for p in parts if p[3] is not None]),
+    )
 
 
 if triton is not None:
