@@ -131,3 +131,23 @@ def test_expected_score_distribution_with_multi_token_ten() -> None:
     renorm = plan.distribution(next_probs)
     assert sum(renorm) == pytest.approx(1.0)
     assert rrm.expected_value(renorm) == pytest.approx(sum(k * p for k, p in enumerate(dist)) / 0.5)
+
+
+def test_unrolled_tag_patterns_match_the_plain_definitions() -> None:
+    """The think / atom patterns are unrolled for speed; they must match exactly what the plain lazy patterns do."""
+    import random
+    import re
+
+    from proctor.engine import rollout
+
+    think = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
+    atom = re.compile(r"<([A-Z][A-Z0-9_]*)>(.*?)</\1>", re.DOTALL)
+    pieces = ["<think>", "</think>", "<THINK>", "</Think>", "<PLAN>", "</PLAN>", "<A>", "</A>", "<B>", "</B>"]
+    pieces += ["<", ">", "/", "x", " ", "\n", "<PLAN", "</think", "é"]
+    rng = random.Random(0)
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        blocks = [m.group(1) for m in think.finditer(text)]
+        assert [m.group(1) for m in rollout._THINK.finditer(text)] == blocks, text
+        for block in blocks:
+            assert [m.groups() for m in rollout._ATOM.finditer(block)] == [m.groups() for m in atom.finditer(block)]
