@@ -59,6 +59,9 @@ class DynamicBatcher(Generic[T, R]):
     def depth(self) -> int:
         return len(self._queue)
 
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def submit(self, items: list[T]) -> list[tuple[R, float, float]]:
         """Each item's result, queue time and batch inference time (seconds). The items are queued at once, so
         that they share a batch when they fit one (the same items then always meet the same batch)."""

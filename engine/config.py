@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from proctor.engine import rrm
+from proctor.engine.backends.vllm_mapping import VllmSettings
 from proctor.engine.critic_input import RELATION_PHRASES
 
 RELATION_NAMES = tuple(RELATION_PHRASES)
@@ -70,12 +71,25 @@ class ServiceLimits:
     max_items_per_stream: int = 1_000_000  # past it, items get RESOURCE_EXHAUSTED: open a new stream
 
 
+def _check_backends(section: str, backend: str, scorer: str) -> None:
+    if backend not in ("auto", "torch", "vllm"):
+        raise ConfigError(f"{section}.backend: {backend!r} is not auto, torch or vllm")
+    if scorer not in ("torch", "vllm"):
+        raise ConfigError(f"{section}.scorer: {scorer!r} is not torch or vllm")
+    if scorer == "vllm" and backend != "vllm":
+        raise ConfigError(f"{section}.scorer: vllm needs {section}.backend: vllm")
+
+
 @dataclass
 class TeacherConfig:
     model: str = "builtin:smollm2"  # HF id, local folder, builtin:smollm2 or builtin:tiny
-    backend: str = "torch"  # torch (vLLM lands with its issue)
-    device: str = "auto"  # auto = cuda if available, else cpu
-    dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
+    backend: str = "auto"  # generation: vllm (continuous batching), torch (own batching); auto = vllm if on CUDA
+    # Score with backend vllm: torch = the fused-kernel scorer, a second copy of the weights beside vLLM's; vllm =
+    # vLLM's prompt log-probs, no second copy but a full prefill per sequence and slow with top-k.
+    scorer: str = "torch"  # torch | vllm: what answers Score (log-probs of given text)
+    device: str = "auto"  # auto = cuda if available, else cpu (the torch backend and scorer)
+    dtype: str = "auto"  # torch: auto = bfloat16 on cuda, float32 on cpu; vllm: auto = the model's
+    vllm: VllmSettings = field(default_factory=VllmSettings)  # with backend: vllm
     max_prompt_tokens: int = 0  # 0 = the model's context length
     default_max_tokens: int = 16
     max_n: int = 128  # the SKD event prompt samples n = 100
@@ -87,15 +101,20 @@ class TeacherConfig:
     max_triples_events: int = 1000
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
+    def __post_init__(self) -> None:
+        _check_backends("teacher", self.backend, self.scorer)
+
 
 @dataclass
 class RewardConfig:
     """The RewardModel service. `model` is the RRM (any HF causal LM); "" hosts rules-only rewards."""
 
     model: str = "builtin:smollm2"  # the RRM: any HF causal LM; "" = rules only
-    backend: str = "torch"
+    backend: str = "auto"  # the judge's generation (generate mode): auto, torch or vllm (see teacher.backend)
+    scorer: str = "torch"  # expected mode's score-token probes: torch or vllm (see teacher.scorer)
     device: str = "auto"
     dtype: str = "auto"
+    vllm: VllmSettings = field(default_factory=VllmSettings)
     mode: str = "expected"  # generate | expected | rules (a request may choose another)
     total_steps: int = 0  # T_MAX; 0 = every request must carry total_steps
     aggregation: str = "mean"  # mean | min | last
@@ -109,6 +128,7 @@ class RewardConfig:
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
+        _check_backends("reward", self.backend, self.scorer)
         if self.mode not in ("generate", "expected", "rules"):
             raise ConfigError(f"reward.mode: {self.mode!r} is not one of generate, expected, rules")
         if self.mode != "rules" and not self.model:

@@ -5,9 +5,10 @@ Names follow Prometheus conventions: `proctor_` prefix, base units in the name, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 # Item latencies run from sub-millisecond (rule rewards) to minutes (long generations).
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -18,6 +19,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._vllm_forwarded = False
         self.requests = Counter(
             "proctor_requests", "Calls answered, by final gRPC status code.", ["service", "rpc", "code"], registry=r
         )
@@ -93,5 +95,26 @@ class Metrics:
         self.batch_tokens.labels(model, rpc).observe(tokens)
         self.batch_padding.labels(model, rpc).observe(1.0 - tokens / slots if slots else 0.0)
 
+    def include_vllm(self) -> None:
+        """Serve vLLM's own `vllm:*` metrics (KV-cache use, running / waiting requests, time to first token...)
+        on this endpoint too; vLLM registers them in prometheus_client's global registry."""
+        if not self._vllm_forwarded:
+            self.registry.register(_Forward(REGISTRY, "vllm:"))
+            self._vllm_forwarded = True
+
     def watch_queue(self, service: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(service).set_function(depth)
+
+
+class _Forward:
+    """A collector that re-exports another registry's metrics whose names start with a prefix."""
+
+    def __init__(self, source: CollectorRegistry, prefix: str) -> None:
+        self.source = source
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        return (metric for metric in self.source.collect() if metric.name.startswith(self.prefix))
+
+    def describe(self) -> list[Metric]:
+        return []  # described lazily: vLLM registers its metrics only when its engine starts

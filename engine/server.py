@@ -21,8 +21,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from proctor.engine.backends.base import Backend, Generator
+from proctor.engine.backends.routed import GenerateAndScore
 from proctor.engine.backends.torch_classifier import TorchClassifier
-from proctor.engine.config import Config, ConfigError, RewardConfig, ServerConfig, ServiceLimits, TlsConfig
+from proctor.engine.backends.torch_generator import TorchGenerator
+from proctor.engine.backends.vllm_generator import VllmGenerator
+from proctor.engine.backends.vllm_mapping import VllmSettings
+from proctor.engine.config import (
+    Config,
+    ConfigError,
+    RewardConfig,
+    ServerConfig,
+    ServiceLimits,
+    TeacherConfig,
+    TlsConfig,
+)
 from proctor.engine.metrics import Metrics
 from proctor.engine.reward import RewardScorer, RewardSettings
 from proctor.engine.services import critic, reward, teacher
@@ -38,24 +50,15 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def make_generator(
-    model: str, backend: str, device: str, dtype: str, metrics: Metrics, max_batch_seqs: int, max_score_tokens: int
-) -> Generator:
-    def on_batch(rpc: str, items: int, tokens: int, slots: int) -> None:
-        metrics.observe_batch(model, rpc, items, tokens, slots)
+def resolve_backend(backend: str) -> str:
+    """`auto` is vLLM where it imports and CUDA is present (production generation), else torch."""
+    if backend != "auto":
+        return backend
+    import importlib.util
 
-    if backend != "torch":
-        raise ValueError(f"backend {backend!r} is not available; use 'torch'")
-    from proctor.engine.backends.torch_generator import TorchGenerator
+    import torch
 
-    return TorchGenerator(
-        model,
-        device=device,
-        dtype=dtype,
-        max_batch_seqs=max_batch_seqs,
-        max_score_tokens=max_score_tokens,
-        on_batch=on_batch,
-    )
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "torch"
 
 
 def reward_settings(rc: RewardConfig) -> RewardSettings:
@@ -163,10 +166,12 @@ class ProctorServer:
         self.metrics_port = 0
         self._backends: dict[tuple[str, ...], Backend] = {}  # shared by services naming the same model
         self._needs: dict[str, list[Backend]] = {}  # service -> the backends it waits for
-        self._generators: dict[tuple[str, ...], Generator] = {}
+        self._generators: dict[tuple[str, ...], Generator] = {}  # shared by sections naming the same model
+        self._vllm_settings: dict[tuple[str, ...], tuple[str, VllmSettings]] = {}
         self.critic_scorer: critic.CriticScorer | None = None
         self._metrics_server: Any = None
         self._loading: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self.openrlhf: OpenRLHFEndpoint | None = None
         self.remote_critic: RemoteCritic | None = None
@@ -207,8 +212,8 @@ class ProctorServer:
             names.append(critic.SERVICE)
         if self.config.teacher is not None:
             tc = self.config.teacher
-            backend = self._generator(tc.model, tc.backend, tc.device, tc.dtype, tc.max_batch_seqs, tc.max_score_tokens)
-            self._needs[teacher.SERVICE] = [backend]
+            backend, needs = self._generator("teacher", tc, tc.max_batch_seqs, tc.max_score_tokens)
+            self._needs[teacher.SERVICE] = needs
             svc = self._service_context(teacher.SERVICE, tc.limits)
             self.metrics.watch_queue(teacher.SERVICE, backend.queue_depth)
             triples_critic: Critic | None = None
@@ -221,8 +226,10 @@ class ProctorServer:
             names.append(teacher.SERVICE)
         if self.config.reward is not None:
             rc = self.config.reward
-            judge = self._generator(rc.model, rc.backend, rc.device, rc.dtype) if rc.model else None
-            self._needs[reward.SERVICE] = [judge] if judge is not None else []
+            judge: Generator | None = None
+            self._needs[reward.SERVICE] = []
+            if rc.model:
+                judge, self._needs[reward.SERVICE] = self._generator("reward", rc)
             svc = self._service_context(reward.SERVICE, rc.limits)
             scorer = RewardScorer(reward_settings(rc), judge)
             if rc.http_port >= 0:
@@ -248,15 +255,49 @@ class ProctorServer:
         self._loading = asyncio.create_task(self._load_all())
 
     def _generator(
-        self, model: str, backend: str, device: str, dtype: str, max_batch_seqs: int = 64, max_score_tokens: int = 16384
-    ) -> Generator:
-        key = (model, backend, device, dtype)
+        self, section: str, cfg: TeacherConfig | RewardConfig, max_batch_seqs: int = 64, max_score_tokens: int = 16384
+    ) -> tuple[Generator, list[Backend]]:
+        """The section's Generator and the backends it is made of; a backend is shared by every section that names
+        the same model the same way."""
+
+        def torch_backend() -> TorchGenerator:
+            key = ("torch", cfg.model, cfg.device, cfg.dtype)
+            if key not in self._generators:
+
+                def on_batch(rpc: str, items: int, tokens: int, slots: int) -> None:
+                    self.metrics.observe_batch(cfg.model, rpc, items, tokens, slots)
+
+                self._generators[key] = TorchGenerator(
+                    cfg.model,
+                    device=cfg.device,
+                    dtype=cfg.dtype,
+                    max_batch_seqs=max_batch_seqs,
+                    max_score_tokens=max_score_tokens,
+                    on_batch=on_batch,
+                )
+                self._backends[key] = self._generators[key]
+            backend = self._generators[key]
+            assert isinstance(backend, TorchGenerator)
+            return backend
+
+        if resolve_backend(cfg.backend) == "torch":
+            backend = torch_backend()
+            return backend, [backend]
+        key = ("vllm", cfg.model, cfg.dtype)
         if key not in self._generators:
-            self._generators[key] = make_generator(
-                model, backend, device, dtype, self.metrics, max_batch_seqs, max_score_tokens
+            self._generators[key] = self._backends[key] = VllmGenerator(cfg.model, cfg.dtype, cfg.vllm)
+            self._vllm_settings[key] = (section, cfg.vllm)
+            self.metrics.include_vllm()
+        elif self._vllm_settings[key][1] != cfg.vllm:
+            raise ConfigError(
+                f"{section}.vllm: differs from {self._vllm_settings[key][0]}.vllm for the same model; "
+                "one vLLM engine serves both, so give them the same settings"
             )
-            self._backends[key] = self._generators[key]
-        return self._generators[key]
+        vllm = self._generators[key]
+        if cfg.scorer == "vllm":
+            return vllm, [vllm]
+        scorer = torch_backend()
+        return GenerateAndScore(vllm, scorer), [vllm, scorer]
 
     def _watch_gpus(self) -> None:
         import torch
@@ -296,6 +337,19 @@ class ProctorServer:
         await asyncio.gather(*waiting)
         if self._needs and not self.lifecycle.draining.is_set():
             await self.health.set("", SERVING)
+        self._watching = asyncio.create_task(self._watch_backends())
+
+    async def _watch_backends(self, every_s: float = 1.0) -> None:
+        """A backend that dies (e.g. vLLM's engine core process) takes its services out: NOT_SERVING, calls
+        UNAVAILABLE, so load balancers and the replica client move on. There is no coming back: restart."""
+        while not self.lifecycle.draining.is_set():
+            await asyncio.sleep(every_s)
+            for name, needs in self._needs.items():
+                if name in self.lifecycle.ready and not all(b.alive() for b in needs):
+                    self.lifecycle.ready.discard(name)
+                    await self._set_health(name, NOT_SERVING)
+                    await self.health.set("", NOT_SERVING)
+                    log.error("%s: its backend has died; NOT_SERVING until the server is restarted", name)
 
     async def _load(self, backend: Backend) -> bool:
         try:
@@ -330,8 +384,9 @@ class ProctorServer:
             self.metrics.serving.labels(name).set(0)
         if self._server is not None:
             await self._server.stop(grace)
-        if self._loading is not None:
-            self._loading.cancel()
+        for task in (self._loading, self._watching):
+            if task is not None:
+                task.cancel()
         for backend in self._backends.values():
             await backend.close()
         if self.remote_critic is not None:

@@ -24,6 +24,11 @@ class Backend(Protocol):
 
     def queue_depth(self) -> int: ...
 
+    def alive(self) -> bool:
+        """False when the backend can no longer serve (its engine died): the server turns its services
+        NOT_SERVING and answers their calls UNAVAILABLE."""
+        ...
+
     async def start(self) -> None:
         """Load the model; the service reports SERVING only after this returns."""
 

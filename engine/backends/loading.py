@@ -30,6 +30,12 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}") from None
 
 
+def eos_token_ids(config: Any, tokenizer: Any) -> tuple[int, ...]:
+    """The end-of-sequence ids: the model config's (one or several), else the tokenizer's."""
+    eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+    return tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+
+
 @dataclass
 class Loaded:
     model: Any

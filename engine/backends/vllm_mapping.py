@@ -1,0 +1,155 @@
+"""proctor's request dataclasses to vLLM arguments and vLLM's outputs back: pure functions, no vLLM import.
+
+They take and return plain values (keyword dicts, lists), so they are unit-tested without vLLM; the vLLM backend
+builds `vllm.SamplingParams(**kwargs)` from them. Only fields that vLLM 0.26 and 0.32 share are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from proctor.engine.types import FinishReason, Sample, SamplingParams, ScoreOutput, TopK
+
+
+class LogprobLike(Protocol):
+    """What vLLM's `Logprob` carries that proctor reads."""
+
+    logprob: float
+
+
+PositionLogprobs = Mapping[int, LogprobLike]
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """The vLLM engine arguments proctor exposes (`teacher.vllm` / `reward.vllm` in the config); 0 / "" = vLLM's."""
+
+    max_model_len: int = 0  # 0 = the model's
+    # Below vLLM's own 0.9: the torch scorer and the critic usually share the GPU.
+    gpu_memory_utilization: float = 0.6  # share of GPU memory vLLM takes; on CPU builds, of host memory
+    kv_cache_memory_bytes: int = 0  # > 0 sizes the KV cache directly, instead of gpu_memory_utilization
+    tensor_parallel_size: int = 1  # GPUs one replica's layers are split across
+    pipeline_parallel_size: int = 1  # stages (nodes, with Ray) one replica's layers are split into
+    data_parallel_size: int = 1  # engine replicas behind this server
+    distributed_executor_backend: str = ""  # "" = vLLM's choice; mp (one node) or ray (multi-node)
+    enable_prefix_caching: bool = True  # shared prompt prefixes (SKD templates, RRM prompts) computed once
+    enforce_eager: bool = False  # True skips CUDA-graph capture: faster start, slower decode
+    max_num_seqs: int = 0  # most sequences per engine step
+    max_logprobs: int = 64  # most top log-probs one request may ask for
+    load_format: str = "auto"  # "dummy" = random weights from config.json (benchmarks without weights)
+    seed: int = 0  # the engine's seed; a request's own seed makes its samples reproducible
+
+
+def engine_kwargs(model: str, dtype: str, settings: VllmSettings) -> dict[str, Any]:
+    """Keyword arguments for `vllm.engine.arg_utils.AsyncEngineArgs`; zero / empty settings are left to vLLM."""
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "dtype": dtype,
+        "seed": settings.seed,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "pipeline_parallel_size": settings.pipeline_parallel_size,
+        "data_parallel_size": settings.data_parallel_size,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "enforce_eager": settings.enforce_eager,
+        "max_logprobs": settings.max_logprobs,
+        "load_format": settings.load_format,
+        # Log-probs of the model's own distribution, before temperature and penalties (what a KD loss wants, and
+        # what the torch backend returns).
+        "logprobs_mode": "raw_logprobs",
+    }
+    optional = {
+        "max_model_len": settings.max_model_len,
+        "kv_cache_memory_bytes": settings.kv_cache_memory_bytes,
+        "distributed_executor_backend": settings.distributed_executor_backend,
+        "max_num_seqs": settings.max_num_seqs,
+    }
+    kwargs.update({name: value for name, value in optional.items() if value})
+    return kwargs
+
+
+def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """Keyword arguments for `vllm.SamplingParams` that generate what the torch backend generates."""
+    return {
+        "n": params.n,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,  # 0 = off in both
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "seed": params.seed,
+        "max_tokens": params.max_tokens,
+        "stop": list(params.stop),
+        "stop_token_ids": list(params.stop_token_ids),
+        # Always at least the sampled token's log-prob: proctor reports a cumulative log-prob on every sample.
+        "logprobs": params.top_logprobs,
+        "ignore_eos": params.ignore_eos,
+        "detokenize": params.detokenize,
+        "skip_special_tokens": True,
+        "include_stop_str_in_output": False,
+    }
+
+
+def score_kwargs(top_k: int) -> dict[str, Any]:
+    """Prompt log-probs (and top-k) of every prompt position; one generated token is the least vLLM allows."""
+    return {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": top_k, "detokenize": False}
+
+
+def top_of(position: PositionLogprobs, k: int) -> tuple[list[int], list[float]]:
+    """The k most likely of one position's entries, descending; vLLM adds the chosen token, which may rank lower."""
+    best = sorted(position.items(), key=lambda kv: -kv[1].logprob)[:k]
+    return [token for token, _ in best], [float(lp.logprob) for _, lp in best]
+
+
+def to_sample(
+    index: int,
+    token_ids: Sequence[int],
+    text: str,
+    finish_reason: str | None,
+    stop_reason: int | str | None,
+    logprobs: Sequence[PositionLogprobs],
+    params: SamplingParams,
+) -> Sample:
+    """One vLLM `CompletionOutput` (asked with `sampling_kwargs`, so its log-probs are there) as a proctor Sample."""
+    chosen = [float(pos[token].logprob) for token, pos in zip(token_ids, logprobs, strict=True)]
+    top: TopK | None = None
+    if params.top_logprobs:
+        top = TopK()
+        for pos in logprobs:
+            ids, lps = top_of(pos, params.top_logprobs)
+            top.ids.append(ids)
+            top.logprobs.append(lps)
+    return Sample(
+        index=index,
+        token_ids=list(token_ids),
+        text=text if params.detokenize else "",
+        finish_reason=FinishReason.LENGTH if finish_reason == "length" else FinishReason.STOP,
+        stop_reason="" if stop_reason is None else str(stop_reason),
+        cumulative_logprob=float(sum(chosen)),
+        logprobs=chosen if params.logprobs or params.top_logprobs else None,
+        top=top,
+    )
+
+
+def target_scores(
+    prompt_ids: Sequence[int], prompt_logprobs: Sequence[PositionLogprobs | None], first: int, top_k: int
+) -> ScoreOutput:
+    """Log-probs of `prompt_ids[first:]` from vLLM's prompt log-probs (position 0 has none: `first` >= 1)."""
+    if first < 1:
+        raise ValueError("the first scored position needs a context token before it")
+    positions: Iterable[tuple[int, PositionLogprobs | None]] = zip(
+        prompt_ids[first:], prompt_logprobs[first:], strict=True
+    )
+    logprobs: list[float] = []
+    top = TopK() if top_k else None
+    for token, pos in positions:
+        if pos is None:
+            raise ValueError("vLLM returned no log-probs for a scored position")
+        logprobs.append(float(pos[token].logprob))
+        if top is not None:
+            ids, lps = top_of(pos, top_k)
+            top.ids.append(ids)
+            top.logprobs.append(lps)
+    return ScoreOutput(logprobs=logprobs, top=top)
