@@ -2,8 +2,9 @@
 
     python -m proctor.bench.overhead --items 20000
 
-Workloads: rule-only rewards (no model: the overhead *is* the cost) and Score with the tiny model. The server runs
-as its own process (as in production), the client streams every item on one call. Reports µs per item each way
+Workloads: rule-only rewards (no model: the overhead *is* the cost), one item per message (Reward) and 256 per
+message (RewardBatched), and Score with the tiny model. The server runs as its own process (as in production), the
+client streams every item on one call. Reports µs per item each way
 and the difference; writes bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
 """
 
@@ -88,10 +89,14 @@ def measure(items: int) -> dict[str, Any]:
         proc, target = _server(Path(folder))
         try:
             with RewardClient(target) as client:
-                client.reward(rewards[:500])  # warm-up
+                client.reward(rewards[:500], batch_size=0)  # warm-up
                 t0 = time.perf_counter()
-                out = client.reward(rewards)
+                out = client.reward(rewards, batch_size=0)
                 reward_grpc = time.perf_counter() - t0
+                assert not any(r.HasField("error") for r in out.values())
+                t0 = time.perf_counter()
+                out = client.reward(rewards, batch_size=256)
+                reward_batched = time.perf_counter() - t0
                 assert not any(r.HasField("error") for r in out.values())
             with TeacherClient(target) as teacher:
                 teacher.score(scores[:50])
@@ -111,6 +116,9 @@ def measure(items: int) -> dict[str, Any]:
         "rule_reward_grpc_us_per_item": reward_grpc / items * us,
         "rule_reward_overhead_us_per_item": (reward_grpc - reward_direct) / items * us,
         "rule_reward_grpc_items_per_s": items / reward_grpc,
+        "rule_reward_batched_grpc_us_per_item": reward_batched / items * us,
+        "rule_reward_batched_overhead_us_per_item": (reward_batched - reward_direct) / items * us,
+        "rule_reward_batched_grpc_items_per_s": items / reward_batched,
         "score_items": len(scores),
         "score_in_process_us_per_item": score_direct / len(scores) * us,
         "score_grpc_us_per_item": score_grpc / len(scores) * us,

@@ -58,8 +58,14 @@ class RewardClient(SyncClient):
         )
         return info
 
-    def reward(self, requests: Iterable[reward_pb2.RewardRequest]) -> dict[str, reward_pb2.RewardResult]:
-        return run_sync(self, reward_pb2.RewardResult, self.stub.Reward, list(requests))
+    def reward(
+        self, requests: Iterable[reward_pb2.RewardRequest], batch_size: int = 256
+    ) -> dict[str, reward_pb2.RewardResult]:
+        """One call for all requests, `batch_size` per message (RewardBatched); 0 = one per message (Reward)."""
+        if batch_size <= 0:
+            return run_sync(self, reward_pb2.RewardResult, self.stub.Reward, list(requests))
+        method = self.stub.RewardBatched
+        return run_sync(self, reward_pb2.RewardResult, method, list(requests), reward_pb2.RewardBatch, batch_size)
 
 
 class AsyncRewardClient(AsyncClient):
@@ -69,5 +75,13 @@ class AsyncRewardClient(AsyncClient):
         super().__init__(target, **options)
         self.stub = reward_pb2_grpc.RewardModelStub(self.channel)
 
-    async def reward(self, requests: Iterable[reward_pb2.RewardRequest]) -> dict[str, reward_pb2.RewardResult]:
-        return await run_async(self, reward_pb2.RewardResult, self.stub.Reward, list(requests))
+    async def reward(
+        self, requests: Iterable[reward_pb2.RewardRequest], batch_size: int = 256
+    ) -> dict[str, reward_pb2.RewardResult]:
+        """See RewardClient.reward."""
+        if batch_size <= 0:
+            return await run_async(self, reward_pb2.RewardResult, self.stub.Reward, list(requests))
+        method = self.stub.RewardBatched
+        return await run_async(
+            self, reward_pb2.RewardResult, method, list(requests), reward_pb2.RewardBatch, batch_size
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -154,22 +154,47 @@ def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: grpc.Rp
     return results
 
 
-def run_sync(client: SyncClient, kind: type[R], method: Any, requests: list[Any]) -> dict[str, R]:
+def _outgoing(requests: list[Any], batch: type[Message] | None, batch_size: int) -> Iterator[Any]:
+    if batch is None:
+        return iter(requests)
+    return (batch(items=requests[i : i + batch_size]) for i in range(0, len(requests), batch_size))
+
+
+def run_sync(
+    client: SyncClient,
+    kind: type[R],
+    method: Any,
+    requests: list[Any],
+    batch: type[Message] | None = None,
+    batch_size: int = 256,
+) -> dict[str, R]:
+    """One call for all `requests`; with `batch` (e.g. RewardBatch, for a *Batched method) `batch_size` items go in
+    each message and replies carry lists of results."""
     answers: list[R] = []
     broke: grpc.RpcError | None = None
     try:
-        answers.extend(method(iter(requests), timeout=client.timeout_s, metadata=client.metadata))
+        for reply in method(_outgoing(requests, batch, batch_size), timeout=client.timeout_s, metadata=client.metadata):
+            answers.extend(reply.items if batch is not None else (reply,))
     except grpc.RpcError as exc:
         broke = exc
     return collect(kind, [r.id for r in requests], answers, broke)
 
 
-async def run_async(client: AsyncClient, kind: type[R], method: Any, requests: list[Any]) -> dict[str, R]:
+async def run_async(
+    client: AsyncClient,
+    kind: type[R],
+    method: Any,
+    requests: list[Any],
+    batch: type[Message] | None = None,
+    batch_size: int = 256,
+) -> dict[str, R]:
+    """The asyncio twin of run_sync."""
     answers: list[R] = []
     broke: grpc.RpcError | None = None
     try:
-        async for result in method(iter(requests), timeout=client.timeout_s, metadata=client.metadata):
-            answers.append(result)
+        outgoing = _outgoing(requests, batch, batch_size)
+        async for reply in method(outgoing, timeout=client.timeout_s, metadata=client.metadata):
+            answers.extend(reply.items if batch is not None else (reply,))
     except grpc.RpcError as exc:
         broke = exc
     return collect(kind, [r.id for r in requests], answers, broke)

@@ -54,6 +54,19 @@ async def test_classify_triples_and_pairs_a_bad_item_fails_alone(target: str) ->
         assert out[key].error.code == INVALID and out[key].error.field == field, key
 
 
+async def test_classify_batched_equals_classify(target: str) -> None:
+    requests = [_triple(f"t{i}", tail=f"to rest {i}", seed=i) for i in range(40)] + [_triple("bad", tail="")]
+    plain = await _classify(target, requests)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = critic_pb2_grpc.CriticStub(channel)
+        batches = [critic_pb2.ClassifyBatch(items=requests[i : i + 16]) for i in range(0, len(requests), 16)]
+        batched = {r.id: r async for reply in stub.ClassifyBatched(iter(batches)) for r in reply.items}
+    assert set(batched) == set(plain)
+    for key, result in plain.items():
+        assert batched[key].score == pytest.approx(result.score, abs=1e-5) and batched[key].error == result.error, key
+    assert batched["bad"].error.field == "triple.tail"
+
+
 async def test_generate_triples_from_given_events(target: str) -> None:
     request = teacher_pb2.TriplesRequest(
         events=["PersonX goes to the store", "PersonX calls PersonY"],

@@ -15,6 +15,6 @@ def test_every_service_of_the_design_is_in_the_contract() -> None:
     }
     assert methods == {
         "proctor.v1.Teacher": ["Generate", "GenerateTriples", "Info", "Score"],
-        "proctor.v1.Critic": ["Classify", "Info"],
-        "proctor.v1.RewardModel": ["Info", "Reward"],
+        "proctor.v1.Critic": ["Classify", "ClassifyBatched", "Info"],  # *Batched: many items per message
+        "proctor.v1.RewardModel": ["Info", "Reward", "RewardBatched"],
     }

@@ -141,3 +141,29 @@ async def test_rules_only_server_needs_no_model() -> None:
     finally:
         await server.drain(grace_s=1)
     await asyncio.sleep(0)
+
+
+async def test_batched_stream_answers_every_item_as_the_plain_one_does(target: str) -> None:
+    from proctor.clients.reward import AsyncRewardClient
+
+    requests = [
+        _request(f"r{i}", [GOOD, NO_ATOMS, MALFORMED][i % 3], training_step=i, mode=reward_pb2.RULES)
+        for i in range(700)  # more than one reply message can carry at once
+    ]
+    requests += [_request("bad_step", GOOD, training_step=-1, mode=reward_pb2.RULES), _request("", GOOD)]
+    async with AsyncRewardClient(target) as client:
+        plain = await client.reward(requests, batch_size=0)
+        batched = await client.reward(requests, batch_size=64)
+        odd = await client.reward(requests[:5], batch_size=3)  # a last, shorter message
+    assert set(batched) == set(plain) == {r.id for r in requests}
+    for key, result in plain.items():
+        assert _without_timing(batched[key]) == _without_timing(result), key
+    assert batched["bad_step"].error.field == "training_step" and batched[""].error.field == "id"
+    assert set(odd) == {r.id for r in requests[:5]}
+
+
+def _without_timing(result: reward_pb2.RewardResult) -> reward_pb2.RewardResult:
+    copy = reward_pb2.RewardResult()
+    copy.CopyFrom(result)
+    copy.ClearField("timing")
+    return copy

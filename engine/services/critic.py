@@ -18,7 +18,7 @@ from proctor.engine.cutoffs import CUTOFFS_FILE
 from proctor.engine.errors import ItemError
 from proctor.engine.models import resolve_model
 from proctor.engine.services import convert
-from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
+from proctor.engine.services.streams import ServiceContext, StreamSpec, run_batched_stream, run_stream
 from proctor.engine.triples import Judgement
 from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
@@ -88,12 +88,22 @@ class CriticService(critic_pb2_grpc.CriticServicer):
         self.scorer = scorer
         self.svc = svc
         self._classify = StreamSpec("Classify", self._classify_one, critic_pb2.ClassifyResult)
+        self._classify_batched = StreamSpec("ClassifyBatched", self._classify_one, critic_pb2.ClassifyResult)
 
     async def Classify(
         self, request_iterator: AsyncIterator[critic_pb2.ClassifyRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[critic_pb2.ClassifyResult]:
         async for result in run_stream(self.svc, self._classify, request_iterator):
             yield result
+
+    async def ClassifyBatched(
+        self, request_iterator: AsyncIterator[critic_pb2.ClassifyBatch], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[critic_pb2.ClassifyResults]:
+        def reply(results: list[critic_pb2.ClassifyResult]) -> critic_pb2.ClassifyResults:
+            return critic_pb2.ClassifyResults(items=results)
+
+        async for message in run_batched_stream(self.svc, self._classify_batched, request_iterator, reply):
+            yield message
 
     async def Info(
         self, request: common_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -12,7 +12,7 @@ from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
 from proctor.engine.reward import RewardScorer, RolloutInput
 from proctor.engine.services import convert
-from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
+from proctor.engine.services.streams import ServiceContext, StreamSpec, run_batched_stream, run_stream
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 SERVICE = "proctor.v1.RewardModel"
@@ -30,12 +30,22 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         self.judge = judge
         self.svc = svc
         self._reward = StreamSpec("Reward", self._reward_one, reward_pb2.RewardResult)
+        self._reward_batched = StreamSpec("RewardBatched", self._reward_one, reward_pb2.RewardResult)
 
     async def Reward(
         self, request_iterator: AsyncIterator[reward_pb2.RewardRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[reward_pb2.RewardResult]:
         async for result in run_stream(self.svc, self._reward, request_iterator):
             yield result
+
+    async def RewardBatched(
+        self, request_iterator: AsyncIterator[reward_pb2.RewardBatch], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[reward_pb2.RewardResults]:
+        def reply(results: list[reward_pb2.RewardResult]) -> reward_pb2.RewardResults:
+            return reward_pb2.RewardResults(items=results)
+
+        async for message in run_batched_stream(self.svc, self._reward_batched, request_iterator, reply):
+            yield message
 
     async def Info(
         self, request: common_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]

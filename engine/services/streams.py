@@ -86,9 +86,43 @@ class StreamSpec(Generic[Req, Res]):
 _END = object()
 
 
+# Results per reply message of a batched stream: bounded so that a burst of ready results stays a sane message.
+MAX_RESULTS_PER_MESSAGE = 512
+
+
 async def run_stream(
     svc: ServiceContext, spec: StreamSpec[Req, Res], requests: AsyncIterator[Req]
 ) -> AsyncIterator[Res]:
+    """One item per message each way."""
+    async for results in _run_items(svc, spec, requests):
+        for result in results:
+            yield result
+
+
+async def run_batched_stream(
+    svc: ServiceContext,
+    spec: StreamSpec[Req, Res],
+    batches: AsyncIterator[Any],
+    reply: Callable[[list[Res]], Any],
+) -> AsyncIterator[Any]:
+    """Many items per message each way (`batches` have `items`); every item is handled exactly as in run_stream,
+    and each reply (`reply(results)`) carries the results that are ready when it is sent."""
+
+    async def items() -> AsyncIterator[Req]:
+        async for batch in batches:
+            for item in batch.items:
+                yield item
+
+    async for results in _run_items(svc, spec, items()):
+        for start in range(0, len(results), MAX_RESULTS_PER_MESSAGE):
+            yield reply(results[start : start + MAX_RESULTS_PER_MESSAGE])
+
+
+async def _run_items(
+    svc: ServiceContext, spec: StreamSpec[Req, Res], requests: AsyncIterator[Req]
+) -> AsyncIterator[list[Res]]:
+    """Admit, run and answer every item of a call; yields the results in the order they finish, as lists of
+    those ready together."""
     out: asyncio.Queue[Any] = asyncio.Queue()
     window = asyncio.Semaphore(svc.stream_window)
     tasks: set[asyncio.Task[None]] = set()
@@ -190,14 +224,18 @@ async def run_stream(
     final = "CANCELLED"  # the call was cancelled or its deadline passed, unless we get to the end
     try:
         while True:
-            result = await out.get()
-            if result is _END:
+            ready = [await out.get()]
+            while not out.empty():
+                ready.append(out.get_nowait())
+            results = [r for r in ready if r is not _END and not isinstance(r, BaseException)]
+            if results:
+                yield results
+            if ready[-1] is _END:
                 final = "OK"
                 break
-            if isinstance(result, BaseException):
+            if isinstance(ready[-1], BaseException):
                 final = "UNKNOWN"
-                raise result
-            yield result
+                raise ready[-1]
     finally:
         svc.metrics.requests.labels(svc.name, spec.rpc, final).inc()
         reading.cancel()

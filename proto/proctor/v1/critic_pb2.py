@@ -25,21 +25,25 @@ _sym_db = _symbol_database.Default()
 from proctor.proto.proctor.v1 import common_pb2 as proctor_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proctor/v1/critic.proto\x12\nproctor.v1\x1a\x17proctor/v1/common.proto\"L\n\x06Triple\x12\x0c\n\x04head\x18\x01 \x01(\t\x12&\n\x08relation\x18\x02 \x01(\x0e\x32\x14.proctor.v1.Relation\x12\x0c\n\x04tail\x18\x03 \x01(\t\")\n\x08TextPair\x12\r\n\x05\x66irst\x18\x01 \x01(\t\x12\x0e\n\x06second\x18\x02 \x01(\t\"\xc2\x01\n\x0f\x43lassifyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x06triple\x18\x02 \x01(\x0b\x32\x12.proctor.v1.TripleH\x00\x12$\n\x04pair\x18\x03 \x01(\x0b\x32\x14.proctor.v1.TextPairH\x00\x12\x13\n\x06\x63utoff\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\ntimeout_ms\x18\x06 \x01(\rB\x07\n\x05inputB\t\n\x07_cutoffB\x07\n\x05_seed\"\x94\x01\n\x0e\x43lassifyResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.proctor.v1.Status\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12\x0e\n\x06\x63utoff\x18\x05 \x01(\x02\x12\"\n\x06timing\x18\x06 \x01(\x0b\x32\x12.proctor.v1.Timing2\x89\x01\n\x06\x43ritic\x12G\n\x08\x43lassify\x12\x1b.proctor.v1.ClassifyRequest\x1a\x1a.proctor.v1.ClassifyResult(\x01\x30\x01\x12\x36\n\x04Info\x12\x17.proctor.v1.InfoRequest\x1a\x15.proctor.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proctor/v1/critic.proto\x12\nproctor.v1\x1a\x17proctor/v1/common.proto\";\n\rClassifyBatch\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.proctor.v1.ClassifyRequest\"<\n\x0f\x43lassifyResults\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.proctor.v1.ClassifyResult\"L\n\x06Triple\x12\x0c\n\x04head\x18\x01 \x01(\t\x12&\n\x08relation\x18\x02 \x01(\x0e\x32\x14.proctor.v1.Relation\x12\x0c\n\x04tail\x18\x03 \x01(\t\")\n\x08TextPair\x12\r\n\x05\x66irst\x18\x01 \x01(\t\x12\x0e\n\x06second\x18\x02 \x01(\t\"\xc2\x01\n\x0f\x43lassifyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x06triple\x18\x02 \x01(\x0b\x32\x12.proctor.v1.TripleH\x00\x12$\n\x04pair\x18\x03 \x01(\x0b\x32\x14.proctor.v1.TextPairH\x00\x12\x13\n\x06\x63utoff\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\ntimeout_ms\x18\x06 \x01(\rB\x07\n\x05inputB\t\n\x07_cutoffB\x07\n\x05_seed\"\x94\x01\n\x0e\x43lassifyResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.proctor.v1.Status\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12\x0e\n\x06\x63utoff\x18\x05 \x01(\x02\x12\"\n\x06timing\x18\x06 \x01(\x0b\x32\x12.proctor.v1.Timing2\xd8\x01\n\x06\x43ritic\x12G\n\x08\x43lassify\x12\x1b.proctor.v1.ClassifyRequest\x1a\x1a.proctor.v1.ClassifyResult(\x01\x30\x01\x12M\n\x0f\x43lassifyBatched\x12\x19.proctor.v1.ClassifyBatch\x1a\x1b.proctor.v1.ClassifyResults(\x01\x30\x01\x12\x36\n\x04Info\x12\x17.proctor.v1.InfoRequest\x1a\x15.proctor.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proctor.v1.critic_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRIPLE']._serialized_start=64
-  _globals['_TRIPLE']._serialized_end=140
-  _globals['_TEXTPAIR']._serialized_start=142
-  _globals['_TEXTPAIR']._serialized_end=183
-  _globals['_CLASSIFYREQUEST']._serialized_start=186
-  _globals['_CLASSIFYREQUEST']._serialized_end=380
-  _globals['_CLASSIFYRESULT']._serialized_start=383
-  _globals['_CLASSIFYRESULT']._serialized_end=531
-  _globals['_CRITIC']._serialized_start=534
-  _globals['_CRITIC']._serialized_end=671
+  _globals['_CLASSIFYBATCH']._serialized_start=64
+  _globals['_CLASSIFYBATCH']._serialized_end=123
+  _globals['_CLASSIFYRESULTS']._serialized_start=125
+  _globals['_CLASSIFYRESULTS']._serialized_end=185
+  _globals['_TRIPLE']._serialized_start=187
+  _globals['_TRIPLE']._serialized_end=263
+  _globals['_TEXTPAIR']._serialized_start=265
+  _globals['_TEXTPAIR']._serialized_end=306
+  _globals['_CLASSIFYREQUEST']._serialized_start=309
+  _globals['_CLASSIFYREQUEST']._serialized_end=503
+  _globals['_CLASSIFYRESULT']._serialized_start=506
+  _globals['_CLASSIFYRESULT']._serialized_end=654
+  _globals['_CRITIC']._serialized_start=657
+  _globals['_CRITIC']._serialized_end=873
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class CriticStub:
                 request_serializer=proctor_dot_v1_dot_critic__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=proctor_dot_v1_dot_critic__pb2.ClassifyResult.FromString,
                 _registered_method=True)
+        self.ClassifyBatched = channel.stream_stream(
+                '/proctor.v1.Critic/ClassifyBatched',
+                request_serializer=proctor_dot_v1_dot_critic__pb2.ClassifyBatch.SerializeToString,
+                response_deserializer=proctor_dot_v1_dot_critic__pb2.ClassifyResults.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/proctor.v1.Critic/Info',
                 request_serializer=proctor_dot_v1_dot_common__pb2.InfoRequest.SerializeToString,
@@ -52,6 +57,13 @@ class CriticServicer:
 
     def Classify(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyBatched(self, request_iterator, context):
+        """Classify with many items per message (see RewardModel.RewardBatched).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -69,6 +81,11 @@ def add_CriticServicer_to_server(servicer, server):
                     servicer.Classify,
                     request_deserializer=proctor_dot_v1_dot_critic__pb2.ClassifyRequest.FromString,
                     response_serializer=proctor_dot_v1_dot_critic__pb2.ClassifyResult.SerializeToString,
+            ),
+            'ClassifyBatched': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyBatched,
+                    request_deserializer=proctor_dot_v1_dot_critic__pb2.ClassifyBatch.FromString,
+                    response_serializer=proctor_dot_v1_dot_critic__pb2.ClassifyResults.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -103,6 +120,33 @@ class Critic:
             '/proctor.v1.Critic/Classify',
             proctor_dot_v1_dot_critic__pb2.ClassifyRequest.SerializeToString,
             proctor_dot_v1_dot_critic__pb2.ClassifyResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyBatched(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/proctor.v1.Critic/ClassifyBatched',
+            proctor_dot_v1_dot_critic__pb2.ClassifyBatch.SerializeToString,
+            proctor_dot_v1_dot_critic__pb2.ClassifyResults.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,12 +33,16 @@ class CriticStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CriticAsyncStub: ...
     Classify: _grpc.StreamStreamMultiCallable[_critic_pb2.ClassifyRequest, _critic_pb2.ClassifyResult]
+    ClassifyBatched: _grpc.StreamStreamMultiCallable[_critic_pb2.ClassifyBatch, _critic_pb2.ClassifyResults]
+    """Classify with many items per message (see RewardModel.RewardBatched)."""
     Info: _grpc.UnaryUnaryMultiCallable[_common_pb2.InfoRequest, _common_pb2.ModelInfo]
 
 @_typing.type_check_only
 class CriticAsyncStub(CriticStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Classify: _aio.StreamStreamMultiCallable[_critic_pb2.ClassifyRequest, _critic_pb2.ClassifyResult]  # type: ignore[assignment]
+    ClassifyBatched: _aio.StreamStreamMultiCallable[_critic_pb2.ClassifyBatch, _critic_pb2.ClassifyResults]  # type: ignore[assignment]
+    """Classify with many items per message (see RewardModel.RewardBatched)."""
     Info: _aio.UnaryUnaryMultiCallable[_common_pb2.InfoRequest, _common_pb2.ModelInfo]  # type: ignore[assignment]
 
 class CriticServicer(metaclass=_abc_1.ABCMeta):
@@ -48,6 +52,14 @@ class CriticServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_critic_pb2.ClassifyRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_critic_pb2.ClassifyResult], _abc.AsyncIterator[_critic_pb2.ClassifyResult]]: ...
+
+    @_abc_1.abstractmethod
+    def ClassifyBatched(
+        self,
+        request_iterator: _MaybeAsyncIterator[_critic_pb2.ClassifyBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_critic_pb2.ClassifyResults], _abc.AsyncIterator[_critic_pb2.ClassifyResults]]:
+        """Classify with many items per message (see RewardModel.RewardBatched)."""
 
     @_abc_1.abstractmethod
     def Info(

@@ -40,6 +40,11 @@ class RewardModelStub:
                 request_serializer=proctor_dot_v1_dot_reward__pb2.RewardRequest.SerializeToString,
                 response_deserializer=proctor_dot_v1_dot_reward__pb2.RewardResult.FromString,
                 _registered_method=True)
+        self.RewardBatched = channel.stream_stream(
+                '/proctor.v1.RewardModel/RewardBatched',
+                request_serializer=proctor_dot_v1_dot_reward__pb2.RewardBatch.SerializeToString,
+                response_deserializer=proctor_dot_v1_dot_reward__pb2.RewardResults.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/proctor.v1.RewardModel/Info',
                 request_serializer=proctor_dot_v1_dot_common__pb2.InfoRequest.SerializeToString,
@@ -52,6 +57,14 @@ class RewardModelServicer:
 
     def Reward(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RewardBatched(self, request_iterator, context):
+        """Reward with many items per message: the same per-item semantics (ids, per-item errors, admission, deadlines),
+        a fraction of the per-message cost. Each reply carries the results ready at that moment.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -69,6 +82,11 @@ def add_RewardModelServicer_to_server(servicer, server):
                     servicer.Reward,
                     request_deserializer=proctor_dot_v1_dot_reward__pb2.RewardRequest.FromString,
                     response_serializer=proctor_dot_v1_dot_reward__pb2.RewardResult.SerializeToString,
+            ),
+            'RewardBatched': grpc.stream_stream_rpc_method_handler(
+                    servicer.RewardBatched,
+                    request_deserializer=proctor_dot_v1_dot_reward__pb2.RewardBatch.FromString,
+                    response_serializer=proctor_dot_v1_dot_reward__pb2.RewardResults.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -103,6 +121,33 @@ class RewardModel:
             '/proctor.v1.RewardModel/Reward',
             proctor_dot_v1_dot_reward__pb2.RewardRequest.SerializeToString,
             proctor_dot_v1_dot_reward__pb2.RewardResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RewardBatched(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/proctor.v1.RewardModel/RewardBatched',
+            proctor_dot_v1_dot_reward__pb2.RewardBatch.SerializeToString,
+            proctor_dot_v1_dot_reward__pb2.RewardResults.FromString,
             options,
             channel_credentials,
             insecure,

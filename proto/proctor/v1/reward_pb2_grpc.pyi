@@ -33,12 +33,20 @@ class RewardModelStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RewardModelAsyncStub: ...
     Reward: _grpc.StreamStreamMultiCallable[_reward_pb2.RewardRequest, _reward_pb2.RewardResult]
+    RewardBatched: _grpc.StreamStreamMultiCallable[_reward_pb2.RewardBatch, _reward_pb2.RewardResults]
+    """Reward with many items per message: the same per-item semantics (ids, per-item errors, admission, deadlines),
+    a fraction of the per-message cost. Each reply carries the results ready at that moment.
+    """
     Info: _grpc.UnaryUnaryMultiCallable[_common_pb2.InfoRequest, _common_pb2.ModelInfo]
 
 @_typing.type_check_only
 class RewardModelAsyncStub(RewardModelStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Reward: _aio.StreamStreamMultiCallable[_reward_pb2.RewardRequest, _reward_pb2.RewardResult]  # type: ignore[assignment]
+    RewardBatched: _aio.StreamStreamMultiCallable[_reward_pb2.RewardBatch, _reward_pb2.RewardResults]  # type: ignore[assignment]
+    """Reward with many items per message: the same per-item semantics (ids, per-item errors, admission, deadlines),
+    a fraction of the per-message cost. Each reply carries the results ready at that moment.
+    """
     Info: _aio.UnaryUnaryMultiCallable[_common_pb2.InfoRequest, _common_pb2.ModelInfo]  # type: ignore[assignment]
 
 class RewardModelServicer(metaclass=_abc_1.ABCMeta):
@@ -48,6 +56,16 @@ class RewardModelServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_reward_pb2.RewardRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_reward_pb2.RewardResult], _abc.AsyncIterator[_reward_pb2.RewardResult]]: ...
+
+    @_abc_1.abstractmethod
+    def RewardBatched(
+        self,
+        request_iterator: _MaybeAsyncIterator[_reward_pb2.RewardBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_reward_pb2.RewardResults], _abc.AsyncIterator[_reward_pb2.RewardResults]]:
+        """Reward with many items per message: the same per-item semantics (ids, per-item errors, admission, deadlines),
+        a fraction of the per-message cost. Each reply carries the results ready at that moment.
+        """
 
     @_abc_1.abstractmethod
     def Info(
