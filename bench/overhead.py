@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,10 @@ reward: {model: '', mode: rules, total_steps: 100000}
 """
 
 
-def _server(folder: Path) -> tuple[subprocess.Popen[str], str]:
-    config = folder / "overhead.yaml"
-    config.write_text(CONFIG)
+def serve(folder: Path, config_text: str) -> tuple[subprocess.Popen[str], str]:
+    """`proctor serve` in its own process (as in production); returns it and its address once it is ready."""
+    config = folder / "proctor.yaml"
+    config.write_text(config_text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "proctor.engine.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -52,6 +54,13 @@ def _server(folder: Path) -> tuple[subprocess.Popen[str], str]:
         port = found.group(1) if found else port
         if "proctor: ready" in line:
             break
+        if "proctor: failed to load" in line:
+            proc.terminate()
+            raise RuntimeError(line.strip())
+    else:
+        raise RuntimeError(f"proctor serve exited with {proc.wait()} before it was ready")
+    # Keep reading: a full pipe would block the server (and vLLM's engine process, which logs to stdout too).
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc, f"127.0.0.1:{port}"
 
 
@@ -86,7 +95,7 @@ def measure(items: int) -> dict[str, Any]:
     reward_direct = asyncio.run(direct_rewards())
     score_direct = asyncio.run(direct_scores())
     with tempfile.TemporaryDirectory() as folder:
-        proc, target = _server(Path(folder))
+        proc, target = serve(Path(folder), CONFIG)
         try:
             with RewardClient(target) as client:
                 client.reward(rewards[:500], batch_size=0)  # warm-up

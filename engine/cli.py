@@ -62,8 +62,16 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def loaded(_: object) -> None:
+        failed = server.failed_services()
+        if failed:
+            print(f"proctor: failed to load {', '.join(failed)} (see the log); NOT_SERVING", flush=True)
+        else:
+            print("proctor: ready", flush=True)
+
     ready = asyncio.create_task(server.wait_until_ready())
-    ready.add_done_callback(lambda _: print("proctor: ready", flush=True))
+    ready.add_done_callback(loaded)
     await stop.wait()
     print(f"proctor: draining (grace {config.server.drain_grace_s:g}s)", flush=True)
     await server.drain()

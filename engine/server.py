@@ -370,6 +370,10 @@ class ProctorServer:
         if self._loading is not None:
             await self._loading
 
+    def failed_services(self) -> list[str]:
+        """After wait_until_ready: the services whose model did not load (they stay NOT_SERVING)."""
+        return [name for name in self._needs if name not in self.lifecycle.ready]
+
     async def _set_health(self, name: str, status: Any) -> None:
         await self.health.set(name, status)
         self.metrics.serving.labels(name).set(1 if status == SERVING else 0)

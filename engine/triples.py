@@ -59,7 +59,7 @@ async def _complete(generator: Generator, prompts: Sequence[tuple[str, SamplingP
         items.append(GenerateItem(prompt_ids=ids, params=params))
     generations = await generator.generate_many(items)
     return [
-        [skd.Candidate(s.text, s.finish_reason, s.stop_reason, s.cumulative_logprob) for s in g.samples]
+        [skd.Candidate(s.text, s.finish_reason, s.stop_reason, float(sum(s.logprobs or ()))) for s in g.samples]
         for g in generations
     ]
 

@@ -50,7 +50,7 @@ class Sample:
     text: str
     finish_reason: FinishReason
     stop_reason: str
-    cumulative_logprob: float
+    cumulative_logprob: float | None  # when log-probs were asked for
     logprobs: list[float] | None = None
     top: TopK | None = None
 

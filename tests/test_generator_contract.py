@@ -101,6 +101,7 @@ async def test_seeds_reproduce_and_differ(generator: Generator) -> None:
     tokens = [[s.token_ids for s in g.samples] for g in (a, b, c)]
     assert tokens[0] == tokens[1]
     assert tokens[0] != tokens[2]
+    assert all(s.logprobs is None and s.cumulative_logprob is None for s in a.samples), "log-probs only when asked"
 
 
 async def test_greedy_equals_the_reference(generator: Generator, reference: TorchGenerator) -> None:

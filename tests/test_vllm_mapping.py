@@ -62,8 +62,9 @@ def test_every_sampling_field_is_mapped() -> None:
         "skip_special_tokens": True,
         "include_stop_str_in_output": False,
     }
-    # The sampled token's log-prob is always asked for (cumulative log-prob on every sample), top-k only on demand.
-    assert sampling_kwargs(SamplingParams())["logprobs"] == 0
+    # Log-probs cost vLLM Python objects per token: asked for only when the caller wants them.
+    assert sampling_kwargs(SamplingParams())["logprobs"] is None
+    assert sampling_kwargs(SamplingParams(logprobs=True))["logprobs"] == 0
     assert sampling_kwargs(SamplingParams())["seed"] is None
 
 
@@ -106,11 +107,11 @@ def test_to_sample_maps_a_completion() -> None:
     assert sample.finish_reason is FinishReason.STOP and sample.stop_reason == "2"
     assert sample.logprobs == [-1.0, -0.2] and sample.cumulative_logprob == pytest.approx(-1.2)
     assert sample.top is not None and sample.top.ids == [[6], [2]]
-    plain = to_sample(0, [5], "a", "length", None, logprobs[:1], SamplingParams(detokenize=False))
+    plain = to_sample(0, [5], "a", "length", None, None, SamplingParams(detokenize=False))
     assert plain.finish_reason is FinishReason.LENGTH and plain.stop_reason == ""
     assert plain.logprobs is None and plain.top is None and plain.text == ""
-    assert plain.cumulative_logprob == -1.0
-    eos = to_sample(0, [5], "a", "stop", None, logprobs[:1], SamplingParams())
+    assert plain.cumulative_logprob is None
+    eos = to_sample(0, [5], "a", "stop", None, None, SamplingParams())
     assert eos.finish_reason is FinishReason.STOP and eos.stop_reason == ""
 
 

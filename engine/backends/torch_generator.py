@@ -544,7 +544,7 @@ class TorchGenerator:
             text=text,
             finish_reason=s.finish or FinishReason.LENGTH,
             stop_reason=s.stop_reason,
-            cumulative_logprob=float(sum(s.logprobs)),
+            cumulative_logprob=float(sum(s.logprobs)) if p.logprobs or p.top_logprobs else None,
             logprobs=s.logprobs if p.logprobs or p.top_logprobs else None,
             top=s.top if p.top_logprobs else None,
         )

@@ -158,7 +158,7 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
                     stop_reason=s.stop_reason,
                     logprobs=s.logprobs or [],
                     top=convert.top_k(s.top),
-                    cumulative_logprob=s.cumulative_logprob,
+                    cumulative_logprob=s.cumulative_logprob,  # None (unset) when log-probs were not asked for
                 )
                 for s in gen.samples
             ],
