@@ -10,6 +10,7 @@ import signal
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
 
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
@@ -83,6 +84,9 @@ async def test_teacher_and_rrm_on_one_vllm_engine() -> None:
             out = await reward.reward([reward_request("r", "Capital of France?", ROLLOUT, "Paris", 10)])
         assert not out["r"].HasField("error"), out["r"].error
         assert out["r"].format_ok and 0.0 <= out["r"].r_atom <= 1.0
+        # vLLM's own metrics are served beside proctor's.
+        exposition = generate_latest(server.metrics.registry).decode()
+        assert "vllm:num_requests_running" in exposition and "proctor_items_total" in exposition
     finally:
         await server.drain(grace_s=1)
 
