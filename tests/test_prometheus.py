@@ -79,15 +79,17 @@ async def test_prometheus_scrapes_proctor(tiny_server: ProctorServer, tmp_path: 
         await _ready(web)
         async with AsyncTeacherClient(target) as teacher, AsyncRewardClient(target) as rewards:
             await teacher.generate([generate_request(f"g{i}", "Hi", max_tokens=3) for i in range(4)])
-            await rewards.reward([reward_request(f"r{i}", "q", GOOD, "Paris", 1, mode="rules") for i in range(10)])
-            items = 'sum(proctor_items_total{rpc="Reward", code="OK"})'
+            await rewards.reward(
+                [reward_request(f"r{i}", "q", GOOD, "Paris", 1, mode="rules") for i in range(10)], batch_size=0
+            )  # Reward; the call below goes through RewardBatched
+            items = 'sum(proctor_items_total{rpc=~"Reward|RewardBatched", code="OK"})'
             first = await _value(web, items, 0)
             await _value(web, 'sum(proctor_tokens_total{kind="generated"})', 0)
             await _value(web, 'sum(proctor_item_seconds_count{rpc="Generate"})', 0)
             assert await asyncio.to_thread(_query, web, 'proctor_serving{service="proctor.v1.Teacher"} == 1')
             await rewards.reward([reward_request(f"s{i}", "q", GOOD, "Paris", 1, mode="rules") for i in range(10)])
             assert await _value(web, items, first) >= first + 10, "the series moves"
-            quantile = 'histogram_quantile(0.5, sum by (le) (rate(proctor_item_seconds_bucket{rpc="Reward"}[1m])))'
+            quantile = 'histogram_quantile(0.5, sum by (le) (rate(proctor_item_seconds_bucket{rpc=~"Reward.*"}[1m])))'
             assert await asyncio.to_thread(_query, web, quantile)
     finally:
         prometheus.terminate()
