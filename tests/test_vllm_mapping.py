@@ -147,3 +147,17 @@ def test_vllm_settings_come_from_yaml(tmp_path: Path) -> None:
     path.write_text("teacher:\n  backend: vllm\n  vllm: {tensor_parallel: 2}\n")
     with pytest.raises(ConfigError, match=r"teacher\.vllm: unknown key\(s\) tensor_parallel"):
         load_config(path)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_one_engine_per_model_so_settings_must_agree() -> None:
+    from proctor.engine.config import Config, RewardConfig, ServerConfig
+    from proctor.engine.server import ProctorServer
+
+    config = Config(
+        server=ServerConfig(port=0, metrics_port=-1),
+        teacher=TeacherConfig(model="builtin:tiny", backend="vllm"),
+        reward=RewardConfig(model="builtin:tiny", backend="vllm", vllm=VllmSettings(max_model_len=512), total_steps=9),
+    )
+    with pytest.raises(ConfigError, match=r"reward\.vllm: differs from teacher\.vllm for the same model"):
+        await ProctorServer(config).start()  # refused while wiring the services, before any engine starts
