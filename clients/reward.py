@@ -44,6 +44,11 @@ def reward_request(
     return request
 
 
+def _rpc(stub: Any, batch_size: int) -> tuple[Any, type[reward_pb2.RewardBatch] | None]:
+    """The method to call and its batch message: RewardBatched for batch_size > 0, else Reward."""
+    return (stub.RewardBatched, reward_pb2.RewardBatch) if batch_size > 0 else (stub.Reward, None)
+
+
 class RewardClient(SyncClient):
     """Blocking RewardModel client (one channel; safe to share across threads)."""
 
@@ -62,10 +67,8 @@ class RewardClient(SyncClient):
         self, requests: Iterable[reward_pb2.RewardRequest], batch_size: int = 256
     ) -> dict[str, reward_pb2.RewardResult]:
         """One call for all requests, `batch_size` per message (RewardBatched); 0 = one per message (Reward)."""
-        if batch_size <= 0:
-            return run_sync(self, reward_pb2.RewardResult, self.stub.Reward, list(requests))
-        method = self.stub.RewardBatched
-        return run_sync(self, reward_pb2.RewardResult, method, list(requests), reward_pb2.RewardBatch, batch_size)
+        method, batch = _rpc(self.stub, batch_size)
+        return run_sync(self, reward_pb2.RewardResult, method, list(requests), batch, batch_size)
 
 
 class AsyncRewardClient(AsyncClient):
@@ -79,9 +82,5 @@ class AsyncRewardClient(AsyncClient):
         self, requests: Iterable[reward_pb2.RewardRequest], batch_size: int = 256
     ) -> dict[str, reward_pb2.RewardResult]:
         """See RewardClient.reward."""
-        if batch_size <= 0:
-            return await run_async(self, reward_pb2.RewardResult, self.stub.Reward, list(requests))
-        method = self.stub.RewardBatched
-        return await run_async(
-            self, reward_pb2.RewardResult, method, list(requests), reward_pb2.RewardBatch, batch_size
-        )
+        method, batch = _rpc(self.stub, batch_size)
+        return await run_async(self, reward_pb2.RewardResult, method, list(requests), batch, batch_size)

@@ -4,6 +4,7 @@ torch scorer with the fused kernels: no [tokens, vocab] logits, shared-context g
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 
 from proctor.engine.backends.base import Generator
 from proctor.engine.types import (
@@ -24,7 +25,7 @@ class GenerateAndScore:
         self.generator = generator
         self.scorer = scorer
 
-    @property
+    @cached_property  # read per item by the services; computed once both parts have loaded (raises until then)
     def info(self) -> BackendInfo:
         gen, score = self.generator.info, self.scorer.info
         return dataclasses.replace(

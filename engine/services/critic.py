@@ -99,10 +99,8 @@ class CriticService(critic_pb2_grpc.CriticServicer):
     async def ClassifyBatched(
         self, request_iterator: AsyncIterator[critic_pb2.ClassifyBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[critic_pb2.ClassifyResults]:
-        def reply(results: list[critic_pb2.ClassifyResult]) -> critic_pb2.ClassifyResults:
-            return critic_pb2.ClassifyResults(items=results)
-
-        async for message in run_batched_stream(self.svc, self._classify_batched, request_iterator, reply):
+        results = critic_pb2.ClassifyResults
+        async for message in run_batched_stream(self.svc, self._classify_batched, request_iterator, results):
             yield message
 
     async def Info(

@@ -41,10 +41,8 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
     async def RewardBatched(
         self, request_iterator: AsyncIterator[reward_pb2.RewardBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[reward_pb2.RewardResults]:
-        def reply(results: list[reward_pb2.RewardResult]) -> reward_pb2.RewardResults:
-            return reward_pb2.RewardResults(items=results)
-
-        async for message in run_batched_stream(self.svc, self._reward_batched, request_iterator, reply):
+        results = reward_pb2.RewardResults
+        async for message in run_batched_stream(self.svc, self._reward_batched, request_iterator, results):
             yield message
 
     async def Info(

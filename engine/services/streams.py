@@ -103,10 +103,10 @@ async def run_batched_stream(
     svc: ServiceContext,
     spec: StreamSpec[Req, Res],
     batches: AsyncIterator[Any],
-    reply: Callable[[list[Res]], Any],
+    reply: Callable[..., Any],
 ) -> AsyncIterator[Any]:
     """Many items per message each way (`batches` have `items`); every item is handled exactly as in run_stream,
-    and each reply (`reply(results)`) carries the results that are ready when it is sent."""
+    and each reply message (`reply(items=results)`, e.g. RewardResults) carries the results ready when it is sent."""
 
     async def items() -> AsyncIterator[Req]:
         async for batch in batches:
@@ -115,7 +115,7 @@ async def run_batched_stream(
 
     async for results in _run_items(svc, spec, items()):
         for start in range(0, len(results), MAX_RESULTS_PER_MESSAGE):
-            yield reply(results[start : start + MAX_RESULTS_PER_MESSAGE])
+            yield reply(items=results[start : start + MAX_RESULTS_PER_MESSAGE])
 
 
 async def _run_items(
