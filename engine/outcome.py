@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import re
 import string
 
 ANSWER_SPLIT = "<|answer_split|>"
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})  # ASCII only: “ ” — … stay
-_SPACES = re.compile(r"\s+")
 
 
-def normalize(text: str) -> str:
-    return _SPACES.sub(" ", text.translate(_PUNCTUATION)).strip()
+def tokens(text: str) -> set[str]:
+    """The token set of the normalised text: ASCII punctuation -> space, then split on whitespace (which is what
+    collapsing whitespace runs, stripping and splitting on one space give)."""
+    return set(text.translate(_PUNCTUATION).split())
 
 
 def f1(prediction: str, gold: str) -> float:
-    pred, ref = set(normalize(prediction).split()), set(normalize(gold).split())
+    return _f1(tokens(prediction), tokens(gold))
+
+
+def _f1(pred: set[str], ref: set[str]) -> float:
     common = len(pred & ref)
     if not pred or not ref or not common:
         return 0.0
@@ -29,4 +32,5 @@ def split_golds(golds: list[str]) -> list[str]:
 
 
 def best_f1(answer: str, golds: list[str]) -> float:
-    return max((f1(answer, gold) for gold in split_golds(golds)), default=0.0)
+    pred = tokens(answer)
+    return max((_f1(pred, tokens(gold)) for gold in split_golds(golds)), default=0.0)

@@ -59,6 +59,16 @@ class RewardOutcome:
     inference_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class PendingJudgement:
+    """A well-formed rollout with atoms whose R_atom the RRM has still to give: the outcome so far, the prompt."""
+
+    item: RolloutInput
+    outcome: RewardOutcome
+    prompt: str
+    mode: str  # generate | expected
+
+
 class RewardScorer:
     def __init__(self, settings: RewardSettings, judge: Generator | None) -> None:
         self.settings = settings
@@ -66,6 +76,12 @@ class RewardScorer:
         self._score_tokens: rrm.ScoreTokens | None = None
 
     async def score(self, item: RolloutInput) -> RewardOutcome:
+        decided = self.apply_rules(item)
+        return await self.judge_atoms(decided) if isinstance(decided, PendingJudgement) else decided
+
+    def apply_rules(self, item: RolloutInput) -> RewardOutcome | PendingJudgement:
+        """Everything that needs no model: the final outcome (rules mode, a malformed rollout, no atoms), or what
+        is left for the RRM."""
         mode = item.mode or self.settings.mode
         if mode != "rules" and self.judge is None:
             raise ItemError(
@@ -79,8 +95,7 @@ class RewardScorer:
             alpha = 0.0
         if not any(g.strip() for g in item.golds):
             raise ItemError("required: at least one non-empty gold answer", "gold_answers")
-        verdict = rollout.check_format(item.response)
-        atoms = rollout.atoms(item.response)
+        verdict, atoms = rollout.parse(item.response)
         if not verdict.ok:
             return RewardOutcome(-1.0, alpha, 0.0, False, verdict.reason, atoms)
         r_f1 = outcome.best_f1(verdict.answer, item.golds)
@@ -90,17 +105,23 @@ class RewardScorer:
         if not atoms:
             result.no_atoms = True
             result.r_atom = self.settings.no_atoms_r_atom
+            result.reward = schedule.mix(alpha, result.r_atom, r_f1)
+            return result
+        gold = outcome.split_golds(item.golds)[0] if self.settings.include_gold else None
+        prompt = rrm.render_prompt(self.settings.prompt_template, item.question, atoms, gold)
+        return PendingJudgement(item, result, prompt, mode)
+
+    async def judge_atoms(self, pending: PendingJudgement) -> RewardOutcome:
+        """The RRM's part: score the atoms, aggregate them into R_atom, mix."""
+        result = pending.outcome
+        started = time.perf_counter()
+        if pending.mode == "generate":
+            await self._judge_by_sampling(pending.prompt, pending.item, result)
         else:
-            gold = outcome.split_golds(item.golds)[0] if self.settings.include_gold else None
-            prompt = rrm.render_prompt(self.settings.prompt_template, item.question, atoms, gold)
-            started = time.perf_counter()
-            if mode == "generate":
-                await self._judge_by_sampling(prompt, item, result)
-            else:
-                await self._judge_by_expectation(prompt, result)
-            result.inference_s = time.perf_counter() - started
-            result.r_atom = rrm.aggregate(result.atom_scores, self.settings.aggregation)
-        result.reward = schedule.mix(alpha, result.r_atom, r_f1)
+            await self._judge_by_expectation(pending.prompt, result)
+        result.inference_s = time.perf_counter() - started
+        result.r_atom = rrm.aggregate(result.atom_scores, self.settings.aggregation)
+        result.reward = schedule.mix(result.alpha, result.r_atom, result.r_f1)
         return result
 
     def _prompt_ids(self, text: str) -> list[int]:

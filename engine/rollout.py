@@ -1,62 +1,98 @@
-"""Atom-Searcher rollouts as text: the format check, the answer, and the atomic thoughts (PAPERS.md §2.1-2.2)."""
+"""Atom-Searcher rollouts as text: the format check, the answer, and the atomic thoughts (PAPERS.md §2.1-2.2).
+
+One scan finds every format tag; the format check, the answer and the think blocks are all read off that list,
+and atoms are matched only inside the think blocks. DeepResearcher lowercases the rollout before looking for tags;
+matching the tag names caselessly on the original text finds exactly the same tags (the Kelvin sign is the one
+non-ASCII character that lowercases to a letter of theirs; U+0130 lowercases to two characters and cannot form a
+tag) and keeps offsets and atom texts in the original.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 FORMAT_TAGS = ("tool_call", "think", "answer")
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-# `<think>(.*?)</think>` and `<([A-Z][A-Z0-9_]*)>(.*?)</\1>`, unrolled: runs of non-`<` characters are taken at
-# once instead of trying the closing tag at every character (the same matches, ~4x faster on long rollouts).
-_THINK = re.compile(r"<think>([^<]*(?:<(?!/think>)[^<]*)*)</think>", re.IGNORECASE)
-# An atom is a well-formed upper-case tag pair; the set of names is open.
+_THINK = FORMAT_TAGS.index("think")
+_ANSWER = FORMAT_TAGS.index("answer")
+
+
+def _caseless(word: str) -> str:
+    return "".join(f"[{c}{c.upper()}{chr(0x212A) if c == 'k' else ''}]" if c.isalpha() else c for c in word)
+
+
+# Group 1 is "/" on a closing tag; exactly one of groups 2.. matches: the tag's index in FORMAT_TAGS, plus 2.
+_TAG = re.compile("<(/)?(?:" + "|".join(f"({_caseless(t)})" for t in FORMAT_TAGS) + ")>")
+# An atom is a well-formed upper-case tag pair; the set of names is open. `<([A-Z][A-Z0-9_]*)>(.*?)</\1>`, unrolled:
+# runs of non-`<` characters are taken at once instead of trying the closing tag at every character.
 _ATOM = re.compile(r"<([A-Z][A-Z0-9_]*)>([^<]*(?:<(?!/\1>)[^<]*)*)</\1>")
 
 
-@dataclass(frozen=True)
-class Atom:
+class Atom(NamedTuple):
     type: str
     text: str
     turn: int  # index of the think block it came from
 
 
-@dataclass(frozen=True)
-class FormatVerdict:
+class FormatVerdict(NamedTuple):
     ok: bool
     reason: str  # why it is malformed; empty when ok
     answer: str  # the first <answer> block, lowercased and stripped (empty when malformed)
 
 
-def check_format(response: str) -> FormatVerdict:
-    """DeepResearcher's rule, in its order: lowercase, balanced tags, then the first answer block."""
-    text = response.lower()
-    for tag in FORMAT_TAGS:
-        opening, closing = f"<{tag}>", f"</{tag}>"
-        if text.count(opening) != text.count(closing):
-            return FormatVerdict(
-                False, f"unbalanced <{tag}>: {text.count(opening)} open, {text.count(closing)} close", ""
-            )
-        pos = 0
-        while (start := text.find(opening, pos)) != -1:
-            end = text.find(closing, start + len(opening))
-            if end == -1:
-                return FormatVerdict(False, f"<{tag}> at offset {start} has no </{tag}> after it", "")
-            pos = end + len(closing)
-    found = _ANSWER.search(text)
-    if found is None:
+class ParsedRollout(NamedTuple):
+    verdict: FormatVerdict
+    atoms: list[Atom]
+
+
+def parse(response: str) -> ParsedRollout:
+    """The format verdict (DeepResearcher's rule, in its order) and every atom, from one scan of the tags."""
+    counts = [[0, 0] for _ in FORMAT_TAGS]  # opening, closing
+    # Scanning left to right, an opening tag pairs with the first closing tag after it, and the next pair starts
+    # after that close: the rule's scan. An opening left without a close is where the rule fails.
+    unclosed: list[tuple[int, int] | None] = [None] * len(FORMAT_TAGS)  # the pending opening tag's span
+    pairs: list[list[tuple[int, int]]] = [[] for _ in FORMAT_TAGS]  # the content span of each pair
+    for m in _TAG.finditer(response):
+        tag = m.lastindex - 2  # type: ignore[operator]  # one of groups 2.. always matched
+        if m.group(1) is None:
+            counts[tag][0] += 1
+            if unclosed[tag] is None:
+                unclosed[tag] = m.span()
+        else:
+            counts[tag][1] += 1
+            opening = unclosed[tag]
+            if opening is not None:
+                pairs[tag].append((opening[1], m.start()))
+                unclosed[tag] = None
+    atoms = [
+        Atom(m.group(1), m.group(2).strip(), turn)
+        for turn, (start, end) in enumerate(pairs[_THINK])
+        for m in _ATOM.finditer(response, start, end)
+    ]
+    return ParsedRollout(_verdict(response, counts, unclosed, pairs[_ANSWER]), atoms)
+
+
+def _verdict(
+    response: str,
+    counts: list[list[int]],
+    unclosed: list[tuple[int, int] | None],
+    answers: list[tuple[int, int]],
+) -> FormatVerdict:
+    for tag, (opened, closed), left_open in zip(FORMAT_TAGS, counts, unclosed, strict=True):
+        if opened != closed:
+            return FormatVerdict(False, f"unbalanced <{tag}>: {opened} open, {closed} close", "")
+        if left_open is not None:
+            return FormatVerdict(False, f"<{tag}> at offset {left_open[0]} has no </{tag}> after it", "")
+    if not answers:
         return FormatVerdict(False, "no <answer>...</answer> block", "")
-    return FormatVerdict(True, "", found.group(1).strip())
+    start, end = answers[0]
+    return FormatVerdict(True, "", response[start:end].lower().strip())
 
 
-def think_blocks(response: str) -> list[str]:
-    return [m.group(1) for m in _THINK.finditer(response)]
+def check_format(response: str) -> FormatVerdict:
+    return parse(response).verdict
 
 
 def atoms(response: str) -> list[Atom]:
     """Every upper-case tag pair inside a think block, in order, with the index of its think block."""
-    return [
-        Atom(type=m.group(1), text=m.group(2).strip(), turn=turn)
-        for turn, block in enumerate(think_blocks(response))
-        for m in _ATOM.finditer(block)
-    ]
+    return parse(response).atoms

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import grpc
 
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
-from proctor.engine.reward import RewardScorer, RolloutInput
+from proctor.engine.reward import PendingJudgement, RewardOutcome, RewardScorer, RolloutInput
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_batched_stream, run_stream
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
@@ -31,6 +31,7 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         self.svc = svc
         self._reward = StreamSpec("Reward", self._reward_one, reward_pb2.RewardResult)
         self._reward_batched = StreamSpec("RewardBatched", self._reward_one, reward_pb2.RewardResult)
+        self._inference_seconds = svc.metrics.inference_seconds.labels(svc.name, "Reward")
 
     async def Reward(
         self, request_iterator: AsyncIterator[reward_pb2.RewardRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -52,24 +53,38 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         extra = {"mode": settings.mode, "aggregation": settings.aggregation, "total_steps": str(settings.total_steps)}
         return convert.model_info("RewardModel", self.judge.info if self.judge else None, extra)
 
-    async def _reward_one(self, req: reward_pb2.RewardRequest) -> reward_pb2.RewardResult:
+    def _reward_one(
+        self, req: reward_pb2.RewardRequest
+    ) -> reward_pb2.RewardResult | Coroutine[Any, Any, reward_pb2.RewardResult]:
+        """The rules at once, on the event loop (they never wait on the model); the RRM's part as a coroutine."""
         received = time.perf_counter()
         if req.mode not in _MODES:
             raise ItemError(f"unknown mode {req.mode}", "mode")
-        if not req.response:
+        response = req.response
+        if not response:
             raise ItemError("required: the rollout text", "response")
         item = RolloutInput(
             question=req.question,
-            response=req.response,
+            response=response,
             golds=list(req.gold_answers),
             step=req.training_step,
             total_steps=req.total_steps if req.HasField("total_steps") else None,
             mode=_MODES[req.mode],
         )
-        out = await self.scorer.score(item)
-        scores: list[float | None] = list(out.atom_scores) or [None] * len(out.atoms)
-        self.svc.metrics.inference_seconds.labels(self.svc.name, "Reward").observe(out.inference_s)
-        return reward_pb2.RewardResult(
+        decided = self.scorer.apply_rules(item)
+        if isinstance(decided, PendingJudgement):
+            return self._judged(req, decided, received)
+        return self._result(req, decided, received)
+
+    async def _judged(
+        self, req: reward_pb2.RewardRequest, pending: PendingJudgement, received: float
+    ) -> reward_pb2.RewardResult:
+        out = await self.scorer.judge_atoms(pending)
+        self._inference_seconds.observe(out.inference_s)
+        return self._result(req, out, received)
+
+    def _result(self, req: reward_pb2.RewardRequest, out: RewardOutcome, received: float) -> reward_pb2.RewardResult:
+        result = reward_pb2.RewardResult(
             id=req.id,
             reward=out.reward,
             alpha=out.alpha,
@@ -77,12 +92,16 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
             r_atom=out.r_atom,
             format_ok=out.format_ok,
             format_reason=out.format_reason,
-            atoms=[
-                reward_pb2.Atom(type=a.type, text=a.text, turn=a.turn, score=s)
-                for a, s in zip(out.atoms, scores, strict=True)
-            ],
             no_atoms=out.no_atoms,
             rrm_text=out.rrm_text if req.return_rrm_text else "",
             rrm_attempts=out.rrm_attempts,
             timing=convert.timing(0.0, out.inference_s, time.perf_counter() - received),
         )
+        add_atom = result.atoms.add
+        if out.atom_scores:
+            for a, score in zip(out.atoms, out.atom_scores, strict=True):
+                add_atom(type=a.type, text=a.text, turn=a.turn, score=score)
+        else:
+            for a in out.atoms:
+                add_atom(type=a.type, text=a.text, turn=a.turn)
+        return result

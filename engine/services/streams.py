@@ -1,9 +1,11 @@
 """The machinery every streaming RPC shares: admission, backpressure, per-item errors, deadlines, drain, metrics.
 
 An item's life: read from the stream -> a slot in the call's window (backpressure: the server stops reading while
-the window is full) -> a slot in the service's queue (none free: RESOURCE_EXHAUSTED for that item, at once) ->
-its handler -> its result, sent as soon as it is ready. A failing item fails alone; a cancelled call cancels its
-items' handlers, which stops their backend work.
+the window is full) -> its handler. A handler answers at once what needs no backend (validation errors, rule-only
+rewards): those items never queue, never wait behind the model and cost no task. What needs the backend comes back
+as a coroutine: it takes a slot in the service's queue (none free: RESOURCE_EXHAUSTED for that item, at once) and
+runs as its own task. Every result is sent as soon as it is ready. A failing item fails alone; a cancelled call
+cancels its items' tasks, which stops their backend work.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -67,10 +69,11 @@ class ServiceContext:
 @dataclass
 class StreamSpec(Generic[Req, Res]):
     """One streaming RPC: its name, the handler of one item, and its result message type. Every proctor request
-    item has `id` and `timeout_ms`; every result has `id` and `error`."""
+    item has `id` and `timeout_ms`; every result has `id` and `error`. The handler returns the result when it
+    needs no backend, else a coroutine that computes it (an `async def` handler always does the latter)."""
 
     rpc: str
-    handle: Callable[[Req], Awaitable[Res]]
+    handle: Callable[[Req], Res | Coroutine[Any, Any, Res]]
     result_type: Callable[..., Res]
 
     def item_id(self, req: Req) -> str:
@@ -139,21 +142,23 @@ async def _run_items(
         item_seconds.observe(time.perf_counter() - received)
         out.put_nowait(result)
 
-    async def run_item(req: Req, item_id: str, received: float) -> None:
-        timeout = spec.timeout_ms(req)
+    def failed(item_id: str, exc: Exception) -> tuple[Res, str]:
+        if isinstance(exc, ItemError):
+            return spec.error_result(item_id, exc), exc.code
+        # a bug or a backend failure: report it on the item, keep the stream
+        log.error("%s item %r failed", spec.rpc, item_id, exc_info=exc)
+        err = ItemError(f"internal error: {type(exc).__name__}: {exc}", code="INTERNAL")
+        return spec.error_result(item_id, err), err.code
+
+    async def run_item(work: Coroutine[Any, Any, Res], timeout: int, item_id: str, received: float) -> None:
         try:
-            work = spec.handle(req)
             result = await (asyncio.wait_for(work, timeout / 1000) if timeout else work)
             code = "OK"
-        except ItemError as exc:
-            result, code = spec.error_result(item_id, exc), exc.code
         except TimeoutError:
             late = ItemError(f"item not finished within {timeout} ms", "timeout_ms", "DEADLINE_EXCEEDED")
             result, code = spec.error_result(item_id, late), late.code
-        except Exception as exc:  # a bug or a backend failure: report it on the item, keep the stream
-            log.exception("%s item %r failed", spec.rpc, item_id)
-            err = ItemError(f"internal error: {type(exc).__name__}: {exc}", code="INTERNAL")
-            result, code = spec.error_result(item_id, err), err.code
+        except Exception as exc:
+            result, code = failed(item_id, exc)
         finally:
             svc.admission.release()
             svc.inflight.dec()
@@ -176,18 +181,32 @@ async def _run_items(
             rejection = ItemError("required: every item needs a caller-chosen id", "id")
         elif item_id in in_flight_ids:
             rejection = ItemError(f"{item_id!r} is already in flight on this stream", "id")
-        elif not svc.admission.try_acquire():
-            rejection = ItemError(
-                f"{svc.name} is at capacity ({svc.admission.capacity} items queued); retry later",
-                code="RESOURCE_EXHAUSTED",
-            )
         if rejection is not None:
             window.release()
             answer(spec.error_result(item_id, rejection), rejection.code, received)
             return
+        try:
+            outcome = spec.handle(req)
+        except Exception as exc:
+            window.release()
+            answer(*failed(item_id, exc), received)
+            return
+        if not isinstance(outcome, Coroutine):
+            window.release()
+            answer(outcome, "OK", received)
+            return
+        if not svc.admission.try_acquire():
+            outcome.close()
+            window.release()
+            full = ItemError(
+                f"{svc.name} is at capacity ({svc.admission.capacity} items queued); retry later",
+                code="RESOURCE_EXHAUSTED",
+            )
+            answer(spec.error_result(item_id, full), full.code, received)
+            return
         svc.inflight.inc()
         in_flight_ids.add(item_id)
-        task = asyncio.create_task(run_item(req, item_id, received))
+        task = asyncio.create_task(run_item(outcome, spec.timeout_ms(req), item_id, received))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
