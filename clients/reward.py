@@ -14,6 +14,11 @@ MODES = {
     "rules": reward_pb2.RULES,
     None: reward_pb2.RRM_MODE_UNSPECIFIED,
 }
+ATOM_DETAILS = {
+    "full": reward_pb2.ATOM_DETAIL_FULL,
+    "no_text": reward_pb2.ATOM_DETAIL_NO_TEXT,
+    "none": reward_pb2.ATOM_DETAIL_NONE,
+}
 
 
 def reward_request(
@@ -26,9 +31,11 @@ def reward_request(
     total_steps: int | None = None,
     mode: str | None = None,
     return_rrm_text: bool = False,
+    atoms: str = "full",
     timeout_ms: int = 0,
 ) -> reward_pb2.RewardRequest:
-    """`mode` is generate, expected, rules or None (the server's default)."""
+    """`mode` is generate, expected, rules or None (the server's default). `atoms`: full (type, text, turn, score),
+    no_text, or none (the result's atom_count only; what a trainer that wants the reward alone should ask)."""
     request = reward_pb2.RewardRequest(
         id=id,
         question=question,
@@ -37,6 +44,7 @@ def reward_request(
         training_step=training_step,
         mode=MODES[mode],
         return_rrm_text=return_rrm_text,
+        atom_detail=ATOM_DETAILS[atoms],
         timeout_ms=timeout_ms,
     )
     if total_steps is not None:

@@ -63,6 +63,7 @@ class _Base:
                 step,
                 total_steps=total,
                 mode=self.mode,
+                atoms="none",  # TRL takes the reward alone
             )
             for i, (prompt, completion, gold) in enumerate(zip(prompts, completions, golds, strict=True))
         ]

@@ -59,6 +59,7 @@ def compute_score_batch(
                 _golds(truth),
                 int(extra.get("training_step", 0)),
                 total_steps=None if total is None else int(total),
+                atoms="none",  # verl takes the reward and its parts
             )
         )
     results = _reward_client().reward(requests)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 ANSWER_SPLIT = "<|answer_split|>"
-_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})  # ASCII only: “ ” — … stay
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")  # ASCII only: “ ” — … stay
 
 
 def tokens(text: str) -> set[str]:
     """The token set of the normalised text: ASCII punctuation -> space, then split on whitespace (which is what
     collapsing whitespace runs, stripping and splitting on one space give)."""
-    return set(text.translate(_PUNCTUATION).split())
+    return set(_PUNCTUATION.sub(" ", text).split())
 
 
 def f1(prediction: str, gold: str) -> float:

@@ -21,8 +21,12 @@ def _caseless(word: str) -> str:
     return "".join(f"[{c}{c.upper()}{chr(0x212A) if c == 'k' else ''}]" if c.isalpha() else c for c in word)
 
 
-# Group 1 is "/" on a closing tag; exactly one of groups 2.. matches: the tag's index in FORMAT_TAGS, plus 2.
-_TAG = re.compile("<(/)?(?:" + "|".join(f"({_caseless(t)})" for t in FORMAT_TAGS) + ")>")
+# Exactly one group matches, and its number says which tag it is: 1.. the opening tags of FORMAT_TAGS in order,
+# then the closing ones.
+_TAG = re.compile(
+    "<(?:" + "|".join([f"({_caseless(t)})" for t in FORMAT_TAGS] + [f"/({_caseless(t)})" for t in FORMAT_TAGS]) + ")>"
+)
+_CLOSING = len(FORMAT_TAGS)
 # An atom is a well-formed upper-case tag pair; the set of names is open. `<([A-Z][A-Z0-9_]*)>(.*?)</\1>`, unrolled:
 # runs of non-`<` characters are taken at once instead of trying the closing tag at every character.
 _ATOM = re.compile(r"<([A-Z][A-Z0-9_]*)>([^<]*(?:<(?!/\1>)[^<]*)*)</\1>")
@@ -53,21 +57,22 @@ def parse(response: str) -> ParsedRollout:
     unclosed: list[tuple[int, int] | None] = [None] * len(FORMAT_TAGS)  # the pending opening tag's span
     pairs: list[list[tuple[int, int]]] = [[] for _ in FORMAT_TAGS]  # the content span of each pair
     for m in _TAG.finditer(response):
-        tag = m.lastindex - 2  # type: ignore[operator]  # one of groups 2.. always matched
-        if m.group(1) is None:
+        tag = m.lastindex - 1  # type: ignore[operator]  # a match always has one group
+        if tag < _CLOSING:
             counts[tag][0] += 1
             if unclosed[tag] is None:
                 unclosed[tag] = m.span()
         else:
+            tag -= _CLOSING
             counts[tag][1] += 1
             opening = unclosed[tag]
             if opening is not None:
                 pairs[tag].append((opening[1], m.start()))
                 unclosed[tag] = None
     atoms = [
-        Atom(m.group(1), m.group(2).strip(), turn)
+        Atom(name, text.strip(), turn)
         for turn, (start, end) in enumerate(pairs[_THINK])
-        for m in _ATOM.finditer(response, start, end)
+        for name, text in _ATOM.findall(response, start, end)
     ]
     return ParsedRollout(_verdict(response, counts, unclosed, pairs[_ANSWER]), atoms)
 

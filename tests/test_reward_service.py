@@ -167,3 +167,28 @@ def _without_timing(result: reward_pb2.RewardResult) -> reward_pb2.RewardResult:
     copy.CopyFrom(result)
     copy.ClearField("timing")
     return copy
+
+
+async def test_atom_detail_trims_the_atoms_of_a_result_and_nothing_else(target: str) -> None:
+    detail = {"full": reward_pb2.ATOM_DETAIL_FULL, "no_text": reward_pb2.ATOM_DETAIL_NO_TEXT}
+    detail["none"] = reward_pb2.ATOM_DETAIL_NONE
+    for mode in (reward_pb2.RULES, reward_pb2.EXPECTED):
+        out = await _reward(
+            target,
+            [_request(k, GOOD, training_step=3, mode=mode, atom_detail=v) for k, v in detail.items()]
+            + [_request("bad", GOOD, training_step=3, mode=mode, atom_detail=7)],  # type: ignore[arg-type]
+        )
+        full, no_text, none = out["full"], out["no_text"], out["none"]
+        assert [a.text for a in full.atoms] == ["Find the capital of France.", "The result says Paris.", "It matches."]
+        assert [(a.type, a.turn, a.score) for a in no_text.atoms] == [(a.type, a.turn, a.score) for a in full.atoms]
+        assert all(a.text == "" for a in no_text.atoms) and len(none.atoms) == 0
+        assert full.atom_count == no_text.atom_count == none.atom_count == 3
+        for trimmed in (no_text, none):
+            assert (trimmed.reward, trimmed.r_f1, trimmed.alpha, trimmed.HasField("r_atom")) == (
+                full.reward,
+                full.r_f1,
+                full.alpha,
+                full.HasField("r_atom"),
+            )
+        assert out["bad"].error.field == "atom_detail"
+    assert full.HasField("r_atom") and all(a.HasField("score") for a in full.atoms)  # expected mode, the last

@@ -22,6 +22,7 @@ _MODES = {
     reward_pb2.EXPECTED: "expected",
     reward_pb2.RULES: "rules",
 }
+_ATOM_DETAILS = frozenset(reward_pb2.AtomDetail.values())
 
 
 class RewardService(reward_pb2_grpc.RewardModelServicer):
@@ -60,6 +61,8 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         received = time.perf_counter()
         if req.mode not in _MODES:
             raise ItemError(f"unknown mode {req.mode}", "mode")
+        if req.atom_detail not in _ATOM_DETAILS:
+            raise ItemError(f"unknown atom_detail {req.atom_detail}", "atom_detail")
         response = req.response
         if not response:
             raise ItemError("required: the rollout text", "response")
@@ -93,15 +96,16 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
             format_ok=out.format_ok,
             format_reason=out.format_reason,
             no_atoms=out.no_atoms,
+            atom_count=len(out.atoms),
             rrm_text=out.rrm_text if req.return_rrm_text else "",
             rrm_attempts=out.rrm_attempts,
             timing=convert.timing(0.0, out.inference_s, time.perf_counter() - received),
         )
-        add_atom = result.atoms.add
-        if out.atom_scores:
-            for a, score in zip(out.atoms, out.atom_scores, strict=True):
-                add_atom(type=a.type, text=a.text, turn=a.turn, score=score)
-        else:
-            for a in out.atoms:
-                add_atom(type=a.type, text=a.text, turn=a.turn)
+        detail = req.atom_detail
+        if detail != reward_pb2.ATOM_DETAIL_NONE:
+            add = result.atoms.add  # built in place: no Atom message to copy into the result
+            scores: list[float | None] = list(out.atom_scores) or [None] * len(out.atoms)
+            with_text = detail == reward_pb2.ATOM_DETAIL_FULL
+            for a, score in zip(out.atoms, scores, strict=True):
+                add(type=a.type, text=a.text if with_text else "", turn=a.turn, score=score)
         return result

@@ -47,6 +47,32 @@ RULES: RrmMode.ValueType  # 3
 """no RRM: R_atom is not computed (for alpha = 0 phases)"""
 Global___RrmMode: _TypeAlias = RrmMode  # noqa: Y015
 
+class _AtomDetail:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AtomDetailEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AtomDetail.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATOM_DETAIL_FULL: _AtomDetail.ValueType  # 0
+    """type, text, turn and score of every atom"""
+    ATOM_DETAIL_NO_TEXT: _AtomDetail.ValueType  # 1
+    """type, turn and score (the trainer has the text already)"""
+    ATOM_DETAIL_NONE: _AtomDetail.ValueType  # 2
+    """no atoms; atom_count still says how many there were"""
+
+class AtomDetail(_AtomDetail, metaclass=_AtomDetailEnumTypeWrapper):
+    """What of the atoms a result carries. A trainer that wants only the reward asks for none: the atoms are still
+    found and judged (R_atom needs them), just not built into the reply nor sent back.
+    """
+
+ATOM_DETAIL_FULL: AtomDetail.ValueType  # 0
+"""type, text, turn and score of every atom"""
+ATOM_DETAIL_NO_TEXT: AtomDetail.ValueType  # 1
+"""type, turn and score (the trainer has the text already)"""
+ATOM_DETAIL_NONE: AtomDetail.ValueType  # 2
+"""no atoms; atom_count still says how many there were"""
+Global___AtomDetail: _TypeAlias = AtomDetail  # noqa: Y015
+
 @_typing.final
 class RewardBatch(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -100,6 +126,7 @@ class RewardRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     RETURN_RRM_TEXT_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    ATOM_DETAIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     question: _builtins.str
     response: _builtins.str
@@ -111,6 +138,7 @@ class RewardRequest(_message.Message):
     mode: Global___RrmMode.ValueType
     return_rrm_text: _builtins.bool
     timeout_ms: _builtins.int
+    atom_detail: Global___AtomDetail.ValueType
     @_builtins.property
     def gold_answers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """each may itself join several golds with "<|answer_split|>" """
@@ -127,10 +155,11 @@ class RewardRequest(_message.Message):
         mode: Global___RrmMode.ValueType = ...,
         return_rrm_text: _builtins.bool = ...,
         timeout_ms: _builtins.int = ...,
+        atom_detail: Global___AtomDetail.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "total_steps", b"total_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "gold_answers", b"gold_answers", "id", b"id", "mode", b"mode", "question", b"question", "response", b"response", "return_rrm_text", b"return_rrm_text", "timeout_ms", b"timeout_ms", "total_steps", b"total_steps", "training_step", b"training_step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "atom_detail", b"atom_detail", "gold_answers", b"gold_answers", "id", b"id", "mode", b"mode", "question", b"question", "response", b"response", "return_rrm_text", b"return_rrm_text", "timeout_ms", b"timeout_ms", "total_steps", b"total_steps", "training_step", b"training_step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__total_steps: _TypeAlias = _typing.Literal["total_steps"]  # noqa: Y015
     _WhichOneofArgType__total_steps: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps"]  # noqa: Y015
@@ -188,6 +217,7 @@ class RewardResult(_message.Message):
     RRM_TEXT_FIELD_NUMBER: _builtins.int
     RRM_ATTEMPTS_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
+    ATOM_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     reward: _builtins.float
     """-1 for a malformed rollout"""
@@ -201,6 +231,8 @@ class RewardResult(_message.Message):
     """no atom found: R_atom came from config"""
     rrm_text: _builtins.str
     rrm_attempts: _builtins.int
+    atom_count: _builtins.int
+    """atoms found in think blocks, whatever atom_detail asked for"""
     @_builtins.property
     def error(self) -> _common_pb2.Status: ...
     @_builtins.property
@@ -223,10 +255,11 @@ class RewardResult(_message.Message):
         rrm_text: _builtins.str = ...,
         rrm_attempts: _builtins.int = ...,
         timing: _common_pb2.Timing | None = ...,
+        atom_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_r_atom", b"_r_atom", "error", b"error", "r_atom", b"r_atom", "timing", b"timing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_r_atom", b"_r_atom", "alpha", b"alpha", "atoms", b"atoms", "error", b"error", "format_ok", b"format_ok", "format_reason", b"format_reason", "id", b"id", "no_atoms", b"no_atoms", "r_atom", b"r_atom", "r_f1", b"r_f1", "reward", b"reward", "rrm_attempts", b"rrm_attempts", "rrm_text", b"rrm_text", "timing", b"timing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_r_atom", b"_r_atom", "alpha", b"alpha", "atom_count", b"atom_count", "atoms", b"atoms", "error", b"error", "format_ok", b"format_ok", "format_reason", b"format_reason", "id", b"id", "no_atoms", b"no_atoms", "r_atom", b"r_atom", "r_f1", b"r_f1", "reward", b"reward", "rrm_attempts", b"rrm_attempts", "rrm_text", b"rrm_text", "timing", b"timing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__r_atom: _TypeAlias = _typing.Literal["r_atom"]  # noqa: Y015
     _WhichOneofArgType__r_atom: _TypeAlias = _typing.Literal["_r_atom", b"_r_atom"]  # noqa: Y015
