@@ -1,15 +1,19 @@
 """`proctor bench`: a load generator over gRPC for each service, closed or open loop.
 
-    proctor bench --workload grpo --mode closed --concurrency 1,4,16           # embedded server, tiny models
+    proctor bench --workload grpo --mode closed --concurrency 1,4,16           # own server, tiny models
     proctor bench --workload score --target gpu-host:50051 --mode open --rate 50,200,800
-    proctor bench --workload skd --items 5000
+    proctor bench --workload skd --items 5000 --per-message 0                  # one item per message
 
 Workloads (realistic shapes, random content):
-  skd    Critic.Classify of SKD triples (short sentence pairs)
-  grpo   RewardModel.Reward of GRPO steps: 256 prompts x 16 rollouts with multi-turn atoms, sent step by step
+  skd    Critic of SKD triples (short sentence pairs)
+  grpo   RewardModel of GRPO steps: 256 prompts x 16 rollouts with multi-turn atoms, sent step by step, asking for
+         no atoms back (`--atoms`), as the trainer adapters do
   score  Teacher.Score of on-policy distillation sequences of 1-8k tokens (capped at the model's context)
-Closed loop: C streams each keep `--batch` items in flight (a GRPO step for grpo). Open loop: Poisson arrivals at
-a rate, on one stream. Reports items/s, tokens/s, latency p50/p90/p99 and errors by code per level, with a progress
+Closed loop: C streams each keep a round of items in flight (a GRPO step for grpo), sent as the client library
+sends them: `--per-message` items per message on the services' *Batched RPCs (0 = the plain RPC, one per message).
+Open loop: Poisson arrivals at a rate, one item per message on one stream. Requests are made before the clock
+starts. Without --target a `proctor serve` with the tiny models runs as its own process, and its CPU time per
+item is reported too. Reports items/s, tokens/s, latency p50/p90/p99 and errors by code per level, with a progress
 bar; writes bench/results/YYYY-MM-DD-<device>-bench-<workload>.{json,md,png}.
 """
 
@@ -22,6 +26,7 @@ import datetime as dt
 import json
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,6 +37,8 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from proctor.bench.server import cpu_seconds, serve
+from proctor.clients.reward import ATOM_DETAILS
 from proctor.clients.streaming import CODE_NAMES
 from proctor.engine import skd
 from proctor.proto.proctor.v1 import (
@@ -57,6 +64,8 @@ class Workload:
     make: Callable[[random.Random, int], Any]  # (rng, index) -> request
     tokens: Callable[[Any], int]  # tokens an answered request accounts for
     step: int = 1  # closed loop: items per stream round (a GRPO step for grpo)
+    batched_rpc: str = ""  # the many-items-per-message twin of rpc, where the service has one
+    batch: Callable[..., Any] | None = None  # its request message: batch(items=[...])
 
 
 def _rollout(rng: random.Random) -> str:
@@ -71,7 +80,7 @@ def _rollout(rng: random.Random) -> str:
     return "".join(turns) + f"<think><VERIFICATION>done</VERIFICATION></think><answer>{rng.choice(_TAILS)}</answer>"
 
 
-def workloads(max_len: int) -> dict[str, Workload]:
+def workloads(max_len: int, atoms: str = "none") -> dict[str, Workload]:
     def classify(rng: random.Random, i: int) -> critic_pb2.ClassifyRequest:
         head = rng.choice(skd.seed_events())
         relation = common_pb2.Relation.ValueType(rng.randint(1, 7))
@@ -83,6 +92,7 @@ def workloads(max_len: int) -> dict[str, Workload]:
         return reward_pb2.RewardRequest(
             id=str(i), question="Which city is the capital of France?", response=_rollout(rng),
             gold_answers=["Paris<|answer_split|>paris, france"], training_step=i // 4096, total_steps=10_000,
+            atom_detail=ATOM_DETAILS[atoms],
         )  # fmt: skip
 
     def score(rng: random.Random, i: int) -> teacher_pb2.ScoreRequest:
@@ -96,10 +106,12 @@ def workloads(max_len: int) -> dict[str, Workload]:
         )
 
     return {
-        "skd": Workload("skd", critic_pb2_grpc.CriticStub, "Classify", classify, lambda r: 0),
-        "grpo": Workload("grpo", reward_pb2_grpc.RewardModelStub, "Reward", reward, lambda r: 0, step=4096),
+        "skd": Workload("skd", critic_pb2_grpc.CriticStub, "Classify", classify, lambda r: 0, step=256,
+                        batched_rpc="ClassifyBatched", batch=critic_pb2.ClassifyBatch),
+        "grpo": Workload("grpo", reward_pb2_grpc.RewardModelStub, "Reward", reward, lambda r: 0, step=4096,
+                         batched_rpc="RewardBatched", batch=reward_pb2.RewardBatch),
         "score": Workload("score", teacher_pb2_grpc.TeacherStub, "Score", score, lambda r: len(r.logprobs)),
-    }
+    }  # fmt: skip
 
 
 @dataclass
@@ -114,6 +126,7 @@ class Level:
     p90_ms: float
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    server_cpu_us_per_item: float | None = None  # when the server is this command's own process
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -139,31 +152,35 @@ class Recorder:
         self.bar.update(1)
 
 
-async def closed_loop(channel: grpc.aio.Channel, work: Workload, concurrency: int, items: int, rec: Recorder) -> None:
-    rng = random.Random(concurrency)
-    counter = iter(range(items))
+async def closed_loop(
+    channel: grpc.aio.Channel, work: Workload, concurrency: int, requests: list[Any], per_message: int, rec: Recorder
+) -> None:
     stub = work.stub(channel)
+    rounds = iter(range(0, len(requests), work.step))  # shared by the streams: each takes the next round
 
     async def worker() -> None:
-        while True:
-            batch = [work.make(rng, i) for i in (next(counter, None) for _ in range(work.step)) if i is not None]
-            if not batch:
-                return
+        for start in rounds:
+            batch = requests[start : start + work.step]
             sent = time.perf_counter()
-            async for result in getattr(stub, work.rpc)(iter(batch)):
-                rec.record(result, sent, work)
+            if per_message and work.batch is not None:
+                messages = [work.batch(items=batch[i : i + per_message]) for i in range(0, len(batch), per_message)]
+                async for reply in getattr(stub, work.batched_rpc)(iter(messages)):
+                    for result in reply.items:
+                        rec.record(result, sent, work)
+            else:
+                async for result in getattr(stub, work.rpc)(iter(batch)):
+                    rec.record(result, sent, work)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def open_loop(channel: grpc.aio.Channel, work: Workload, rate: float, items: int, rec: Recorder) -> None:
+async def open_loop(channel: grpc.aio.Channel, work: Workload, rate: float, requests: list[Any], rec: Recorder) -> None:
     rng = random.Random(int(rate))
     sent: dict[str, float] = {}
 
     async def arrivals() -> AsyncIterator[Any]:
-        for i in range(items):
+        for request in requests:
             await asyncio.sleep(rng.expovariate(rate))
-            request = work.make(rng, i)
             sent[request.id] = time.perf_counter()
             yield request
 
@@ -171,19 +188,31 @@ async def open_loop(channel: grpc.aio.Channel, work: Workload, rate: float, item
         rec.record(result, sent[result.id], work)
 
 
-async def run_levels(target: str, work: Workload, mode: str, levels: list[float], items: int) -> list[Level]:
+async def run_levels(
+    target: str,
+    work: Workload,
+    mode: str,
+    levels: list[float],
+    items: int,
+    per_message: int = 0,
+    server_pid: int | None = None,
+) -> list[Level]:
     out = []
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         for level in levels:
+            rng = random.Random(int(level))
+            requests = [work.make(rng, i) for i in range(items)]
             with tqdm(total=items, desc=f"{work.name} {mode} {level:g}", unit="item", leave=False) as bar:
                 rec = Recorder(bar)
+                cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
                 t0 = time.perf_counter()
                 if mode == "closed":
-                    await closed_loop(channel, work, int(level), items, rec)
+                    await closed_loop(channel, work, int(level), requests, per_message, rec)
                 else:
-                    await open_loop(channel, work, level, items, rec)
+                    await open_loop(channel, work, level, requests, rec)
                 seconds = time.perf_counter() - t0
+                server_cpu = (cpu_seconds(server_pid) - cpu0) / items * 1e6 if server_pid else None
             ms = [x * 1e3 for x in rec.latencies]
             out.append(
                 Level(
@@ -197,25 +226,24 @@ async def run_levels(target: str, work: Workload, mode: str, levels: list[float]
                     _percentile(ms, 0.9),
                     _percentile(ms, 0.99),
                     dict(rec.codes),
+                    server_cpu,
                 )
             )
+            cpu = f", server CPU {server_cpu:.0f} us/item" if server_cpu is not None else ""
             print(
                 f"{work.name} {mode} {level:g}: {out[-1].items_per_s:.1f} items/s, {out[-1].tokens_per_s:.0f} tok/s, "
-                f"p50 {out[-1].p50_ms:.1f} ms, p99 {out[-1].p99_ms:.1f} ms, errors {dict(rec.codes) or 0}",
+                f"p50 {out[-1].p50_ms:.1f} ms, p99 {out[-1].p99_ms:.1f} ms{cpu}, errors {dict(rec.codes) or 0}",
                 flush=True,
             )
     return out
 
 
-def embedded_config() -> Any:
-    from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
-
-    return Config(
-        server=ServerConfig(),
-        teacher=TeacherConfig(model="builtin:tiny"),
-        critic=CriticConfig(model="builtin:tiny-critic", cutoff=0.5),
-        reward=RewardConfig(model="", mode="rules", total_steps=10_000),
-    )
+# Without --target: the tiny models (device auto), rule-only rewards.
+OWN_SERVER_CONFIG = """server: {port: 0, metrics_port: -1}
+teacher: {model: builtin:tiny}
+critic: {model: builtin:tiny-critic, cutoff: 0.5}
+reward: {model: '', mode: rules, total_steps: 10000}
+"""
 
 
 def report(work: str, target: str, levels: list[Level], device: str, command: str) -> Path:
@@ -234,12 +262,13 @@ def report(work: str, target: str, levels: list[Level], device: str, command: st
         )
     )
     lines = [f"# proctor bench: {work} on {device}", "", f"Command: `{command}`", "",
-             "| mode | level | items | items/s | tokens/s | p50 ms | p90 ms | p99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| mode | level | items | items/s | tokens/s | p50 ms | p90 ms | p99 ms | server CPU µs/item | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for x in levels:
+        cpu = f"{x.server_cpu_us_per_item:.0f}" if x.server_cpu_us_per_item is not None else "-"
         lines.append(
             f"| {x.mode} | {x.level:g} | {x.items} | {x.items_per_s:.1f} | {x.tokens_per_s:.0f} | {x.p50_ms:.1f} | "
-            f"{x.p90_ms:.1f} | {x.p99_ms:.1f} | {x.errors or '-'} |"
+            f"{x.p90_ms:.1f} | {x.p99_ms:.1f} | {cpu} | {x.errors or '-'} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:
@@ -277,6 +306,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", default="1,4", help="closed loop: comma-separated levels [1,4]")
     p.add_argument("--rate", default="50,200", help="open loop: items/s levels [50,200]")
     p.add_argument("--items", type=int, default=2000, help="items per level [2000]")
+    p.add_argument("--per-message", type=int, default=256, help="closed loop, skd and grpo: items per message [256]")
+    p.add_argument("--atoms", choices=sorted(ATOM_DETAILS), default="none", help="grpo: atoms in results [none]")
     p.add_argument("--no-save", action="store_true")
 
 
@@ -284,24 +315,27 @@ def run(args: argparse.Namespace) -> int:
     levels = [float(x) for x in (args.concurrency if args.mode == "closed" else args.rate).split(",")]
 
     @contextlib.contextmanager
-    def server() -> Iterator[str]:
+    def server() -> Iterator[tuple[str, int | None]]:
         if args.target:
-            yield args.target
+            yield args.target, None
             return
-        from proctor.engine.cli import embedded_server
+        with tempfile.TemporaryDirectory() as folder:
+            proc, target = serve(Path(folder), OWN_SERVER_CONFIG)
+            try:
+                yield target, proc.pid
+            finally:
+                proc.terminate()
+                proc.wait()
 
-        with embedded_server(embedded_config()) as target:
-            yield target
-
-    with server() as target:
+    with server() as (target, pid):
         max_len = 2048
         if args.workload == "score":
             with grpc.insecure_channel(target) as channel:
                 max_len = teacher_pb2_grpc.TeacherStub(channel).Info(common_pb2.InfoRequest()).max_model_len
-        work = workloads(max_len)[args.workload]
-        results = asyncio.run(run_levels(target, work, args.mode, levels, args.items))
+        work = workloads(max_len, args.atoms)[args.workload]
+        results = asyncio.run(run_levels(target, work, args.mode, levels, args.items, args.per_message, pid))
     if not args.no_save:
         command = "proctor bench " + " ".join(sys.argv[2:])
-        stem = report(args.workload, args.target or "embedded (tiny models)", results, _device_tag(), command)
+        stem = report(args.workload, args.target or "own process (tiny models)", results, _device_tag(), command)
         print("saved " + ", ".join(str(p) for p in sorted(stem.parent.glob(stem.name + ".*"))))
     return 0

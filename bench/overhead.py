@@ -1,11 +1,13 @@
 """Serving overhead: the same work through gRPC and through the backend called in-process, in the same run.
 
-    python -m proctor.bench.overhead --items 20000
+    python -m proctor.bench.overhead --items 20000 --rounds 5
 
-Workloads: rule-only rewards (no model: the overhead *is* the cost), one item per message (Reward) and 256 per
-message (RewardBatched), and Score with the tiny model. The server runs as its own process (as in production), the
-client streams every item on one call. Reports µs per item each way
-and the difference; writes bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
+Workloads: rule-only rewards (no model: the overhead *is* the cost) on ~6 KB multi-turn rollouts, one item per
+message (Reward) and 256 per message (RewardBatched, with full atoms and with `atom_detail: NONE`, what the trainer
+adapters send); and Score with the tiny model. The server runs as its own process (as in production); the client
+streams every item on one call. The rule-reward variants run in interleaved rounds (this machine's speed drifts;
+each figure is the median over rounds). Besides wall time per item, the server's own CPU time per item is read
+from /proc: its inverse is the throughput per server core. Writes bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import re
-import subprocess
+import os
+import statistics
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from proctor.bench.load import _rollout
+from proctor.bench.server import cpu_seconds, serve
 from proctor.clients.reward import RewardClient, reward_request
 from proctor.clients.teacher import TeacherClient, score_request
 from proctor.engine.backends.torch_generator import TorchGenerator
@@ -37,49 +40,23 @@ reward: {model: '', mode: rules, total_steps: 100000}
 """
 
 
-def serve(folder: Path, config_text: str) -> tuple[subprocess.Popen[str], str]:
-    """`proctor serve` in its own process (as in production); returns it and its address once it is ready."""
-    config = folder / "proctor.yaml"
-    config.write_text(config_text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proctor.engine.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    port = ""
-    for line in proc.stdout:
-        found = re.search(r"listening on [\d.]+:(\d+)", line)
-        port = found.group(1) if found else port
-        if "proctor: ready" in line:
-            break
-        if "proctor: failed to load" in line:
-            proc.terminate()
-            raise RuntimeError(line.strip())
-    else:
-        raise RuntimeError(f"proctor serve exited with {proc.wait()} before it was ready")
-    # Keep reading: a full pipe would block the server (and vLLM's engine process, which logs to stdout too).
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return proc, f"127.0.0.1:{port}"
-
-
-def measure(items: int) -> dict[str, Any]:
+def measure(items: int, rounds: int) -> dict[str, Any]:
     import random
 
     rng = random.Random(0)
-    rewards = [reward_request(f"r{i}", "Capital of France?", _rollout(rng), "Paris", 5) for i in range(items)]
+    rollouts = [_rollout(rng) for _ in range(items)]
+    full = [reward_request(f"r{i}", "Capital of France?", r, "Paris", 5) for i, r in enumerate(rollouts)]
+    bare = [reward_request(f"r{i}", "Capital of France?", r, "Paris", 5, atoms="none") for i, r in enumerate(rollouts)]
     scores = [
         score_request(f"s{i}", [rng.randint(3, 400) for _ in range(32)], [rng.randint(3, 400) for _ in range(32)])
         for i in range(items // 20)
     ]
     scorer = RewardScorer(RewardSettings(mode="rules", total_steps=100000), None)
+    inputs = [RolloutInput(r.question, r.response, list(r.gold_answers), r.training_step) for r in full]
 
-    async def direct_rewards() -> float:
-        t0 = time.perf_counter()
-        for r in rewards:
-            await scorer.score(RolloutInput(r.question, r.response, list(r.gold_answers), r.training_step))
-        return time.perf_counter() - t0
+    async def direct_rewards() -> None:
+        for item in inputs:
+            await scorer.score(item)
 
     async def direct_scores() -> float:
         backend = TorchGenerator("builtin:tiny", device="cpu")
@@ -92,21 +69,36 @@ def measure(items: int) -> dict[str, Any]:
         await backend.close()
         return seconds
 
-    reward_direct = asyncio.run(direct_rewards())
     score_direct = asyncio.run(direct_scores())
+    wall: dict[str, list[float]] = {}
+    server_cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         proc, target = serve(Path(folder), CONFIG)
         try:
             with RewardClient(target) as client:
-                client.reward(rewards[:500], batch_size=0)  # warm-up
-                t0 = time.perf_counter()
-                out = client.reward(rewards, batch_size=0)
-                reward_grpc = time.perf_counter() - t0
-                assert not any(r.HasField("error") for r in out.values())
-                t0 = time.perf_counter()
-                out = client.reward(rewards, batch_size=256)
-                reward_batched = time.perf_counter() - t0
-                assert not any(r.HasField("error") for r in out.values())
+
+                def over_grpc(requests: list[Any], batch_size: int) -> Callable[[], None]:
+                    def run() -> None:
+                        out = client.reward(requests, batch_size=batch_size)
+                        assert len(out) == items and not any(r.HasField("error") for r in out.values())
+
+                    return run
+
+                variants: dict[str, Callable[[], None]] = {
+                    "in_process": lambda: asyncio.run(direct_rewards()),
+                    "grpc_per_message": over_grpc(full, 0),
+                    "grpc_batched": over_grpc(full, 256),
+                    "grpc_batched_no_atoms": over_grpc(bare, 256),
+                }
+                client.reward(full[:500], batch_size=0)  # warm-up
+                client.reward(full[:500], batch_size=256)
+                for _ in range(rounds):
+                    for name, run in variants.items():
+                        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+                        run()
+                        wall.setdefault(name, []).append((time.perf_counter() - t0) / items)
+                        if name != "in_process":
+                            server_cpu.setdefault(name, []).append((cpu_seconds(proc.pid) - cpu0) / items)
             with TeacherClient(target) as teacher:
                 teacher.score(scores[:50])
                 t0 = time.perf_counter()
@@ -117,29 +109,40 @@ def measure(items: int) -> dict[str, Any]:
             proc.terminate()
             proc.wait()
     us = 1e6
-    return {
+    median = {name: statistics.median(values) * us for name, values in wall.items()}
+    cpu = {name: statistics.median(values) * us for name, values in server_cpu.items()}
+    report: dict[str, Any] = {
         "device": "CPU",
+        "cores": os.cpu_count(),
         "command": "python -m proctor.bench.overhead " + " ".join(sys.argv[1:]),
         "rule_reward_items": items,
-        "rule_reward_in_process_us_per_item": reward_direct / items * us,
-        "rule_reward_grpc_us_per_item": reward_grpc / items * us,
-        "rule_reward_overhead_us_per_item": (reward_grpc - reward_direct) / items * us,
-        "rule_reward_grpc_items_per_s": items / reward_grpc,
-        "rule_reward_batched_grpc_us_per_item": reward_batched / items * us,
-        "rule_reward_batched_overhead_us_per_item": (reward_batched - reward_direct) / items * us,
-        "rule_reward_batched_grpc_items_per_s": items / reward_batched,
-        "score_items": len(scores),
-        "score_in_process_us_per_item": score_direct / len(scores) * us,
-        "score_grpc_us_per_item": score_grpc / len(scores) * us,
-        "score_overhead_us_per_item": (score_grpc - score_direct) / len(scores) * us,
+        "rounds": rounds,
+        "rule_reward_in_process_us_per_item": median["in_process"],
     }
+    for name in ("grpc_per_message", "grpc_batched", "grpc_batched_no_atoms"):
+        report[f"rule_reward_{name}_us_per_item"] = median[name]
+        report[f"rule_reward_{name}_overhead_us_per_item"] = median[name] - median["in_process"]
+        report[f"rule_reward_{name}_items_per_s"] = us / median[name]
+        report[f"rule_reward_{name}_server_cpu_us_per_item"] = cpu[name]
+        report[f"rule_reward_{name}_items_per_server_core_s"] = us / cpu[name]
+    report["rule_reward_wall_us_per_item_every_round"] = {n: [round(v * us, 1) for v in w] for n, w in wall.items()}
+    report.update(
+        {
+            "score_items": len(scores),
+            "score_in_process_us_per_item": score_direct / len(scores) * us,
+            "score_grpc_us_per_item": score_grpc / len(scores) * us,
+            "score_overhead_us_per_item": (score_grpc - score_direct) / len(scores) * us,
+        }
+    )
+    return report
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=int, default=20000)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every rule-reward variant")
     args = p.parse_args()
-    report = measure(args.items)
+    report = measure(args.items, args.rounds)
     for key, value in report.items():
         print(f"{key:>38}: {value:.1f}" if isinstance(value, float) else f"{key:>38}: {value}")
     RESULTS.mkdir(parents=True, exist_ok=True)

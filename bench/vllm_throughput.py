@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from proctor.bench.overhead import serve
+from proctor.bench.server import serve
 from proctor.clients.teacher import AsyncTeacherClient, generate_request
 from proctor.engine.backends.vllm_mapping import VllmSettings, engine_kwargs
 from proctor.engine.models import resolve_model
