@@ -11,7 +11,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -19,11 +19,25 @@ R = TypeVar("R")
 
 
 @dataclass
+class _Request(Generic[R]):
+    """One submit(): its items' results fill in as their batches finish; one future for all of them (a future and
+    a gather per item cost more than the batching saves on cheap items)."""
+
+    future: asyncio.Future[list[tuple[R, float, float]]]
+    results: list[tuple[R, float, float] | None]
+    left: int
+
+    def done(self) -> bool:  # answered, failed or cancelled: its items are not run
+        return self.future.done()
+
+
+@dataclass
 class _Pending(Generic[T, R]):
     item: T
     size: int
-    future: asyncio.Future[tuple[R, float, float]]  # result, queue seconds, inference seconds
-    enqueued: float = field(default_factory=time.perf_counter)
+    request: _Request[R]
+    index: int  # in request.results
+    enqueued: float
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -65,23 +79,20 @@ class DynamicBatcher(Generic[T, R]):
     async def submit(self, items: list[T]) -> list[tuple[R, float, float]]:
         """Each item's result, queue time and batch inference time (seconds). The items are queued at once, so
         that they share a batch when they fit one (the same items then always meet the same batch)."""
-        loop = asyncio.get_running_loop()
-        pending: list[_Pending[T, R]] = [_Pending(i, self._size_of(i), loop.create_future()) for i in items]
-        self._queue.extend(pending)
+        if not items:
+            return []
+        now = time.perf_counter()
+        request: _Request[R] = _Request(asyncio.get_running_loop().create_future(), [None] * len(items), len(items))
+        self._queue.extend(_Pending(item, self._size_of(item), request, i, now) for i, item in enumerate(items))
         self._wakeup.set()
-        try:
-            return list(await asyncio.gather(*(p.future for p in pending)))
-        except asyncio.CancelledError:
-            for p in pending:
-                p.future.cancel()
-            raise
+        return await request.future  # cancelling the caller cancels the future: its items are dropped
 
     def _take(self) -> list[_Pending[T, R]]:
         batch: list[_Pending[T, R]] = []
         tokens = 0
         while self._queue and len(batch) < self.max_items:
             nxt = self._queue[0]
-            if nxt.future.cancelled():
+            if nxt.request.done():
                 self._queue.popleft()
                 continue
             if batch and tokens + nxt.size > self.max_tokens:
@@ -91,8 +102,14 @@ class DynamicBatcher(Generic[T, R]):
         return batch
 
     def _full(self) -> bool:
-        live = [p for p in self._queue if not p.future.cancelled()]
-        return len(live) >= self.max_items or sum(p.size for p in live) >= self.max_tokens
+        items = tokens = 0
+        for p in self._queue:
+            if p.request.done():
+                continue
+            items, tokens = items + 1, tokens + p.size
+            if items >= self.max_items or tokens >= self.max_tokens:
+                return True
+        return False
 
     async def _loop(self) -> None:
         while True:
@@ -114,12 +131,17 @@ class DynamicBatcher(Generic[T, R]):
             started = time.perf_counter()
             try:
                 results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
-            except Exception as exc:  # the model failed: fail this batch's items, keep serving
+            except Exception as exc:  # the model failed: fail this batch's requests, keep serving
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                    if not p.request.done():
+                        p.request.future.set_exception(exc)
                 continue
             inference = time.perf_counter() - started
             for p, result in zip(batch, results, strict=True):
-                if not p.future.done():
-                    p.future.set_result((result, started - p.enqueued, inference))
+                request = p.request
+                if request.done():
+                    continue
+                request.results[p.index] = (result, started - p.enqueued, inference)
+                request.left -= 1
+                if not request.left:
+                    request.future.set_result(request.results)  # type: ignore[arg-type]  # every slot filled

@@ -45,3 +45,62 @@ async def test_dynamic_batcher_bounds_items_tokens_and_wait() -> None:
         assert seen == [[1]] and time.perf_counter() - t0 >= 0.05
     finally:
         await batcher.close()
+
+
+async def test_dynamic_batcher_drops_cancelled_requests_and_fails_only_the_failed_batch() -> None:
+    seen: list[list[int]] = []
+
+    def run(batch: list[int]) -> list[int]:
+        seen.append(batch)
+        if 13 in batch:
+            raise RuntimeError("the model failed")
+        return [x + 1 for x in batch]
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(run, lambda x: 1, max_items=2, max_tokens=100, max_wait_s=0.05)
+    batcher.start()
+    try:
+        doomed = asyncio.create_task(batcher.submit([7, 8, 9]))
+        await asyncio.sleep(0)  # queued, its first batch not yet closed (max_wait)
+        doomed.cancel()
+        kept = await batcher.submit([1, 2, 3])
+        assert [r[0] for r in kept] == [2, 3, 4]
+        assert all(r[1] >= 0 and r[2] >= 0 for r in kept)
+        assert not any(x in batch for batch in seen for x in (7, 8, 9)), "a cancelled request never runs"
+        with pytest.raises(RuntimeError, match="the model failed"):
+            await batcher.submit([13])
+        assert [r[0] for r in await batcher.submit([20])] == [21], "the batcher keeps serving"
+    finally:
+        await batcher.close()
+
+
+async def test_classifier_batches_score_every_pair_as_it_scores_alone() -> None:
+    """Pairs tokenized in one call and padded by hand into mixed-length batches get the probabilities of the model
+    run on each pair alone (the tokenizer's own encoding, no padding); a pair over the limit fails on its field."""
+    import torch
+
+    from proctor.engine.backends.torch_classifier import TorchClassifier
+    from proctor.engine.critic_input import TextPair
+    from proctor.engine.errors import ItemError
+
+    critic = TorchClassifier("builtin:tiny-critic", device="cpu", max_batch_items=8, max_batch_tokens=256)
+    await critic.start()
+    pairs = [TextPair("PersonX goes " + "far " * (i % 7), f"as a result, PersonX wants {i}") for i in range(30)]
+
+    def alone(pair: TextPair) -> float:
+        with torch.inference_mode():
+            return float(critic._model(**critic._tokenizer(pair.first, pair.second, return_tensors="pt")).logits[0, 0])
+
+    with torch.no_grad():  # a random tiny model's P(valid) hardly moves between inputs: make differences show
+        critic._model.classifier.weight.mul_(1e4)
+        critic._model.classifier.bias.sub_(alone(pairs[0]))
+    try:
+        probs, queue_s, inference_s = await critic.classify(pairs, "pairs")
+        assert queue_s >= 0 and inference_s > 0
+        for pair, prob in zip(pairs, probs, strict=True):
+            assert prob == pytest.approx(float(torch.sigmoid(torch.tensor(alone(pair)))), abs=1e-4)
+        assert max(probs) - min(probs) > 0.03
+        with pytest.raises(ItemError) as failed:
+            await critic.classify([pairs[0], TextPair("word " * 600, "x")], "triple")
+        assert failed.value.field == "triple" and "over the critic's limit" in failed.value.message
+    finally:
+        await critic.close()

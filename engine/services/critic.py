@@ -59,27 +59,22 @@ class CriticScorer:
         self, head: str, relation: str, tail: str, seed: int | None, field: str = "triple"
     ) -> tuple[float, float, float]:
         pairs = triple_pairs(head, relation, tail, seed, self.config.draws)
-        encoded = [self.backend.encode(p, field) for p in pairs]
-        probs, queue_s, inference_s = await self.backend.classify(encoded)
+        probs, queue_s, inference_s = await self.backend.classify(pairs, field)
         return statistics.fmean(probs), queue_s, inference_s
 
     async def judge_many(self, triples: Sequence[tuple[str, str, str, int]]) -> list[Judgement]:
         """The domain's Critic interface (GenerateTriples in the same server): every draw of every triple of an
         event in one classifier submission."""
         draws = self.config.draws
-        encoded = [
-            self.backend.encode(p, "triple")
-            for head, relation, tail, seed in triples
-            for p in triple_pairs(head, relation, tail, seed, draws)
-        ]
-        probs, _, _ = await self.backend.classify(encoded)
+        pairs = [p for head, relation, tail, seed in triples for p in triple_pairs(head, relation, tail, seed, draws)]
+        probs, _, _ = await self.backend.classify(pairs, "triple")
         return [
             Judgement(statistics.fmean(probs[i * draws : (i + 1) * draws]), self.cutoff(relation))
             for i, (_, relation, _, _) in enumerate(triples)
         ]
 
     async def score_pair(self, pair: TextPair, field: str = "pair") -> tuple[float, float, float]:
-        probs, queue_s, inference_s = await self.backend.classify([self.backend.encode(pair, field)])
+        probs, queue_s, inference_s = await self.backend.classify([pair], field)
         return probs[0], queue_s, inference_s
 
 

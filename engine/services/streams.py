@@ -15,7 +15,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from types import CoroutineType
+from typing import Any, Generic, TypeVar, cast
 
 from proctor.engine.errors import ItemError
 from proctor.engine.metrics import Metrics
@@ -191,9 +192,9 @@ async def _run_items(
             window.release()
             answer(*failed(item_id, exc), received)
             return
-        if not isinstance(outcome, Coroutine):
+        if not isinstance(outcome, CoroutineType):  # a concrete type: an ABC check costs µs per item
             window.release()
-            answer(outcome, "OK", received)
+            answer(cast(Res, outcome), "OK", received)
             return
         if not svc.admission.try_acquire():
             outcome.close()
