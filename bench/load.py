@@ -41,6 +41,7 @@ from proctor.bench.server import cpu_seconds, serve
 from proctor.clients.reward import ATOM_DETAILS
 from proctor.clients.streaming import CODE_NAMES
 from proctor.engine import skd
+from proctor.engine.reward import RewardScorer, RewardSettings, RolloutInput
 from proctor.proto.proctor.v1 import (
     common_pb2,
     critic_pb2,
@@ -66,6 +67,8 @@ class Workload:
     step: int = 1  # closed loop: items per stream round (a GRPO step for grpo)
     batched_rpc: str = ""  # the many-items-per-message twin of rpc, where the service has one
     batch: Callable[..., Any] | None = None  # its request message: batch(items=[...])
+    # The anchor: the same requests' work called in-process, where that needs no model (rule rewards).
+    in_process: Callable[[list[Any]], None] | None = None
 
 
 def _rollout(rng: random.Random) -> str:
@@ -109,9 +112,17 @@ def workloads(max_len: int, atoms: str = "none") -> dict[str, Workload]:
         "skd": Workload("skd", critic_pb2_grpc.CriticStub, "Classify", classify, lambda r: 0, step=256,
                         batched_rpc="ClassifyBatched", batch=critic_pb2.ClassifyBatch),
         "grpo": Workload("grpo", reward_pb2_grpc.RewardModelStub, "Reward", reward, lambda r: 0, step=4096,
-                         batched_rpc="RewardBatched", batch=reward_pb2.RewardBatch),
+                         batched_rpc="RewardBatched", batch=reward_pb2.RewardBatch, in_process=_rule_rewards),
         "score": Workload("score", teacher_pb2_grpc.TeacherStub, "Score", score, lambda r: len(r.logprobs)),
     }  # fmt: skip
+
+
+def _rule_rewards(requests: list[reward_pb2.RewardRequest]) -> None:
+    """The grpo requests' rule rewards, computed in-process as the server does (the anchor of a grpo level)."""
+    scorer = RewardScorer(RewardSettings(mode="rules"), None)
+    for r in requests:
+        item = RolloutInput(r.question, r.response, list(r.gold_answers), r.training_step, r.total_steps, "rules")
+        scorer.apply_rules(item)
 
 
 @dataclass
@@ -127,6 +138,7 @@ class Level:
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)
     server_cpu_us_per_item: float | None = None  # when the server is this command's own process
+    in_process_us_per_item: float | None = None  # the anchor, same requests, same run
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -203,6 +215,11 @@ async def run_levels(
         for level in levels:
             rng = random.Random(int(level))
             requests = [work.make(rng, i) for i in range(items)]
+            anchor = None
+            if work.in_process is not None:
+                t0 = time.perf_counter()
+                work.in_process(requests)
+                anchor = (time.perf_counter() - t0) / items * 1e6
             with tqdm(total=items, desc=f"{work.name} {mode} {level:g}", unit="item", leave=False) as bar:
                 rec = Recorder(bar)
                 cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
@@ -227,9 +244,11 @@ async def run_levels(
                     _percentile(ms, 0.99),
                     dict(rec.codes),
                     server_cpu,
+                    anchor,
                 )
             )
             cpu = f", server CPU {server_cpu:.0f} us/item" if server_cpu is not None else ""
+            cpu += f", in-process {anchor:.0f} us/item" if anchor is not None else ""
             print(
                 f"{work.name} {mode} {level:g}: {out[-1].items_per_s:.1f} items/s, {out[-1].tokens_per_s:.0f} tok/s, "
                 f"p50 {out[-1].p50_ms:.1f} ms, p99 {out[-1].p99_ms:.1f} ms{cpu}, errors {dict(rec.codes) or 0}",
@@ -262,13 +281,18 @@ def report(work: str, target: str, levels: list[Level], device: str, command: st
         )
     )
     lines = [f"# proctor bench: {work} on {device}", "", f"Command: `{command}`", "",
-             "| mode | level | items | items/s | tokens/s | p50 ms | p90 ms | p99 ms | server CPU µs/item | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| mode | level | items | items/s | tokens/s | p50 ms | p90 ms | p99 ms | server CPU µs/item "
+             "| in-process µs/item (anchor) | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def us(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
     for x in levels:
-        cpu = f"{x.server_cpu_us_per_item:.0f}" if x.server_cpu_us_per_item is not None else "-"
         lines.append(
             f"| {x.mode} | {x.level:g} | {x.items} | {x.items_per_s:.1f} | {x.tokens_per_s:.0f} | {x.p50_ms:.1f} | "
-            f"{x.p90_ms:.1f} | {x.p99_ms:.1f} | {cpu} | {x.errors or '-'} |"
+            f"{x.p90_ms:.1f} | {x.p99_ms:.1f} | {us(x.server_cpu_us_per_item)} | {us(x.in_process_us_per_item)} "
+            f"| {x.errors or '-'} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:

@@ -4,7 +4,8 @@
 
 Workloads: rule-only rewards (no model: the overhead *is* the cost) on ~6 KB multi-turn rollouts, one item per
 message (Reward) and 256 per message (RewardBatched, with full atoms and with `atom_detail: NONE`, what the trainer
-adapters send); and Score with the tiny model. The server runs as its own process (as in production); the client
+adapters send); SKD triples on the tiny critic (5 name draws each, 256 per ClassifyBatched message); and Score with
+the tiny model. The server runs as its own process (as in production); the client
 streams every item on one call. The rule-reward variants run in interleaved rounds (this machine's speed drifts;
 each figure is the median over rounds). Besides wall time per item, the server's own CPU time per item is read
 from /proc: its inverse is the throughput per server core. Writes bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
@@ -25,17 +26,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proctor.bench.load import _rollout
+import grpc
+
+from proctor.bench.load import _TAILS, _rollout
 from proctor.bench.server import cpu_seconds, serve
 from proctor.clients.reward import RewardClient, reward_request
 from proctor.clients.teacher import TeacherClient, score_request
+from proctor.engine import skd
+from proctor.engine.backends.torch_classifier import TorchClassifier
 from proctor.engine.backends.torch_generator import TorchGenerator
+from proctor.engine.config import CriticConfig
+from proctor.engine.critic_input import RELATION_PHRASES
 from proctor.engine.reward import RewardScorer, RewardSettings, RolloutInput
+from proctor.engine.services.convert import RELATION_ENUMS
+from proctor.engine.services.critic import CriticScorer
 from proctor.engine.types import ScoreItem
+from proctor.proto.proctor.v1 import critic_pb2, critic_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIG = """server: {port: 0, metrics_port: -1}
 teacher: {model: builtin:tiny, device: cpu}
+critic: {model: builtin:tiny-critic, device: cpu, cutoff: 0.5}
 reward: {model: '', mode: rules, total_steps: 100000}
 """
 
@@ -69,7 +80,22 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
         await backend.close()
         return seconds
 
+    triples = [(rng.choice(skd.seed_events()), rng.choice(list(RELATION_PHRASES)), rng.choice(_TAILS), i)
+               for i in range(items // 5)]  # fmt: skip
+
+    async def direct_triples() -> float:
+        backend = TorchClassifier("builtin:tiny-critic", device="cpu")
+        await backend.start()
+        critic = CriticScorer(backend, CriticConfig(model="builtin:tiny-critic", device="cpu", cutoff=0.5))
+        await asyncio.gather(*(critic.score_triple(*t) for t in triples[:256]))  # warm-up
+        t0 = time.perf_counter()
+        await asyncio.gather(*(critic.score_triple(*t) for t in triples))
+        seconds = time.perf_counter() - t0
+        await backend.close()
+        return seconds
+
     score_direct = asyncio.run(direct_scores())
+    triples_direct = asyncio.run(direct_triples())
     wall: dict[str, list[float]] = {}
     server_cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -99,6 +125,21 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
                         wall.setdefault(name, []).append((time.perf_counter() - t0) / items)
                         if name != "in_process":
                             server_cpu.setdefault(name, []).append((cpu_seconds(proc.pid) - cpu0) / items)
+            classify = [
+                critic_pb2.ClassifyRequest(
+                    id=str(i), triple=critic_pb2.Triple(head=h, relation=RELATION_ENUMS[r], tail=t), seed=seed
+                )
+                for i, (h, r, t, seed) in enumerate(triples)
+            ]
+            messages = [critic_pb2.ClassifyBatch(items=classify[i : i + 256]) for i in range(0, len(classify), 256)]
+            with grpc.insecure_channel(target) as channel:
+                stub = critic_pb2_grpc.CriticStub(channel)
+                list(stub.ClassifyBatched(iter(messages[:1])))  # warm-up
+                cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+                answered = [r for reply in stub.ClassifyBatched(iter(messages)) for r in reply.items]
+                triples_grpc = time.perf_counter() - t0
+                triples_cpu = cpu_seconds(proc.pid) - cpu0
+                assert len(answered) == len(triples) and not any(r.HasField("error") for r in answered)
             with TeacherClient(target) as teacher:
                 teacher.score(scores[:50])
                 t0 = time.perf_counter()
@@ -128,6 +169,11 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
     report["rule_reward_wall_us_per_item_every_round"] = {n: [round(v * us, 1) for v in w] for n, w in wall.items()}
     report.update(
         {
+            "critic_triples": len(triples),
+            "critic_in_process_us_per_triple": triples_direct / len(triples) * us,
+            "critic_grpc_batched_us_per_triple": triples_grpc / len(triples) * us,
+            "critic_overhead_us_per_triple": (triples_grpc - triples_direct) / len(triples) * us,
+            "critic_grpc_server_cpu_us_per_triple": triples_cpu / len(triples) * us,
             "score_items": len(scores),
             "score_in_process_us_per_item": score_direct / len(scores) * us,
             "score_grpc_us_per_item": score_grpc / len(scores) * us,
