@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import chain
 
 from proctor.engine.errors import ItemError
 from proctor.engine.types import BackendInfo, TopK
@@ -57,8 +58,8 @@ def top_k(top: TopK | None) -> common_pb2.TopK | None:
     k = len(top.ids[0]) if top.ids else 0
     return common_pb2.TopK(
         k=k,
-        token_ids=[t for row in top.ids for t in row],
-        logprobs=[v for row in top.logprobs for v in row],
+        token_ids=list(chain.from_iterable(top.ids)),
+        logprobs=list(chain.from_iterable(top.logprobs)),
     )
 
 
@@ -72,9 +73,9 @@ def check_range(value: float, field: str, low: float, high: float, *, low_open: 
 
 
 def token_ids(ids: list[int], field: str, vocab_size: int) -> list[int]:
-    for i, t in enumerate(ids):
-        if not 0 <= t < vocab_size:
-            raise ItemError(f"token id {t} is outside the vocabulary [0, {vocab_size})", f"{field}[{i}]")
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):  # in C; the Python scan only to name the bad one
+        i, t = next((i, t) for i, t in enumerate(ids) if not 0 <= t < vocab_size)
+        raise ItemError(f"token id {t} is outside the vocabulary [0, {vocab_size})", f"{field}[{i}]")
     return ids
 
 
