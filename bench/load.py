@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from proctor.bench.server import cpu_seconds, serve
+from proctor.bench.server import cpu_seconds, gpu_memory_peak_bytes, serve
 from proctor.clients.reward import ATOM_DETAILS
 from proctor.clients.streaming import CODE_NAMES
 from proctor.engine import skd
@@ -138,6 +138,7 @@ class Level:
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)
     server_cpu_us_per_item: float | None = None  # when the server is this command's own process
+    gpu_memory_peak_gib: float | None = None  # the server's, since it started (its /metrics, on CUDA)
     in_process_us_per_item: float | None = None  # the anchor, same requests, same run
 
 
@@ -208,6 +209,7 @@ async def run_levels(
     items: int,
     per_message: int = 0,
     server_pid: int | None = None,
+    metrics_url: str = "",
 ) -> list[Level]:
     out = []
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
@@ -230,6 +232,7 @@ async def run_levels(
                     await open_loop(channel, work, level, requests, rec)
                 seconds = time.perf_counter() - t0
                 server_cpu = (cpu_seconds(server_pid) - cpu0) / items * 1e6 if server_pid else None
+            peak = gpu_memory_peak_bytes(metrics_url) if metrics_url else None
             ms = [x * 1e3 for x in rec.latencies]
             out.append(
                 Level(
@@ -245,10 +248,12 @@ async def run_levels(
                     dict(rec.codes),
                     server_cpu,
                     anchor,
+                    None if peak is None else peak / 2**30,
                 )
             )
             cpu = f", server CPU {server_cpu:.0f} us/item" if server_cpu is not None else ""
             cpu += f", in-process {anchor:.0f} us/item" if anchor is not None else ""
+            cpu += f", GPU memory peak {peak / 2**30:.2f} GiB" if peak is not None else ""
             print(
                 f"{work.name} {mode} {level:g}: {out[-1].items_per_s:.1f} items/s, {out[-1].tokens_per_s:.0f} tok/s, "
                 f"p50 {out[-1].p50_ms:.1f} ms, p99 {out[-1].p99_ms:.1f} ms{cpu}, errors {dict(rec.codes) or 0}",
@@ -257,8 +262,8 @@ async def run_levels(
     return out
 
 
-# Without --target: the tiny models (device auto), rule-only rewards.
-OWN_SERVER_CONFIG = """server: {port: 0, metrics_port: -1}
+# Without --target: the tiny models (device auto), rule-only rewards; /metrics on a free port.
+OWN_SERVER_CONFIG = """server: {port: 0, metrics_port: 0}
 teacher: {model: builtin:tiny}
 critic: {model: builtin:tiny-critic, cutoff: 0.5}
 reward: {model: '', mode: rules, total_steps: 10000}
@@ -282,8 +287,8 @@ def report(work: str, target: str, levels: list[Level], device: str, command: st
     )
     lines = [f"# proctor bench: {work} on {device}", "", f"Command: `{command}`", "",
              "| mode | level | items | items/s | tokens/s | p50 ms | p90 ms | p99 ms | server CPU µs/item "
-             "| in-process µs/item (anchor) | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| in-process µs/item (anchor) | GPU memory peak GiB | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def us(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f}"
@@ -292,7 +297,7 @@ def report(work: str, target: str, levels: list[Level], device: str, command: st
         lines.append(
             f"| {x.mode} | {x.level:g} | {x.items} | {x.items_per_s:.1f} | {x.tokens_per_s:.0f} | {x.p50_ms:.1f} | "
             f"{x.p90_ms:.1f} | {x.p99_ms:.1f} | {us(x.server_cpu_us_per_item)} | {us(x.in_process_us_per_item)} "
-            f"| {x.errors or '-'} |"
+            f"| {'-' if x.gpu_memory_peak_gib is None else f'{x.gpu_memory_peak_gib:.2f}'} | {x.errors or '-'} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:
@@ -325,7 +330,8 @@ def _device_tag() -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", choices=["skd", "grpo", "score"], default="grpo")
-    p.add_argument("--target", help="host:port of a running server; default: an embedded one with tiny models")
+    p.add_argument("--target", help="host:port of a running server; default: its own one with the tiny models")
+    p.add_argument("--metrics", default="", help="with --target: its /metrics URL, for the GPU memory peak")
     p.add_argument("--mode", choices=["closed", "open"], default="closed")
     p.add_argument("--concurrency", default="1,4", help="closed loop: comma-separated levels [1,4]")
     p.add_argument("--rate", default="50,200", help="open loop: items/s levels [50,200]")
@@ -339,25 +345,25 @@ def run(args: argparse.Namespace) -> int:
     levels = [float(x) for x in (args.concurrency if args.mode == "closed" else args.rate).split(",")]
 
     @contextlib.contextmanager
-    def server() -> Iterator[tuple[str, int | None]]:
+    def server() -> Iterator[tuple[str, int | None, str]]:
         if args.target:
-            yield args.target, None
+            yield args.target, None, args.metrics
             return
         with tempfile.TemporaryDirectory() as folder:
-            proc, target = serve(Path(folder), OWN_SERVER_CONFIG)
+            proc, target, metrics = serve(Path(folder), OWN_SERVER_CONFIG)
             try:
-                yield target, proc.pid
+                yield target, proc.pid, metrics
             finally:
                 proc.terminate()
                 proc.wait()
 
-    with server() as (target, pid):
+    with server() as (target, pid, metrics):
         max_len = 2048
         if args.workload == "score":
             with grpc.insecure_channel(target) as channel:
                 max_len = teacher_pb2_grpc.TeacherStub(channel).Info(common_pb2.InfoRequest()).max_model_len
         work = workloads(max_len, args.atoms)[args.workload]
-        results = asyncio.run(run_levels(target, work, args.mode, levels, args.items, args.per_message, pid))
+        results = asyncio.run(run_levels(target, work, args.mode, levels, args.items, args.per_message, pid, metrics))
     if not args.no_save:
         command = "proctor bench " + " ".join(sys.argv[2:])
         stem = report(args.workload, args.target or "own process (tiny models)", results, _device_tag(), command)

@@ -99,7 +99,7 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
     wall: dict[str, list[float]] = {}
     server_cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        proc, target = serve(Path(folder), CONFIG)
+        proc, target, _ = serve(Path(folder), CONFIG)
         try:
             with RewardClient(target) as client:
 

@@ -8,10 +8,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 
-def serve(folder: Path, config_text: str) -> tuple[subprocess.Popen[str], str]:
-    """`proctor serve` in its own process (as in production); returns it and its address once it is ready."""
+class Served(NamedTuple):
+    proc: subprocess.Popen[str]
+    target: str  # host:port of its gRPC
+    metrics: str  # its /metrics URL, "" when off
+
+
+def serve(folder: Path, config_text: str) -> Served:
+    """`proctor serve` in its own process (as in production), once it is ready."""
     config = folder / "proctor.yaml"
     config.write_text(config_text)
     proc = subprocess.Popen(
@@ -21,10 +28,11 @@ def serve(folder: Path, config_text: str) -> tuple[subprocess.Popen[str], str]:
         text=True,
     )
     assert proc.stdout is not None
-    port = ""
+    port = metrics = ""
     for line in proc.stdout:
-        found = re.search(r"listening on [\d.]+:(\d+)", line)
-        port = found.group(1) if found else port
+        found = re.search(r"listening on [\d.]+:(\d+).*metrics: (\S+?)\)", line)
+        if found:
+            port, metrics = found.group(1), found.group(2).replace("off", "")
         if "proctor: ready" in line:
             break
         if "proctor: failed to load" in line:
@@ -34,7 +42,22 @@ def serve(folder: Path, config_text: str) -> tuple[subprocess.Popen[str], str]:
         raise RuntimeError(f"proctor serve exited with {proc.wait()} before it was ready")
     # Keep reading: a full pipe would block the server (and vLLM's engine process, which logs to stdout too).
     threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return proc, f"127.0.0.1:{port}"
+    return Served(proc, f"127.0.0.1:{port}", metrics)
+
+
+def gpu_memory_peak_bytes(metrics_url: str) -> float | None:
+    """The largest proctor_gpu_memory_peak_bytes over the devices of a server's /metrics; None without CUDA."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        return peak_in(response.read().decode())
+
+
+def peak_in(metrics_text: str) -> float | None:
+    values = [
+        float(m.group(1)) for m in re.finditer(r"^proctor_gpu_memory_peak_bytes\{[^}]*\} (\S+)$", metrics_text, re.M)
+    ]
+    return max(values) if values else None
 
 
 def cpu_seconds(pid: int) -> float:

@@ -124,7 +124,7 @@ def main() -> None:
         "teacher": {"model": args.model, "backend": "vllm", "scorer": "vllm", "dtype": args.dtype, "vllm": vllm},
     }
     with tempfile.TemporaryDirectory() as folder:
-        proc, target = serve(Path(folder), yaml.safe_dump(config))
+        proc, target, _ = serve(Path(folder), yaml.safe_dump(config))
         try:
             proctor = asyncio.run(through_proctor(target, args, prompts))
         finally:

@@ -85,6 +85,12 @@ class Metrics:
             ["device"],
             registry=r,
         )
+        self.gpu_memory_peak = Gauge(
+            "proctor_gpu_memory_peak_bytes",
+            "Peak GPU memory held by this process's tensors since it started (torch.cuda.max_memory_allocated).",
+            ["device"],
+            registry=r,
+        )
         self.serving = Gauge(
             "proctor_serving", "1 while the service reports SERVING on grpc.health.v1.", ["service"], registry=r
         )

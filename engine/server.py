@@ -305,11 +305,13 @@ class ProctorServer:
         if not torch.cuda.is_available():
             return
 
-        def allocated(index: int) -> Callable[[], float]:
-            return lambda: float(torch.cuda.memory_allocated(index))
+        def read(stat: Callable[[int], int], index: int) -> Callable[[], float]:
+            return lambda: float(stat(index))
 
         for index in range(torch.cuda.device_count()):
-            self.metrics.gpu_memory.labels(f"cuda:{index}").set_function(allocated(index))
+            device = f"cuda:{index}"
+            self.metrics.gpu_memory.labels(device).set_function(read(torch.cuda.memory_allocated, index))
+            self.metrics.gpu_memory_peak.labels(device).set_function(read(torch.cuda.max_memory_allocated, index))
 
     def _service_context(self, name: str, limits: ServiceLimits) -> ServiceContext:
         return ServiceContext(

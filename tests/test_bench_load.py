@@ -30,3 +30,16 @@ def test_grpo_rollouts_are_well_formed() -> None:
 
     rollout = load._rollout(random.Random(0))
     assert check_format(rollout).ok and len(atoms(rollout)) >= 2 and len(rollout) > 2000
+
+
+def test_gpu_memory_peak_is_read_off_metrics_text() -> None:
+    from proctor.bench.server import peak_in
+
+    text = (
+        "# TYPE proctor_gpu_memory_peak_bytes gauge\n"
+        'proctor_gpu_memory_peak_bytes{device="cuda:0"} 1.5e+09\n'
+        'proctor_gpu_memory_peak_bytes{device="cuda:1"} 2.5e+09\n'
+        'proctor_gpu_memory_bytes{device="cuda:1"} 9e+09\n'
+    )
+    assert peak_in(text) == 2.5e9
+    assert peak_in("proctor_serving 1\n") is None  # no CUDA: no gauge
