@@ -1,8 +1,11 @@
 """A dynamic batcher: items arrive one by one on the event loop, leave in batches bounded by items and tokens.
 
-A batch closes when it holds `max_items`, would exceed `max_tokens`, or `max_wait_s` has passed since its first
-item. Items are sorted by length inside a batch (less padding); the batch runs in a worker thread, so the event
-loop keeps reading streams meanwhile. A cancelled item is dropped before its batch runs.
+The batcher wakes when `max_items` items or `max_tokens` tokens are waiting, or `max_wait_s` after the oldest
+arrived. It then takes what is waiting, oldest first (up to POOL_BATCHES batches' worth: under load that is a
+big pool), sorts it by length and cuts it into batches of similar lengths, each within `max_items` and within
+`max_tokens` *padded* slots (items x longest): the padding of a batch is only the spread of lengths inside it.
+Batches run in a worker thread, so the event loop keeps reading streams meanwhile. A cancelled request's items
+are dropped before their batch runs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+POOL_BATCHES = 4  # what one wake-up may take and sort: up to this many batches' worth of items and tokens
 
 
 @dataclass
@@ -88,18 +92,29 @@ class DynamicBatcher(Generic[T, R]):
         return await request.future  # cancelling the caller cancels the future: its items are dropped
 
     def _take(self) -> list[_Pending[T, R]]:
-        batch: list[_Pending[T, R]] = []
+        pool: list[_Pending[T, R]] = []
         tokens = 0
-        while self._queue and len(batch) < self.max_items:
+        while self._queue and len(pool) < POOL_BATCHES * self.max_items:
             nxt = self._queue[0]
             if nxt.request.done():
                 self._queue.popleft()
                 continue
-            if batch and tokens + nxt.size > self.max_tokens:
+            if pool and tokens + nxt.size > POOL_BATCHES * self.max_tokens:
                 break
-            batch.append(self._queue.popleft())
+            pool.append(self._queue.popleft())
             tokens += nxt.size
-        return batch
+        return pool
+
+    def _cut(self, pool: list[_Pending[T, R]]) -> list[list[_Pending[T, R]]]:
+        """The pool by length, in batches within max_items and max_tokens padded slots (a longer item alone)."""
+        batches: list[list[_Pending[T, R]]] = []
+        for p in sorted(pool, key=lambda p: p.size):
+            batch = batches[-1] if batches else None
+            if batch is None or len(batch) >= self.max_items or (len(batch) + 1) * p.size > self.max_tokens:
+                batches.append([p])
+            else:
+                batch.append(p)
+        return batches
 
     def _full(self) -> bool:
         items = tokens = 0
@@ -123,25 +138,28 @@ class DynamicBatcher(Generic[T, R]):
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
-            batch = self._take()
-            if not batch:
+            for batch in self._cut(self._take()):
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Pending[T, R]]) -> None:
+        batch = [p for p in batch if not p.request.done()]  # cancelled while an earlier batch ran
+        if not batch:
+            return
+        self._on_batch(len(batch), sum(p.size for p in batch), len(batch) * batch[-1].size)
+        started = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
+        except Exception as exc:  # the model failed: fail this batch's requests, keep serving
+            for p in batch:
+                if not p.request.done():
+                    p.request.future.set_exception(exc)
+            return
+        inference = time.perf_counter() - started
+        for p, result in zip(batch, results, strict=True):
+            request = p.request
+            if request.done():
                 continue
-            batch.sort(key=lambda p: p.size)
-            self._on_batch(len(batch), sum(p.size for p in batch), len(batch) * batch[-1].size)
-            started = time.perf_counter()
-            try:
-                results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
-            except Exception as exc:  # the model failed: fail this batch's requests, keep serving
-                for p in batch:
-                    if not p.request.done():
-                        p.request.future.set_exception(exc)
-                continue
-            inference = time.perf_counter() - started
-            for p, result in zip(batch, results, strict=True):
-                request = p.request
-                if request.done():
-                    continue
-                request.results[p.index] = (result, started - p.enqueued, inference)
-                request.left -= 1
-                if not request.left:
-                    request.future.set_result(request.results)  # type: ignore[arg-type]  # every slot filled
+            request.results[p.index] = (result, started - p.enqueued, inference)
+            request.left -= 1
+            if not request.left:
+                request.future.set_result(request.results)  # type: ignore[arg-type]  # every slot filled
