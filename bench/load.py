@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from proctor.bench.server import cpu_seconds, gpu_memory_peak_bytes, serve
+from proctor.bench.server import cpu_seconds, histogram_totals, peak_in, scrape, serve
 from proctor.clients.reward import ATOM_DETAILS
 from proctor.clients.streaming import CODE_NAMES
 from proctor.engine import skd
@@ -139,6 +139,8 @@ class Level:
     errors: dict[str, int] = field(default_factory=dict)
     server_cpu_us_per_item: float | None = None  # when the server is this command's own process
     gpu_memory_peak_gib: float | None = None  # the server's, since it started (its /metrics, on CUDA)
+    batch_items_mean: float | None = None  # the server's model batches during the level (its /metrics)
+    batch_padding_mean: float | None = None  # their mean share of padded token slots
     in_process_us_per_item: float | None = None  # the anchor, same requests, same run
 
 
@@ -215,6 +217,7 @@ async def run_levels(
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         for level in levels:
+            before = scrape(metrics_url) if metrics_url else ""
             rng = random.Random(int(level))
             requests = [work.make(rng, i) for i in range(items)]
             anchor = None
@@ -232,7 +235,15 @@ async def run_levels(
                     await open_loop(channel, work, level, requests, rec)
                 seconds = time.perf_counter() - t0
                 server_cpu = (cpu_seconds(server_pid) - cpu0) / items * 1e6 if server_pid else None
-            peak = gpu_memory_peak_bytes(metrics_url) if metrics_url else None
+            after = scrape(metrics_url) if metrics_url else ""
+            peak = peak_in(after)
+            batches = {
+                name: [
+                    b - a for a, b in zip(histogram_totals(before, name), histogram_totals(after, name), strict=True)
+                ]
+                for name in ("proctor_batch_size_items", "proctor_batch_padding_ratio")
+            }
+            items_mean, padding_mean = (total / count if count else None for total, count in batches.values())
             ms = [x * 1e3 for x in rec.latencies]
             out.append(
                 Level(
@@ -249,11 +260,15 @@ async def run_levels(
                     server_cpu,
                     anchor,
                     None if peak is None else peak / 2**30,
+                    items_mean,
+                    padding_mean,
                 )
             )
             cpu = f", server CPU {server_cpu:.0f} us/item" if server_cpu is not None else ""
             cpu += f", in-process {anchor:.0f} us/item" if anchor is not None else ""
             cpu += f", GPU memory peak {peak / 2**30:.2f} GiB" if peak is not None else ""
+            if items_mean is not None and padding_mean is not None:
+                cpu += f", batches of {items_mean:.0f} items with {padding_mean:.0%} padding"
             print(
                 f"{work.name} {mode} {level:g}: {out[-1].items_per_s:.1f} items/s, {out[-1].tokens_per_s:.0f} tok/s, "
                 f"p50 {out[-1].p50_ms:.1f} ms, p99 {out[-1].p99_ms:.1f} ms{cpu}, errors {dict(rec.codes) or 0}",
@@ -287,17 +302,18 @@ def report(work: str, target: str, levels: list[Level], device: str, command: st
     )
     lines = [f"# proctor bench: {work} on {device}", "", f"Command: `{command}`", "",
              "| mode | level | items | items/s | tokens/s | p50 ms | p90 ms | p99 ms | server CPU µs/item "
-             "| in-process µs/item (anchor) | GPU memory peak GiB | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| in-process µs/item (anchor) | GPU memory peak GiB | items/batch | padding | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
-    def us(value: float | None) -> str:
-        return "-" if value is None else f"{value:.0f}"
+    def us(value: float | None, form: str = ".0f") -> str:
+        return "-" if value is None else format(value, form)
 
     for x in levels:
         lines.append(
             f"| {x.mode} | {x.level:g} | {x.items} | {x.items_per_s:.1f} | {x.tokens_per_s:.0f} | {x.p50_ms:.1f} | "
             f"{x.p90_ms:.1f} | {x.p99_ms:.1f} | {us(x.server_cpu_us_per_item)} | {us(x.in_process_us_per_item)} "
-            f"| {'-' if x.gpu_memory_peak_gib is None else f'{x.gpu_memory_peak_gib:.2f}'} | {x.errors or '-'} |"
+            f"| {us(x.gpu_memory_peak_gib, '.2f')} | {us(x.batch_items_mean, '.1f')} "
+            f"| {us(x.batch_padding_mean, '.1%')} | {x.errors or '-'} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:

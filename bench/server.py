@@ -45,19 +45,26 @@ def serve(folder: Path, config_text: str) -> Served:
     return Served(proc, f"127.0.0.1:{port}", metrics)
 
 
-def gpu_memory_peak_bytes(metrics_url: str) -> float | None:
-    """The largest proctor_gpu_memory_peak_bytes over the devices of a server's /metrics; None without CUDA."""
+def scrape(metrics_url: str) -> str:
     import urllib.request
 
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        return peak_in(response.read().decode())
+        return str(response.read().decode())
 
 
 def peak_in(metrics_text: str) -> float | None:
-    values = [
-        float(m.group(1)) for m in re.finditer(r"^proctor_gpu_memory_peak_bytes\{[^}]*\} (\S+)$", metrics_text, re.M)
-    ]
+    """The largest proctor_gpu_memory_peak_bytes over the devices; None without CUDA (no such gauge)."""
+    pattern = r"^proctor_gpu_memory_peak_bytes\{[^}]*\} (\S+)$"
+    values = [float(m.group(1)) for m in re.finditer(pattern, metrics_text, re.M)]
     return max(values) if values else None
+
+
+def histogram_totals(metrics_text: str, name: str) -> tuple[float, float]:
+    """A histogram's sum and count, added over its label sets."""
+    total = {"sum": 0.0, "count": 0.0}
+    for m in re.finditer(rf"^{name}_(sum|count)(?:\{{[^}}]*\}})? (\S+)$", metrics_text, re.M):
+        total[m.group(1)] += float(m.group(2))
+    return total["sum"], total["count"]
 
 
 def cpu_seconds(pid: int) -> float:

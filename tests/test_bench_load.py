@@ -32,8 +32,8 @@ def test_grpo_rollouts_are_well_formed() -> None:
     assert check_format(rollout).ok and len(atoms(rollout)) >= 2 and len(rollout) > 2000
 
 
-def test_gpu_memory_peak_is_read_off_metrics_text() -> None:
-    from proctor.bench.server import peak_in
+def test_gpu_memory_peak_and_batch_statistics_are_read_off_metrics_text() -> None:
+    from proctor.bench.server import histogram_totals, peak_in
 
     text = (
         "# TYPE proctor_gpu_memory_peak_bytes gauge\n"
@@ -43,3 +43,12 @@ def test_gpu_memory_peak_is_read_off_metrics_text() -> None:
     )
     assert peak_in(text) == 2.5e9
     assert peak_in("proctor_serving 1\n") is None  # no CUDA: no gauge
+    histogram = (
+        'proctor_batch_size_items_sum{model="a",rpc="Score"} 30.0\n'
+        'proctor_batch_size_items_count{model="a",rpc="Score"} 3.0\n'
+        'proctor_batch_size_items_sum{model="b",rpc="Classify"} 10.0\n'
+        'proctor_batch_size_items_count{model="b",rpc="Classify"} 2.0\n'
+        'proctor_batch_size_items_bucket{model="b",rpc="Classify",le="1.0"} 0.0\n'
+    )
+    assert histogram_totals(histogram, "proctor_batch_size_items") == (40.0, 5.0)
+    assert histogram_totals("", "proctor_batch_size_items") == (0.0, 0.0)
