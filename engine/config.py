@@ -71,6 +71,18 @@ class ServiceLimits:
     max_items_per_stream: int = 1_000_000  # past it, items get RESOURCE_EXHAUSTED: open a new stream
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+SCORE_PACKINGS = ("auto", "packed", "padded")
+
+
+def _check_torch_scorer(section: str, attn_implementation: str, score_packing: str) -> None:
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"{section}.attn_implementation: {attn_implementation!r} is not one of "
+                          f"{', '.join(ATTN_IMPLEMENTATIONS)}")  # fmt: skip
+    if score_packing not in SCORE_PACKINGS:
+        raise ConfigError(f"{section}.score_packing: {score_packing!r} is not one of {', '.join(SCORE_PACKINGS)}")
+
+
 def _check_backends(section: str, backend: str, scorer: str) -> None:
     if backend not in ("auto", "torch", "vllm"):
         raise ConfigError(f"{section}.backend: {backend!r} is not auto, torch or vllm")
@@ -89,6 +101,12 @@ class TeacherConfig:
     scorer: str = "torch"  # torch | vllm: what answers Score (log-probs of given text)
     device: str = "auto"  # auto = cuda if available, else cpu (the torch backend and scorer)
     dtype: str = "auto"  # torch: auto = bfloat16 on cuda, float32 on cpu; vllm: auto = the model's
+    # The torch backend's attention (transformers' attn_implementation); flash_attention_2/3 need flash-attn.
+    attn_implementation: str = "sdpa"
+    # Score batches: packed = one row, no padding (varlen attention); padded = similar lengths side by side; auto =
+    # packed with a varlen attention (flash_attention_2/3, flex_attention), padded with sdpa / eager (a packed row
+    # there attends over a dense mask of the whole row).
+    score_packing: str = "auto"
     vllm: VllmSettings = field(default_factory=VllmSettings)  # with backend: vllm
     max_prompt_tokens: int = 0  # 0 = the model's context length
     default_max_tokens: int = 16
@@ -103,6 +121,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check_backends("teacher", self.backend, self.scorer)
+        _check_torch_scorer("teacher", self.attn_implementation, self.score_packing)
 
 
 @dataclass
@@ -114,6 +133,8 @@ class RewardConfig:
     scorer: str = "torch"  # expected mode's score-token probes: torch or vllm (see teacher.scorer)
     device: str = "auto"
     dtype: str = "auto"
+    attn_implementation: str = "sdpa"  # see teacher.attn_implementation
+    score_packing: str = "auto"  # see teacher.score_packing
     vllm: VllmSettings = field(default_factory=VllmSettings)
     mode: str = "expected"  # generate | expected | rules (a request may choose another)
     total_steps: int = 0  # T_MAX; 0 = every request must carry total_steps
@@ -129,6 +150,7 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         _check_backends("reward", self.backend, self.scorer)
+        _check_torch_scorer("reward", self.attn_implementation, self.score_packing)
         if self.mode not in ("generate", "expected", "rules"):
             raise ConfigError(f"reward.mode: {self.mode!r} is not one of generate, expected, rules")
         if self.mode != "rules" and not self.model:

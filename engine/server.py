@@ -261,7 +261,7 @@ class ProctorServer:
         the same model the same way."""
 
         def torch_backend() -> TorchGenerator:
-            key = ("torch", cfg.model, cfg.device, cfg.dtype)
+            key = ("torch", cfg.model, cfg.device, cfg.dtype, cfg.attn_implementation, cfg.score_packing)
             if key not in self._generators:
 
                 def on_batch(rpc: str, items: int, tokens: int, slots: int) -> None:
@@ -273,6 +273,8 @@ class ProctorServer:
                     dtype=cfg.dtype,
                     max_batch_seqs=max_batch_seqs,
                     max_score_tokens=max_score_tokens,
+                    attn_implementation=cfg.attn_implementation,
+                    score_packing=cfg.score_packing,
                     on_batch=on_batch,
                 )
                 self._backends[key] = self._generators[key]

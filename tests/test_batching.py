@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+import torch
 
 from proctor.engine.backends.torch_generator import TorchGenerator, _Job
 from proctor.engine.batching import DynamicBatcher
@@ -101,8 +102,6 @@ async def test_dynamic_batcher_drops_cancelled_requests_and_fails_only_the_faile
 async def test_classifier_batches_score_every_pair_as_it_scores_alone() -> None:
     """Pairs tokenized in one call and padded by hand into mixed-length batches get the probabilities of the model
     run on each pair alone (the tokenizer's own encoding, no padding); a pair over the limit fails on its field."""
-    import torch
-
     from proctor.engine.backends.torch_classifier import TorchClassifier
     from proctor.engine.critic_input import TextPair
     from proctor.engine.errors import ItemError
@@ -129,3 +128,42 @@ async def test_classifier_batches_score_every_pair_as_it_scores_alone() -> None:
         assert failed.value.field == "triple" and "over the critic's limit" in failed.value.message
     finally:
         await critic.close()
+
+
+async def test_packed_score_batches_equal_padded_ones_without_padding() -> None:
+    """score_packing: packed puts a batch's sequences in one row (positions restarting, no mask: transformers
+    reads the boundaries off the position ids); the log-probs and top-k equal the padded batches'."""
+    gen = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return list(torch.randint(3, 400, (n,), generator=gen).tolist())
+
+    items = [ScoreItem(ids(c), ids(t), 3) for c, t in [(1, 1), (30, 5), (7, 60), (2, 2), (45, 45)]]
+    seen: dict[str, list[tuple[int, int, int]]] = {"packed": [], "padded": []}
+    outputs = {}
+    for packing in ("packed", "padded"):
+        engine = TorchGenerator(
+            "builtin:tiny", device="cpu", score_packing=packing, on_batch=lambda rpc, *a, p=packing: seen[p].append(a)
+        )
+        await engine.start()
+        try:
+            outputs[packing] = await engine._submit_many(items)
+        finally:
+            await engine.close()
+    tokens = sum(len(i.context_ids) + len(i.target_ids) for i in items)
+    assert seen["packed"] == [(5, tokens, tokens)], "one batch, no padding slot"
+    assert all(slots >= real for _, real, slots in seen["padded"]) and seen["padded"] != seen["packed"]
+    for packed, padded in zip(outputs["packed"], outputs["padded"], strict=True):
+        assert torch.allclose(torch.tensor(packed.logprobs), torch.tensor(padded.logprobs), atol=1e-4)
+        assert packed.top is not None and padded.top is not None and packed.top.ids == padded.top.ids
+
+
+def test_packing_and_attention_settings_are_checked() -> None:
+    from proctor.engine.config import ConfigError, TeacherConfig, load_config
+
+    with pytest.raises(ConfigError, match=r"teacher\.score_packing: 'tight'"):
+        TeacherConfig(score_packing="tight")
+    with pytest.raises(ConfigError, match=r"reward\.attn_implementation: 'xformers'"):
+        load_config(None, {"reward": {"attn_implementation": "xformers"}})
+    assert TorchGenerator("builtin:tiny", attn_implementation="flex_attention")._packed, "auto packs on varlen"
+    assert not TorchGenerator("builtin:tiny")._packed, "auto pads with sdpa (a dense mask over a packed row)"

@@ -58,13 +58,17 @@ class Loaded:
         )
 
 
-def load(auto_class: Any, ref: str, device: torch.device, dtype: torch.dtype) -> Loaded:
-    """`auto_class` is a transformers Auto* model class; the model comes back on `device`, in eval mode."""
+def load(
+    auto_class: Any, ref: str, device: torch.device, dtype: torch.dtype, attn_implementation: str | None = None
+) -> Loaded:
+    """`auto_class` is a transformers Auto* model class; the model comes back on `device`, in eval mode, with
+    transformers' default attention unless `attn_implementation` names one."""
     from transformers import AutoTokenizer
 
     path = resolve_model(ref)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = auto_class.from_pretrained(path, dtype=dtype).to(device).eval()
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = auto_class.from_pretrained(path, dtype=dtype, **extra).to(device).eval()
     log.info("loaded %s on %s (%s) in %.1fs", path, device, dtype, time.perf_counter() - t0)
     return Loaded(model, tokenizer, ref, path, device, dtype)

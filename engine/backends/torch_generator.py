@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, chain
 from typing import Any
 
 import torch
@@ -98,6 +99,10 @@ def _sequence(item: ScoreItem) -> list[int]:
     return item.context_ids + item.target_ids
 
 
+# Attentions that take packed sequences without a dense mask over the packed row.
+VARLEN = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
 class TorchGenerator:
     def __init__(
         self,
@@ -108,13 +113,18 @@ class TorchGenerator:
         max_score_tokens: int = 16384,
         seed: int = 0,
         on_batch: Callable[[str, int, int, int], None] | None = None,
+        attn_implementation: str = "sdpa",
+        score_packing: str = "auto",
     ) -> None:
-        """`on_batch(rpc, items, tokens, slots)` is told each batch's size, real tokens and padded slots."""
+        """`on_batch(rpc, items, tokens, slots)` is told each batch's size, real tokens and padded slots.
+        `score_packing` (auto | packed | padded) and `attn_implementation`: see TeacherConfig."""
         self._model_ref = model
         self._device = pick_device(device)
         self._dtype = pick_dtype(dtype, self._device)
         self._max_batch_seqs = max_batch_seqs
         self._max_score_tokens = max_score_tokens
+        self._attn_implementation = attn_implementation
+        self._packed = score_packing == "packed" or (score_packing == "auto" and attn_implementation in VARLEN)
         self._unseeded = torch.Generator().manual_seed(seed)
         self._on_batch = on_batch or (lambda rpc, items, tokens, slots: None)
         self._pending: collections.deque[_Job] = collections.deque()
@@ -141,7 +151,7 @@ class TorchGenerator:
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM
 
-        loaded = load(AutoModelForCausalLM, self._model_ref, self._device, self._dtype)
+        loaded = load(AutoModelForCausalLM, self._model_ref, self._device, self._dtype, self._attn_implementation)
         model, self._model, self._tokenizer = loaded.model, loaded.model, loaded.tokenizer
         # transformers 5.2x renamed `past_key_values` to `cache`; older releases only know the former.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -270,6 +280,16 @@ class TorchGenerator:
         (items x longest) fits `max_score_tokens`: less padding, and the oldest item always goes (no starvation)."""
         if not candidates:
             return []
+        if self._packed:  # no padding: oldest first, while the tokens fit
+            batch: list[_Job] = []
+            tokens = 0
+            for job in candidates:
+                size = len(_sequence(job.item))
+                if batch and tokens + size > self._max_score_tokens:
+                    break
+                batch.append(job)
+                tokens += size
+            return batch
         anchor = len(_sequence(candidates[0].item))
         ranked = sorted(candidates[1:], key=lambda j: abs(len(_sequence(j.item)) - anchor))
         batch, longest = [candidates[0]], anchor
@@ -287,18 +307,29 @@ class TorchGenerator:
         started = time.perf_counter()
         items: list[ScoreItem] = [j.item for j in jobs]
         seqs = [_sequence(it) for it in items]
-        width = max(len(s) for s in seqs)
-        self._on_batch("Score", len(seqs), sum(len(s) for s in seqs), len(seqs) * width)
-        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s)
-            mask[b, : len(s)] = 1
-        hidden = self._model.base_model(
-            input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
-        ).last_hidden_state
         weight = self._model.get_output_embeddings().weight
-        outputs = self._score_rows(hidden, weight, dict(enumerate(items)))
+        tokens = sum(len(s) for s in seqs)
+        if self._packed:
+            # One row, every sequence's positions restarting at 0 and no attention mask: transformers reads the
+            # sequence boundaries off the position ids (varlen kernels: cu_seqlens; others: a block-diagonal mask).
+            self._on_batch("Score", len(seqs), tokens, tokens)
+            ids = torch.tensor([list(chain.from_iterable(seqs))], device=self._device)
+            positions = torch.tensor([[p for s in seqs for p in range(len(s))]], device=self._device)
+            hidden = self._model.base_model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+            starts = list(accumulate((len(s) for s in seqs[:-1]), initial=0))
+            outputs = self._score_rows(hidden, weight, dict(enumerate(items)), starts)
+        else:
+            width = max(len(s) for s in seqs)
+            self._on_batch("Score", len(seqs), tokens, len(seqs) * width)
+            ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for b, s in enumerate(seqs):
+                ids[b, : len(s)] = torch.tensor(s)
+                mask[b, : len(s)] = 1
+            hidden = self._model.base_model(
+                input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
+            ).last_hidden_state
+            outputs = self._score_rows(hidden, weight, dict(enumerate(items)))
         done = time.perf_counter()
         for b, job in enumerate(jobs):
             out = outputs[b]
@@ -392,14 +423,17 @@ class TorchGenerator:
         job.resolve(GroupOutput(scores=outputs, queue_s=started - job.enqueued, inference_s=done - started))
 
     def _score_rows(
-        self, hidden: torch.Tensor, weight: torch.Tensor, items: dict[int, ScoreItem]
+        self, hidden: torch.Tensor, weight: torch.Tensor, items: dict[int, ScoreItem], starts: list[int] | None = None
     ) -> dict[int, ScoreOutput]:
+        """Item b's sequence is row b of `hidden`, or with `starts` (a packed row) row 0 from column starts[b]."""
         rows: list[int] = []
         cols: list[int] = []
         targets: list[int] = []
         for b, it in items.items():
             first = len(it.context_ids) - 1  # the position whose output predicts target[0]
-            rows.extend([b] * len(it.target_ids))
+            if starts is not None:
+                first += starts[b]
+            rows.extend([0 if starts is not None else b] * len(it.target_ids))
             cols.extend(range(first, first + len(it.target_ids)))
             targets.extend(it.target_ids)
         picked = hidden[torch.tensor(rows, device=self._device), torch.tensor(cols, device=self._device)]
