@@ -6,7 +6,7 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from proctor.engine.skd import first_names, replace_names
+from proctor.engine.skd import name_pair, replace_names
 
 DRAWS = 5  # score = mean over 5 draws of random names
 
@@ -36,6 +36,6 @@ def triple_pairs(head: str, relation: str, tail: str, seed: int | None = None, d
     second = f"{RELATION_PHRASES[relation]} {tail}"
     pairs = []
     for _ in range(draws):
-        x, y = rng.sample(first_names(), 2)
+        x, y = name_pair(rng)
         pairs.append(TextPair(replace_names(head, x, y), replace_names(second, x, y)))
     return pairs

@@ -49,3 +49,37 @@ async def test_items_past_the_per_stream_limit() -> None:
         await server.drain(grace_s=1)
     assert [results[f"i{i}"].error.code for i in range(5)] == [0, 0, 0, EXHAUSTED, EXHAUSTED]
     assert "open a new stream" in results["i4"].error.message
+
+
+async def test_the_stream_window_bounds_the_items_in_flight_and_inline_items_take_no_slot() -> None:
+    """With a window of 3 the server has at most 3 backend items of a call in flight (it stops reading); items its
+    handler answers at once pass through without waiting, whatever the window holds."""
+    from proctor.engine.metrics import Metrics
+    from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext, StreamSpec, run_stream
+    from proctor.proto.proctor.v1 import reward_pb2
+
+    running, peak = 0, 0
+
+    async def backend(req: reward_pb2.RewardRequest) -> reward_pb2.RewardResult:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return reward_pb2.RewardResult(id=req.id)
+
+    def handle(req: reward_pb2.RewardRequest) -> object:
+        return reward_pb2.RewardResult(id=req.id, reward=1.0) if req.id.startswith("now") else backend(req)
+
+    async def requests():  # type: ignore[no-untyped-def]
+        for i in range(30):
+            yield reward_pb2.RewardRequest(id=f"{'now' if i % 3 == 0 else 'later'}{i}")
+
+    svc = ServiceContext("test", Metrics(), Lifecycle(), Admission(100), stream_window=3)
+    spec = StreamSpec("Reward", handle, reward_pb2.RewardResult)  # type: ignore[arg-type]
+    results = [r async for r in run_stream(svc, spec, requests())]
+    assert sorted(r.id for r in results) == sorted(f"{'now' if i % 3 == 0 else 'later'}{i}" for i in range(30))
+    assert not any(r.HasField("error") for r in results)
+    assert peak == 3, "the window filled, and never overflowed"
+    assert all(r.reward == 1.0 for r in results if r.id.startswith("now"))
+    assert svc.admission.used == 0

@@ -67,6 +67,13 @@ def test_seed_data_sizes() -> None:
     assert not {"Alex", "Chris"} & set(skd.first_names())
 
 
+def test_name_pairs_are_the_draws_of_random_sample() -> None:
+    """name_pair is rng.sample(names, 2) without its overhead: the same two names for the same generator state."""
+    for seed in range(3000):
+        pair = skd.name_pair(random.Random(seed))
+        assert pair == tuple(random.Random(seed).sample(skd.first_names(), 2)) and pair[0] != pair[1]
+
+
 def _c(text: str, lp: float = -1.0, finish: FinishReason = FinishReason.STOP, stop: str = "\n\n") -> skd.Candidate:
     return skd.Candidate(text, finish, stop, lp)
 

@@ -53,6 +53,25 @@ class Admission:
         self.used -= 1
 
 
+class _Window:
+    """The items one call has in flight; its one reader waits while it is full. asyncio.Semaphore would do, at a
+    generator expression per acquire, which shows on rule rewards and critic triples."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._freed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.free <= 0:
+            self._freed.clear()
+            await self._freed.wait()
+        self.free -= 1
+
+    def release(self) -> None:
+        self.free += 1
+        self._freed.set()
+
+
 @dataclass
 class ServiceContext:
     name: str
@@ -128,7 +147,7 @@ async def _run_items(
     """Admit, run and answer every item of a call; yields the results in the order they finish, as lists of
     those ready together."""
     out: asyncio.Queue[Any] = asyncio.Queue()
-    window = asyncio.Semaphore(svc.stream_window)
+    window = _Window(svc.stream_window)
     tasks: set[asyncio.Task[None]] = set()
     in_flight_ids: set[str] = set()
     read = 0
