@@ -84,6 +84,8 @@ class CriticService(critic_pb2_grpc.CriticServicer):
         self.svc = svc
         self._classify = StreamSpec("Classify", self._classify_one, critic_pb2.ClassifyResult)
         self._classify_batched = StreamSpec("ClassifyBatched", self._classify_one, critic_pb2.ClassifyResult)
+        self._queue_seconds = svc.metrics.queue_seconds.labels(svc.name, "Classify")
+        self._inference_seconds = svc.metrics.inference_seconds.labels(svc.name, "Classify")
 
     async def Classify(
         self, request_iterator: AsyncIterator[critic_pb2.ClassifyRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -133,9 +135,8 @@ class CriticService(critic_pb2_grpc.CriticServicer):
             cutoff = convert.check_range(req.cutoff, "cutoff", 0.0, 1.0)
         else:
             cutoff = self.scorer.cutoff(relation)
-        m = self.svc.metrics
-        m.queue_seconds.labels(self.svc.name, "Classify").observe(queue_s)
-        m.inference_seconds.labels(self.svc.name, "Classify").observe(inference_s)
+        self._queue_seconds.observe(queue_s)
+        self._inference_seconds.observe(inference_s)
         return critic_pb2.ClassifyResult(
             id=req.id,
             score=score,
