@@ -257,11 +257,11 @@ async def run_levels(
                     _percentile(ms, 0.9),
                     _percentile(ms, 0.99),
                     dict(rec.codes),
-                    server_cpu,
-                    anchor,
-                    None if peak is None else peak / 2**30,
-                    items_mean,
-                    padding_mean,
+                    server_cpu_us_per_item=server_cpu,
+                    gpu_memory_peak_gib=None if peak is None else peak / 2**30,
+                    batch_items_mean=items_mean,
+                    batch_padding_mean=padding_mean,
+                    in_process_us_per_item=anchor,
                 )
             )
             cpu = f", server CPU {server_cpu:.0f} us/item" if server_cpu is not None else ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from proctor.bench import load
 from proctor.engine.cli import main
@@ -20,7 +22,15 @@ def test_each_workload_runs(workload: str, mode: str, tmp_path: Path, monkeypatc
     )
     out = capsys.readouterr().out
     assert "errors 0" in out, out
-    assert list(tmp_path.glob(f"*-bench-{workload}.json")) and list(tmp_path.glob(f"*-bench-{workload}.md"))
+    [report] = [json.loads(p.read_text()) for p in tmp_path.glob(f"*-bench-{workload}.json")]
+    assert list(tmp_path.glob(f"*-bench-{workload}.md"))
+    [level] = report["levels"]
+    assert level["server_cpu_us_per_item"] is not None, "the bench's own server: its CPU is read (in 10 ms ticks)"
+    assert (level["in_process_us_per_item"] is not None) == (workload == "grpo"), "the anchor where one exists"
+    if workload == "skd":  # model batches ran: their statistics come from the server's /metrics
+        assert level["batch_items_mean"] >= 1 and 0 <= level["batch_padding_mean"] < 1
+    if not torch.cuda.is_available():
+        assert level["gpu_memory_peak_gib"] is None
 
 
 def test_grpo_rollouts_are_well_formed() -> None:
