@@ -173,9 +173,9 @@ class CriticConfig:
     cutoff: float = -1.0  # >= 0 overrides the level for every relation
     cutoffs: dict[str, float] = field(default_factory=dict)  # per relation (xWant, ...), over both of the above
     draws: int = 5  # name draws per triple; the score is their mean
-    max_batch_items: int = 256
-    max_batch_tokens: int = 16384
-    max_wait_ms: float = 2.0
+    max_batch_items: int = 256  # pairs per model batch
+    max_batch_tokens: int = 16384  # padded token slots per model batch (pairs x the longest)
+    max_wait_ms: float = 2.0  # after the first pair, for more to batch with; what waits is cut by length
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
