@@ -59,7 +59,7 @@ class TorchClassifier:
         return self._info
 
     def queue_depth(self) -> int:
-        return self._batcher.depth() if self._batcher is not None else 0
+        return sum(b.depth() for b in (self._tokenize, self._batcher) if b is not None)
 
     def alive(self) -> bool:
         return all(b is None or b.running() for b in (self._batcher, self._tokenize))
