@@ -158,7 +158,7 @@ async def test_packed_score_batches_equal_padded_ones_without_padding() -> None:
         assert packed.top is not None and padded.top is not None and packed.top.ids == padded.top.ids
 
 
-def test_packing_and_attention_settings_are_checked() -> None:
+async def test_packing_and_attention_settings_are_checked() -> None:
     from proctor.engine.config import ConfigError, TeacherConfig, load_config
 
     with pytest.raises(ConfigError, match=r"teacher\.score_packing: 'tight'"):
