@@ -70,7 +70,7 @@ async def test_another_job_in_the_same_folder_is_refused(target: str, tmp_path: 
         distill._prepare(tmp_path / "out", distill.DistillJob(seed=2, events_file=str(tmp_path / "e.txt")))
 
 
-def test_summary_and_distinct_n() -> None:
+async def test_summary_and_distinct_n() -> None:
     rows = [
         {"relation": "xWant", "tail": "to eat", "kept": {"high": True, "medium": True}},
         {"relation": "xWant", "tail": "to eat food", "kept": {"high": False, "medium": True}},
