@@ -41,7 +41,8 @@ from proctor.bench.server import cpu_seconds, histogram_totals, peak_in, scrape,
 from proctor.clients.reward import ATOM_DETAILS
 from proctor.clients.streaming import CODE_NAMES
 from proctor.engine import skd
-from proctor.engine.reward import RewardScorer, RewardSettings, RolloutInput
+from proctor.engine.reward import RewardScorer, RewardSettings
+from proctor.engine.services.reward import rollout_input
 from proctor.proto.proctor.v1 import (
     common_pb2,
     critic_pb2,
@@ -112,17 +113,16 @@ def workloads(max_len: int, atoms: str = "none") -> dict[str, Workload]:
         "skd": Workload("skd", critic_pb2_grpc.CriticStub, "Classify", classify, lambda r: 0, step=256,
                         batched_rpc="ClassifyBatched", batch=critic_pb2.ClassifyBatch),
         "grpo": Workload("grpo", reward_pb2_grpc.RewardModelStub, "Reward", reward, lambda r: 0, step=4096,
-                         batched_rpc="RewardBatched", batch=reward_pb2.RewardBatch, in_process=_rule_rewards),
+                         batched_rpc="RewardBatched", batch=reward_pb2.RewardBatch, in_process=rule_rewards),
         "score": Workload("score", teacher_pb2_grpc.TeacherStub, "Score", score, lambda r: len(r.logprobs)),
     }  # fmt: skip
 
 
-def _rule_rewards(requests: list[reward_pb2.RewardRequest]) -> None:
-    """The grpo requests' rule rewards, computed in-process as the server does (the anchor of a grpo level)."""
-    scorer = RewardScorer(RewardSettings(mode="rules"), None)
+def rule_rewards(requests: list[reward_pb2.RewardRequest], total_steps: int = 0) -> None:
+    """The requests' rule rewards computed in-process, from request to outcome as the server does (the anchor)."""
+    scorer = RewardScorer(RewardSettings(mode="rules", total_steps=total_steps), None)
     for r in requests:
-        item = RolloutInput(r.question, r.response, list(r.gold_answers), r.training_step, r.total_steps, "rules")
-        scorer.apply_rules(item)
+        scorer.apply_rules(rollout_input(r))
 
 
 @dataclass

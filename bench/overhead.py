@@ -28,17 +28,15 @@ from typing import Any
 
 import grpc
 
-from proctor.bench.load import _TAILS, _rollout
+from proctor.bench import load
+from proctor.bench.load import _rollout
 from proctor.bench.server import cpu_seconds, serve
 from proctor.clients.reward import RewardClient, reward_request
 from proctor.clients.teacher import TeacherClient, score_request
-from proctor.engine import skd
 from proctor.engine.backends.torch_classifier import TorchClassifier
 from proctor.engine.backends.torch_generator import TorchGenerator
 from proctor.engine.config import CriticConfig
-from proctor.engine.critic_input import RELATION_PHRASES
-from proctor.engine.reward import RewardScorer, RewardSettings, RolloutInput
-from proctor.engine.services.convert import RELATION_ENUMS
+from proctor.engine.services.convert import RELATIONS
 from proctor.engine.services.critic import CriticScorer
 from proctor.engine.types import ScoreItem
 from proctor.proto.proctor.v1 import critic_pb2, critic_pb2_grpc
@@ -62,12 +60,6 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
         score_request(f"s{i}", [rng.randint(3, 400) for _ in range(32)], [rng.randint(3, 400) for _ in range(32)])
         for i in range(items // 20)
     ]
-    scorer = RewardScorer(RewardSettings(mode="rules", total_steps=100000), None)
-    inputs = [RolloutInput(r.question, r.response, list(r.gold_answers), r.training_step) for r in full]
-
-    async def direct_rewards() -> None:
-        for item in inputs:
-            await scorer.score(item)
 
     async def direct_scores() -> float:
         backend = TorchGenerator("builtin:tiny", device="cpu")
@@ -80,8 +72,8 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
         await backend.close()
         return seconds
 
-    triples = [(rng.choice(skd.seed_events()), rng.choice(list(RELATION_PHRASES)), rng.choice(_TAILS), i)
-               for i in range(items // 5)]  # fmt: skip
+    classify = [load.workloads(2048)["skd"].make(rng, i) for i in range(items // 5)]
+    triples = [(c.triple.head, RELATIONS[c.triple.relation], c.triple.tail, None) for c in classify]
 
     async def direct_triples() -> float:
         backend = TorchClassifier("builtin:tiny-critic", device="cpu")
@@ -111,7 +103,7 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
                     return run
 
                 variants: dict[str, Callable[[], None]] = {
-                    "in_process": lambda: asyncio.run(direct_rewards()),
+                    "in_process": lambda: load.rule_rewards(full, total_steps=100000),
                     "grpc_per_message": over_grpc(full, 0),
                     "grpc_batched": over_grpc(full, 256),
                     "grpc_batched_no_atoms": over_grpc(bare, 256),
@@ -125,12 +117,6 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
                         wall.setdefault(name, []).append((time.perf_counter() - t0) / items)
                         if name != "in_process":
                             server_cpu.setdefault(name, []).append((cpu_seconds(proc.pid) - cpu0) / items)
-            classify = [
-                critic_pb2.ClassifyRequest(
-                    id=str(i), triple=critic_pb2.Triple(head=h, relation=RELATION_ENUMS[r], tail=t), seed=seed
-                )
-                for i, (h, r, t, seed) in enumerate(triples)
-            ]
             messages = [critic_pb2.ClassifyBatch(items=classify[i : i + 256]) for i in range(0, len(classify), 256)]
             with grpc.insecure_channel(target) as channel:
                 stub = critic_pb2_grpc.CriticStub(channel)

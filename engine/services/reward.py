@@ -25,6 +25,23 @@ _MODES = {
 _ATOM_DETAILS = frozenset(reward_pb2.AtomDetail.values())
 
 
+def rollout_input(req: reward_pb2.RewardRequest) -> RolloutInput:
+    """The domain's view of a request; a bad field is an ItemError naming it."""
+    if req.mode not in _MODES:
+        raise ItemError(f"unknown mode {req.mode}", "mode")
+    response = req.response
+    if not response:
+        raise ItemError("required: the rollout text", "response")
+    return RolloutInput(
+        question=req.question,
+        response=response,
+        golds=list(req.gold_answers),
+        step=req.training_step,
+        total_steps=req.total_steps if req.HasField("total_steps") else None,
+        mode=_MODES[req.mode],
+    )
+
+
 class RewardService(reward_pb2_grpc.RewardModelServicer):
     def __init__(self, scorer: RewardScorer, judge: Generator | None, svc: ServiceContext) -> None:
         self.scorer = scorer
@@ -59,22 +76,9 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
     ) -> reward_pb2.RewardResult | Coroutine[Any, Any, reward_pb2.RewardResult]:
         """The rules at once, on the event loop (they never wait on the model); the RRM's part as a coroutine."""
         received = time.perf_counter()
-        if req.mode not in _MODES:
-            raise ItemError(f"unknown mode {req.mode}", "mode")
         if req.atom_detail not in _ATOM_DETAILS:
             raise ItemError(f"unknown atom_detail {req.atom_detail}", "atom_detail")
-        response = req.response
-        if not response:
-            raise ItemError("required: the rollout text", "response")
-        item = RolloutInput(
-            question=req.question,
-            response=response,
-            golds=list(req.gold_answers),
-            step=req.training_step,
-            total_steps=req.total_steps if req.HasField("total_steps") else None,
-            mode=_MODES[req.mode],
-        )
-        decided = self.scorer.apply_rules(item)
+        decided = self.scorer.apply_rules(rollout_input(req))
         if isinstance(decided, PendingJudgement):
             return self._judged(req, decided, received)
         return self._result(req, decided, received)
