@@ -20,9 +20,9 @@ from proctor.engine.errors import ItemError
 from proctor.engine.types import BackendInfo
 
 TOKENIZE_BATCH = 1024  # pairs per tokenizer call at most
-# A fast tokenizer's Rust encodings hold every model input of a sequence classifier under these names (the
-# attention mask of an unpadded pair is all ones: _pad makes it).
-_ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": ""}
+# Where a fast tokenizer's Rust encoding holds a sequence classifier's inputs; the attention mask of an unpadded
+# pair is all ones, and _pad makes it.
+_ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids"}
 
 
 class TorchClassifier:
@@ -51,6 +51,7 @@ class TorchClassifier:
         self._batcher: DynamicBatcher[dict[str, list[int]], float] | None = None
         self._tokenize: DynamicBatcher[TextPair, dict[str, list[int]]] | None = None
         self._rust: Any = None  # the fast tokenizer's own Rust tokenizer, when there is one
+        self._fields: list[tuple[str, str]] = []  # (model input, Encoding attribute) read off its encodings
 
     @property
     def info(self) -> BackendInfo:
@@ -92,7 +93,8 @@ class TorchClassifier:
         )
         self._info = loaded.info(int(model.config.vocab_size), self._max_len)
         tokenizer = self._tokenizer
-        if tokenizer.is_fast and set(tokenizer.model_input_names) <= set(_ENCODING_FIELDS):
+        names = tokenizer.model_input_names
+        if tokenizer.is_fast and set(names) <= {*_ENCODING_FIELDS, "attention_mask"}:
             # A copy of the Rust tokenizer, batch-encoding without transformers' per-item Python conversion (the
             # same ids: tested); never truncating or padding, whatever tokenizer.json says.
             from tokenizers import Tokenizer
@@ -100,6 +102,7 @@ class TorchClassifier:
             self._rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
             self._rust.no_truncation()
             self._rust.no_padding()
+            self._fields = [(name, _ENCODING_FIELDS[name]) for name in names if name in _ENCODING_FIELDS]
 
     async def close(self) -> None:
         for batcher in (self._tokenize, self._batcher):
@@ -128,9 +131,8 @@ class TorchClassifier:
             enc = self._tokenizer([p.first for p in pairs], [p.second for p in pairs], truncation=False)
             names = list(enc.keys())
             return [{name: enc[name][i] for name in names} for i in range(len(pairs))]
-        fields = [(n, _ENCODING_FIELDS[n]) for n in self._tokenizer.model_input_names if _ENCODING_FIELDS[n]]
         return [
-            {name: getattr(e, field) for name, field in fields}
+            {name: getattr(e, field) for name, field in self._fields}
             for e in self._rust.encode_batch([(p.first, p.second) for p in pairs])
         ]
 
