@@ -5,10 +5,11 @@
 Workloads: rule-only rewards (no model: the overhead *is* the cost) on ~6 KB multi-turn rollouts, one item per
 message (Reward) and 256 per message (RewardBatched, with full atoms and with `atom_detail: NONE`, what the trainer
 adapters send); SKD triples on the tiny critic (5 name draws each, 256 per ClassifyBatched message); and Score with
-the tiny model. The server runs as its own process (as in production); the client
-streams every item on one call. The rule-reward variants run in interleaved rounds (this machine's speed drifts;
-each figure is the median over rounds). Besides wall time per item, the server's own CPU time per item is read
-from /proc: its inverse is the throughput per server core. Writes bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
+the tiny model. The server runs as its own process (as in production); the client streams every item on one call.
+The rule-reward variants run in interleaved rounds, as this machine's speed drifts: each figure is the median over
+rounds, and the overhead the median of each round's difference. Besides wall time per item, the server's own CPU
+time per item is read from /proc: its inverse is the throughput per server core. Writes
+bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
     }
     for name in ("grpc_per_message", "grpc_batched", "grpc_batched_no_atoms"):
         report[f"rule_reward_{name}_us_per_item"] = median[name]
-        report[f"rule_reward_{name}_overhead_us_per_item"] = median[name] - median["in_process"]
+        # Paired by round: the machine's speed drifts between rounds, not within one.
+        paired = [(v - a) * us for v, a in zip(wall[name], wall["in_process"], strict=True)]
+        report[f"rule_reward_{name}_overhead_us_per_item"] = statistics.median(paired)
         report[f"rule_reward_{name}_items_per_s"] = us / median[name]
         report[f"rule_reward_{name}_server_cpu_us_per_item"] = cpu[name]
         report[f"rule_reward_{name}_items_per_server_core_s"] = us / cpu[name]
