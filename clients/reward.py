@@ -21,11 +21,19 @@ ATOM_DETAILS = {
 }
 
 
+def gold_list(golds: str | Sequence[str] | None) -> list[str]:
+    """A dataset's gold answer(s) as the request's list: one string, a list of them, or none (None, "" or []).
+    Empty golds are sent as they are: the server scores them by the rule (R_f1 = 0), it does not refuse them."""
+    if golds is None:
+        return []
+    return [golds] if isinstance(golds, str) else [str(g) for g in golds]
+
+
 def reward_request(
     id: str,
     question: str,
     response: str,
-    golds: str | Sequence[str],
+    golds: str | Sequence[str] | None,
     training_step: int,
     *,
     total_steps: int | None = None,
@@ -40,7 +48,7 @@ def reward_request(
         id=id,
         question=question,
         response=response,
-        gold_answers=[golds] if isinstance(golds, str) else list(golds),
+        gold_answers=gold_list(golds),
         training_step=training_step,
         mode=MODES[mode],
         return_rrm_text=return_rrm_text,

@@ -59,7 +59,7 @@ class _Base:
                 f"{batch}-{i}",
                 _text(prompt, "user"),
                 _text(completion, "assistant"),
-                gold if isinstance(gold, str) else list(gold),
+                gold,
                 step,
                 total_steps=total,
                 mode=self.mode,

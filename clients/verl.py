@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from proctor.clients.reward import RewardClient, reward_request
+from proctor.clients.reward import RewardClient, gold_list, reward_request
 from proctor.clients.streaming import ItemFailed
 
 _client: RewardClient | None = None
@@ -33,10 +33,8 @@ def _reward_client() -> RewardClient:
 
 def _golds(ground_truth: Any) -> list[str]:
     if isinstance(ground_truth, dict):  # Search-R1 / DeepResearcher data: {"target": [...]}
-        ground_truth = ground_truth.get("target", ground_truth.get("answer", ""))
-    if isinstance(ground_truth, str):
-        return [ground_truth]
-    return [str(g) for g in ground_truth]
+        ground_truth = ground_truth.get("target", ground_truth.get("answer"))
+    return gold_list(ground_truth)
 
 
 def compute_score_batch(

@@ -93,8 +93,6 @@ class RewardScorer:
         alpha = schedule.alpha(item.step, total)  # validates T even in rules mode
         if mode == "rules":  # alpha is taken as 0: there is no R_atom to mix in
             alpha = 0.0
-        if not any(g.strip() for g in item.golds):
-            raise ItemError("required: at least one non-empty gold answer", "gold_answers")
         verdict, atoms = rollout.parse(item.response)
         if not verdict.ok:
             return RewardOutcome(-1.0, alpha, 0.0, False, verdict.reason, atoms)
@@ -107,7 +105,11 @@ class RewardScorer:
             result.r_atom = self.settings.no_atoms_r_atom
             result.reward = schedule.mix(alpha, result.r_atom, r_f1)
             return result
-        gold = outcome.split_golds(item.golds)[0] if self.settings.include_gold else None
+        if not item.question.strip():
+            raise ItemError(f"required: the question, which the RRM reads in {mode} mode", "question")
+        # The first gold with any text: an empty gold list (or empty golds) is scored, not refused (PAPERS.md §2.2).
+        golds = (g for g in outcome.split_golds(item.golds) if g.strip())
+        gold = next(golds, None) if self.settings.include_gold else None
         prompt = rrm.render_prompt(self.settings.prompt_template, item.question, atoms, gold)
         return PendingJudgement(item, result, prompt, mode)
 

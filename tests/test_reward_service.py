@@ -62,7 +62,9 @@ async def test_rules_malformed_no_atoms_and_bad_items_in_one_stream(target: str)
             _request("no_atoms", NO_ATOMS, training_step=0),
             _request("late", GOOD, training_step=101),
             _request("tmax", GOOD, training_step=5, total_steps=0),
-            reward_pb2.RewardRequest(id="nogold", response=GOOD, training_step=1),
+            reward_pb2.RewardRequest(id="nogold", response=GOOD, training_step=1, mode=reward_pb2.RULES),
+            reward_pb2.RewardRequest(id="empty", gold_answers=["Paris"], training_step=1),
+            reward_pb2.RewardRequest(id="noquestion", response=GOOD, gold_answers=["", "Paris"], training_step=1),
             _request("mode", GOOD, training_step=1, mode=42),  # type: ignore[arg-type]
         ],
     )
@@ -77,7 +79,10 @@ async def test_rules_malformed_no_atoms_and_bad_items_in_one_stream(target: str)
     assert no_atoms.no_atoms and no_atoms.r_atom == 0.0 and no_atoms.reward == pytest.approx(0.5 * 0.4)
     assert out["late"].error.field == "training_step"
     assert out["tmax"].error.field == "total_steps"
-    assert out["nogold"].error.field == "gold_answers"
+    # Empty golds and an empty response are scored by the rule (PAPERS.md §2.2), not refused.
+    assert not out["nogold"].HasField("error") and out["nogold"].reward == 0.0 and out["nogold"].format_ok
+    assert not out["empty"].HasField("error") and out["empty"].reward == -1.0 and not out["empty"].format_ok
+    assert out["noquestion"].error.field == "question", "the RRM reads the question: its absence is the request's"
     assert out["mode"].error.field == "mode"
 
 

@@ -29,12 +29,10 @@ def rollout_input(req: reward_pb2.RewardRequest) -> RolloutInput:
     """The domain's view of a request; a bad field is an ItemError naming it."""
     if req.mode not in _MODES:
         raise ItemError(f"unknown mode {req.mode}", "mode")
-    response = req.response
-    if not response:
-        raise ItemError("required: the rollout text", "response")
+    # An empty response or gold list is a rollout to score by the rule (-1 / R_f1 0), not a bad request.
     return RolloutInput(
         question=req.question,
-        response=response,
+        response=req.response,
         golds=list(req.gold_answers),
         step=req.training_step,
         total_steps=req.total_steps if req.HasField("total_steps") else None,
