@@ -27,9 +27,10 @@ _TAG = re.compile(
     "<(?:" + "|".join([f"({_caseless(t)})" for t in FORMAT_TAGS] + [f"/({_caseless(t)})" for t in FORMAT_TAGS]) + ")>"
 )
 _CLOSING = len(FORMAT_TAGS)
-# An atom is a well-formed upper-case tag pair; the set of names is open. `<([A-Z][A-Z0-9_]*)>(.*?)</\1>`, unrolled:
-# runs of non-`<` characters are taken at once instead of trying the closing tag at every character.
-_ATOM = re.compile(r"<([A-Z][A-Z0-9_]*)>([^<]*(?:<(?!/\1>)[^<]*)*)</\1>")
+# An atom is a well-formed upper-case tag pair; the set of names is open: what `<([A-Z][A-Z0-9_]*)>(.*?)</\1>`
+# (across newlines) finds scanning left to right. That pattern is quadratic on unclosed tags (`<A>` * n: every
+# opening tag scans to the end for its close), so the tags are found once and paired in one pass instead.
+_ATOM_TAG = re.compile(r"<(/?)([A-Z][A-Z0-9_]*)>")
 
 
 class Atom(NamedTuple):
@@ -69,12 +70,41 @@ def parse(response: str) -> ParsedRollout:
             if opening is not None:
                 pairs[tag].append((opening[1], m.start()))
                 unclosed[tag] = None
-    atoms = [
-        Atom(name, text.strip(), turn)
-        for turn, (start, end) in enumerate(pairs[_THINK])
-        for name, text in _ATOM.findall(response, start, end)
-    ]
+    atoms = [atom for turn, (start, end) in enumerate(pairs[_THINK]) for atom in _atoms_in(response, start, end, turn)]
     return ParsedRollout(_verdict(response, counts, unclosed, pairs[_ANSWER]), atoms)
+
+
+def _atoms_in(response: str, start: int, end: int, turn: int) -> list[Atom]:
+    """The atoms of one think block, in linear time: an opening tag pairs with the first closing tag of its name
+    after it, and the scan goes on after that close (an opening tag inside a taken pair starts nothing)."""
+    # Plain ints and strings in flat lists: no tuple per tag for the garbage collector to walk (gen-2 passes over
+    # hundreds of thousands of them stall every thread, the event loop's included).
+    opened: list[int] = []
+    content: list[int] = []
+    names: list[str] = []
+    closings: dict[str, list[int]] = {}  # name -> the starts of its closing tags, in order
+    for m in _ATOM_TAG.finditer(response, start, end):
+        if m.group(1):
+            closings.setdefault(m.group(2), []).append(m.start())
+        else:
+            opened.append(m.start())
+            content.append(m.end())
+            names.append(m.group(2))
+    found: list[Atom] = []
+    taken_until = start
+    seen: dict[str, int] = {}  # name -> how many of its closings lie before every opening still to pair
+    for at, begins, name in zip(opened, content, names, strict=True):
+        closes = closings.get(name)
+        if at < taken_until or closes is None:
+            continue
+        i = seen.get(name, 0)
+        while i < len(closes) and closes[i] < begins:  # openings come in order, so each closing is passed once
+            i += 1
+        seen[name] = i
+        if i < len(closes):
+            found.append(Atom(name, response[begins : closes[i]].strip(), turn))
+            taken_until = closes[i] + len(name) + 3  # past `</NAME>`
+    return found
 
 
 def _verdict(

@@ -203,3 +203,29 @@ def test_one_pass_parser_matches_the_literal_rule() -> None:
             assert rollout.atoms(text) == _reference_atoms(text), text
         else:  # U+0130 lowercases to two characters: the reference's offsets are in the longer text
             assert re.sub(r"\d+", "N", got.reason) == re.sub(r"\d+", "N", want.reason), text
+
+
+def test_parser_time_is_linear_on_hostile_rollouts() -> None:
+    """Degenerate policies repeat tags; no rollout may cost more than a bounded time per kB. The quadratic pattern
+    took 1.25 s on 12 kB of `<A>`; each case here is ~96 kB, so a quadratic parser would take over a minute."""
+    import random
+    import time
+
+    size = 96 * 1024
+    blocks = ["<A>", "<A>x", "</A>", "<AB_1>", "</B>", "<think>", "</think>", "<", "x", "<answer>", "</answer>"]
+    cases = {
+        "unclosed tags in a think block": "<think>" + "<A>" * (size // 3) + "</think><answer>a</answer>",
+        "unclosed tags, think left open": "<think>" + "<A>" * (size // 3),
+        "many names, none closed": "<think>" + "".join(f"<N{i}>" for i in range(size // 8)) + "</think>",
+        "closes before every open": "<think>" + "</A>" * (size // 8) + "<A>" * (size // 6) + "</think>",
+        "every atom closed": "<think>" + "<A>x</A>" * (size // 8) + "</think><answer>a</answer>",
+        "think blocks only": "<think></think>" * (size // 15) + "<answer>a</answer>",
+    }
+    rng = random.Random(0)
+    for i in range(4):
+        cases[f"random tag soup {i}"] = "".join(rng.choice(blocks) for _ in range(size // 3))
+    for name, text in cases.items():
+        started = time.process_time()
+        rollout.parse(text)
+        ms_per_kb = (time.process_time() - started) * 1e3 / (len(text) / 1024)
+        assert ms_per_kb < 5.0, f"{name}: {ms_per_kb:.2f} ms per kB"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -23,6 +24,9 @@ _MODES = {
     reward_pb2.RULES: "rules",
 }
 _ATOM_DETAILS = frozenset(reward_pb2.AtomDetail.values())
+# The rules on a longer rollout run in a worker thread: they are linear in its length, but tag soup costs about
+# 0.3 us a character, and neither Health nor any other call may wait on that.
+RULES_INLINE_CHARS = 16 * 1024
 
 
 def rollout_input(req: reward_pb2.RewardRequest) -> RolloutInput:
@@ -72,14 +76,29 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
     def _reward_one(
         self, req: reward_pb2.RewardRequest
     ) -> reward_pb2.RewardResult | Coroutine[Any, Any, reward_pb2.RewardResult]:
-        """The rules at once, on the event loop (they never wait on the model); the RRM's part as a coroutine."""
+        """The rules at once, on the event loop (they never wait on the model), unless the rollout is long; the
+        RRM's part as a coroutine."""
         received = time.perf_counter()
+        if len(req.response) > RULES_INLINE_CHARS:
+            return self._off_loop(req, received)
+        decided = self._rules(req, received)
+        if isinstance(decided, PendingJudgement):
+            return self._judged(req, decided, received)
+        return decided
+
+    def _rules(self, req: reward_pb2.RewardRequest, received: float) -> reward_pb2.RewardResult | PendingJudgement:
         if req.atom_detail not in _ATOM_DETAILS:
             raise ItemError(f"unknown atom_detail {req.atom_detail}", "atom_detail")
         decided = self.scorer.apply_rules(rollout_input(req))
         if isinstance(decided, PendingJudgement):
-            return self._judged(req, decided, received)
+            return decided
         return self._result(req, decided, received)
+
+    async def _off_loop(self, req: reward_pb2.RewardRequest, received: float) -> reward_pb2.RewardResult:
+        decided = await asyncio.to_thread(self._rules, req, received)
+        if isinstance(decided, PendingJudgement):
+            return await self._judged(req, decided, received)
+        return decided
 
     async def _judged(
         self, req: reward_pb2.RewardRequest, pending: PendingJudgement, received: float
