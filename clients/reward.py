@@ -34,22 +34,32 @@ def reward_request(
     question: str,
     response: str,
     golds: str | Sequence[str] | None,
-    training_step: int,
+    training_step: int | None,
     *,
     total_steps: int | None = None,
+    run: str | None = None,
+    rollouts_per_step: int = 0,
+    observe_only: bool = False,
     mode: str | None = None,
     return_rrm_text: bool = False,
     atoms: str = "full",
     timeout_ms: int = 0,
 ) -> reward_pb2.RewardRequest:
     """`mode` is generate, expected, rules or None (the server's default). `atoms`: full (type, text, turn, score),
-    no_text, or none (the result's atom_count only; what a trainer that wants the reward alone should ask)."""
+    no_text, or none (the result's atom_count only; what a trainer that wants the reward alone should ask).
+
+    `training_step` None: the server derives T by counting the rollouts of `run` (`rollouts_per_step` of them a
+    step; 0 = the server's reward.steps.rollouts_per_step); `observe_only` takes its T without counting (validation).
+    A step given always wins."""
     request = reward_pb2.RewardRequest(
         id=id,
         question=question,
         response=response,
         gold_answers=gold_list(golds),
         training_step=training_step,
+        run=reward_pb2.StepRun(key=run, rollouts_per_step=rollouts_per_step, observe_only=observe_only)
+        if run is not None
+        else None,
         mode=MODES[mode],
         return_rrm_text=return_rrm_text,
         atom_detail=ATOM_DETAILS[atoms],

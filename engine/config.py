@@ -125,6 +125,21 @@ class TeacherConfig:
 
 
 @dataclass
+class StepsConfig:
+    """The training step of trainers that cannot send it, counted per run (engine/rewards/steps.py)."""
+
+    rollouts_per_step: int = 0  # a run's default (prompts per step x samples); 0 = each run must say
+    state_dir: str = ""  # where the counts live: survive restarts, shared by replicas on it; "" = memory only
+    max_runs: int = 1024  # runs tracked at once; a new key past it is refused
+
+    def __post_init__(self) -> None:
+        if self.rollouts_per_step < 0:
+            raise ConfigError("reward.steps.rollouts_per_step: must be >= 0")
+        if self.max_runs < 1:
+            raise ConfigError("reward.steps.max_runs: must be >= 1")
+
+
+@dataclass
 class RewardConfig:
     """The RewardModel service. `model` is the RRM (any HF causal LM); "" hosts rules-only rewards."""
 
@@ -146,6 +161,7 @@ class RewardConfig:
     judge_max_tokens: int = 0  # 0 = 8 per atom + 16
     renormalize: bool = True  # expected mode: renormalise over the score tokens
     http_port: int = -1  # OpenRLHF-compatible POST endpoint; -1 = off, 0 = any free port
+    steps: StepsConfig = field(default_factory=StepsConfig)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:

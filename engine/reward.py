@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from proctor.engine import outcome, rollout, rrm, schedule
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
+from proctor.engine.rewards.steps import StepRun, StepTracker
 from proctor.engine.types import GenerateItem, ProbeGroupItem, SamplingParams
 
 MODES = ("generate", "expected", "rules")
@@ -38,9 +39,10 @@ class RolloutInput:
     question: str
     response: str
     golds: list[str]
-    step: int
+    step: int | None  # T as the trainer sent it; None = derived from `run`
     total_steps: int | None = None
     mode: str | None = None
+    run: StepRun | None = None  # the run whose rollouts are counted when the trainer sends no T
 
 
 @dataclass
@@ -57,6 +59,7 @@ class RewardOutcome:
     rrm_text: str = ""
     rrm_attempts: int = 0
     inference_s: float = 0.0
+    training_step: int = 0  # the T used: the trainer's, or derived from its run
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,10 @@ class PendingJudgement:
 
 
 class RewardScorer:
-    def __init__(self, settings: RewardSettings, judge: Generator | None) -> None:
+    def __init__(self, settings: RewardSettings, judge: Generator | None, steps: StepTracker | None = None) -> None:
         self.settings = settings
         self.judge = judge
+        self.steps = steps or StepTracker()
         self._score_tokens: rrm.ScoreTokens | None = None
 
     async def score(self, item: RolloutInput) -> RewardOutcome:
@@ -82,6 +86,7 @@ class RewardScorer:
     def apply_rules(self, item: RolloutInput) -> RewardOutcome | PendingJudgement:
         """Everything that needs no model: the final outcome (rules mode, a malformed rollout, no atoms), or what
         is left for the RRM."""
+        step = self.training_step(item)  # first: a rollout the trainer sent is counted even when it fails below
         mode = item.mode or self.settings.mode
         if mode != "rules" and self.judge is None:
             raise ItemError(
@@ -90,16 +95,16 @@ class RewardScorer:
                 "FAILED_PRECONDITION",
             )
         total = item.total_steps if item.total_steps is not None else self.settings.total_steps
-        alpha = schedule.alpha(item.step, total)  # validates T even in rules mode
+        alpha = schedule.alpha(step, total)  # validates T even in rules mode
         if mode == "rules":  # alpha is taken as 0: there is no R_atom to mix in
             alpha = 0.0
         verdict, atoms = rollout.parse(item.response)
         if not verdict.ok:
-            return RewardOutcome(-1.0, alpha, 0.0, False, verdict.reason, atoms)
+            return RewardOutcome(-1.0, alpha, 0.0, False, verdict.reason, atoms, training_step=step)
         r_f1 = outcome.best_f1(verdict.answer, item.golds)
         if mode == "rules":
-            return RewardOutcome(r_f1, alpha, r_f1, True, "", atoms)
-        result = RewardOutcome(0.0, alpha, r_f1, True, "", atoms)
+            return RewardOutcome(r_f1, alpha, r_f1, True, "", atoms, training_step=step)
+        result = RewardOutcome(0.0, alpha, r_f1, True, "", atoms, training_step=step)
         if not atoms:
             result.no_atoms = True
             result.r_atom = self.settings.no_atoms_r_atom
@@ -112,6 +117,14 @@ class RewardScorer:
         gold = next(golds, None) if self.settings.include_gold else None
         prompt = rrm.render_prompt(self.settings.prompt_template, item.question, atoms, gold)
         return PendingJudgement(item, result, prompt, mode)
+
+    def training_step(self, item: RolloutInput) -> int:
+        """T: the trainer's when it sent one (it always wins), else the run's count (engine.rewards.steps)."""
+        if item.step is not None:
+            return item.step
+        if item.run is None:
+            raise ItemError("required: the training step, or a run whose rollouts the server counts", "training_step")
+        return self.steps.step(item.run)
 
     async def judge_atoms(self, pending: PendingJudgement) -> RewardOutcome:
         """The RRM's part: score the atoms, aggregate them into R_atom, mix."""

@@ -37,6 +37,7 @@ from proctor.engine.config import (
 )
 from proctor.engine.metrics import Metrics
 from proctor.engine.reward import RewardScorer, RewardSettings
+from proctor.engine.rewards.steps import StepTracker
 from proctor.engine.services import critic, reward, teacher
 from proctor.engine.services.openrlhf_http import OpenRLHFEndpoint
 from proctor.engine.services.remote_critic import RemoteCritic
@@ -174,6 +175,7 @@ class ProctorServer:
         self._watching: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self.openrlhf: OpenRLHFEndpoint | None = None
+        self.steps: StepTracker | None = None
         self.remote_critic: RemoteCritic | None = None
 
     async def start(self) -> None:
@@ -231,7 +233,9 @@ class ProctorServer:
             if rc.model:
                 judge, self._needs[reward.SERVICE] = self._generator("reward", rc)
             svc = self._service_context(reward.SERVICE, rc.limits)
-            scorer = RewardScorer(reward_settings(rc), judge)
+            steps = rc.steps
+            self.steps = StepTracker(steps.rollouts_per_step, steps.state_dir, steps.max_runs)
+            scorer = RewardScorer(reward_settings(rc), judge, self.steps)
             if rc.http_port >= 0:
                 self.openrlhf = OpenRLHFEndpoint(scorer, asyncio.get_running_loop(), cfg.host, rc.http_port)
                 self.openrlhf.start()
@@ -401,6 +405,8 @@ class ProctorServer:
             await self.remote_critic.close()
         if self.openrlhf is not None:
             self.openrlhf.stop()
+        if self.steps is not None:
+            self.steps.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -12,6 +12,7 @@ import grpc
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
 from proctor.engine.reward import PendingJudgement, RewardOutcome, RewardScorer, RolloutInput
+from proctor.engine.rewards.steps import StepRun
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_batched_stream, run_stream
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
@@ -34,13 +35,19 @@ def rollout_input(req: reward_pb2.RewardRequest) -> RolloutInput:
     if req.mode not in _MODES:
         raise ItemError(f"unknown mode {req.mode}", "mode")
     # An empty response or gold list is a rollout to score by the rule (-1 / R_f1 0), not a bad request.
+    run = None
+    if req.HasField("run"):
+        run = StepRun(req.run.key, req.run.rollouts_per_step, req.run.observe_only)
+    # An unset step is derived from the run; without a run it is the field's default, 0.
+    step = req.training_step if req.HasField("training_step") or run is None else None
     return RolloutInput(
         question=req.question,
         response=req.response,
         golds=list(req.gold_answers),
-        step=req.training_step,
+        step=step,
         total_steps=req.total_steps if req.HasField("total_steps") else None,
         mode=_MODES[req.mode],
+        run=run,
     )
 
 
@@ -118,6 +125,7 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
             format_reason=out.format_reason,
             no_atoms=out.no_atoms,
             atom_count=len(out.atoms),
+            training_step=out.training_step,
             rrm_text=out.rrm_text if req.return_rrm_text else "",
             rrm_attempts=out.rrm_attempts,
             timing=convert.timing(0.0, out.inference_s, time.perf_counter() - received),

@@ -25,27 +25,29 @@ _sym_db = _symbol_database.Default()
 from proctor.proto.proctor.v1 import common_pb2 as proctor_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proctor/v1/reward.proto\x12\nproctor.v1\x1a\x17proctor/v1/common.proto\"7\n\x0bRewardBatch\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.proctor.v1.RewardRequest\"8\n\rRewardResults\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.proctor.v1.RewardResult\"\x93\x02\n\rRewardRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x14\n\x0cgold_answers\x18\x04 \x03(\t\x12\x15\n\rtraining_step\x18\x05 \x01(\x03\x12\x18\n\x0btotal_steps\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12!\n\x04mode\x18\x07 \x01(\x0e\x32\x13.proctor.v1.RrmMode\x12\x17\n\x0freturn_rrm_text\x18\x08 \x01(\x08\x12\x12\n\ntimeout_ms\x18\t \x01(\r\x12+\n\x0b\x61tom_detail\x18\n \x01(\x0e\x32\x16.proctor.v1.AtomDetailB\x0e\n\x0c_total_steps\"N\n\x04\x41tom\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04turn\x18\x03 \x01(\r\x12\x12\n\x05score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\"\xc7\x02\n\x0cRewardResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.proctor.v1.Status\x12\x0e\n\x06reward\x18\x03 \x01(\x02\x12\r\n\x05\x61lpha\x18\x04 \x01(\x02\x12\x0c\n\x04r_f1\x18\x05 \x01(\x02\x12\x13\n\x06r_atom\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\tformat_ok\x18\x07 \x01(\x08\x12\x15\n\rformat_reason\x18\x08 \x01(\t\x12\x1f\n\x05\x61toms\x18\t \x03(\x0b\x32\x10.proctor.v1.Atom\x12\x10\n\x08no_atoms\x18\n \x01(\x08\x12\x10\n\x08rrm_text\x18\x0b \x01(\t\x12\x14\n\x0crrm_attempts\x18\x0c \x01(\r\x12\"\n\x06timing\x18\r \x01(\x0b\x32\x12.proctor.v1.Timing\x12\x12\n\natom_count\x18\x0e \x01(\rB\t\n\x07_r_atom*J\n\x07RrmMode\x12\x18\n\x14RRM_MODE_UNSPECIFIED\x10\x00\x12\x0c\n\x08GENERATE\x10\x01\x12\x0c\n\x08\x45XPECTED\x10\x02\x12\t\n\x05RULES\x10\x03*Q\n\nAtomDetail\x12\x14\n\x10\x41TOM_DETAIL_FULL\x10\x00\x12\x17\n\x13\x41TOM_DETAIL_NO_TEXT\x10\x01\x12\x14\n\x10\x41TOM_DETAIL_NONE\x10\x02\x32\xd1\x01\n\x0bRewardModel\x12\x41\n\x06Reward\x12\x19.proctor.v1.RewardRequest\x1a\x18.proctor.v1.RewardResult(\x01\x30\x01\x12G\n\rRewardBatched\x12\x17.proctor.v1.RewardBatch\x1a\x19.proctor.v1.RewardResults(\x01\x30\x01\x12\x36\n\x04Info\x12\x17.proctor.v1.InfoRequest\x1a\x15.proctor.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proctor/v1/reward.proto\x12\nproctor.v1\x1a\x17proctor/v1/common.proto\"7\n\x0bRewardBatch\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.proctor.v1.RewardRequest\"8\n\rRewardResults\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.proctor.v1.RewardResult\"\xcc\x02\n\rRewardRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x14\n\x0cgold_answers\x18\x04 \x03(\t\x12\x1a\n\rtraining_step\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0btotal_steps\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12!\n\x04mode\x18\x07 \x01(\x0e\x32\x13.proctor.v1.RrmMode\x12\x17\n\x0freturn_rrm_text\x18\x08 \x01(\x08\x12\x12\n\ntimeout_ms\x18\t \x01(\r\x12+\n\x0b\x61tom_detail\x18\n \x01(\x0e\x32\x16.proctor.v1.AtomDetail\x12 \n\x03run\x18\x0b \x01(\x0b\x32\x13.proctor.v1.StepRunB\x10\n\x0e_training_stepB\x0e\n\x0c_total_steps\"G\n\x07StepRun\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x19\n\x11rollouts_per_step\x18\x02 \x01(\r\x12\x14\n\x0cobserve_only\x18\x03 \x01(\x08\"N\n\x04\x41tom\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04turn\x18\x03 \x01(\r\x12\x12\n\x05score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\"\xde\x02\n\x0cRewardResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.proctor.v1.Status\x12\x0e\n\x06reward\x18\x03 \x01(\x02\x12\r\n\x05\x61lpha\x18\x04 \x01(\x02\x12\x0c\n\x04r_f1\x18\x05 \x01(\x02\x12\x13\n\x06r_atom\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\tformat_ok\x18\x07 \x01(\x08\x12\x15\n\rformat_reason\x18\x08 \x01(\t\x12\x1f\n\x05\x61toms\x18\t \x03(\x0b\x32\x10.proctor.v1.Atom\x12\x10\n\x08no_atoms\x18\n \x01(\x08\x12\x10\n\x08rrm_text\x18\x0b \x01(\t\x12\x14\n\x0crrm_attempts\x18\x0c \x01(\r\x12\"\n\x06timing\x18\r \x01(\x0b\x32\x12.proctor.v1.Timing\x12\x12\n\natom_count\x18\x0e \x01(\r\x12\x15\n\rtraining_step\x18\x0f \x01(\x03\x42\t\n\x07_r_atom*J\n\x07RrmMode\x12\x18\n\x14RRM_MODE_UNSPECIFIED\x10\x00\x12\x0c\n\x08GENERATE\x10\x01\x12\x0c\n\x08\x45XPECTED\x10\x02\x12\t\n\x05RULES\x10\x03*Q\n\nAtomDetail\x12\x14\n\x10\x41TOM_DETAIL_FULL\x10\x00\x12\x17\n\x13\x41TOM_DETAIL_NO_TEXT\x10\x01\x12\x14\n\x10\x41TOM_DETAIL_NONE\x10\x02\x32\xd1\x01\n\x0bRewardModel\x12\x41\n\x06Reward\x12\x19.proctor.v1.RewardRequest\x1a\x18.proctor.v1.RewardResult(\x01\x30\x01\x12G\n\rRewardBatched\x12\x17.proctor.v1.RewardBatch\x1a\x19.proctor.v1.RewardResults(\x01\x30\x01\x12\x36\n\x04Info\x12\x17.proctor.v1.InfoRequest\x1a\x15.proctor.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proctor.v1.reward_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RRMMODE']._serialized_start=867
-  _globals['_RRMMODE']._serialized_end=941
-  _globals['_ATOMDETAIL']._serialized_start=943
-  _globals['_ATOMDETAIL']._serialized_end=1024
+  _globals['_RRMMODE']._serialized_start=1020
+  _globals['_RRMMODE']._serialized_end=1094
+  _globals['_ATOMDETAIL']._serialized_start=1096
+  _globals['_ATOMDETAIL']._serialized_end=1177
   _globals['_REWARDBATCH']._serialized_start=64
   _globals['_REWARDBATCH']._serialized_end=119
   _globals['_REWARDRESULTS']._serialized_start=121
   _globals['_REWARDRESULTS']._serialized_end=177
   _globals['_REWARDREQUEST']._serialized_start=180
-  _globals['_REWARDREQUEST']._serialized_end=455
-  _globals['_ATOM']._serialized_start=457
-  _globals['_ATOM']._serialized_end=535
-  _globals['_REWARDRESULT']._serialized_start=538
-  _globals['_REWARDRESULT']._serialized_end=865
-  _globals['_REWARDMODEL']._serialized_start=1027
-  _globals['_REWARDMODEL']._serialized_end=1236
+  _globals['_REWARDREQUEST']._serialized_end=512
+  _globals['_STEPRUN']._serialized_start=514
+  _globals['_STEPRUN']._serialized_end=585
+  _globals['_ATOM']._serialized_start=587
+  _globals['_ATOM']._serialized_end=665
+  _globals['_REWARDRESULT']._serialized_start=668
+  _globals['_REWARDRESULT']._serialized_end=1018
+  _globals['_REWARDMODEL']._serialized_start=1180
+  _globals['_REWARDMODEL']._serialized_end=1389
 # @@protoc_insertion_point(module_scope)

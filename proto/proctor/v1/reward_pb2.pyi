@@ -127,12 +127,15 @@ class RewardRequest(_message.Message):
     RETURN_RRM_TEXT_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     ATOM_DETAIL_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     question: _builtins.str
     response: _builtins.str
     """the whole rollout: think / tool_call / tool_response / answer"""
     training_step: _builtins.int
-    """T; must lie in [0, T_MAX]"""
+    """T; must lie in [0, T_MAX]. Unset: derived from `run` when it is set (the server counts the run's rollouts),
+    else 0. A value set here always wins over the derived one.
+    """
     total_steps: _builtins.int
     """T_MAX; unset -> server config"""
     mode: Global___RrmMode.ValueType
@@ -143,6 +146,10 @@ class RewardRequest(_message.Message):
     def gold_answers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """each may itself join several golds with "<|answer_split|>" """
 
+    @_builtins.property
+    def run(self) -> Global___StepRun:
+        """for trainers that cannot send T: the server derives it"""
+
     def __init__(
         self,
         *,
@@ -150,22 +157,60 @@ class RewardRequest(_message.Message):
         question: _builtins.str = ...,
         response: _builtins.str = ...,
         gold_answers: _abc.Iterable[_builtins.str] | None = ...,
-        training_step: _builtins.int = ...,
+        training_step: _builtins.int | None = ...,
         total_steps: _builtins.int | None = ...,
         mode: Global___RrmMode.ValueType = ...,
         return_rrm_text: _builtins.bool = ...,
         timeout_ms: _builtins.int = ...,
         atom_detail: Global___AtomDetail.ValueType = ...,
+        run: Global___StepRun | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "total_steps", b"total_steps"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "_training_step", b"_training_step", "run", b"run", "total_steps", b"total_steps", "training_step", b"training_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "atom_detail", b"atom_detail", "gold_answers", b"gold_answers", "id", b"id", "mode", b"mode", "question", b"question", "response", b"response", "return_rrm_text", b"return_rrm_text", "timeout_ms", b"timeout_ms", "total_steps", b"total_steps", "training_step", b"training_step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "_training_step", b"_training_step", "atom_detail", b"atom_detail", "gold_answers", b"gold_answers", "id", b"id", "mode", b"mode", "question", b"question", "response", b"response", "return_rrm_text", b"return_rrm_text", "run", b"run", "timeout_ms", b"timeout_ms", "total_steps", b"total_steps", "training_step", b"training_step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__total_steps: _TypeAlias = _typing.Literal["total_steps"]  # noqa: Y015
     _WhichOneofArgType__total_steps: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps"]  # noqa: Y015
+    _WhichOneofReturnType__training_step: _TypeAlias = _typing.Literal["training_step"]  # noqa: Y015
+    _WhichOneofArgType__training_step: _TypeAlias = _typing.Literal["_training_step", b"_training_step"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__total_steps) -> _WhichOneofReturnType__total_steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__training_step) -> _WhichOneofReturnType__training_step | None: ...
 
 Global___RewardRequest: _TypeAlias = RewardRequest  # noqa: Y015
+
+@_typing.final
+class StepRun(_message.Message):
+    """The training step of a trainer that cannot send it (verl's reward functions, OpenRLHF's remote RM): the server
+    counts the rollouts of the run as they arrive, T = (rollouts of the run before this one) / rollouts_per_step.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    ROLLOUTS_PER_STEP_FIELD_NUMBER: _builtins.int
+    OBSERVE_ONLY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """the run: one counter per key (1..200 printable characters)"""
+    rollouts_per_step: _builtins.int
+    """prompts per step x samples per prompt; 0 = reward.steps.rollouts_per_step"""
+    observe_only: _builtins.bool
+    """take the run's current T without counting this rollout (validation)"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        rollouts_per_step: _builtins.int = ...,
+        observe_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "observe_only", b"observe_only", "rollouts_per_step", b"rollouts_per_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepRun: _TypeAlias = StepRun  # noqa: Y015
 
 @_typing.final
 class Atom(_message.Message):
@@ -218,6 +263,7 @@ class RewardResult(_message.Message):
     RRM_ATTEMPTS_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
     ATOM_COUNT_FIELD_NUMBER: _builtins.int
+    TRAINING_STEP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     reward: _builtins.float
     """-1 for a malformed rollout"""
@@ -233,6 +279,8 @@ class RewardResult(_message.Message):
     rrm_attempts: _builtins.int
     atom_count: _builtins.int
     """atoms found in think blocks, whatever atom_detail asked for"""
+    training_step: _builtins.int
+    """the T that alpha came from: the request's, or derived from its run"""
     @_builtins.property
     def error(self) -> _common_pb2.Status: ...
     @_builtins.property
@@ -256,10 +304,11 @@ class RewardResult(_message.Message):
         rrm_attempts: _builtins.int = ...,
         timing: _common_pb2.Timing | None = ...,
         atom_count: _builtins.int = ...,
+        training_step: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_r_atom", b"_r_atom", "error", b"error", "r_atom", b"r_atom", "timing", b"timing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_r_atom", b"_r_atom", "alpha", b"alpha", "atom_count", b"atom_count", "atoms", b"atoms", "error", b"error", "format_ok", b"format_ok", "format_reason", b"format_reason", "id", b"id", "no_atoms", b"no_atoms", "r_atom", b"r_atom", "r_f1", b"r_f1", "reward", b"reward", "rrm_attempts", b"rrm_attempts", "rrm_text", b"rrm_text", "timing", b"timing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_r_atom", b"_r_atom", "alpha", b"alpha", "atom_count", b"atom_count", "atoms", b"atoms", "error", b"error", "format_ok", b"format_ok", "format_reason", b"format_reason", "id", b"id", "no_atoms", b"no_atoms", "r_atom", b"r_atom", "r_f1", b"r_f1", "reward", b"reward", "rrm_attempts", b"rrm_attempts", "rrm_text", b"rrm_text", "timing", b"timing", "training_step", b"training_step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__r_atom: _TypeAlias = _typing.Literal["r_atom"]  # noqa: Y015
     _WhichOneofArgType__r_atom: _TypeAlias = _typing.Literal["_r_atom", b"_r_atom"]  # noqa: Y015

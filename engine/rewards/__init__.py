@@ -1,0 +1,1 @@
+"""The reward domain: Atom-Searcher's reward and what it needs (pure Python)."""
