@@ -1,14 +1,44 @@
-"""The kernel benchmark harness runs end to end (CPU, small shapes, reference paths; no timing claims)."""
+"""The GPU check's CPU rehearsal (tiny shapes, Triton's interpreter): it passes on the real kernels, writes its
+report, and fails when a kernel is wrong."""
 
 from __future__ import annotations
 
+import importlib
+import json
+from pathlib import Path
+
 import pytest
+import torch
 
 from proctor.bench import kernels
 
+pytest.importorskip("triton")
 
-def test_small_cpu_run(capsys: pytest.CaptureFixture[str]) -> None:
-    kernels.main(["--device", "cpu", "--small", "--reps", "1", "--no-save"])
-    out = capsys.readouterr().out
-    assert "proctor fused lm_head" in out and "proctor expected score" in out
-    assert "nan" not in out.split("err")[-1]
+
+def test_rehearsal_passes_and_writes_its_report(tmp_path: Path) -> None:
+    assert kernels.main(["--check", "--rehearse", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "kernels-check.json").read_text())
+    assert record["passed"] and record["rehearsal"]
+    gated = [r for r in record["rows"] if r["tolerance"] is not None]
+    assert {r["impl"] for r in gated} == {
+        "proctor target_logprobs, one pass",
+        "proctor fused lm_head",
+        "proctor token_logprobs, fused lm_head",
+        "proctor token_logprobs from bf16 logits",
+    }
+    assert len(gated) == 5 and all(r["ok"] and r["max_err"] <= 1e-4 for r in gated)
+    assert "**passed**" in (tmp_path / "kernels-check.md").read_text()
+
+
+def test_a_wrong_kernel_fails_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The package re-exports a function of the module's name: take the module itself.
+    module = importlib.import_module("proctor.kernels.target_logprobs")
+    real = module.target_logprobs_triton
+
+    def off_by_a_little(*args: object, **kw: object) -> tuple[torch.Tensor | None, ...]:
+        lp, ent, vals, ids = real(*args, **kw)
+        return lp + 2e-4, ent, vals, ids
+
+    monkeypatch.setattr(module, "target_logprobs_triton", off_by_a_little)
+    assert kernels.main(["--check", "--rehearse", "--out", str(tmp_path)]) == 1
+    assert "FAILED" in (tmp_path / "kernels-check.md").read_text()
