@@ -53,9 +53,10 @@ async def serve(config: Config) -> int:
     await server.start()
     host = config.server.host
     metrics = f"http://{config.server.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    http = f"{config.http.host}:{server.http.port}" if server.http is not None else "off"
     print(
         f"proctor {__version__}: listening on {host}:{server.port} "
-        f"(services: {', '.join(config.services()) or 'none'}; metrics: {metrics})",
+        f"(services: {', '.join(config.services()) or 'none'}; http: {http}; metrics: {metrics})",
         flush=True,
     )
     stop = asyncio.Event()

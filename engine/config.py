@@ -58,6 +58,26 @@ class ServerConfig:
 
 
 @dataclass
+class HttpConfig:
+    """The HTTP front (OpenAI / vLLM-compatible teacher routes, the OpenRLHF reward route): off by default. It uses
+    server.tls and server's bearer tokens, and the admission limits of the service each route calls."""
+
+    host: str = "127.0.0.1"  # its own bind address: exposing gRPC does not expose HTTP
+    port: int = -1  # -1 = off; 0 = any free port
+    max_body_bytes: int = 16 * 1024 * 1024  # a larger body gets 413 before it is read
+    request_timeout_s: float = 600.0  # a request's deadline (504 past it); 0 = none
+    served_model_name: str = ""  # the id /v1/models reports and `model` must match; "" = teacher.model
+
+    def __post_init__(self) -> None:
+        if self.port < -1:
+            raise ConfigError("http.port: must be -1 (off), 0 (any free port) or a port number")
+        if self.max_body_bytes < 1:
+            raise ConfigError("http.max_body_bytes: must be >= 1")
+        if self.request_timeout_s < 0:
+            raise ConfigError("http.request_timeout_s: must be >= 0 (0 = none)")
+
+
+@dataclass
 class ServiceLimits:
     """Admission control shared by every service.
 
@@ -160,7 +180,6 @@ class RewardConfig:
     judge_temperature: float = 0.7
     judge_max_tokens: int = 0  # 0 = 8 per atom + 16
     renormalize: bool = True  # expected mode: renormalise over the score tokens
-    http_port: int = -1  # OpenRLHF-compatible POST endpoint; -1 = off, 0 = any free port
     steps: StepsConfig = field(default_factory=StepsConfig)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
@@ -207,6 +226,7 @@ class CriticConfig:
 @dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     teacher: TeacherConfig | None = None
     critic: CriticConfig | None = None
     reward: RewardConfig | None = None
@@ -254,12 +274,13 @@ def load_config(path: str | Path | None = None, default_services: dict[str, Any]
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    known = {"server", "teacher", "critic", "reward"}
+    known = {"server", "http", "teacher", "critic", "reward"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return Config(
         server=_build(ServerConfig, data.get("server"), "server"),
+        http=_build(HttpConfig, data.get("http"), "http"),
         teacher=_build(TeacherConfig, data["teacher"], "teacher") if "teacher" in data else None,
         critic=_build(CriticConfig, data["critic"], "critic") if "critic" in data else None,
         reward=_build(RewardConfig, data["reward"], "reward") if "reward" in data else None,

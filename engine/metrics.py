@@ -91,6 +91,12 @@ class Metrics:
             ["device"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "proctor_auth_failures",
+            "Requests refused for a missing or wrong bearer token, by transport (grpc, http).",
+            ["transport"],
+            registry=r,
+        )
         self.serving = Gauge(
             "proctor_serving", "1 while the service reports SERVING on grpc.health.v1.", ["service"], registry=r
         )

@@ -19,6 +19,7 @@ from proctor.engine.metrics import Metrics
 DOC = Path(__file__).resolve().parents[1] / "deploy" / "OPERATIONS.md"
 _SECTIONS = {
     "server": config_module.ServerConfig,
+    "http": config_module.HttpConfig,
     "teacher": config_module.TeacherConfig,
     "critic": config_module.CriticConfig,
     "reward": config_module.RewardConfig,

@@ -39,7 +39,8 @@ from proctor.engine.metrics import Metrics
 from proctor.engine.reward import RewardScorer, RewardSettings
 from proctor.engine.rewards.steps import StepTracker
 from proctor.engine.services import critic, reward, teacher
-from proctor.engine.services.openrlhf_http import OpenRLHFEndpoint
+from proctor.engine.services.http import openrlhf
+from proctor.engine.services.http.app import HttpFront
 from proctor.engine.services.remote_critic import RemoteCritic
 from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext
 from proctor.engine.triples import Critic
@@ -174,7 +175,7 @@ class ProctorServer:
         self._loading: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
-        self.openrlhf: OpenRLHFEndpoint | None = None
+        self.http: HttpFront | None = None
         self.steps: StepTracker | None = None
         self.remote_critic: RemoteCritic | None = None
 
@@ -182,6 +183,8 @@ class ProctorServer:
         cfg = self.config.server
         tokens = load_tokens(cfg)
         credentials = server_credentials(cfg.tls)
+        if self.config.http.port >= 0:
+            self.http = HttpFront(self.config.http, cfg.tls, tokens, self.lifecycle, self.metrics)
         server = grpc.aio.server(
             interceptors=[_Gate(self.lifecycle, tokens)],
             options=[
@@ -236,9 +239,8 @@ class ProctorServer:
             steps = rc.steps
             self.steps = StepTracker(steps.rollouts_per_step, steps.state_dir, steps.max_runs)
             scorer = RewardScorer(reward_settings(rc), judge, self.steps)
-            if rc.http_port >= 0:
-                self.openrlhf = OpenRLHFEndpoint(scorer, asyncio.get_running_loop(), cfg.host, rc.http_port)
-                self.openrlhf.start()
+            if self.http is not None:
+                self.http.include(openrlhf.router(self.http, scorer, svc), reward.SERVICE)
             reward_pb2_grpc.add_RewardModelServicer_to_server(reward.RewardService(scorer, judge, svc), server)
             names.append(reward.SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -252,6 +254,8 @@ class ProctorServer:
             raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
         await server.start()
         self._server = server
+        if self.http is not None:
+            await self.http.start()
         if cfg.metrics_port >= 0:
             self._metrics_server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, self.metrics.registry)
             self.metrics_port = self._metrics_server.server_port
@@ -394,8 +398,10 @@ class ProctorServer:
         await self.health.enter_graceful_shutdown()
         for name in self._needs:
             self.metrics.serving.labels(name).set(0)
-        if self._server is not None:
-            await self._server.stop(grace)
+        await asyncio.gather(
+            self._server.stop(grace) if self._server is not None else asyncio.sleep(0),
+            self.http.stop(grace) if self.http is not None else asyncio.sleep(0),
+        )
         for task in (self._loading, self._watching):
             if task is not None:
                 task.cancel()
@@ -403,8 +409,6 @@ class ProctorServer:
             await backend.close()
         if self.remote_critic is not None:
             await self.remote_critic.close()
-        if self.openrlhf is not None:
-            self.openrlhf.stop()
         if self.steps is not None:
             self.steps.close()
         if self._metrics_server is not None:

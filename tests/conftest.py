@@ -6,7 +6,15 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, ServiceLimits, TeacherConfig
+from proctor.engine.config import (
+    Config,
+    CriticConfig,
+    HttpConfig,
+    RewardConfig,
+    ServerConfig,
+    ServiceLimits,
+    TeacherConfig,
+)
 from proctor.engine.server import ProctorServer
 
 TINY = "builtin:tiny"
@@ -18,9 +26,10 @@ def tiny_config(**teacher: object) -> Config:
     limits = teacher.pop("limits", ServiceLimits())
     return Config(
         server=ServerConfig(port=0, metrics_port=0, drain_grace_s=10),
+        http=HttpConfig(port=0),
         teacher=dataclasses.replace(TeacherConfig(model=TINY, device="cpu", limits=limits), **teacher),  # type: ignore[arg-type]
         critic=CriticConfig(model="builtin:tiny-critic", device="cpu", cutoff=0.5),
-        reward=RewardConfig(model=TINY, device="cpu", total_steps=100, http_port=0),
+        reward=RewardConfig(model=TINY, device="cpu", total_steps=100),
     )
 
 

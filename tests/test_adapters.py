@@ -74,8 +74,8 @@ def _post(url: str, body: object) -> tuple[int, dict[str, object]]:
 
 
 async def test_openrlhf_http_endpoint(tiny_server: ProctorServer) -> None:
-    assert tiny_server.openrlhf is not None
-    url = f"http://127.0.0.1:{tiny_server.openrlhf.port}/reward"
+    assert tiny_server.http is not None
+    url = f"http://127.0.0.1:{tiny_server.http.port}/reward"
     body = {
         "query": [p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)],
         "prompts": PROMPTS,
