@@ -1,11 +1,13 @@
 """Soak: a long run over replicas with periodic SIGKILLs; nothing may be lost or delivered twice.
 
-    python -m proctor.bench.soak --minutes 3 --replicas 2 --kill-every 10
+    python -m proctor.bench.soak --minutes 3 --replicas 2 --kill-every 10 --outage-s 10
 
 Starts `--replicas` rules-only RewardModel servers as processes, streams GRPO-step-sized batches (256 x 16
-rollouts) through the exactly-once ReplicaClient, SIGKILLs a random replica every `--kill-every` seconds and
-restarts it on the same port. Every id must come back exactly once, and a sample of each step's rewards is
-checked against the rules computed in-process (rule rewards are deterministic).
+rollouts) through the exactly-once ReplicaClient with its default RetryPolicy, SIGKILLs a random replica every
+`--kill-every` seconds and restarts it on the same port; halfway through, every replica is SIGKILLed at once and
+kept down for `--outage-s` seconds (shorter than the policy's deadline, so it must cost no item). Every id must
+come back exactly once with no final error, and a sample of each step's rewards is checked against the rules
+computed in-process (rule rewards are deterministic).
 Writes bench/results/YYYY-MM-DD-cpu-soak.{json,md}.
 """
 
@@ -67,19 +69,34 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     ports = [_free_port() for _ in range(args.replicas)]
     procs = {p: _start(folder, p) for p in ports}
     targets = [f"127.0.0.1:{p}" for p in ports]
-    client = ReplicaClient(targets, REWARD, RetryPolicy(item_timeout_s=60))
+    policy = RetryPolicy()
+    client = ReplicaClient(targets, REWARD, policy)
     rng = random.Random(args.seed)
     kills = 0
-    stop = time.monotonic() + args.minutes * 60
+    began = time.monotonic()
+    stop = began + args.minutes * 60
+    outage: dict[str, float] = {}
+
+    def kill(port: int) -> None:
+        nonlocal kills
+        procs[port].kill()
+        procs[port].wait()
+        kills += 1
 
     async def killer() -> None:
-        nonlocal kills
         while time.monotonic() < stop:
             await asyncio.sleep(args.kill_every)
+            if args.outage_s and not outage and time.monotonic() - began > args.minutes * 30:
+                outage["at_s"] = round(time.monotonic() - began, 1)
+                for port in ports:  # every replica at once
+                    kill(port)
+                await asyncio.sleep(args.outage_s)
+                for port in ports:
+                    procs[port] = _start(folder, port)
+                outage["down_s"] = round(time.monotonic() - began - outage["at_s"], 1)
+                continue
             port = rng.choice(ports)
-            procs[port].kill()
-            procs[port].wait()
-            kills += 1
+            kill(port)
             await asyncio.sleep(rng.uniform(0.5, 3.0))  # down for a while, then back on the same port
             procs[port] = _start(folder, port)
 
@@ -118,6 +135,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "rollouts": items,
         "rollouts_per_s": round(items / elapsed, 1),
         "kills": kills,
+        "outage_of_every_replica": outage or "none",
+        "policy_deadline_s": policy.deadline_s,
         "lost": lost,
         "results_for_ids_not_sent": unexpected,
         "duplicates_dropped": client.stats.duplicates_dropped,
@@ -133,6 +152,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=3)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--kill-every", type=float, default=10)
+    p.add_argument("--outage-s", type=float, default=10, help="every replica down at once, halfway; 0 = no outage")
     p.add_argument("--step-size", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

@@ -7,8 +7,11 @@ Each round splits the unanswered items round-robin over the replicas whose `grpc
 each share on one stream. An item comes back for another round when its answer is retryable (UNAVAILABLE,
 RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED), when its stream broke before answering it, or when its stream ran
 past `item_timeout_s` (the stream is then cancelled, so no late answer can arrive). Rounds back off exponentially
-with jitter. An item gets a final error only when its attempts or the retry budget are spent. Any answer after an
-id's first final answer is dropped and counted in `stats.duplicates_dropped`.
+with jitter. Only an item actually sent to a replica spends an attempt, and only its resending spends the call's
+retry budget: items a broken stream never transmitted, and rounds in which no replica was SERVING, cost nothing.
+While no replica is SERVING the client waits for one, bounded by the call's `deadline_s`, not by a count of rounds.
+An item gets a final error (UNAVAILABLE) only when its attempts, the retry budget or the deadline are spent. Any
+answer after an id's first final answer is dropped and counted in `stats.duplicates_dropped`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncio
 import random
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -27,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as Counter_
 
-from proctor.clients.streaming import PLAINTEXT, Credentials, MiB
+from proctor.clients.streaming import PLAINTEXT, Credentials, MiB, stream_status
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 
 R = TypeVar("R", bound=Message)
@@ -62,6 +65,8 @@ class RetryPolicy:
     backoff_s: float = 0.05
     backoff_max_s: float = 2.0
     item_timeout_s: float = 120.0  # a stream that runs longer is abandoned and its unanswered items resent
+    # The whole call, waiting for a replica to come back included: an outage shorter than this costs no item.
+    deadline_s: float = 600.0
 
 
 class ClientMetrics:
@@ -83,6 +88,20 @@ class ClientMetrics:
             "proctor_client_replica_failures", "Streams that broke or timed out, by replica.", ["rpc", "target"],
             registry=registry,
         )  # fmt: skip
+
+
+# Stream statuses that say the call itself is refused (credentials, an unknown method), not that a replica failed.
+REFUSED = {
+    grpc.StatusCode.UNAUTHENTICATED.value[0],
+    grpc.StatusCode.PERMISSION_DENIED.value[0],
+    grpc.StatusCode.UNIMPLEMENTED.value[0],
+}
+
+
+@dataclass(frozen=True)
+class StreamFailure:
+    why: str
+    code: int = grpc.StatusCode.UNAVAILABLE.value[0]
 
 
 @dataclass
@@ -159,63 +178,90 @@ class ReplicaClient(Generic[R]):
         pending = {r.id: r for r in requests}
         order = list(pending)
         results: dict[str, R] = {}
-        attempts: Counter[str] = Counter()
+        sends: Counter[str] = Counter()  # how often each item was actually sent to a replica
         last_error: dict[str, str] = {}
         budget = max(100, int(len(pending) * self.policy.budget_fraction))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.deadline_s
+        rounds = 0
+
+        def give_up(item_id: str, why: str, code: int = grpc.StatusCode.UNAVAILABLE.value[0]) -> None:
+            results[item_id] = self.method.result_type(
+                id=item_id,
+                error=common_pb2.Status(
+                    code=code,
+                    message=f"gave up after {sends[item_id]} tries ({why}); "
+                    f"last: {last_error.get(item_id, 'no answer')}",
+                ),
+            )
+            del pending[item_id]
+
         while pending:
+            left = deadline - loop.time()
+            if left <= 0:
+                for item_id in list(pending):
+                    give_up(item_id, f"the call's deadline of {self.policy.deadline_s}s passed")
+                break
+            rounds += 1
             self.stats.rounds += 1
             replicas = await self._serving()
-            if replicas:
-                shares = self._split(list(pending), replicas)
-                outcomes = await asyncio.gather(
-                    *(self._stream(target, [pending[i] for i in ids]) for target, ids in shares.items())
-                )
-                for answers, failure in outcomes:
-                    for answer in answers:
-                        item_id = getattr(answer, "id")  # noqa: B009
-                        if item_id in results or item_id not in pending:
-                            self.stats.duplicates_dropped += 1
-                            if self.metrics is not None:
-                                self.metrics.duplicates.labels(self.method.rpc).inc()
-                            continue
-                        error = getattr(answer, "error") if answer.HasField("error") else None  # noqa: B009
-                        if error is not None and error.code in RETRYABLE:
-                            last_error[item_id] = f"{error.code}: {error.message}"
-                            continue
-                        results[item_id] = answer
-                        del pending[item_id]
-                    if failure:
-                        for item_id in pending:
-                            last_error.setdefault(item_id, failure)
-            else:
+            if not replicas:
                 for item_id in pending:
                     last_error[item_id] = "no replica reports SERVING"
-            for item_id in list(pending):
-                attempts[item_id] += 1
-                if attempts[item_id] >= self.policy.max_attempts or budget <= 0:
-                    why = "attempts" if attempts[item_id] >= self.policy.max_attempts else "the call's retry budget"
-                    results[item_id] = self.method.result_type(
-                        id=item_id,
-                        error=common_pb2.Status(
-                            code=grpc.StatusCode.UNAVAILABLE.value[0],
-                            message=f"gave up after {attempts[item_id]} tries ({why} spent); last: "
-                            f"{last_error.get(item_id, 'no answer')}",
-                        ),
-                    )
-                    del pending[item_id]
+            else:
+                shares = self._split(list(pending), replicas)
+                outcomes = await asyncio.gather(
+                    *(self._stream(target, [pending[i] for i in ids], left) for target, ids in shares.items())
+                )
+                for (answers, sent, failure), share in zip(outcomes, shares.values(), strict=True):
+                    sends.update(sent)
+                    self._take(answers, pending, results, last_error)
+                    unanswered = [i for i in share if i in pending]
+                    if failure is not None:
+                        for item_id in unanswered:
+                            last_error[item_id] = failure.why
+                        if failure.code in REFUSED:  # no replica will take this call: retrying cannot help
+                            for item_id in unanswered:
+                                give_up(item_id, "the replica refused the call", failure.code)
+                resent = 0
+                for item_id in list(pending):
+                    if not sends[item_id]:
+                        continue  # never transmitted: free to send again
+                    if sends[item_id] >= self.policy.max_attempts:
+                        give_up(item_id, "attempts spent")
+                    elif budget <= 0:
+                        give_up(item_id, "the call's retry budget spent")
+                    else:
+                        budget -= 1
+                        resent += 1
+                self.stats.resent += resent
+                if self.metrics is not None and resent:
+                    self.metrics.resent.labels(self.method.rpc).inc(resent)
             if pending:
-                budget -= len(pending)
-                self.stats.resent += len(pending)
-                if self.metrics is not None:
-                    self.metrics.resent.labels(self.method.rpc).inc(len(pending))
-                delay = min(self.policy.backoff_max_s, self.policy.backoff_s * 2 ** (self.stats.rounds - 1))
-                await asyncio.sleep(delay * (0.5 + self._rng.random()))
+                delay = min(self.policy.backoff_max_s, self.policy.backoff_s * 2 ** (rounds - 1))
+                await asyncio.sleep(min(delay * (0.5 + self._rng.random()), max(0.0, deadline - loop.time())))
         if self.metrics is not None:
             m, rpc = self.metrics, self.method.rpc
             errors = sum(1 for r in results.values() if r.HasField("error"))
             m.items.labels(rpc, "ok").inc(len(results) - errors)
             m.items.labels(rpc, "error").inc(errors)
         return {item_id: results[item_id] for item_id in order}
+
+    def _take(self, answers: list[R], pending: dict[str, Any], results: dict[str, R], last: dict[str, str]) -> None:
+        """Record a stream's answers: final ones end their item, retryable ones leave it pending."""
+        for answer in answers:
+            item_id = getattr(answer, "id")  # noqa: B009
+            if item_id in results or item_id not in pending:
+                self.stats.duplicates_dropped += 1
+                if self.metrics is not None:
+                    self.metrics.duplicates.labels(self.method.rpc).inc()
+                continue
+            error = getattr(answer, "error") if answer.HasField("error") else None  # noqa: B009
+            if error is not None and error.code in RETRYABLE:
+                last[item_id] = f"{error.code}: {error.message}"
+                continue
+            results[item_id] = answer
+            del pending[item_id]
 
     def _failed(self, target: str) -> None:
         self.stats.replica_failures[target] += 1
@@ -229,20 +275,37 @@ class ReplicaClient(Generic[R]):
             self._next += 1
         return {t: s for t, s in shares.items() if s}
 
-    async def _stream(self, target: str, requests: list[Any]) -> tuple[list[R], str]:
-        """The answers one replica gave, and why its stream ended early ("" if it did not)."""
+    async def _stream(
+        self, target: str, requests: list[Any], left_s: float
+    ) -> tuple[list[R], list[str], StreamFailure | None]:
+        """The answers one replica gave, the ids its stream transmitted, and why it ended early (None if it did not).
+
+        gRPC takes the next request from the iterator only once the previous one is written, so an id counts as
+        sent when the one after it is asked for (or the iterator is finished), or when it is answered."""
         answers: list[R] = []
+        sent: list[str] = []
+
+        def outgoing() -> Iterator[Any]:
+            for request in requests:
+                yield request
+                sent.append(request.id)
+
         stub = self.method.stub(self._channel(target))
-        call = getattr(stub, self.method.rpc)(iter(requests), metadata=self._credentials.metadata())
+        call = getattr(stub, self.method.rpc)(outgoing(), metadata=self._credentials.metadata())
+        timeout = min(self.policy.item_timeout_s, left_s)
+        failure = None
         try:
-            async with asyncio.timeout(self.policy.item_timeout_s):
+            async with asyncio.timeout(timeout):
                 async for answer in call:
                     answers.append(answer)
-            return answers, ""
         except TimeoutError:
             call.cancel()
             self._failed(target)
-            return answers, f"{target} did not answer within {self.policy.item_timeout_s}s"
+            failure = StreamFailure(f"{target} did not answer within {timeout:.3g}s")
         except grpc.aio.AioRpcError as exc:
             self._failed(target)
-            return answers, f"{target}: {exc.code().name}: {exc.details()}"
+            code, details = stream_status(exc)
+            failure = StreamFailure(f"{target}: {code.name}: {details}", code.value[0])
+        written = set(sent)
+        sent.extend(i for i in (getattr(a, "id") for a in answers) if i not in written)  # noqa: B009
+        return answers, sent, failure

@@ -138,6 +138,23 @@ class AsyncClient:
         await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
 
 
+# What grpc.aio reports when sending a request fails because the call already ended (the server went away, or ended
+# the call while the client was still writing): it overwrites the call's real status with this INTERNAL.
+_AIO_SEND_FAILED = "Internal error from Core"
+
+
+def stream_status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """A broken stream's status as the server meant it: the aio client's failed-send INTERNAL is UNAVAILABLE (the
+    sync client, seeing the same event, says UNAVAILABLE too), so a dead server is retryable from every client."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.INTERNAL and details == _AIO_SEND_FAILED:
+        return (
+            grpc.StatusCode.UNAVAILABLE,
+            "the call ended while requests were being sent (the server closed it or died)",
+        )
+    return code, details
+
+
 def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: grpc.RpcError | None = None) -> dict[str, R]:
     """Key the answers by id. An id the server never answered gets a client-made error: the stream's own status
     when the call failed (e.g. UNAUTHENTICATED), else UNAVAILABLE (retryable)."""
@@ -146,8 +163,9 @@ def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: grpc.Rp
         results.setdefault(getattr(result, "id"), result)  # noqa: B009 (R is any result message)
     code, why = UNAVAILABLE, "the stream ended before this item was answered"
     if broke is not None:
-        code = broke.code().value[0]
-        why = f"the stream failed with {broke.code().name}: {broke.details()}"
+        status, details = stream_status(broke)
+        code = status.value[0]
+        why = f"the stream failed with {status.name}: {details}"
     for item_id in sent:
         if item_id not in results:
             results[item_id] = kind(id=item_id, error=common_pb2.Status(code=code, message=why))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -72,3 +73,32 @@ async def test_a_long_tag_soup_rollout_does_not_block_health(rules_server: Proct
     assert results[0].atom_count == 0 and results[0].reward == 1.0
     assert took > 0.3, "the case must be long enough to show a blocked loop"
     assert max(latencies) < min(0.25, took / 2), (max(latencies), took)
+
+
+@pytest.mark.timeout(120)
+async def test_the_async_client_reports_a_killed_server_as_unavailable(tmp_path: Path) -> None:
+    """grpc.aio turns a send that fails on a dead call into INTERNAL ("non-retryable"); the sync client says
+    UNAVAILABLE. Every proctor client must say UNAVAILABLE for the items a SIGKILLed server never answered."""
+    from proctor.clients.reward import AsyncRewardClient, reward_request
+
+    from .test_process import ServerProcess
+
+    config = "server: {port: 0, metrics_port: -1}\nreward: {model: '', mode: rules, total_steps: 1000}\n"
+    codes: set[int] = set()
+    for attempt in range(3):  # the kill must land while the client is still writing
+        server = ServerProcess(tmp_path, config, f"kill{attempt}.yaml")
+        slow = "<think>" + "<A>x</A>" * 2500 + "</think><answer>paris</answer>"  # 20 kB: rules off the loop
+        requests = [reward_request(f"r{i}", "q?", slow, "paris", 1) for i in range(3000)]
+        try:
+            async with AsyncRewardClient(server.target) as client:
+                call = asyncio.create_task(client.reward(requests))
+                await asyncio.sleep(1.0)
+                server.proc.kill()
+                results = await call
+        finally:
+            server.proc.kill()
+            server.proc.wait()
+        unanswered = [r for r in results.values() if r.HasField("error")]
+        assert unanswered, "the kill must come before the last answer"
+        codes |= {r.error.code for r in unanswered}
+    assert codes == {grpc.StatusCode.UNAVAILABLE.value[0]}, codes

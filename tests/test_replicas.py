@@ -12,7 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from proctor.clients.replicas import REWARD, ClientMetrics, ReplicaClient, RetryPolicy
 from proctor.clients.reward import reward_request
+from proctor.engine.config import Config, RewardConfig, ServerConfig
 
+from .conftest import started
 from .test_process import ServerProcess
 from .test_reward_service import GOOD, MALFORMED, NO_ATOMS
 
@@ -74,16 +76,64 @@ async def test_sigkill_and_restart_of_a_replica_loses_and_doubles_nothing(tmp_pa
     assert time.perf_counter() - killed_at < 120
 
 
-async def test_items_get_a_final_error_only_when_every_replica_is_gone() -> None:
+async def test_items_get_a_final_error_only_when_no_replica_comes_back_within_the_deadline() -> None:
     client = ReplicaClient(
-        [f"127.0.0.1:{_free_port()}"], REWARD, RetryPolicy(max_attempts=3, backoff_s=0.01, item_timeout_s=2)
+        [f"127.0.0.1:{_free_port()}"], REWARD, RetryPolicy(max_attempts=3, backoff_s=0.01, deadline_s=1.0)
     )
+    started = time.perf_counter()
     results = await client.run(_requests(5))
     await client.close()
+    assert time.perf_counter() - started < 3.0
     assert len(results) == 5
     for result in results.values():
-        assert result.error.code == 14 and "gave up after 3 tries" in result.error.message
+        assert result.error.code == 14 and "gave up after 0 tries (the call's deadline of 1.0s passed)" in (
+            result.error.message
+        )
         assert "no replica reports SERVING" in result.error.message
+
+
+def _rules_server(port: int, **server: object) -> Config:
+    return Config(
+        server=ServerConfig(port=port, metrics_port=-1, **server),  # type: ignore[arg-type]
+        reward=RewardConfig(model="", mode="rules", total_steps=1000),
+    )
+
+
+async def test_an_outage_of_every_replica_costs_no_attempt_and_no_budget() -> None:
+    """Both replicas down when the call starts, back 4 s later: with one attempt per item and the smallest budget,
+    every item still succeeds, since rounds with no replica SERVING send nothing (they used to spend every
+    item's attempts in under 4 s)."""
+    ports = [_free_port(), _free_port()]
+    client = ReplicaClient(
+        [f"127.0.0.1:{p}" for p in ports], REWARD, RetryPolicy(max_attempts=1, budget_fraction=0.0, deadline_s=60)
+    )
+    run = asyncio.create_task(client.run(_requests(2000)))
+    await asyncio.sleep(4)
+    servers = [await started(_rules_server(p)) for p in ports]
+    try:
+        results = await run
+    finally:
+        await client.close()
+        for server in servers:
+            await server.drain(grace_s=1)
+    assert len(results) == 2000
+    assert not [r for r in results.values() if r.HasField("error")]
+    assert client.stats.resent == 0 and client.stats.rounds > 1
+
+
+async def test_a_refused_call_ends_at_once_with_the_servers_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong token is not a replica failure: the item ends UNAUTHENTICATED at once, not at the deadline."""
+    monkeypatch.setenv("PROCTOR_TEST_TOKENS", "right")
+    server = await started(_rules_server(0, auth_tokens_env="PROCTOR_TEST_TOKENS"))
+    client = ReplicaClient([f"127.0.0.1:{server.port}"], REWARD, RetryPolicy(deadline_s=30))
+    try:
+        began = time.perf_counter()
+        results = await client.run(_requests(1))
+    finally:
+        await client.close()
+        await server.drain(grace_s=1)
+    assert time.perf_counter() - began < 10
+    assert results["r0"].error.code == 16, results
 
 
 async def test_deterministic_work_is_the_same_on_every_replica() -> None:
@@ -92,7 +142,7 @@ async def test_deterministic_work_is_the_same_on_every_replica() -> None:
     from proctor.clients.teacher import generate_request, score_request
     from proctor.proto.proctor.v1 import reward_pb2
 
-    from .conftest import started, tiny_config
+    from .conftest import tiny_config
 
     servers = [await started(tiny_config()) for _ in range(2)]
     try:
