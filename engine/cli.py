@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the Symbolic Knowledge Distillation corpus job against a server (--server) or an "
         "embedded one with the built-in models. Kill it at any point and run the same command again to resume.",
     )
-    p_distill.add_argument("--output", required=True, help="output folder (corpus.jsonl, summary.json, ...)")
+    p_distill.add_argument(
+        "--output", required=True, help="output folder (corpus.jsonl, student-comet-*.jsonl, statistics.json, ...)"
+    )
     p_distill.add_argument("--server", help="host:port of a proctor server with Teacher and Critic; default: embedded")
     p_distill.add_argument("--events", help="file of PersonX events, one per line; default: the teacher writes them")
     p_distill.add_argument("--num-events", type=int, default=8, help="events the teacher writes [8]")
@@ -130,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_distill.add_argument("--chunk-events", type=int, default=4, help="events per call and checkpoint [4]")
     p_distill.add_argument("--inference-n", type=int, default=10, help="tails sampled per (event, relation) [10]")
     p_distill.add_argument("--cutoffs", help="high=X,medium=Y; default: the server critic's")
+    p_distill.add_argument(
+        "--max-event-prompts", type=int, default=0, help="event prompts the teacher may use at most [4 per event]"
+    )
+    p_distill.add_argument(
+        "--student-format",
+        choices=("comet",),
+        default="comet",
+        help="the student's training file: comet = COMET-distil's '<head> ... </head> <relation> ... </relation> "
+        "[GEN] ' input and the tail as target, one file per filtration level [comet]",
+    )
     p_bench = sub.add_parser(
         "bench",
         help="load generator over gRPC (closed / open loop) for each service",
@@ -185,6 +197,8 @@ def _distill(args: argparse.Namespace) -> int:
         relations=relations,
         chunk_events=args.chunk_events,
         inference_n=args.inference_n,
+        max_event_prompts=args.max_event_prompts,
+        student_format=args.student_format,
     )
     if args.server:
         summary = distill.run(args.server, Path(args.output), job, cutoffs)

@@ -19,6 +19,7 @@ import yaml
 from proctor.engine import rrm
 from proctor.engine.backends.vllm_mapping import VllmSettings
 from proctor.engine.critic_input import RELATION_PHRASES
+from proctor.engine.skd import NameChoices
 
 RELATION_NAMES = tuple(RELATION_PHRASES)
 
@@ -137,6 +138,8 @@ class TeacherConfig:
     max_group_size: int = 1024  # continuations per Score group
     critic: str = "local"  # GenerateTriples' critic: "local" (this server's Critic), an address, or "" (none)
     max_triples_events: int = 1000
+    # GenerateTriples' names in the inference prompts: the authors' rule unless a field is set true (ours).
+    skd_names: NameChoices = field(default_factory=NameChoices)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""The critic's view of a triple (PAPERS.md §1.3): a sentence pair with names drawn for PersonX / PersonY."""
+"""The critic's view of a triple (PAPERS.md §1.3-1.4): a sentence pair with two different names drawn for PersonX /
+PersonY, the text then passed through `ftfy.fix_text` (default settings), as the authors' critic reads it."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import random
 import zlib
 from dataclasses import dataclass
 
+import ftfy
+
 from proctor.engine.skd import name_pair, replace_names
 
 DRAWS = 5  # score = mean over 5 draws of random names
+# The authors fix the pair as one string, its halves joined by this marker, so that ftfy judges the whole text.
+_JOIN = "**SEP**"
 
 RELATION_PHRASES = {
     "HinderedBy": "can be hindered by",
@@ -37,5 +42,23 @@ def triple_pairs(head: str, relation: str, tail: str, seed: int | None = None, d
     pairs = []
     for _ in range(draws):
         x, y = name_pair(rng)
-        pairs.append(TextPair(replace_names(head, x, y), replace_names(second, x, y)))
+        pairs.append(fixed_pair(replace_names(head, x, y), replace_names(second, x, y)))
     return pairs
+
+
+def fix_text(text: str) -> str:
+    """ftfy.fix_text with its default settings. Printable ASCII without `&` is what it never changes (its only
+    change to printable ASCII is unescaping HTML entities; tested on random text): that is returned at once,
+    sparing ~50 µs of its checks per string, five strings per triple."""
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return text
+    return ftfy.fix_text(text)
+
+
+def fixed_pair(first: str, second: str) -> TextPair:
+    """fix_text on the two halves joined as the authors join them. A half that itself holds the marker (the
+    authors' split would then make three parts) is fixed on its own."""
+    halves = fix_text(f"{first}{_JOIN}{second}").split(_JOIN)
+    if len(halves) != 2:
+        return TextPair(fix_text(first), fix_text(second))
+    return TextPair(halves[0], halves[1])

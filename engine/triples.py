@@ -7,7 +7,6 @@ it is processed: a resumed corpus job equals an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +15,8 @@ from typing import Protocol
 from proctor.engine import skd
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
+from proctor.engine.event_pool import EventPool
 from proctor.engine.types import GenerateItem, SamplingParams
-
-MAX_EVENT_PROMPTS_PER_EVENT = 4  # event prompts tried per requested event before giving up on more
 
 
 @dataclass(frozen=True)
@@ -43,11 +41,6 @@ class Triple:
     accepted: bool = True  # without a critic every triple passes
 
 
-def derive_seed(seed: int, *parts: str) -> int:
-    digest = hashlib.blake2b("\x00".join((str(seed), *parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 2
-
-
 async def _complete(generator: Generator, prompts: Sequence[tuple[str, SamplingParams]]) -> list[list[skd.Candidate]]:
     """Sample every prompt, all in one backend batch."""
     items = []
@@ -64,33 +57,32 @@ async def _complete(generator: Generator, prompts: Sequence[tuple[str, SamplingP
     ]
 
 
-async def generate_events(generator: Generator, count: int, seed: int, params: SamplingParams) -> list[str]:
-    """Events written by the teacher from the seed pool, filtered as in the paper, first `count` distinct."""
-    events: list[str] = []
-    for attempt in range(count * MAX_EVENT_PROMPTS_PER_EVENT):
-        rng = random.Random(derive_seed(seed, "events", str(attempt)))
-        prompt = skd.event_prompt(rng)
-        [samples] = await _complete(generator, [(prompt, dataclasses.replace(params, seed=rng.randrange(2**62)))])
-        for candidate in skd.filter_events(samples):
-            if candidate.text not in events:
-                events.append(candidate.text)
-        if len(events) >= count:
-            break
-    return events[:count]
+async def generate_events(generator: Generator, count: int, seed: int, params: SamplingParams) -> EventPool:
+    """Events written by the teacher from the seed pool, the paper's filters over the run's whole pool; the pool
+    says which events it kept and, when fewer than `count`, exactly why."""
+    pool = EventPool(count, seed, params)
+    while prompts := pool.next_round():
+        pool.add(await _complete(generator, prompts))
+    return pool
 
 
 async def infer(
-    generator: Generator, head: str, relations: Sequence[str], seed: int, params: SamplingParams
+    generator: Generator,
+    head: str,
+    relations: Sequence[str],
+    seed: int,
+    params: SamplingParams,
+    names: skd.NameChoices = skd.AUTHORS_NAMES,
 ) -> dict[str, list[skd.Candidate]]:
     """The seven (or fewer) relation prompts of one event, sent to the backend together; cleaned tails each."""
 
     prompts = []
     for relation in relations:
-        rng = random.Random(derive_seed(seed, head, relation))
-        prompt = skd.inference_prompt(relation, head, rng)
+        rng = random.Random(skd.derive_seed(seed, head, relation))
+        prompt = skd.inference_prompt(relation, head, rng, names)
         prompts.append((prompt, dataclasses.replace(params, seed=rng.randrange(2**62))))
     samples = await _complete(generator, prompts)
-    return {relation: skd.clean_tails(s) for relation, s in zip(relations, samples, strict=True)}
+    return {relation: skd.clean_tails(s, names) for relation, s in zip(relations, samples, strict=True)}
 
 
 async def triples_for_event(
@@ -101,14 +93,15 @@ async def triples_for_event(
     params: SamplingParams,
     critic: Critic | None,
     cutoff: float | None,
+    names: skd.NameChoices = skd.AUTHORS_NAMES,
 ) -> list[Triple]:
     """One event's triples in a fixed order (relations as given, tails as sampled), each judged by the critic."""
-    tails = await infer(generator, head, relations, seed, params)
+    tails = await infer(generator, head, relations, seed, params, names)
     found = [(relation, c) for relation in relations for c in tails[relation]]
     if critic is None:
         return [Triple(head, relation, c.text, c.logprob_sum) for relation, c in found]
     verdicts = await critic.judge_many(
-        [(head, relation, c.text, derive_seed(seed, head, relation, c.text)) for relation, c in found]
+        [(head, relation, c.text, skd.derive_seed(seed, head, relation, c.text)) for relation, c in found]
     )
     return [
         Triple(head, relation, c.text, c.logprob_sum, v.score, v.score > (cutoff if cutoff is not None else v.cutoff))

@@ -83,20 +83,26 @@ def test_event_filters_in_order() -> None:
         _c(" PersonX goes home", -1.0),
         _c(" PersonX goes home", -1.0),  # duplicate
         _c(" PersonY goes home", -1.0),  # does not start with PersonX
-        _c(" PersonX runs away", -2.0, FinishReason.LENGTH, ""),  # did not stop on the stop string
+        _c(" PersonX runs away", -2.0, FinishReason.LENGTH, ""),  # did not stop
         _c(" PersonX eats @ noon", -3.0),  # bad character, dropped after the likelihood cut
         _c(" PersonX sings", -4.0),
-        _c(" PersonX swims", -50.0),  # least likely 20% of 5 unique = 1
+        _c(" PersonX swims", -50.0),  # least likely: int(0.8 * 6 distinct) = 4 kept
         _c(" PersonX reads", -5.0),
-        _c(" PersonX’s dog barks", -6.0),  # ’ is allowed
+        _c(" PersonX’s dog barks", -6.0),  # ’ is allowed; but the 5th most likely of 6
     ]
-    kept = [c.text for c in skd.filter_events(samples)]
-    assert kept == ["PersonX goes home", "PersonX sings", "PersonX reads", "PersonX’s dog barks"]
+    kept, counts = skd.filter_events(samples)
+    assert [c.text for c in kept] == ["PersonX goes home", "PersonX sings", "PersonX reads"]
+    assert (counts.samples, counts.stopped_as_personx, counts.distinct, counts.likely, counts.kept) == (9, 7, 6, 4, 3)
 
 
 def test_tail_post_processing_and_names_back() -> None:
-    tails = [_c(" to thank Chris."), _c(" ok"), _c(" to thank Chris"), _c(" Alexandra smiles"), _c(" Alex rests.")]
-    assert [c.text for c in skd.clean_tails(tails)] == ["to thank PersonY", "Alexandra smiles", "PersonX rests"]
+    tails = [_c(" to thank Chris."), _c("ok"), _c(" to thank Chris"), _c(" Alexandra smiles"), _c(" Alex rests.")]
+    tails.append(_c(" ok"))  # 3 raw characters: kept, as "ok"
+    got = [c.text for c in skd.clean_tails(tails)]
+    assert got == ["to thank PersonY", "PersonXandra smiles", "PersonX rests", "ok"]
+    ours = skd.NameChoices(whole_word_names_back=True)
+    got = [c.text for c in skd.clean_tails(tails, ours)]
+    assert got == ["to thank PersonY", "Alexandra smiles", "PersonX rests", "ok"]
     assert skd.names_back("Alex helps Chris and Chris's dog") == "PersonX helps PersonY and PersonY's dog"
 
 
@@ -113,12 +119,10 @@ def test_critic_input_pairs_are_seeded_with_two_different_names() -> None:
 def test_cutoffs_on_a_synthetic_precision_recall_curve() -> None:
     scores = [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
     labels = [True, True, False, True, True, False, True, False, True, False]
-    result = cutoffs.cutoffs(scores, labels)  # 6 positives
-    high = result["high"]  # recall 0.5 -> 3 positives kept: scores > 0.8 is not enough, > 0.7 is
-    assert high.threshold == 0.7 and high.recall == 0.5 and high.precision == pytest.approx(3 / 4)
-    medium = result["medium"]  # recall 0.8 -> 5 of 6 positives: lowest kept 0.5
-    assert (
-        medium.threshold == 0.4 and medium.recall == pytest.approx(5 / 6) and medium.precision == pytest.approx(5 / 7)
-    )
+    result = cutoffs.cutoffs(scores, labels)  # 6 positives; recall at t counts scores >= t
+    high = result["high"]  # ascending: the first threshold with recall <= 0.5 is 0.8 (3 of 6)
+    assert high.threshold == 0.8 and high.validation.recall == 0.5 and high.validation.precision == pytest.approx(3 / 4)
+    medium = result["medium"]  # recall at 0.5 is 5/6 > 0.8; at 0.6 it is 4/6 <= 0.8
+    assert medium.threshold == 0.6 and medium.validation.recall == pytest.approx(4 / 6)
     with pytest.raises(ValueError):
         cutoffs.cutoff_at_recall([0.1], [False], 0.5)

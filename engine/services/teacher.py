@@ -77,14 +77,16 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.svc.name} is at capacity; retry later")
         items = self.svc.metrics.items
         try:
-            events = job.events or await triples.generate_events(
-                self.backend, job.num_events, job.seed, job.event_params
-            )
+            events, shortfall = job.events, ""
+            if not events:
+                pool = await triples.generate_events(self.backend, job.num_events, job.seed, job.event_params)
+                events, shortfall = pool.events(), pool.shortfall()
             critic = None if job.skip_critic else self.critic
+            names = self.config.skd_names
             for head in events:
                 try:
                     found = await triples.triples_for_event(
-                        self.backend, head, job.relations, job.seed, job.inference_params, critic, job.cutoff
+                        self.backend, head, job.relations, job.seed, job.inference_params, critic, job.cutoff, names
                     )
                 except ItemError as exc:  # this event fails; the next ones go on
                     items.labels(self.svc.name, "GenerateTriples", exc.code).inc()
@@ -100,6 +102,10 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
                         critic_score=t.critic_score,
                         accepted=t.accepted,
                     )
+            if shortfall:  # fewer events than asked: the stream ends saying exactly why
+                error = ItemError(shortfall, "num_events", "FAILED_PRECONDITION")
+                items.labels(self.svc.name, "GenerateTriples", error.code).inc()
+                yield teacher_pb2.TripleResult(error=convert.status(error))
         finally:
             self.svc.admission.release()
 

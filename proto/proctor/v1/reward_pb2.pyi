@@ -133,7 +133,8 @@ class RewardRequest(_message.Message):
     response: _builtins.str
     """the whole rollout: think / tool_call / tool_response / answer"""
     training_step: _builtins.int
-    """T; must lie in [0, T_MAX]. Unset: derived from `run` when it is set (the server counts the run's rollouts),
+    """empty ones are scored (R_f1 = 0), not refused
+    T; must lie in [0, T_MAX]. Unset: derived from `run` when it is set (the server counts the run's rollouts),
     else 0. A value set here always wins over the derived one.
     """
     total_steps: _builtins.int
@@ -144,7 +145,7 @@ class RewardRequest(_message.Message):
     atom_detail: Global___AtomDetail.ValueType
     @_builtins.property
     def gold_answers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """each may itself join several golds with "<|answer_split|>" """
+        """each may itself join several golds with "<|answer_split|>"; none or"""
 
     @_builtins.property
     def run(self) -> Global___StepRun:

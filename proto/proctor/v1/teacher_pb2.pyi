@@ -388,6 +388,7 @@ class TriplesRequest(_message.Message):
     CUTOFF_FIELD_NUMBER: _builtins.int
     SKIP_CRITIC_FIELD_NUMBER: _builtins.int
     num_events: _builtins.int
+    """fewer written (prompt budget spent): a last result's error says why"""
     seed: _builtins.int
     cutoff: _builtins.float
     """critic cut-off; unset -> server config"""
