@@ -1,13 +1,23 @@
-"""`proctor train-critic`: fine-tune a critic on labelled triples with the SKD recipe (PAPERS.md §1.3).
+"""`proctor train-critic`: fine-tune a critic on labelled triples (PAPERS.md §1.3-1.4).
 
-One sigmoid output whose bias starts at the prior log-odds of "valid", binary cross-entropy, linear warm-up, early
-stopping on precision at 80 % recall on the validation split. Writes an HF folder and `proctor_cutoffs.json`
-(the "high" and "medium" cut-offs read off the validation precision-recall curve at recall 0.5 and 0.8).
+Two recipes. `skd` is the authors' (their purification code): the encoder's pooled output -> Dense(512) -> GELU ->
+Dense(1) -> sigmoid (engine/backends/skd_critic.py), the last bias at the log-odds of the training set's share of
+valid triples, Adam at 5e-6, batch 128, 1,000 linear warm-up steps, then the learning rate cut tenfold after 5
+epochs without a lower validation loss (Keras' ReduceLROnPlateau defaults, as they used it), early stopping after
+10 epochs without a better validation precision at 80 % recall, the best epoch's weights kept; for RoBERTa-class
+encoders. `small` is ours, for small encoders on small sets (the built-in demo critic): the encoder's own
+one-logit classification head with the same prior bias, AdamW at 1e-4, batch 16, 10 % warm-up then linear decay,
+patience 3.
+
+Both: binary cross-entropy, one fresh name draw per triple per epoch, validation scores as the server scores (mean
+over 5 seeded name draws). Writes an HF folder and `proctor_cutoffs.json`: the "high" and "medium" cut-offs by the
+authors' rule (engine/cutoffs.py) on the validation set, averaged with the test set's when one is given.
 Input JSONL: one {"head", "relation", "tail", "label": 0|1} per line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,6 +36,7 @@ from proctor.engine.models import resolve_model
 
 log = logging.getLogger(__name__)
 SHIPPED_SET = Path(__file__).resolve().parent / "data" / "critic_triples.jsonl"
+EARLY_STOPPING_RECALL = 0.8
 
 
 @dataclass(frozen=True)
@@ -38,14 +49,38 @@ class Example:
 
 @dataclass(frozen=True)
 class TrainSettings:
+    recipe: str = "small"  # small (ours) | skd (the authors')
     base_model: str = "builtin:minilm"
     epochs: int = 10
     batch_size: int = 16
     learning_rate: float = 1e-4
+    warmup_steps: int = 0  # > 0: this many linear warm-up steps; 0: warmup_fraction of all steps
     warmup_fraction: float = 0.1
-    patience: int = 3
-    validation_fraction: float = 0.2
+    patience: int = 3  # early stopping: epochs without a better validation precision at 80 % recall
+    plateau_patience: int = 0  # > 0: reduce-on-plateau (epochs without a lower validation loss); 0: linear decay
+    plateau_factor: float = 0.1
+    validation_fraction: float = 0.2  # split off the data when no validation file is given
     seed: int = 0
+
+
+RECIPES = {
+    "small": TrainSettings(),
+    "skd": TrainSettings(
+        recipe="skd",
+        epochs=100,
+        batch_size=128,
+        learning_rate=5e-6,
+        warmup_steps=1000,
+        patience=10,
+        plateau_patience=5,
+    ),
+}
+
+
+def recipe(name: str, **overrides: Any) -> TrainSettings:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return dataclasses.replace(RECIPES[name], **overrides)
 
 
 def load_examples(path: Path) -> list[Example]:
@@ -78,10 +113,6 @@ def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Exa
     return train, validation
 
 
-def precision_at_recall(scores: list[float], labels: list[bool], recall: float = 0.8) -> float:
-    return cutoffs.cutoff_at_recall(scores, labels, recall).precision
-
-
 def roc_auc(scores: list[float], labels: list[bool]) -> float:
     """P(a random valid triple scores above a random invalid one), ties counting half."""
     pos = [s for s, y in zip(scores, labels, strict=True) if y]
@@ -112,31 +143,109 @@ def score(model: Any, tokenizer: Any, examples: list[Example], seed: int, batch_
     return out
 
 
-def train_critic(data: Path, output: Path, settings: TrainSettings = TrainSettings()) -> dict[str, Any]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _model(settings: TrainSettings, base: str) -> Any:
+    if settings.recipe == "skd":
+        from proctor.engine.backends.skd_critic import from_encoder
 
+        return from_encoder(base)
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+
+
+class Schedule:
+    """The learning rate per step: linear warm-up, then linear decay (small) or reduce-on-plateau (skd), the
+    latter as Keras' ReduceLROnPlateau: after `plateau_patience` epochs whose validation loss is not below the
+    best by 1e-4, the rate is multiplied by `plateau_factor` and the count starts again."""
+
+    def __init__(self, settings: TrainSettings, steps: int) -> None:
+        self.settings = settings
+        self.steps = steps
+        self.warmup = settings.warmup_steps or max(1, int(steps * settings.warmup_fraction))
+        self.scale = 1.0
+        self.best_loss = math.inf
+        self.wait = 0
+
+    def rate(self, step: int) -> float:
+        s = self.settings
+        warm = min(1.0, (step + 1) / self.warmup)
+        if s.plateau_patience:
+            return s.learning_rate * warm * self.scale
+        decay = max(0.0, (self.steps - step) / max(1, self.steps - self.warmup)) if step >= self.warmup else 1.0
+        return s.learning_rate * warm * decay
+
+    def end_epoch(self, validation_loss: float) -> None:
+        if not self.settings.plateau_patience:
+            return
+        if validation_loss < self.best_loss - 1e-4:
+            self.best_loss, self.wait = validation_loss, 0
+            return
+        self.wait += 1
+        if self.wait >= self.settings.plateau_patience:
+            self.scale *= self.settings.plateau_factor
+            self.wait = 0
+
+
+def _bce(scores: list[float], labels: list[bool]) -> float:
+    eps = 1e-7
+    return -statistics.fmean(
+        math.log(min(max(p, eps), 1 - eps)) if y else math.log(min(max(1 - p, eps), 1 - eps))
+        for p, y in zip(scores, labels, strict=True)
+    )
+
+
+def _report(c: cutoffs.Cutoff) -> dict[str, Any]:
+    return {
+        "threshold": c.threshold,
+        "validation": dataclasses.asdict(c.validation),
+        "test": dataclasses.asdict(c.test) if c.test else None,
+    }
+
+
+def train_critic(
+    data: Path,
+    output: Path,
+    settings: TrainSettings = TrainSettings(),
+    validation_file: Path | None = None,
+    test_file: Path | None = None,
+) -> dict[str, Any]:
+    """Train on `data` (less a stratified validation split unless `validation_file` is given); cut-offs from the
+    validation set, averaged with `test_file`'s when given."""
+    from transformers import AutoTokenizer
+
+    if settings.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {settings.recipe!r}; known: {', '.join(RECIPES)}")
     torch.manual_seed(settings.seed)
     examples = load_examples(data)
-    train, validation = split(examples, settings.validation_fraction, settings.seed)
-    if not any(e.label for e in validation) or all(e.label for e in validation):
-        raise ValueError("the validation split needs both valid and invalid triples")
+    if validation_file is not None:
+        train, validation = examples, load_examples(validation_file)
+    else:
+        train, validation = split(examples, settings.validation_fraction, settings.seed)
+    test = load_examples(test_file) if test_file is not None else None
+    for name, part in (("validation", validation), ("test", test or [])):
+        if part and (all(e.label for e in part) or not any(e.label for e in part)):
+            raise ValueError(f"the {name} set needs both valid and invalid triples")
+    if not validation:
+        raise ValueError("the validation set is empty")
     base = resolve_model(settings.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model = _model(settings, base)
     prior = sum(e.label for e in train) / len(train)
     with torch.no_grad():
         _output_layer(model).bias.fill_(math.log(prior / (1 - prior)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
-    steps = settings.epochs * math.ceil(len(train) / settings.batch_size)
-    warmup = max(1, int(steps * settings.warmup_fraction))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
-    )
+    if settings.recipe == "skd":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, eps=1e-7)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+    schedule = Schedule(settings, settings.epochs * math.ceil(len(train) / settings.batch_size))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     rng = random.Random(settings.seed)
     labels = [e.label for e in validation]
-    best, best_state, stale, history = -1.0, None, 0, []
-    print(f"train-critic: {len(train)} train / {len(validation)} validation triples, prior {prior:.2f}, {base}")
+    best, best_state, stale, history, step = -1.0, None, 0, [], 0
+    print(
+        f"train-critic ({settings.recipe} recipe): {len(train)} train / {len(validation)} validation"
+        f"{f' / {len(test)} test' if test else ''} triples, prior {prior:.2f}, {base}"
+    )
     for epoch in range(1, settings.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -149,18 +258,30 @@ def train_critic(data: Path, output: Path, settings: TrainSettings = TrainSettin
             pairs = [triple_pairs(e.head, e.relation, e.tail, rng.randrange(2**31), draws=1)[0] for e in chunk]
             enc = tokenizer([p.first for p in pairs], [p.second for p in pairs], padding=True, return_tensors="pt")
             target = torch.tensor([float(e.label) for e in chunk])
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.rate(step)
             loss = loss_fn(model(**enc).logits[:, 0], target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            step += 1
             losses.append(loss.item())
         scores = score(model, tokenizer, validation, settings.seed)
-        metric = precision_at_recall(scores, labels)
-        history.append({"epoch": epoch, "loss": statistics.fmean(losses), "precision_at_recall_0.8": metric})
+        metric = cutoffs.best_precision_at_recall(scores, labels, EARLY_STOPPING_RECALL)
+        validation_loss = _bce(scores, labels)
+        schedule.end_epoch(validation_loss)
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": statistics.fmean(losses),
+                "validation_loss": validation_loss,
+                "precision_at_recall_0.8": metric,
+                "learning_rate": schedule.rate(step),
+            }
+        )
         print(
-            f"epoch {epoch}/{settings.epochs}: loss {statistics.fmean(losses):.4f}, "
-            f"validation precision@recall0.8 {metric:.3f} ({time.perf_counter() - t0:.1f}s)",
+            f"epoch {epoch}/{settings.epochs}: loss {statistics.fmean(losses):.4f}, validation loss "
+            f"{validation_loss:.4f}, precision@recall0.8 {metric:.3f} ({time.perf_counter() - t0:.1f}s)",
             flush=True,
         )
         if metric > best:
@@ -174,18 +295,22 @@ def train_critic(data: Path, output: Path, settings: TrainSettings = TrainSettin
     assert best_state is not None
     model.load_state_dict(best_state)
     scores = score(model, tokenizer, validation, settings.seed)
-    levels = cutoffs.cutoffs(scores, labels)
+    tested = None
+    if test:
+        tested = (score(model, tokenizer, test, settings.seed), [e.label for e in test])
+    levels = cutoffs.cutoffs(scores, labels, tested)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
-    report = {
-        name: {"threshold": c.threshold, "recall": c.recall, "precision": c.precision} for name, c in levels.items()
-    }
+    report = {name: _report(c) for name, c in levels.items()}
     (output / cutoffs.CUTOFFS_FILE).write_text(json.dumps(report, indent=2))
     summary = {
         "data": str(data),
+        "recipe": settings.recipe,
+        "settings": dataclasses.asdict(settings),
         "train": len(train),
         "validation": len(validation),
+        "test": len(test) if test else 0,
         "validation_prior": sum(labels) / len(labels),
         "validation_roc_auc": roc_auc(scores, labels),
         "best_precision_at_recall_0.8": best,
@@ -195,5 +320,8 @@ def train_critic(data: Path, output: Path, settings: TrainSettings = TrainSettin
     (output / "proctor_training.json").write_text(json.dumps(summary, indent=2))
     print(f"validation ROC AUC {summary['validation_roc_auc']:.3f} (chance 0.5)")
     for name, c in levels.items():
-        print(f"cut-off {name}: {c.threshold:.4f} (validation recall {c.recall:.2f}, precision {c.precision:.2f})")
+        v = c.validation
+        print(
+            f"cut-off {name}: {c.threshold:.4f} (validation point: recall {v.recall:.2f}, precision {v.precision:.2f})"
+        )
     return summary

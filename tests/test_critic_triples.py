@@ -105,7 +105,13 @@ async def test_generate_triples_writes_events_and_rejects_bad_calls(target: str)
                 )
             )
         ]
-        assert all(r.accepted and not r.HasField("critic_score") for r in written)
+        # The tiny random model writes no "PersonX ..." event in the budget: no triple, and the stream's one result
+        # says exactly why (how far each of the paper's filters got).
+        [short] = written
+        assert short.error.field == "num_events" and short.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert "the teacher's events reached 0 of 1 after 4 event prompts (the budget: 4); 32 samples:" in (
+            short.error.message
+        )
         for bad, field in (
             (teacher_pb2.TriplesRequest(), "events"),
             (teacher_pb2.TriplesRequest(events=["x"], num_events=2), "num_events"),

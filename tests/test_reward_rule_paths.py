@@ -173,8 +173,8 @@ def _post(url: str, body: object) -> tuple[int, dict[str, object]]:
 
 
 async def test_openrlhf_endpoint_scores_empty_labels_and_responses(tiny_server: ProctorServer) -> None:
-    assert tiny_server.openrlhf is not None
-    url = f"http://127.0.0.1:{tiny_server.openrlhf.port}/reward?training_step=100"  # T = T_MAX: alpha 0
+    assert tiny_server.http is not None
+    url = f"http://127.0.0.1:{tiny_server.http.port}/reward?training_step=100"  # T = T_MAX: alpha 0
     prompt = "Where?"
     completions = ["<think>t</think><answer>Paris</answer>", "", "<think>t</think><answer>Paris</answer>"]
     body = {"query": [prompt + c for c in completions], "prompts": [prompt] * 3, "labels": ["", "Paris", "paris"]}

@@ -81,6 +81,9 @@ class TorchClassifier:
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification
 
+        from proctor.engine.backends.skd_critic import register
+
+        register()  # a critic `train-critic --recipe skd` wrote is a type of proctor's own
         loaded = load(AutoModelForSequenceClassification, self._model_ref, self._device, self._dtype)
         model, self._model, self._tokenizer = loaded.model, loaded.model, loaded.tokenizer
         labels = int(model.config.num_labels)
