@@ -68,6 +68,9 @@ class HttpConfig:
     max_body_bytes: int = 16 * 1024 * 1024  # a larger body gets 413 before it is read
     request_timeout_s: float = 600.0  # a request's deadline (504 past it); 0 = none
     served_model_name: str = ""  # the id /v1/models reports and `model` must match; "" = teacher.model
+    chat_template: str = (
+        ""  # a Jinja chat template, or a file holding one, over the tokenizer's (vLLM's --chat-template)
+    )
 
     def __post_init__(self) -> None:
         if self.port < -1:

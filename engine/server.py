@@ -39,7 +39,7 @@ from proctor.engine.metrics import Metrics
 from proctor.engine.reward import RewardScorer, RewardSettings
 from proctor.engine.rewards.steps import StepTracker
 from proctor.engine.services import critic, reward, teacher
-from proctor.engine.services.http import openrlhf
+from proctor.engine.services.http import openrlhf, teacher_front
 from proctor.engine.services.http.app import HttpFront
 from proctor.engine.services.remote_critic import RemoteCritic
 from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext
@@ -227,6 +227,8 @@ class ProctorServer:
             elif tc.critic:
                 self.remote_critic = triples_critic = RemoteCritic(tc.critic)
             service = teacher.TeacherService(backend, tc, svc, triples_critic)
+            if self.http is not None:
+                teacher_front.mount(self.http, backend, tc, svc)
             teacher_pb2_grpc.add_TeacherServicer_to_server(service, server)
             names.append(teacher.SERVICE)
         if self.config.reward is not None:
@@ -240,7 +242,7 @@ class ProctorServer:
             self.steps = StepTracker(steps.rollouts_per_step, steps.state_dir, steps.max_runs)
             scorer = RewardScorer(reward_settings(rc), judge, self.steps)
             if self.http is not None:
-                self.http.include(openrlhf.router(self.http, scorer, svc), reward.SERVICE)
+                self.http.include(openrlhf.router(self.http, scorer, svc), svc)
             reward_pb2_grpc.add_RewardModelServicer_to_server(reward.RewardService(scorer, judge, svc), server)
             names.append(reward.SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

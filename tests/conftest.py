@@ -18,6 +18,11 @@ from proctor.engine.config import (
 from proctor.engine.server import ProctorServer
 
 TINY = "builtin:tiny"
+# The tiny tokenizer has no chat template of its own: the server's (http.chat_template) stands in.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 def tiny_config(**teacher: object) -> Config:
@@ -26,7 +31,7 @@ def tiny_config(**teacher: object) -> Config:
     limits = teacher.pop("limits", ServiceLimits())
     return Config(
         server=ServerConfig(port=0, metrics_port=0, drain_grace_s=10),
-        http=HttpConfig(port=0),
+        http=HttpConfig(port=0, chat_template=TINY_CHAT_TEMPLATE),
         teacher=dataclasses.replace(TeacherConfig(model=TINY, device="cpu", limits=limits), **teacher),  # type: ignore[arg-type]
         critic=CriticConfig(model="builtin:tiny-critic", device="cpu", cutoff=0.5),
         reward=RewardConfig(model=TINY, device="cpu", total_steps=100),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from proctor.engine.types import (
     BackendInfo,
@@ -39,6 +39,12 @@ class Generator(Backend, Protocol):
     """Completions and log-probs of given tokens from a causal LM."""
 
     def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...
+
+    @property
+    def tokenizer(self) -> Any:
+        """The HF tokenizer the backend encodes and decodes with (loaded by start()): for the services' text work
+        that no model call needs, such as a token's text or a chat template. Use it off the event loop."""
+        ...
 
     async def generate(self, item: GenerateItem) -> Generation:
         """Cancelling the awaiting task stops the item's computation."""

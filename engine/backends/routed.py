@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import cached_property
+from typing import Any
 
 from proctor.engine.backends.base import Generator
 from proctor.engine.types import (
@@ -45,6 +46,10 @@ class GenerateAndScore:
 
     async def close(self) -> None:
         pass
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.generator.tokenizer
 
     def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.generator.tokenize(text, add_special_tokens)

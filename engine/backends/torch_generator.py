@@ -170,6 +170,10 @@ class TorchGenerator:
 
     # ---- asyncio side ----------------------------------------------------------------------------------------
 
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
     def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 

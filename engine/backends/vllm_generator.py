@@ -121,6 +121,10 @@ class VllmGenerator:
 
     # ---- requests --------------------------------------------------------------------------------------------
 
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
     def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 

@@ -56,6 +56,7 @@ class HttpFront:
         self.metrics = metrics
         self.port = 0
         self.services: dict[str, str] = {}  # route path -> the service whose readiness and queue it uses
+        self.contexts: dict[str, ServiceContext] = {}  # service name -> its context (queue, metrics)
         self.app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         self.app.add_exception_handler(ApiError, self._api_error)
         self.app.add_exception_handler(RequestValidationError, self._invalid)
@@ -67,10 +68,11 @@ class HttpFront:
     async def _health(self) -> Response:
         return Response(status_code=200 if self.healthy() else 503)
 
-    def include(self, router: APIRouter, service: str) -> None:
-        """Serve a router's routes; they need `service` ready and use its admission."""
+    def include(self, router: APIRouter, svc: ServiceContext) -> None:
+        """Serve a router's routes; they need the service ready and use its admission."""
+        self.contexts[svc.name] = svc
         for route in router.routes:
-            self.services[str(getattr(route, "path", ""))] = service
+            self.services[str(getattr(route, "path", ""))] = svc.name
         self.app.include_router(router)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------

@@ -1,0 +1,211 @@
+"""What the teacher's HTTP routes ask of the backend, checked against the server's limits: prompt log-probs from
+the fused Score path (never a [tokens, vocab] tensor) and completions from the Generate path.
+
+Prompt log-probs are vLLM's: per prompt position the actual token's entry first, then the top-k, each with its
+log-prob and rank; position 0 has none. They are the model's raw log-probs (vLLM's default `logprobs_mode`),
+whatever the request's temperature. The Score path ranks its top-k only: an actual token outside the top-k gets
+rank k + 1, a lower bound of its true rank (vLLM counts the whole vocabulary there).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from proctor.engine.backends.base import Generator
+from proctor.engine.config import TeacherConfig
+from proctor.engine.errors import ItemError
+from proctor.engine.services.http.errors import ApiError
+from proctor.engine.services.streams import ServiceContext
+from proctor.engine.types import GenerateItem, Generation, Sample, SamplingParams, ScoreItem
+
+T = TypeVar("T")
+
+_MAX_SEED = 2**63
+# JSON has no -inf: vLLM sends -9999.0 for a log-prob of -inf, and so does this server.
+FLOOR = -9999.0
+
+
+def clamp(logprob: float) -> float:
+    return max(logprob, FLOOR)
+
+
+@dataclass(frozen=True)
+class Entry:
+    token_id: int
+    logprob: float
+    rank: int
+
+
+Position = list[Entry] | None  # the actual token first, then the rest of the top-k; None at position 0
+
+
+class TeacherCalls:
+    def __init__(self, backend: Generator, config: TeacherConfig, svc: ServiceContext) -> None:
+        self.backend = backend
+        self.config = config
+        self.svc = svc
+
+    # ---- limits ----------------------------------------------------------------------------------------------
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        model_len = self.backend.info.max_model_len
+        return min(self.config.max_prompt_tokens, model_len) if self.config.max_prompt_tokens else model_len
+
+    def check_top(self, k: int | None, field: str) -> None:
+        limit = min(self.config.max_top_logprobs, self.backend.info.vocab_size)
+        if k is not None and k > limit:
+            raise ApiError(400, f"{field}: {k} > {limit} (the server's teacher.max_top_logprobs)", field)
+
+    def check_prompt(self, ids: list[int], field: str) -> list[int]:
+        if not ids:
+            raise ApiError(400, f"{field}: empty; a prompt needs at least one token", field)
+        vocab = self.backend.info.vocab_size
+        bad = next((i for i, t in enumerate(ids) if t >= vocab), None)
+        if bad is not None:
+            raise ApiError(400, f"{field}[{bad}]: token id {ids[bad]} is outside the vocabulary [0, {vocab})", field)
+        limit = self.max_prompt_tokens
+        if len(ids) > limit:
+            raise ApiError(400, f"{field}: {len(ids)} tokens > {limit} (max prompt tokens); none are cut", field)
+        return ids
+
+    def sampling(
+        self,
+        *,
+        prompt_len: int,
+        n: int,
+        max_tokens: int,
+        temperature: float | None,
+        top_p: float | None,
+        top_k: int | None,
+        presence_penalty: float | None,
+        frequency_penalty: float | None,
+        seed: int | None,
+        stop: str | list[str] | None,
+        stop_token_ids: list[int] | None,
+        ignore_eos: bool,
+        logprobs: int | None,
+        max_tokens_field: str = "max_tokens",
+    ) -> SamplingParams:
+        """The request's sampling fields, checked; vLLM's defaults where a field is absent."""
+        if n > self.config.max_n:
+            raise ApiError(400, f"n: {n} > {self.config.max_n} (the server's teacher.max_n)", "n")
+        temperature = 1.0 if temperature is None else temperature
+        _range(temperature, "temperature", 0.0, 100.0)
+        top_p = 1.0 if top_p is None else top_p
+        if not 0.0 < top_p <= 1.0:
+            raise ApiError(400, f"top_p: {top_p} is outside (0, 1]", "top_p")
+        vocab = self.backend.info.vocab_size
+        top_k = 0 if top_k is None or top_k == -1 else top_k  # vLLM: -1 or 0 = off
+        if not 0 <= top_k <= vocab:
+            raise ApiError(400, f"top_k: {top_k} is outside [-1, {vocab}] (-1 or 0 = off)", "top_k")
+        presence = presence_penalty or 0.0
+        frequency = frequency_penalty or 0.0
+        _range(presence, "presence_penalty", -2.0, 2.0)
+        _range(frequency, "frequency_penalty", -2.0, 2.0)
+        model_len = self.backend.info.max_model_len
+        if prompt_len + max_tokens > model_len:
+            raise ApiError(
+                400,
+                f"{max_tokens_field}: prompt ({prompt_len} tokens) + {max_tokens_field} ({max_tokens}) exceeds the "
+                f"model's context length {model_len}",
+                max_tokens_field,
+            )
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        for i, s in enumerate(stops):
+            if not s:
+                raise ApiError(400, f"stop[{i}]: empty stop string", "stop")
+        bad = next((t for t in stop_token_ids or [] if t >= vocab), None)
+        if bad is not None:
+            raise ApiError(400, f"stop_token_ids: {bad} is outside the vocabulary [0, {vocab})", "stop_token_ids")
+        self.check_top(logprobs, "logprobs")
+        return SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            presence_penalty=presence,
+            frequency_penalty=frequency,
+            seed=seed % _MAX_SEED if seed is not None else None,
+            max_tokens=max_tokens,
+            stop=tuple(stops),
+            stop_token_ids=tuple(stop_token_ids or ()),
+            logprobs=logprobs is not None,
+            top_logprobs=logprobs or 0,
+        )
+
+    # ---- backend calls ---------------------------------------------------------------------------------------
+
+    async def prompt_logprobs(self, ids: list[int], k: int) -> list[Position]:
+        """Per position of `ids`: None at 0, then the actual token's entry and the top-k (Score's fused path)."""
+        if len(ids) < 2:
+            return [None] * len(ids)
+        # top-1 at least, so that an actual token of rank 1 is known to be rank 1
+        out = await self._call(
+            "Score", self.backend.score(ScoreItem(context_ids=ids[:1], target_ids=ids[1:], top_k=max(k, 1)))
+        )
+        self._count("Score", 1, scored=len(ids) - 1)
+        self._observe("Score", out.queue_s, out.inference_s)
+        assert out.top is not None
+        positions: list[Position] = [None]
+        for actual, logprob, top_ids, top_lps in zip(ids[1:], out.logprobs, out.top.ids, out.top.logprobs, strict=True):
+            positions.append(_position(actual, logprob, top_ids, top_lps, k))
+        return positions
+
+    async def generate(self, ids: list[int], params: SamplingParams) -> Generation:
+        gen = await self._call("Generate", self.backend.generate(GenerateItem(prompt_ids=ids, params=params)))
+        self._count("Generate", len(ids), generated=sum(len(s.token_ids) for s in gen.samples))
+        self._observe("Generate", gen.queue_s, gen.inference_s)
+        return gen
+
+    async def _call(self, rpc: str, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except ItemError as exc:
+            status = {"INVALID_ARGUMENT": 400, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503}.get(exc.code, 500)
+            raise ApiError(status, exc.message, exc.field or None, 1 if status in (429, 503) else None) from None
+
+    # ---- metrics (as the gRPC Teacher counts them) -----------------------------------------------------------
+
+    def _observe(self, rpc: str, queue_s: float, inference_s: float) -> None:
+        m = self.svc.metrics
+        m.queue_seconds.labels(self.svc.name, rpc).observe(queue_s)
+        m.inference_seconds.labels(self.svc.name, rpc).observe(inference_s)
+
+    def _count(self, rpc: str, prompt: int, generated: int = 0, scored: int = 0) -> None:
+        tokens = self.svc.metrics.tokens
+        tokens.labels(self.svc.name, rpc, "prompt").inc(prompt)
+        if generated:
+            tokens.labels(self.svc.name, rpc, "generated").inc(generated)
+        if scored:
+            tokens.labels(self.svc.name, rpc, "scored").inc(scored)
+
+
+def _position(actual: int, logprob: float, top_ids: list[int], top_lps: list[float], k: int) -> list[Entry]:
+    """The actual token's entry (ranked within `top_ids`, else one past them), then the first k of the top."""
+    rank = top_ids.index(actual) + 1 if actual in top_ids else len(top_ids) + 1
+    rest = [Entry(t, lp, r) for r, (t, lp) in enumerate(zip(top_ids[:k], top_lps[:k], strict=True), 1) if t != actual]
+    return [Entry(actual, logprob, rank), *rest]
+
+
+def sample_steps(sample: Sample, k: int) -> list[Position]:
+    """A generated sample's tokens as positions: the sampled token first, then its step's top-k."""
+    logprobs = sample.logprobs or []
+    top = sample.top
+    return [
+        _position(token, logprobs[i], top.ids[i] if top else [], top.logprobs[i] if top else [], k)
+        for i, token in enumerate(sample.token_ids)
+    ]
+
+
+def _range(value: float, field: str, low: float, high: float) -> None:
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ApiError(400, f"{field}: {value} is outside [{low:g}, {high:g}]", field)
+
+
+def now() -> int:
+    return int(time.time())
