@@ -5,7 +5,10 @@
 
 TRL calls `reward_func(prompts=..., completions=..., completion_ids=..., trainer_state=..., **dataset_columns)`
 once per step with every completion of the step; this sends them all on one stream. T is
-`trainer_state.global_step` and T_MAX `trainer_state.max_steps` unless `total_steps` is given. Conversational
+`trainer_state.global_step` (0 on the first step) and T_MAX `trainer_state.max_steps - 1` (the last step's T, so
+α reaches 0 on it) unless `total_steps` is given. Where TRL passes `log_metric` (TRL ≥ 0.2x), the step's means
+of the reward's parts are logged beside TRL's own metrics: `proctor/alpha`, `proctor/r_f1`, `proctor/format_ok`,
+`proctor/training_step`. Conversational
 prompts and completions (lists of {"role", "content"}) are flattened to the last user turn / the assistant text.
 A rollout the server could not score raises (`on_error="raise"`) or becomes None (`on_error="none"`; TRL ignores
 None rewards for that function), never a made-up number.
@@ -52,7 +55,10 @@ class _Base:
             raise KeyError(f"the dataset has no column {self.gold_column!r} with the gold answers (gold_column)")
         golds = kwargs[self.gold_column]
         step = int(getattr(trainer_state, "global_step", 0)) if trainer_state is not None else 0
-        total = self.total_steps if self.total_steps is not None else getattr(trainer_state, "max_steps", None)
+        total = self.total_steps
+        max_steps = getattr(trainer_state, "max_steps", None)
+        if total is None and max_steps:
+            total = max(int(max_steps) - 1, 1)
         batch = uuid.uuid4().hex[:8]
         return [
             reward_request(
@@ -69,9 +75,13 @@ class _Base:
         ]
 
     def _rewards(
-        self, requests: list[reward_pb2.RewardRequest], results: dict[str, reward_pb2.RewardResult]
+        self,
+        requests: list[reward_pb2.RewardRequest],
+        results: dict[str, reward_pb2.RewardResult],
+        kwargs: dict[str, Any],
     ) -> list[float | None]:
         out: list[float | None] = []
+        scored: list[reward_pb2.RewardResult] = []
         for request in requests:
             result = results[request.id]
             if result.HasField("error"):
@@ -80,6 +90,11 @@ class _Base:
                 out.append(None)
             else:
                 out.append(result.reward)
+                scored.append(result)
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric) and scored:
+            for name in ("alpha", "r_f1", "format_ok", "training_step"):
+                log_metric(f"proctor/{name}", sum(float(getattr(r, name)) for r in scored) / len(scored))
         return out
 
 
@@ -94,7 +109,7 @@ class ProctorReward(_Base):
         self, prompts: Sequence[Any], completions: Sequence[Any], trainer_state: Any = None, **kwargs: Any
     ) -> list[float | None]:
         requests = self._requests(prompts, completions, trainer_state, kwargs)
-        return self._rewards(requests, self.client.reward(requests))
+        return self._rewards(requests, self.client.reward(requests), kwargs)
 
 
 class AsyncProctorReward(_Base):
@@ -111,4 +126,4 @@ class AsyncProctorReward(_Base):
         requests = self._requests(prompts, completions, trainer_state, kwargs)
         # A channel per call: TRL may drive each call from its own event loop.
         async with AsyncRewardClient(self.target, timeout_s=self.timeout_s) as client:
-            return self._rewards(requests, await client.reward(requests))
+            return self._rewards(requests, await client.reward(requests), kwargs)

@@ -1,9 +1,10 @@
 """Trainer adapters end to end against a running server (the tiny model; rules mode where the RRM is not the point).
 
-TRL and verl are not installed in the test environment (both pull large dependency trees); these tests make the
-exact calls their documentation gives: TRL's `reward_func(prompts=, completions=, completion_ids=, trainer_state=,
-**dataset_columns)` with a real `transformers.TrainerState`, verl's `compute_score(data_source, solution_str,
-ground_truth, extra_info)` and its batch manager's list form, OpenRLHF's remote RM POST body.
+The trainers' own packages drive these adapters in tests/trainers/ (CI's trainers venv); here, in the main
+environment, the adapters' functions are called directly: TRL's `reward_func(prompts=, completions=,
+completion_ids=, trainer_state=, log_metric=, **dataset_columns)` with a real `transformers.TrainerState`, verl's
+`compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)` in its three forms, and
+OpenRLHF's remote RM POST body.
 """
 
 from __future__ import annotations
@@ -30,11 +31,17 @@ COMPLETIONS = [GOOD, MALFORMED, NO_ATOMS]
 
 
 async def test_trl_reward_function_sync_and_async(target: str) -> None:
-    state = TrainerState(global_step=100, max_steps=100)  # alpha = 0: the reward is R_f1
+    state = TrainerState(global_step=99, max_steps=100)  # the last step: T = T_MAX = 99, alpha = 0, reward = R_f1
+    logged: dict[str, float] = {}
     kwargs = {"answer": ["Paris"] * 3, "completion_ids": [[1], [2], [3]], "trainer_state": state}
     reward = ProctorReward(target, gold_column="answer")
-    rewards = await asyncio.to_thread(lambda: reward(prompts=PROMPTS, completions=COMPLETIONS, **kwargs))
+    rewards = await asyncio.to_thread(
+        lambda: reward(prompts=PROMPTS, completions=COMPLETIONS, log_metric=logged.__setitem__, **kwargs)
+    )
     assert rewards == pytest.approx([1.0, -1.0, 0.4])
+    assert logged == pytest.approx(
+        {"proctor/alpha": 0.0, "proctor/r_f1": 1.4 / 3, "proctor/format_ok": 2 / 3, "proctor/training_step": 99}
+    )
     conversational = [[{"role": "assistant", "content": c}] for c in COMPLETIONS]
     prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
     async_reward = AsyncProctorReward(target, gold_column="answer")
@@ -43,7 +50,7 @@ async def test_trl_reward_function_sync_and_async(target: str) -> None:
 
 
 async def test_trl_reward_function_surfaces_item_errors(target: str) -> None:
-    late = TrainerState(global_step=101, max_steps=100)
+    late = TrainerState(global_step=100, max_steps=100)  # past the last step's T (99)
     reward = ProctorReward(target)
     with pytest.raises(ItemFailed, match="training_step"):
         await asyncio.to_thread(lambda: reward(PROMPTS, COMPLETIONS, answer=["Paris"] * 3, trainer_state=late))
@@ -52,16 +59,24 @@ async def test_trl_reward_function_surfaces_item_errors(target: str) -> None:
     assert out == [None, None, None]
 
 
-async def test_verl_compute_score_and_batch(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROCTOR_REWARD_TARGET", target)
-    monkeypatch.setattr(verl, "_client", None)
+async def test_verl_compute_score_async_sync_and_batch(target: str) -> None:
     extra = {"question": PROMPTS[0], "training_step": 100, "total_steps": 100}
-    one = await asyncio.to_thread(verl.compute_score, "nq", GOOD, {"target": ["Paris"]}, extra)
-    assert one["score"] == 1.0 and one["r_f1"] == 1.0 and one["alpha"] == 0.0
+    one = await verl.compute_score_async("nq", GOOD, {"target": ["Paris"]}, extra, target=target)
+    assert one["score"] == 1.0 and one["r_f1"] == 1.0 and one["alpha"] == 0.0 and one["training_step"] == 100
+    same = await asyncio.to_thread(verl.compute_score, "nq", GOOD, {"target": ["Paris"]}, extra, target=target)
+    assert same == one
     batch = await asyncio.to_thread(
-        verl.compute_score_batch, ["nq"] * 3, COMPLETIONS, ["Paris", ["paris"], {"target": ["Paris"]}], [extra] * 3
+        verl.compute_score_batch,
+        ["nq"] * 3,
+        COMPLETIONS,
+        ["Paris", ["paris"], {"target": ["Paris"]}],
+        [extra] * 3,
+        target=target,
     )
     assert [b["score"] for b in batch] == pytest.approx([1.0, -1.0, 0.4])
+    assert {k for b in batch for k in b} == set(one)  # the same keys for every sample, as verl needs
+    with pytest.raises(ValueError, match="verl sends no training step"):
+        await verl.compute_score_async("nq", GOOD, "Paris", {"question": "q"}, target=target)
 
 
 def _post(url: str, body: object) -> tuple[int, dict[str, object]]:

@@ -20,7 +20,8 @@ def test_t_advances_every_rollouts_per_step() -> None:
     tracker = StepTracker(rollouts_per_step=3)
     assert [tracker.step(StepRun("a")) for _ in range(7)] == [0, 0, 0, 1, 1, 1, 2]
     assert tracker.step(StepRun("b", rollouts_per_step=2)) == 0  # another run has its own count
-    assert tracker.step(StepRun("a", observe_only=True)) == 2  # validation: the current T, not counted
+    assert tracker.step(StepRun("a", observe_only=True)) == 2  # validation: the latest T, not counted
+    assert tracker.step(StepRun("c", rollouts_per_step=2, observe_only=True)) == 0  # before any rollout
     assert tracker.step(StepRun("a")) == 2 and tracker.step(StepRun("a")) == 2 and tracker.step(StepRun("a")) == 3
 
 

@@ -9,7 +9,8 @@ run's rollouts that came before it, divided by rollouts_per_step: T = 0 on the f
 - A step the trainer does send always wins; the counter is then neither read nor moved.
 - A run's rollouts_per_step is fixed by its first rollout; a later rollout saying otherwise is an error, not a
   silent restart of the count.
-- `observe_only` (validation rollouts) takes the current T without counting the rollout.
+- `observe_only` (validation rollouts) is not counted and takes the T of the run's latest counted rollout (0
+  before any): the step the trainer is at, also after its last one.
 - With a state directory, each run's count lives in a file there, read and written under an exclusive `flock`
   for every rollout: the count survives a restart of the server, and replicas that share the directory (one host,
   or a volume with working POSIX locks) share one count, so T is exact whichever replica a rollout reaches. Without
@@ -73,6 +74,8 @@ class StepTracker:
                 count = self._count_in_memory(key, per_step, run.observe_only)
             else:
                 count = self._count_on_disk(key, per_step, run.observe_only)
+        if run.observe_only:
+            count = max(count - 1, 0)  # the latest counted rollout's
         return count // per_step
 
     def close(self) -> None:
