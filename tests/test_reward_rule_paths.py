@@ -151,7 +151,6 @@ async def test_trl_adapter_scores_empty_golds_and_responses(target: str) -> None
 
 async def test_verl_adapter_scores_empty_golds_and_responses(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROCTOR_REWARD_TARGET", target)
-    monkeypatch.setattr(verl, "_client", None)
     # verl's own data layouts: a plain string, a list, {"target": [...]} (Search-R1 / DeepResearcher)
     truths = ["", [], {"target": []}, "Paris", {"target": [""]}, {"target": ["", "Paris"]}]
     wants = [0.0, 0.0, 0.0, -1.0, 0.0, 1.0]
