@@ -26,7 +26,7 @@ import torch
 from proctor.bench import load
 from proctor.bench.kernels import device_tag
 from proctor.bench.server import serve
-from proctor.engine.models import resolve_model
+from proctor.engine.backends.builtin_models import resolve_model
 
 QWEN_1_5B = {"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
              "intermediate_size": 8960, "vocab_size": 151936, "max_position_embeddings": 32768}  # fmt: skip

@@ -40,9 +40,9 @@ from tqdm import tqdm
 from proctor.bench.server import cpu_seconds, histogram_totals, peak_in, scrape, serve
 from proctor.clients.reward import ATOM_DETAILS
 from proctor.clients.streaming import CODE_NAMES
-from proctor.engine import skd
-from proctor.engine.reward import RewardScorer, RewardSettings
+from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings
 from proctor.engine.services.reward import rollout_input
+from proctor.engine.skd import prompts as skd
 from proctor.proto.proctor.v1 import (
     common_pb2,
     critic_pb2,

@@ -34,12 +34,12 @@ from proctor.bench.load import _rollout
 from proctor.bench.server import cpu_seconds, serve
 from proctor.clients.reward import RewardClient, reward_request
 from proctor.clients.teacher import TeacherClient, score_request
-from proctor.engine.backends.torch_classifier import TorchClassifier
-from proctor.engine.backends.torch_generator import TorchGenerator
+from proctor.engine.backends.torch.classifier import TorchClassifier
+from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.config import CriticConfig
+from proctor.engine.items import ScoreItem
 from proctor.engine.services.convert import RELATIONS
 from proctor.engine.services.critic import CriticScorer
-from proctor.engine.types import ScoreItem
 from proctor.proto.proctor.v1 import critic_pb2, critic_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"

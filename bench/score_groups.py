@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from proctor.engine.backends.torch_generator import TorchGenerator
-from proctor.engine.types import ScoreGroupItem, ScoreItem
+from proctor.engine.backends.torch.generator import TorchGenerator
+from proctor.engine.items import ScoreGroupItem, ScoreItem
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

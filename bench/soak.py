@@ -28,7 +28,7 @@ from typing import Any
 
 from proctor.clients.replicas import REWARD, ReplicaClient, RetryPolicy
 from proctor.clients.reward import reward_request
-from proctor.engine.reward import RewardScorer, RewardSettings, RolloutInput
+from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings, RolloutInput
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROLLOUTS = [

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from proctor.engine.backends.builtin_models import builtin_available
 from proctor.engine.config import RELATION_NAMES as RELATION_CHOICES
 from proctor.engine.config import Config, ConfigError, load_config
-from proctor.engine.models import builtin_available
 from proctor.engine.version import __version__
 
 log = logging.getLogger("proctor")
@@ -46,7 +46,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def serve(config: Config) -> int:
-    from proctor.engine.server import ProctorServer
+    from proctor.engine.server.grpc_server import ProctorServer
 
     server = ProctorServer(config)
     await server.start()
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_critic(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from proctor.engine.train_critic import SHIPPED_SET, recipe, train_critic
+    from proctor.engine.jobs.train_critic import SHIPPED_SET, recipe, train_critic
 
     overrides = {"base_model": args.base_model, "seed": args.seed}
     overrides |= {k: v for k in ("epochs", "learning_rate", "batch_size") if (v := getattr(args, k)) is not None}
@@ -188,7 +188,7 @@ def _train_critic(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from proctor.engine import distill
+    from proctor.engine.jobs import distill
 
     relations = tuple(r.strip() for r in args.relations.split(",")) if args.relations else tuple(RELATION_CHOICES)
     unknown = sorted(set(relations) - set(RELATION_CHOICES))
@@ -222,7 +222,7 @@ def _distill(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def embedded_server(config: Config) -> Iterator[str]:
     """A server on free ports in a background thread (for commands that are gRPC clients)."""
-    from proctor.engine.server import ProctorServer
+    from proctor.engine.server.grpc_server import ProctorServer
 
     config.server.port = 0
     config.server.metrics_port = -1
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_bench(args)
         if args.command == "demo":
-            from proctor.engine.demo import run_demo
+            from proctor.engine.jobs.demo import run_demo
 
             return asyncio.run(run_demo(args.teacher_model or default_services()["teacher"]["model"], args.device))
     except ConfigError as exc:

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import yaml
 
-from proctor.engine import rrm
-from proctor.engine.backends.vllm_mapping import VllmSettings
-from proctor.engine.critic_input import RELATION_PHRASES
-from proctor.engine.skd import NameChoices
+from proctor.engine.backends.vllm.mapping import VllmSettings
+from proctor.engine.rewards import rrm
+from proctor.engine.skd.critic_input import RELATION_PHRASES
+from proctor.engine.skd.prompts import NameChoices
 
 RELATION_NAMES = tuple(RELATION_PHRASES)
 

@@ -20,7 +20,7 @@ from transformers import TrainerState
 from proctor.clients import verl
 from proctor.clients.streaming import ItemFailed
 from proctor.clients.trl import AsyncProctorReward, ProctorReward
-from proctor.engine.server import ProctorServer
+from proctor.engine.server.grpc_server import ProctorServer
 
 from .test_reward_service import GOOD, MALFORMED, NO_ATOMS
 

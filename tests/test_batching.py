@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from proctor.engine.backends.torch_generator import TorchGenerator, _Job
-from proctor.engine.batching import DynamicBatcher
-from proctor.engine.types import ScoreItem
+from proctor.engine.backends.torch.batching import DynamicBatcher
+from proctor.engine.backends.torch.generator import TorchGenerator, _Job
+from proctor.engine.items import ScoreItem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -102,9 +102,9 @@ async def test_dynamic_batcher_drops_cancelled_requests_and_fails_only_the_faile
 async def test_classifier_batches_score_every_pair_as_it_scores_alone() -> None:
     """Pairs tokenized in one call and padded by hand into mixed-length batches get the probabilities of the model
     run on each pair alone (the tokenizer's own encoding, no padding); a pair over the limit fails on its field."""
-    from proctor.engine.backends.torch_classifier import TorchClassifier
-    from proctor.engine.critic_input import TextPair
+    from proctor.engine.backends.torch.classifier import TorchClassifier
     from proctor.engine.errors import ItemError
+    from proctor.engine.skd.critic_input import TextPair
 
     critic = TorchClassifier("builtin:tiny-critic", device="cpu", max_batch_items=8, max_batch_tokens=256)
     await critic.start()

@@ -36,7 +36,7 @@ def test_each_workload_runs(workload: str, mode: str, tmp_path: Path, monkeypatc
 def test_grpo_rollouts_are_well_formed() -> None:
     import random
 
-    from proctor.engine.rollout import atoms, check_format
+    from proctor.engine.rewards.rollout import atoms, check_format
 
     rollout = load._rollout(random.Random(0))
     assert check_format(rollout).ok and len(atoms(rollout)) >= 2 and len(rollout) > 2000

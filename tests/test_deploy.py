@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proctor.engine.metrics import Metrics
+from proctor.engine.services.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -77,8 +77,8 @@ def test_kubernetes_configs_load(tmp_path: Path) -> None:
 
 
 def test_operations_reference_is_current() -> None:
-    from proctor.engine import reference
+    from proctor.engine.jobs import reference
 
     assert reference.render(reference.DOC.read_text()) == reference.DOC.read_text(), (
-        "deploy/OPERATIONS.md is stale: python -m proctor.engine.reference --write"
+        "deploy/OPERATIONS.md is stale: python -m proctor.engine.jobs.reference --write"
     )

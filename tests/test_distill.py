@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proctor.engine import distill, skd
+from proctor.engine.jobs import distill
+from proctor.engine.skd import prompts as skd
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 
 from proctor.engine.backends.base import Generator
-from proctor.engine.backends.torch_generator import TorchGenerator
-from proctor.engine.backends.vllm_mapping import VllmSettings
-from proctor.engine.types import FinishReason, GenerateItem, ProbeGroupItem, SamplingParams, ScoreGroupItem, ScoreItem
+from proctor.engine.backends.torch.generator import TorchGenerator
+from proctor.engine.backends.vllm.mapping import VllmSettings
+from proctor.engine.items import FinishReason, GenerateItem, ProbeGroupItem, SamplingParams, ScoreGroupItem, ScoreItem
 
 TINY = "builtin:tiny"
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
@@ -30,7 +30,7 @@ CPU_VLLM = VllmSettings(max_model_len=1024, gpu_memory_utilization=0.2, kv_cache
 
 
 def vllm_generator(settings: VllmSettings = CPU_VLLM) -> Generator:
-    from proctor.engine.backends.vllm_generator import VllmGenerator
+    from proctor.engine.backends.vllm.generator import VllmGenerator
 
     return VllmGenerator(TINY, "float32", settings)
 

@@ -14,7 +14,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proctor.engine.config import Config, RewardConfig, ServerConfig
-from proctor.engine.server import ProctorServer
+from proctor.engine.server.grpc_server import ProctorServer
 from proctor.proto.proctor.v1 import reward_pb2, reward_pb2_grpc
 
 from .conftest import started

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from proctor.engine.config import Config, HttpConfig, RewardConfig, ServerConfig, TlsConfig
-from proctor.engine.server import ProctorServer
+from proctor.engine.server.grpc_server import ProctorServer
 
 from .conftest import started
 from .test_reward_service import GOOD, NO_ATOMS

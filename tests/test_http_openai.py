@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from proctor.clients.teacher import AsyncTeacherClient, score_request
-from proctor.engine.models import resolve_model
-from proctor.engine.server import ProctorServer
+from proctor.engine.backends.builtin_models import resolve_model
+from proctor.engine.server.grpc_server import ProctorServer
 
 from .conftest import TINY
 

@@ -54,7 +54,7 @@ async def test_items_past_the_per_stream_limit() -> None:
 async def test_the_stream_window_bounds_the_items_in_flight_and_inline_items_take_no_slot() -> None:
     """With a window of 3 the server has at most 3 backend items of a call in flight (it stops reading); items its
     handler answers at once pass through without waiting, whatever the window holds."""
-    from proctor.engine.metrics import Metrics
+    from proctor.engine.services.metrics import Metrics
     from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext, StreamSpec, run_stream
     from proctor.proto.proctor.v1 import reward_pb2
 

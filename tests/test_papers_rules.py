@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from proctor.engine import critic_input, cutoffs, distill, skd
-from proctor.engine.event_pool import EventPool
-from proctor.engine.types import FinishReason
+from proctor.engine.items import FinishReason
+from proctor.engine.jobs import distill
+from proctor.engine.skd import critic_input, cutoffs
+from proctor.engine.skd import prompts as skd
+from proctor.engine.skd.event_pool import EventPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

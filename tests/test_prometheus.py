@@ -15,7 +15,7 @@ import pytest
 
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.teacher import AsyncTeacherClient, generate_request
-from proctor.engine.server import ProctorServer
+from proctor.engine.server.grpc_server import ProctorServer
 
 from .test_reward_service import GOOD
 

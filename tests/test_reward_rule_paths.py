@@ -22,8 +22,8 @@ from transformers import TrainerState
 from proctor.clients import verl
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.trl import ProctorReward
-from proctor.engine import outcome, rollout
-from proctor.engine.server import ProctorServer
+from proctor.engine.rewards import outcome, rollout
+from proctor.engine.server.grpc_server import ProctorServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proctor.engine import outcome, rollout, rrm, schedule
 from proctor.engine.errors import ItemError
+from proctor.engine.rewards import alpha_schedule, outcome, rollout, rrm
 
 
 @pytest.mark.parametrize(
@@ -86,17 +86,17 @@ def test_atoms_across_turns_with_open_tag_names() -> None:
 
 
 def test_schedule() -> None:
-    assert schedule.alpha(0, 100) == 0.5
-    assert schedule.alpha(50, 100) == 0.25
-    assert schedule.alpha(100, 100) == 0.0
+    assert alpha_schedule.alpha(0, 100) == 0.5
+    assert alpha_schedule.alpha(50, 100) == 0.25
+    assert alpha_schedule.alpha(100, 100) == 0.0
     for step in (-1, 101):
         with pytest.raises(ItemError) as err:
-            schedule.alpha(step, 100)
+            alpha_schedule.alpha(step, 100)
         assert err.value.field == "training_step"
     with pytest.raises(ItemError) as err:
-        schedule.alpha(0, 0)
+        alpha_schedule.alpha(0, 0)
     assert err.value.field == "total_steps"
-    assert schedule.mix(0.25, 0.8, 0.4) == pytest.approx(0.5)
+    assert alpha_schedule.mix(0.25, 0.8, 0.4) == pytest.approx(0.5)
 
 
 def test_judgement_parser() -> None:

@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from proctor.engine.errors import ItemError
-from proctor.engine.reward import RewardScorer, RewardSettings, RolloutInput
-from proctor.engine.types import BackendInfo, FinishReason, GenerateItem, Generation, Sample
+from proctor.engine.items import BackendInfo, FinishReason, GenerateItem, Generation, Sample
+from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings, RolloutInput
 from proctor.proto.proctor.v1 import reward_pb2, reward_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -1,6 +1,6 @@
 import torch
 
-from proctor.engine.backends.sampling import RowParams, apply_penalties, apply_top_k_top_p, sample
+from proctor.engine.backends.torch.sampling import RowParams, apply_penalties, apply_top_k_top_p, sample
 
 
 def _params(b: int, **kw: list[float]) -> RowParams:

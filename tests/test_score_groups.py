@@ -61,8 +61,8 @@ async def test_mixed_groups_singles_and_bad_groups_in_one_stream(target: str) ->
 
 async def test_probe_group_equals_scoring_each_candidate_token() -> None:
     """The RRM's expected mode: candidate-token log-probs after each continuation of one shared prompt."""
-    from proctor.engine.backends.torch_generator import TorchGenerator
-    from proctor.engine.types import ProbeGroupItem, ScoreItem
+    from proctor.engine.backends.torch.generator import TorchGenerator
+    from proctor.engine.items import ProbeGroupItem, ScoreItem
 
     backend = TorchGenerator("builtin:tiny", device="cpu")
     await backend.start()

@@ -138,6 +138,6 @@ async def test_bad_security_config_is_refused(tmp_path: Path) -> None:
         TlsConfig(cert_file="x.pem")
     with pytest.raises(ConfigError, match="no token was found"):
         (tmp_path / "empty").write_text("\n")
-        from proctor.engine.server import load_tokens
+        from proctor.engine.server.grpc_server import load_tokens
 
         load_tokens(ServerConfig(auth_tokens_file=str(tmp_path / "empty")))

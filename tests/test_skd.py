@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from proctor.engine import critic_input, cutoffs, skd
-from proctor.engine.types import FinishReason
+from proctor.engine.items import FinishReason
+from proctor.engine.skd import critic_input, cutoffs
+from proctor.engine.skd import prompts as skd
 
 PAPERS = Path(__file__).resolve().parents[2] / "shared" / "PAPERS.md"
 # The §1.2 table rows of PAPERS.md, copied verbatim, so that a checkout without ../shared still checks them.

@@ -12,9 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
+from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.config import ServiceLimits
-from proctor.engine.models import resolve_model
-from proctor.engine.server import ProctorServer
+from proctor.engine.server.grpc_server import ProctorServer
 from proctor.proto.proctor.v1 import teacher_pb2
 
 from .conftest import TINY, started, tiny_config

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from proctor.engine.cli import main
-from proctor.engine.cutoffs import CUTOFFS_FILE
-from proctor.engine.train_critic import RECIPES, SHIPPED_SET, Schedule, load_examples, recipe, roc_auc, split
+from proctor.engine.jobs.train_critic import RECIPES, SHIPPED_SET, Schedule, load_examples, recipe, roc_auc, split
+from proctor.engine.skd.cutoffs import CUTOFFS_FILE
 
 
 def test_shipped_set_size_and_balance() -> None:
@@ -62,10 +62,10 @@ async def test_skd_recipe_trains_saves_serves_and_averages_validation_and_test_c
     import grpc
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from proctor.engine import cutoffs
-    from proctor.engine.backends.skd_critic import register
+    from proctor.engine.backends.torch.skd_critic import register
     from proctor.engine.config import Config, CriticConfig, ServerConfig
-    from proctor.engine.train_critic import score
+    from proctor.engine.jobs.train_critic import score
+    from proctor.engine.skd import cutoffs
     from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
     from .conftest import started

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proctor.engine.backends.vllm_mapping import (
+from proctor.engine.backends.vllm.mapping import (
     VllmSettings,
     engine_kwargs,
     sampling_kwargs,
@@ -17,7 +17,7 @@ from proctor.engine.backends.vllm_mapping import (
     top_of,
 )
 from proctor.engine.config import ConfigError, TeacherConfig, load_config
-from proctor.engine.types import FinishReason, SamplingParams
+from proctor.engine.items import FinishReason, SamplingParams
 
 
 @dataclass
@@ -152,7 +152,7 @@ def test_vllm_settings_come_from_yaml(tmp_path: Path) -> None:
 @pytest.mark.asyncio(loop_scope="session")
 async def test_one_engine_per_model_so_settings_must_agree() -> None:
     from proctor.engine.config import Config, RewardConfig, ServerConfig
-    from proctor.engine.server import ProctorServer
+    from proctor.engine.server.grpc_server import ProctorServer
 
     config = Config(
         server=ServerConfig(port=0, metrics_port=-1),

@@ -16,8 +16,8 @@ from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
 from proctor.engine.config import Config, RewardConfig, ServerConfig, TeacherConfig
 from proctor.engine.errors import ItemError
-from proctor.engine.server import ProctorServer
-from proctor.engine.types import ScoreItem
+from proctor.engine.items import ScoreItem
+from proctor.engine.server.grpc_server import ProctorServer
 from proctor.proto.proctor.v1 import teacher_pb2
 
 from .conftest import TINY, started

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from proctor.engine.types import (
+from proctor.engine.items import (
     BackendInfo,
     GenerateItem,
     Generation,

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from proctor.engine.models import resolve_model
-from proctor.engine.types import BackendInfo
+from proctor.engine.backends.builtin_models import resolve_model
+from proctor.engine.items import BackendInfo
 
 log = logging.getLogger(__name__)
 

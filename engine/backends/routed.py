@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from proctor.engine.backends.base import Generator
-from proctor.engine.types import (
+from proctor.engine.items import (
     BackendInfo,
     GenerateItem,
     Generation,

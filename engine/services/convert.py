@@ -6,7 +6,7 @@ import math
 from itertools import chain
 
 from proctor.engine.errors import ItemError
-from proctor.engine.types import BackendInfo, TopK
+from proctor.engine.items import BackendInfo, TopK
 from proctor.engine.version import __version__
 from proctor.proto.proctor.v1 import common_pb2
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import grpc
 
-from proctor.engine.backends.torch_classifier import TorchClassifier
+from proctor.engine.backends.builtin_models import resolve_model
+from proctor.engine.backends.torch.classifier import TorchClassifier
 from proctor.engine.config import CriticConfig
-from proctor.engine.critic_input import TextPair, triple_pairs
-from proctor.engine.cutoffs import CUTOFFS_FILE
 from proctor.engine.errors import ItemError
-from proctor.engine.models import resolve_model
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_batched_stream, run_stream
-from proctor.engine.triples import Judgement
+from proctor.engine.skd.critic_input import TextPair, triple_pairs
+from proctor.engine.skd.cutoffs import CUTOFFS_FILE
+from proctor.engine.skd.triples import Judgement
 from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
 SERVICE = "proctor.v1.Critic"

@@ -9,7 +9,7 @@ import grpc
 
 from proctor.engine.errors import ItemError
 from proctor.engine.services.convert import RELATION_ENUMS
-from proctor.engine.triples import Judgement
+from proctor.engine.skd.triples import Judgement
 from proctor.proto.proctor.v1 import critic_pb2, critic_pb2_grpc
 
 

@@ -11,7 +11,7 @@ import grpc
 
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
-from proctor.engine.reward import PendingJudgement, RewardOutcome, RewardScorer, RolloutInput
+from proctor.engine.rewards.pipeline import PendingJudgement, RewardOutcome, RewardScorer, RolloutInput
 from proctor.engine.rewards.steps import StepRun
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_batched_stream, run_stream

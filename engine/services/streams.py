@@ -19,8 +19,8 @@ from types import CoroutineType
 from typing import Any, Generic, TypeVar, cast
 
 from proctor.engine.errors import ItemError
-from proctor.engine.metrics import Metrics
 from proctor.engine.services import convert
+from proctor.engine.services.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,14 @@ from typing import Any
 
 import grpc
 
-from proctor.engine import skd, triples
 from proctor.engine.backends.base import Generator
 from proctor.engine.config import TeacherConfig
 from proctor.engine.errors import ItemError
+from proctor.engine.items import FinishReason, GenerateItem, SamplingParams, ScoreGroupItem, ScoreItem
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
-from proctor.engine.types import FinishReason, GenerateItem, SamplingParams, ScoreGroupItem, ScoreItem
+from proctor.engine.skd import prompts as skd
+from proctor.engine.skd import triples
 from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
 SERVICE = "proctor.v1.Teacher"

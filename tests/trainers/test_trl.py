@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proctor.engine.models import resolve_model
+from proctor.engine.backends.builtin_models import resolve_model
 
 from .conftest import require
 

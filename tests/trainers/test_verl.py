@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from proctor.engine.models import resolve_model
+from proctor.engine.backends.builtin_models import resolve_model
 
 from ..test_reward_service import GOOD, MALFORMED, NO_ATOMS
 from .conftest import require

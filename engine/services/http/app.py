@@ -27,8 +27,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proctor.engine.config import HttpConfig, TlsConfig
-from proctor.engine.metrics import Metrics
 from proctor.engine.services.http.errors import ApiError, error_response, validation_error
+from proctor.engine.services.metrics import Metrics
 from proctor.engine.services.streams import Lifecycle, ServiceContext
 
 log = logging.getLogger(__name__)

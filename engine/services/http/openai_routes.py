@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from proctor.engine.items import Generation, Sample, SamplingParams
 from proctor.engine.services.http.app import HttpFront
 from proctor.engine.services.http.errors import ApiError, encode, json_response
 from proctor.engine.services.http.openai_bodies import (
@@ -28,7 +29,6 @@ from proctor.engine.services.http.openai_bodies import (
 )
 from proctor.engine.services.http.teacher_calls import Position, TeacherCalls, clamp, now, sample_steps
 from proctor.engine.services.http.vocab import Vocab
-from proctor.engine.types import Generation, Sample, SamplingParams
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 NULLS = {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}  # vLLM-only keys, always null

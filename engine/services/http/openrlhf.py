@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
 from proctor.engine.errors import ItemError
-from proctor.engine.reward import RewardScorer, RolloutInput
+from proctor.engine.rewards.pipeline import RewardScorer, RolloutInput
 from proctor.engine.services.http.app import HttpFront
 from proctor.engine.services.http.errors import ApiError, field_path, json_response
 from proctor.engine.services.streams import ServiceContext

@@ -18,9 +18,9 @@ from typing import TypeVar
 from proctor.engine.backends.base import Generator
 from proctor.engine.config import TeacherConfig
 from proctor.engine.errors import ItemError
+from proctor.engine.items import GenerateItem, Generation, Sample, SamplingParams, ScoreItem
 from proctor.engine.services.http.errors import ApiError
 from proctor.engine.services.streams import ServiceContext
-from proctor.engine.types import GenerateItem, Generation, Sample, SamplingParams, ScoreItem
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """`proctor train-critic`: fine-tune a critic on labelled triples (PAPERS.md §1.3-1.4).
 
 Two recipes. `skd` is the authors' (their purification code): the encoder's pooled output -> Dense(512) -> GELU ->
-Dense(1) -> sigmoid (engine/backends/skd_critic.py), the last bias at the log-odds of the training set's share of
+Dense(1) -> sigmoid (engine/backends/torch/skd_critic.py), the last bias at the log-odds of the training set's share of
 valid triples, Adam at 5e-6, batch 128, 1,000 linear warm-up steps, then the learning rate cut tenfold after 5
 epochs without a lower validation loss (Keras' ReduceLROnPlateau defaults, as they used it), early stopping after
 10 epochs without a better validation precision at 80 % recall, the best epoch's weights kept; for RoBERTa-class
@@ -11,7 +11,7 @@ patience 3.
 
 Both: binary cross-entropy, one fresh name draw per triple per epoch, validation scores as the server scores (mean
 over 5 seeded name draws). Writes an HF folder and `proctor_cutoffs.json`: the "high" and "medium" cut-offs by the
-authors' rule (engine/cutoffs.py) on the validation set, averaged with the test set's when one is given.
+authors' rule (engine/skd/cutoffs.py) on the validation set, averaged with the test set's when one is given.
 Input JSONL: one {"head", "relation", "tail", "label": 0|1} per line.
 """
 
@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from proctor.engine import cutoffs
-from proctor.engine.critic_input import RELATION_PHRASES, triple_pairs
-from proctor.engine.models import resolve_model
+from proctor.engine.backends.builtin_models import resolve_model
+from proctor.engine.skd import cutoffs
+from proctor.engine.skd.critic_input import RELATION_PHRASES, triple_pairs
 
 log = logging.getLogger(__name__)
-SHIPPED_SET = Path(__file__).resolve().parent / "data" / "critic_triples.jsonl"
+SHIPPED_SET = Path(__file__).resolve().parents[1] / "data" / "critic_triples.jsonl"
 EARLY_STOPPING_RECALL = 0.8
 
 
@@ -145,7 +145,7 @@ def score(model: Any, tokenizer: Any, examples: list[Example], seed: int, batch_
 
 def _model(settings: TrainSettings, base: str) -> Any:
     if settings.recipe == "skd":
-        from proctor.engine.backends.skd_critic import from_encoder
+        from proctor.engine.backends.torch.skd_critic import from_encoder
 
         return from_encoder(base)
     from transformers import AutoModelForSequenceClassification

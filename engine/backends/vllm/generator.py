@@ -14,8 +14,9 @@ import logging
 import time
 from typing import Any
 
+from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.loading import eos_token_ids
-from proctor.engine.backends.vllm_mapping import (
+from proctor.engine.backends.vllm.mapping import (
     VllmSettings,
     engine_kwargs,
     sampling_kwargs,
@@ -24,8 +25,7 @@ from proctor.engine.backends.vllm_mapping import (
     to_sample,
 )
 from proctor.engine.errors import ItemError
-from proctor.engine.models import resolve_model
-from proctor.engine.types import (
+from proctor.engine.items import (
     BackendInfo,
     GenerateItem,
     Generation,

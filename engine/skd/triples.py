@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from proctor.engine import skd
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
-from proctor.engine.event_pool import EventPool
-from proctor.engine.types import GenerateItem, SamplingParams
+from proctor.engine.items import GenerateItem, SamplingParams
+from proctor.engine.skd import prompts as skd
+from proctor.engine.skd.event_pool import EventPool
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import grpc
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.streaming import raise_for_error
 from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
-from proctor.engine import distill
+from proctor.engine.backends.builtin_models import builtin_available
 from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
-from proctor.engine.models import builtin_available
-from proctor.engine.server import ProctorServer
+from proctor.engine.jobs import distill
+from proctor.engine.server.grpc_server import ProctorServer
 from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
 _PROMPTS = {

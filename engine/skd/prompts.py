@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from proctor.engine.types import FinishReason, SamplingParams
+from proctor.engine.items import FinishReason, SamplingParams
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 EVENT_STOP = "\n\n"
 EVENT_SHOTS = 10
 INFERENCE_SHOTS = 5

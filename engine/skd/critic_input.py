@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import ftfy
 
-from proctor.engine.skd import name_pair, replace_names
+from proctor.engine.skd.prompts import name_pair, replace_names
 
 DRAWS = 5  # score = mean over 5 draws of random names
 # The authors fix the pair as one string, its halves joined by this marker, so that ftfy judges the whole text.

@@ -14,7 +14,7 @@ corpus as an uninterrupted one. `kept` is decided on the critic's score as the s
 rounded to 6 decimals.
 
 Without an events file the teacher writes the events here, over its Generate RPC: event prompts sampled into one
-pool, the paper's filters over the whole pool (engine/event_pool.py), until it holds --num-events or the prompt
+pool, the paper's filters over the whole pool (engine/skd/event_pool.py), until it holds --num-events or the prompt
 budget is spent; then the run stops and says how far each filter got.
 """
 
@@ -32,9 +32,9 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from proctor.engine import skd
-from proctor.engine.event_pool import EventPool
-from proctor.engine.types import FinishReason, SamplingParams
+from proctor.engine.items import FinishReason, SamplingParams
+from proctor.engine.skd import prompts as skd
+from proctor.engine.skd.event_pool import EventPool
 from proctor.proto.proctor.v1 import common_pb2, critic_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 
 RELATION_NAMES = {v: k for k, v in common_pb2.Relation.items()}

@@ -22,10 +22,10 @@ from prometheus_client import start_http_server
 
 from proctor.engine.backends.base import Backend, Generator
 from proctor.engine.backends.routed import GenerateAndScore
-from proctor.engine.backends.torch_classifier import TorchClassifier
-from proctor.engine.backends.torch_generator import TorchGenerator
-from proctor.engine.backends.vllm_generator import VllmGenerator
-from proctor.engine.backends.vllm_mapping import VllmSettings
+from proctor.engine.backends.torch.classifier import TorchClassifier
+from proctor.engine.backends.torch.generator import TorchGenerator
+from proctor.engine.backends.vllm.generator import VllmGenerator
+from proctor.engine.backends.vllm.mapping import VllmSettings
 from proctor.engine.config import (
     Config,
     ConfigError,
@@ -35,15 +35,15 @@ from proctor.engine.config import (
     TeacherConfig,
     TlsConfig,
 )
-from proctor.engine.metrics import Metrics
-from proctor.engine.reward import RewardScorer, RewardSettings
+from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings
 from proctor.engine.rewards.steps import StepTracker
 from proctor.engine.services import critic, reward, teacher
 from proctor.engine.services.http import openrlhf, teacher_front
 from proctor.engine.services.http.app import HttpFront
+from proctor.engine.services.metrics import Metrics
 from proctor.engine.services.remote_critic import RemoteCritic
 from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext
-from proctor.engine.triples import Critic
+from proctor.engine.skd.triples import Critic
 from proctor.proto.proctor.v1 import critic_pb2_grpc, reward_pb2_grpc, teacher_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
-_DATA_DIR = Path(__file__).resolve().parent / "data"
+_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 # Bump when the recipe of a built model changes, so stale caches are rebuilt.
 _TINY_VERSION = "v2"
 _SMOLLM2_VERSION = "v1"
@@ -153,7 +153,7 @@ def _build_tiny_critic(out: Path) -> None:
 
 
 def _build_critic(out: Path) -> None:
-    from proctor.engine.train_critic import SHIPPED_SET, train_critic
+    from proctor.engine.jobs.train_critic import SHIPPED_SET, train_critic
 
     log.info("training the demo critic on the shipped set (once; 2-4 minutes on 2 CPU cores)")
     train_critic(SHIPPED_SET, out)

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proctor.engine.rollout import Atom
+from proctor.engine.rewards.rollout import Atom
 
 SCALE = tuple(range(11))
 

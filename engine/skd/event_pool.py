@@ -12,8 +12,8 @@ import dataclasses
 import math
 import random
 
-from proctor.engine import skd
-from proctor.engine.types import SamplingParams
+from proctor.engine.items import SamplingParams
+from proctor.engine.skd import prompts as skd
 
 PROMPTS_PER_EVENT = 4  # event prompts allowed per event asked for before the run gives up on more
 

@@ -1,7 +1,7 @@
 """The operator's reference tables, generated from the code so that they cannot drift from it.
 
-python -m proctor.engine.reference --write    # refresh the generated parts of deploy/OPERATIONS.md
-python -m proctor.engine.reference --check    # exit 1 if they are stale (a test runs this)
+python -m proctor.engine.jobs.reference --write    # refresh the generated parts of deploy/OPERATIONS.md
+python -m proctor.engine.jobs.reference --check    # exit 1 if they are stale (a test runs this)
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from proctor.engine import config as config_module
-from proctor.engine.metrics import Metrics
+from proctor.engine.services.metrics import Metrics
 
-DOC = Path(__file__).resolve().parents[1] / "deploy" / "OPERATIONS.md"
+DOC = Path(__file__).resolve().parents[2] / "deploy" / "OPERATIONS.md"
 _SECTIONS = {
     "server": config_module.ServerConfig,
     "http": config_module.HttpConfig,
@@ -94,7 +94,7 @@ def main() -> None:
     if args.write:
         DOC.write_text(fresh)
     elif args.check and fresh != current:
-        raise SystemExit(f"{DOC} is stale: python -m proctor.engine.reference --write")
+        raise SystemExit(f"{DOC} is stale: python -m proctor.engine.jobs.reference --write")
     else:
         print(fresh)
 

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from proctor.engine.backends.loading import eos_token_ids, load, pick_device, pick_dtype
-from proctor.engine.backends.sampling import RowParams, sample
-from proctor.engine.types import (
+from proctor.engine.backends.torch.sampling import RowParams, sample
+from proctor.engine.items import (
     BackendInfo,
     FinishReason,
     GenerateItem,

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from proctor.engine.types import FinishReason, Sample, SamplingParams, ScoreOutput, TopK
+from proctor.engine.items import FinishReason, Sample, SamplingParams, ScoreOutput, TopK
 
 
 class LogprobLike(Protocol):

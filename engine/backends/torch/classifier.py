@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from proctor.engine.backends.loading import load, pick_device, pick_dtype
-from proctor.engine.batching import DynamicBatcher
-from proctor.engine.critic_input import TextPair
+from proctor.engine.backends.torch.batching import DynamicBatcher
 from proctor.engine.errors import ItemError
-from proctor.engine.types import BackendInfo
+from proctor.engine.items import BackendInfo
+from proctor.engine.skd.critic_input import TextPair
 
 TOKENIZE_BATCH = 1024  # pairs per tokenizer call at most
 # Where a fast tokenizer's Rust encoding holds a sequence classifier's inputs; the attention mask of an unpadded
@@ -81,7 +81,7 @@ class TorchClassifier:
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from proctor.engine.backends.skd_critic import register
+        from proctor.engine.backends.torch.skd_critic import register
 
         register()  # a critic `train-critic --recipe skd` wrote is a type of proctor's own
         loaded = load(AutoModelForSequenceClassification, self._model_ref, self._device, self._dtype)

@@ -11,11 +11,11 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from proctor.engine import outcome, rollout, rrm, schedule
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
+from proctor.engine.items import GenerateItem, ProbeGroupItem, SamplingParams
+from proctor.engine.rewards import alpha_schedule, outcome, rollout, rrm
 from proctor.engine.rewards.steps import StepRun, StepTracker
-from proctor.engine.types import GenerateItem, ProbeGroupItem, SamplingParams
 
 MODES = ("generate", "expected", "rules")
 ATTEMPTS = 2  # an unparseable judgement is retried once
@@ -95,7 +95,7 @@ class RewardScorer:
                 "FAILED_PRECONDITION",
             )
         total = item.total_steps if item.total_steps is not None else self.settings.total_steps
-        alpha = schedule.alpha(step, total)  # validates T even in rules mode
+        alpha = alpha_schedule.alpha(step, total)  # validates T even in rules mode
         if mode == "rules":  # alpha is taken as 0: there is no R_atom to mix in
             alpha = 0.0
         verdict, atoms = rollout.parse(item.response)
@@ -108,7 +108,7 @@ class RewardScorer:
         if not atoms:
             result.no_atoms = True
             result.r_atom = self.settings.no_atoms_r_atom
-            result.reward = schedule.mix(alpha, result.r_atom, r_f1)
+            result.reward = alpha_schedule.mix(alpha, result.r_atom, r_f1)
             return result
         if not item.question.strip():
             raise ItemError(f"required: the question, which the RRM reads in {mode} mode", "question")
@@ -136,7 +136,7 @@ class RewardScorer:
             await self._judge_by_expectation(pending.prompt, result)
         result.inference_s = time.perf_counter() - started
         result.r_atom = rrm.aggregate(result.atom_scores, self.settings.aggregation)
-        result.reward = schedule.mix(result.alpha, result.r_atom, result.r_f1)
+        result.reward = alpha_schedule.mix(result.alpha, result.r_atom, result.r_f1)
         return result
 
     def _prompt_ids(self, text: str) -> list[int]:

@@ -1,0 +1,1 @@
+"""The server process: config -> backends -> services, gRPC, health, metrics endpoint, drain."""
