@@ -7,6 +7,7 @@ change to either shows. tests/data/papers_rules.md is a verbatim copy of §1 and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from proctor.engine.items import FinishReason
+from proctor.engine.items import FinishReason, GenerateItem, Generation
 from proctor.engine.jobs import distill
-from proctor.engine.skd import critic_input, cutoffs
+from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.skd import critic_input, cutoffs, triples
 from proctor.engine.skd import prompts as skd
 from proctor.engine.skd.event_pool import EventPool
 
@@ -257,3 +259,47 @@ async def test_student_input_is_the_papers_format_with_the_event_stripped() -> N
     assert "stripped" in _bullet("### 1.4", "**Student input**")
     got = distill.comet_input("  PersonX goes home ", "xWant")
     assert got == fmt.format(event="PersonX goes home", relation="xWant")
+
+
+async def test_inference_sampling_is_the_papers() -> None:
+    line = _bullet("### 1.2 Inferences", "Per (event, relation):")
+    params = skd.INFERENCE_SAMPLING
+    assert float(re.search(r"temperature ([\d.]+)", line).group(1)) == params.temperature  # type: ignore[union-attr]
+    assert float(re.search(r"top_p ([\d.]+)", line).group(1)) == params.top_p  # type: ignore[union-attr]
+    assert int(re.search(r"n = (\d+)", line).group(1)) == params.n  # type: ignore[union-attr]
+    assert int(re.search(r"max (\d+) tokens", line).group(1)) == params.max_tokens  # type: ignore[union-attr]
+    assert params.stop == (json.loads(re.search(r'stop `(".*?")`', line).group(1)),)  # type: ignore[union-attr]
+    assert params.logprobs and "log-probs returned" in line
+
+
+async def test_the_seven_prompts_of_an_event_go_out_together(tiny_server: ProctorServer) -> None:
+    """One backend call carries every relation's prompt of the event (the real tiny teacher, observed)."""
+    assert "The seven prompts of one event go out together" in " ".join(_section("### 1.2").split())
+    [teacher] = {id(g): g for g in tiny_server._generators.values()}.values()
+    calls: list[list[GenerateItem]] = []
+
+    class Observed:
+        info = teacher.info
+        tokenize = teacher.tokenize
+
+        async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
+            calls.append(items)
+            return list(await teacher.generate_many(items))
+
+    params = dataclasses.replace(skd.INFERENCE_SAMPLING, n=1, max_tokens=2)
+    await triples.infer(Observed(), "PersonX waits", list(skd.RELATIONS), 1, params)  # type: ignore[arg-type]
+    assert len(calls) == 1 and len(calls[0]) == len(skd.RELATIONS) == 7
+    for item, relation in zip(calls[0], skd.RELATIONS, strict=True):
+        rng = random.Random(skd.derive_seed(1, "PersonX waits", relation))
+        assert item.prompt_ids == teacher.tokenize(skd.inference_prompt(relation, "PersonX waits", rng), True)
+
+
+async def test_the_critic_scores_the_mean_of_five_name_draws_at_two_target_recalls() -> None:
+    from proctor.engine.config import CriticConfig
+
+    text = " ".join(_section("### 1.3").split())
+    draws = int(re.search(r"Score = \*\*mean over (\d+) draws\*\*", text).group(1))  # type: ignore[union-attr]
+    assert CriticConfig().draws == draws and len(critic_input.triple_pairs("PersonX runs", "xWant", "to rest")) == draws
+    recalls = dict(re.findall(r'"(high|medium)" (?:filtration )?= recall (\d+(?:\.\d+)?)', text))
+    assert {k: float(v) for k, v in recalls.items()} == cutoffs.TARGET_RECALLS
+    assert "kept if its score is **greater than** the cut-off" in text
