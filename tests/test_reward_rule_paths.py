@@ -149,17 +149,20 @@ async def test_trl_adapter_scores_empty_golds_and_responses(target: str) -> None
     assert out == [want for _, _, want in EMPTY_CASES]
 
 
-async def test_verl_adapter_scores_empty_golds_and_responses(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROCTOR_REWARD_TARGET", target)
+async def test_verl_adapter_scores_empty_golds_and_responses(target: str) -> None:
     # verl's own data layouts: a plain string, a list, {"target": [...]} (Search-R1 / DeepResearcher)
     truths = ["", [], {"target": []}, "Paris", {"target": [""]}, {"target": ["", "Paris"]}]
     wants = [0.0, 0.0, 0.0, -1.0, 0.0, 1.0]
     extra = {"question": "Where?", "training_step": 10, "total_steps": 10}  # alpha 0: the reward is R_f1
     completions = [c for c, _, _ in EMPTY_CASES]
-    batch = await asyncio.to_thread(verl.compute_score_batch, ["nq"] * 6, completions, truths, [extra] * 6)
+    batch = await asyncio.to_thread(
+        verl.compute_score_batch, ["nq"] * 6, completions, truths, [extra] * 6, target=target
+    )
     assert [b["score"] for b in batch] == wants
-    one = await asyncio.to_thread(verl.compute_score, "nq", "", "", extra)
+    one = await verl.compute_score_async("nq", "", "", extra, target=target)
     assert one["score"] == -1.0 and one["format_ok"] == 0.0
+    none = await verl.compute_score_async("nq", completions[0], None, extra, target=target)
+    assert none["score"] == 0.0 and none["format_ok"] == 1.0
 
 
 def _post(url: str, body: object) -> tuple[int, dict[str, object]]:
