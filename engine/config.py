@@ -166,6 +166,20 @@ class StepsConfig:
 
 
 @dataclass
+class OpenRLHFConfig:
+    """OpenRLHF's /reward route: what a rollout whose reward cannot be computed gets (services/http/openrlhf.py)."""
+
+    on_error: str = "fallback"  # fallback: the reward below, flagged and counted; fail: 422 (OpenRLHF then crashes)
+    fallback_reward: float = -1.0  # the reward of a malformed rollout
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("fallback", "fail"):
+            raise ConfigError(f"reward.openrlhf.on_error: {self.on_error!r} is not fallback or fail")
+        if self.fallback_reward != self.fallback_reward or abs(self.fallback_reward) == float("inf"):
+            raise ConfigError("reward.openrlhf.fallback_reward: must be a finite number")
+
+
+@dataclass
 class RewardConfig:
     """The RewardModel service. `model` is the RRM (any HF causal LM); "" hosts rules-only rewards."""
 
@@ -187,6 +201,7 @@ class RewardConfig:
     judge_max_tokens: int = 0  # 0 = 8 per atom + 16
     renormalize: bool = True  # expected mode: renormalise over the score tokens
     steps: StepsConfig = field(default_factory=StepsConfig)
+    openrlhf: OpenRLHFConfig = field(default_factory=OpenRLHFConfig)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:

@@ -99,10 +99,53 @@ async def test_openrlhf_http_endpoint(tiny_server: ProctorServer) -> None:
     status, out = await asyncio.to_thread(_post, url + "?training_step=100", body)
     assert status == 200, out
     assert out["rewards"] == pytest.approx([1.0, -1.0, 0.4]) and out["scores"] == out["rewards"]
-    assert set(out["extra_logs"]) == {"r_f1", "r_atom", "alpha", "format_ok"}  # type: ignore[arg-type]
+    # r_atom is absent: the malformed rollout has none, and OpenRLHF makes a tensor of every value (no null).
+    assert set(out["extra_logs"]) == {"proctor_fallback", "r_f1", "alpha", "format_ok", "training_step"}  # type: ignore[arg-type]
     status, out = await asyncio.to_thread(_post, url, body)
-    assert status == 400 and "training_step" in str(out["error"])
-    status, out = await asyncio.to_thread(_post, url, {**body, "training_step": 500})
-    assert status == 422 and out["items"][0]["field"] == "training_step"  # type: ignore[index]
+    assert status == 400 and "OpenRLHF sends no training step" in str(out["error"])
     status, out = await asyncio.to_thread(_post, url, {**body, "labels": ["Paris"], "training_step": 1})
     assert status == 400 and "differ in length" in str(out["error"])
+
+
+async def test_openrlhf_rollouts_that_cannot_be_scored_get_the_fallback(tiny_server: ProctorServer) -> None:
+    assert tiny_server.http is not None
+    url = f"http://127.0.0.1:{tiny_server.http.port}/reward"
+    fallbacks = tiny_server.metrics.reward_fallbacks.labels("training_step")
+    before = fallbacks._value.get()
+    body = {"query": ["Q? " + NO_ATOMS], "prompts": ["Q? "], "labels": ["Paris"], "training_step": 500}
+    status, out = await asyncio.to_thread(_post, url, body)
+    assert status == 200, out  # OpenRLHF would retry anything else, then crash on the missing reward
+    assert out["rewards"] == [-1.0] and out["extra_logs"] == {"proctor_fallback": [1.0]}
+    assert out["errors"][0]["field"] == "training_step"  # type: ignore[index]
+    assert fallbacks._value.get() - before == 1
+    unrelated = {"query": ["something else entirely"], "prompts": ["Q? "], "labels": ["Paris"], "training_step": 1}
+    status, out = await asyncio.to_thread(_post, url, unrelated)
+    assert status == 200 and out["errors"][0]["field"] == "query", out  # type: ignore[index]
+
+
+async def test_openrlhf_queries_and_labels_as_openrlhf_sends_them(tiny_server: ProctorServer) -> None:
+    """The query is decoded prompt tokens + response tokens; the prompt may be cut from the left (max_len), the
+    cut may split a character (U+FFFD); labels are strings, lists, JSON lists in a string, or empty."""
+    assert tiny_server.http is not None
+    url = f"http://127.0.0.1:{tiny_server.http.port}/reward?training_step=100"
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    answer = "<think>t</think><answer>Paris</answer><|im_end|>"
+    queries = [prompt + answer, prompt[-20:] + answer, "\ufffd" + prompt[-9:] + answer, prompt + answer]
+    labels: list[object] = ["Paris", ["Lyon", "Paris"], '["Lyon", "Paris"]', ""]
+    body = {"query": queries, "prompts": [prompt] * 4, "labels": labels}
+    status, out = await asyncio.to_thread(_post, url, body)
+    assert status == 200, out
+    assert out["rewards"] == [1.0, 1.0, 1.0, 0.0]  # no label: R_f1 = 0 by the rule
+
+
+async def test_openrlhf_run_key_anneals_alpha(tiny_server: ProctorServer) -> None:
+    """OpenRLHF sends one rollout a POST and no step: the URL names the run; T advances every 3 rollouts."""
+    assert tiny_server.http is not None
+    url = f"http://127.0.0.1:{tiny_server.http.port}/reward?run=openrlhf-anneal&rollouts_per_step=3&total_steps=2"
+    alphas = []
+    for _ in range(9):
+        body = {"query": ["Q? " + NO_ATOMS], "prompts": ["Q? "], "labels": ["Paris"]}
+        status, out = await asyncio.to_thread(_post, url, body)
+        assert status == 200, out
+        alphas.append(out["extra_logs"]["alpha"][0])  # type: ignore[index]
+    assert alphas == pytest.approx([0.5] * 3 + [0.25] * 3 + [0.0] * 3)

@@ -242,7 +242,8 @@ class ProctorServer:
             self.steps = StepTracker(steps.rollouts_per_step, steps.state_dir, steps.max_runs)
             scorer = RewardScorer(reward_settings(rc), judge, self.steps)
             if self.http is not None:
-                self.http.include(openrlhf.router(self.http, scorer, svc), svc)
+                on_error, fallback = rc.openrlhf.on_error, rc.openrlhf.fallback_reward
+                self.http.include(openrlhf.router(self.http, scorer, svc, on_error, fallback), svc)
             reward_pb2_grpc.add_RewardModelServicer_to_server(reward.RewardService(scorer, judge, svc), server)
             names.append(reward.SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

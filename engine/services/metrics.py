@@ -97,6 +97,13 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.reward_fallbacks = Counter(
+            "proctor_reward_fallbacks",
+            "Rollouts answered with reward.openrlhf.fallback_reward because their reward could not be computed, "
+            "by the request field at fault (internal: the server's own failure).",
+            ["field"],
+            registry=r,
+        )
         self.serving = Gauge(
             "proctor_serving", "1 while the service reports SERVING on grpc.health.v1.", ["service"], registry=r
         )
