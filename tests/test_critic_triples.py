@@ -125,3 +125,18 @@ async def test_generate_triples_writes_events_and_rejects_bad_calls(target: str)
                 async for _ in stub.GenerateTriples(bad):
                     pass
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (err.value.details() or "")
+
+
+async def test_the_critic_reads_the_triple_as_ftfy_fixes_it(target: str) -> None:
+    """PAPERS.md §1.4: the text is passed through ftfy.fix_text after the names, so a curly apostrophe and an HTML
+    entity score exactly as their fixed forms do (the non-ASCII triples are drawn off the event loop)."""
+    out = await _classify(
+        target,
+        [
+            _triple("curly", head="PersonX’s dog barks at PersonY", tail="to say sorry &amp; leave", seed=7),
+            _triple("plain", head="PersonX's dog barks at PersonY", tail="to say sorry & leave", seed=7),
+            _triple("other", head="PersonX's cat barks at PersonY", tail="to say sorry & leave", seed=7),
+        ],
+    )
+    assert not out["curly"].HasField("error") and out["curly"].score == out["plain"].score
+    assert out["other"].score != out["plain"].score, "the score does read the text"

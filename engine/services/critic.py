@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
@@ -17,7 +18,7 @@ from proctor.engine.config import CriticConfig
 from proctor.engine.errors import ItemError
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_batched_stream, run_stream
-from proctor.engine.skd.critic_input import TextPair, triple_pairs
+from proctor.engine.skd.critic_input import TextPair, triple_pairs, unchanged_by_ftfy
 from proctor.engine.skd.cutoffs import CUTOFFS_FILE
 from proctor.engine.skd.triples import Judgement
 from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
@@ -58,7 +59,7 @@ class CriticScorer:
     async def score_triple(
         self, head: str, relation: str, tail: str, seed: int | None, field: str = "triple"
     ) -> tuple[float, float, float]:
-        pairs = triple_pairs(head, relation, tail, seed, self.config.draws)
+        pairs = await _pairs([(head, relation, tail, seed)], self.config.draws)
         probs, queue_s, inference_s = await self.backend.classify(pairs, field)
         return statistics.fmean(probs), queue_s, inference_s
 
@@ -66,7 +67,7 @@ class CriticScorer:
         """The domain's Critic interface (GenerateTriples in the same server): every draw of every triple of an
         event in one classifier submission."""
         draws = self.config.draws
-        pairs = [p for head, relation, tail, seed in triples for p in triple_pairs(head, relation, tail, seed, draws)]
+        pairs = await _pairs(triples, draws)
         probs, _, _ = await self.backend.classify(pairs, "triple")
         return [
             Judgement(statistics.fmean(probs[i * draws : (i + 1) * draws]), self.cutoff(relation))
@@ -76,6 +77,18 @@ class CriticScorer:
     async def score_pair(self, pair: TextPair, field: str = "pair") -> tuple[float, float, float]:
         probs, queue_s, inference_s = await self.backend.classify([pair], field)
         return probs[0], queue_s, inference_s
+
+
+async def _pairs(triples: Sequence[tuple[str, str, str, int | None]], draws: int) -> list[TextPair]:
+    """Every triple's name draws, in order. Text that ftfy may change (anything but plain ASCII) costs ~0.1 ms a
+    string to check: such triples are drawn on a worker thread, not on the event loop."""
+
+    def build() -> list[TextPair]:
+        return [p for head, relation, tail, seed in triples for p in triple_pairs(head, relation, tail, seed, draws)]
+
+    if all(unchanged_by_ftfy(head) and unchanged_by_ftfy(tail) for head, _, tail, _ in triples):
+        return build()
+    return await asyncio.to_thread(build)
 
 
 class CriticService(critic_pb2_grpc.CriticServicer):
