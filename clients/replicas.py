@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as Counter_
 
-from proctor.clients.streaming import PLAINTEXT, Credentials, MiB, stream_status
+from proctor.clients.streaming import PLAINTEXT, Credentials, MiB, stream_status, unique_ids
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 
 R = TypeVar("R", bound=Message)
@@ -175,8 +175,9 @@ class ReplicaClient(Generic[R]):
         return [t for t, ok in zip(targets, verdicts, strict=True) if ok]
 
     async def run(self, requests: Iterable[Any]) -> dict[str, R]:
+        requests = list(requests)
+        order = unique_ids(requests)
         pending = {r.id: r for r in requests}
-        order = list(pending)
         results: dict[str, R] = {}
         sends: Counter[str] = Counter()  # how often each item was actually sent to a replica
         last_error: dict[str, str] = {}

@@ -172,6 +172,16 @@ def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: grpc.Rp
     return results
 
 
+def unique_ids(requests: list[Any]) -> list[str]:
+    """The requests' ids; a repeated one is refused here, at the door: its results could not be told apart."""
+    ids = [r.id for r in requests]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        repeated = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise ValueError(f"id {repeated!r} is used by more than one request; every item needs its own id")
+    return ids
+
+
 def _outgoing(requests: list[Any], batch: type[Message] | None, batch_size: int) -> Iterator[Any]:
     if batch is None:
         return iter(requests)
@@ -188,6 +198,7 @@ def run_sync(
 ) -> dict[str, R]:
     """One call for all `requests`; with `batch` (e.g. RewardBatch, for a *Batched method) `batch_size` items go in
     each message and replies carry lists of results."""
+    sent = unique_ids(requests)
     answers: list[R] = []
     broke: grpc.RpcError | None = None
     try:
@@ -195,7 +206,7 @@ def run_sync(
             answers.extend(reply.items if batch is not None else (reply,))
     except grpc.RpcError as exc:
         broke = exc
-    return collect(kind, [r.id for r in requests], answers, broke)
+    return collect(kind, sent, answers, broke)
 
 
 async def run_async(
@@ -207,6 +218,7 @@ async def run_async(
     batch_size: int = 256,
 ) -> dict[str, R]:
     """The asyncio twin of run_sync."""
+    sent = unique_ids(requests)
     answers: list[R] = []
     broke: grpc.RpcError | None = None
     try:
@@ -215,4 +227,4 @@ async def run_async(
             answers.extend(reply.items if batch is not None else (reply,))
     except grpc.RpcError as exc:
         broke = exc
-    return collect(kind, [r.id for r in requests], answers, broke)
+    return collect(kind, sent, answers, broke)

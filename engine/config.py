@@ -86,12 +86,14 @@ class ServiceLimits:
     """Admission control shared by every service.
 
     `max_queued_items` bounds the items admitted and not yet answered across all calls of the service: past it an
-    item is answered RESOURCE_EXHAUSTED at once. `stream_window` bounds the items one call may have in flight;
-    the server stops reading that stream until one finishes (backpressure, not an error).
+    item is answered RESOURCE_EXHAUSTED at once. `stream_window` bounds the items one call holds, from read until
+    their result is sent, and `stream_window_bytes` the results computed and not yet sent: past either the server
+    stops reading that stream until the caller reads (backpressure, not an error).
     """
 
     max_queued_items: int = 4096
     stream_window: int = 1024
+    stream_window_bytes: int = 64 * 1024 * 1024  # unsent results per call; the server stops reading past it
     max_items_per_stream: int = 1_000_000  # past it, items get RESOURCE_EXHAUSTED: open a new stream
 
 

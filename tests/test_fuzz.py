@@ -147,20 +147,24 @@ def test_reward(target_thread: str, requests: list) -> None:  # type: ignore[typ
 def test_empty_streams_and_malformed_bytes_on_the_wire(target_thread: str) -> None:
     assert _run(target_thread, teacher_pb2_grpc.TeacherStub, "Generate", []) == []
 
-    async def raw() -> grpc.StatusCode:
+    async def raw() -> list[teacher_pb2.GenerateResult]:
         async with grpc.aio.insecure_channel(target_thread) as channel:
             method = channel.stream_stream(
-                "/proctor.v1.Teacher/Generate", request_serializer=lambda b: b, response_deserializer=lambda b: b
+                "/proctor.v1.Teacher/Generate",
+                request_serializer=lambda b: b,
+                response_deserializer=teacher_pb2.GenerateResult.FromString,
             )
-            call = method(iter([b"\xff\xfe\x00garbage", b"\x0a\xff\xff\xff\xff\x0f"]), timeout=10)
-            try:
-                async for _ in call:
-                    pass
-            except grpc.aio.AioRpcError as exc:
-                return exc.code()
-            return grpc.StatusCode.OK
+            good = teacher_pb2.GenerateRequest(
+                id="good", prompt=common_pb2.Prompt(text="Hi"), params=teacher_pb2.SamplingParams(max_tokens=2)
+            ).SerializeToString()
+            call = method(iter([b"\xff\xfe\x00garbage", good, b"\x0a\xff\xff\xff\xff\x0f"]), timeout=10)
+            return [r async for r in call]  # a corrupt message is an item error, not the end of the call
 
-    assert asyncio.run(raw()) != grpc.StatusCode.OK
+    results = asyncio.run(raw())
+    bad = [r for r in results if r.id == ""]
+    assert len(results) == 3 and len(bad) == 2
+    assert all(r.error.code == 3 and "not a valid proctor.v1.GenerateRequest" in r.error.message for r in bad)
+    assert not next(r for r in results if r.id == "good").HasField("error")
     # and the server still answers
     ok = _run(target_thread, teacher_pb2_grpc.TeacherStub, "Generate", [teacher_pb2.GenerateRequest(
         id="after", prompt=common_pb2.Prompt(text="Hi"), params=teacher_pb2.SamplingParams(max_tokens=2))])  # fmt: skip

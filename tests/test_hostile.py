@@ -13,8 +13,17 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from proctor.engine.config import Config, RewardConfig, ServerConfig
+from proctor.engine.config import Config, RewardConfig, ServerConfig, ServiceLimits
 from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.services.metrics import Metrics
+from proctor.engine.services.streams import (
+    Admission,
+    Lifecycle,
+    ServiceContext,
+    StreamSpec,
+    run_batched_stream,
+    run_stream,
+)
 from proctor.proto.proctor.v1 import reward_pb2, reward_pb2_grpc
 
 from .conftest import started
@@ -22,11 +31,11 @@ from .conftest import started
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-def rules_config(**server: object) -> Config:
+def rules_config(limits: ServiceLimits | None = None, **server: object) -> Config:
     """A rules-only RewardModel: no model to load, so each test starts its own server in milliseconds."""
     return Config(
         server=ServerConfig(port=0, metrics_port=0, drain_grace_s=5, **server),  # type: ignore[arg-type]
-        reward=RewardConfig(model="", mode="rules", total_steps=100),
+        reward=RewardConfig(model="", mode="rules", total_steps=100, limits=limits or ServiceLimits()),
     )
 
 
@@ -71,8 +80,9 @@ async def test_a_long_tag_soup_rollout_does_not_block_health(rules_server: Proct
     stop.set()
     latencies = await probing
     assert results[0].atom_count == 0 and results[0].reward == 1.0
-    assert took > 0.3, "the case must be long enough to show a blocked loop"
-    assert max(latencies) < min(0.25, took / 2), (max(latencies), took)
+    assert took > 0.5, "the case must be long enough to show a blocked loop"
+    # blocked, Health would wait the whole parse; the bound is relative, as the CI machine may be loaded
+    assert max(latencies) < took / 3, (max(latencies), took)
 
 
 @pytest.mark.timeout(120)
@@ -102,3 +112,128 @@ async def test_the_async_client_reports_a_killed_server_as_unavailable(tmp_path:
         assert unanswered, "the kill must come before the last answer"
         codes |= {r.error.code for r in unanswered}
     assert codes == {grpc.StatusCode.UNAVAILABLE.value[0]}, codes
+
+
+def answered(server: ProctorServer, rpc: str, code: str = "OK") -> float:
+    value = server.metrics.registry.get_sample_value(
+        "proctor_items_total", {"service": "proctor.v1.RewardModel", "rpc": rpc, "code": code}
+    )
+    return value or 0.0
+
+
+def atoms_rollout(count: int, text: str = "x") -> str:
+    return "<think>" + f"<A>{text}</A>" * count + "</think><answer>paris</answer>"
+
+
+async def test_a_caller_that_does_not_read_stops_the_server_reading() -> None:
+    """The window frees a slot when a result is sent, not when it is computed: results ~60 kB each, a caller that
+    sends 300 items and reads nothing holds the server to its window plus what the transport buffers, not 18 MB."""
+    server = await started(rules_config(ServiceLimits(stream_window=8)))
+    target = f"127.0.0.1:{server.port}"
+    big = atoms_rollout(2000, "y" * 20)  # 48 kB in, ~60 kB out with every atom's text
+
+    async def requests() -> AsyncIterator[reward_pb2.RewardRequest]:
+        for i in range(300):
+            yield rollout_request(f"r{i}", big)
+
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = reward_pb2_grpc.RewardModelStub(channel).Reward(requests())
+            await asyncio.sleep(3)  # not reading
+            stalled = answered(server, "Reward")
+            results = [r async for r in call]  # now read everything: nothing was lost
+    finally:
+        await server.drain(grace_s=1)
+    assert len(results) == 300 and not any(r.HasField("error") for r in results)
+    assert stalled < 150, f"{stalled:.0f} of 300 results computed for a caller that read none"
+
+
+def _stream_context(max_message_bytes: int) -> ServiceContext:
+    return ServiceContext(
+        "proctor.v1.RewardModel", Metrics(), Lifecycle(), Admission(100), 64, max_message_bytes=max_message_bytes
+    )
+
+
+def _sized(req: reward_pb2.RewardRequest) -> reward_pb2.RewardResult:
+    """A result of `training_step` kB (atom texts), built at once like a rule reward."""
+    return reward_pb2.RewardResult(id=req.id, atoms=[reward_pb2.Atom(type="A", text="x" * 1000)] * req.training_step)
+
+
+async def test_a_result_over_the_message_limit_is_that_items_error_and_the_stream_goes_on() -> None:
+    """One result over max_message_bytes used to end the stream (gRPC refuses to send it) and lose every other
+    item; now it is that item's error, naming the limit and what to ask less of."""
+    svc = _stream_context(max_message_bytes=100_000)
+    spec = StreamSpec("Reward", _sized, reward_pb2.RewardResult, "atom_detail")
+
+    async def requests() -> AsyncIterator[reward_pb2.RewardRequest]:
+        for i in range(20):
+            yield reward_pb2.RewardRequest(id=f"r{i}", training_step=150 if i == 7 else 5)
+
+    results = {r.id: r async for r in run_stream(svc, spec, requests())}
+    assert len(results) == 20
+    assert all(not r.HasField("error") and len(r.atoms) == 5 for i, r in results.items() if i != "r7")
+    error = results["r7"].error
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "max_message_bytes 100000" in error.message and "about 66% of it would fit" in error.message
+    assert "ask for less: atom_detail" in error.message
+
+
+async def test_batched_replies_are_packed_under_the_message_limit() -> None:
+    svc = _stream_context(max_message_bytes=100_000)
+    spec = StreamSpec("RewardBatched", _sized, reward_pb2.RewardResult)
+
+    async def batches() -> AsyncIterator[reward_pb2.RewardBatch]:
+        yield reward_pb2.RewardBatch(items=[reward_pb2.RewardRequest(id=f"b{i}", training_step=30) for i in range(10)])
+
+    replies = [m async for m in run_batched_stream(svc, spec, batches(), reward_pb2.RewardResults)]
+    assert sorted(r.id for m in replies for r in m.items) == sorted(f"b{i}" for i in range(10))
+    assert len(replies) >= 4 and all(m.ByteSize() <= 100_000 for m in replies), [m.ByteSize() for m in replies]
+
+
+async def test_health_answers_while_idle_streams_hold_every_call_slot() -> None:
+    server = await started(rules_config(max_concurrent_calls=2))
+    target = f"127.0.0.1:{server.port}"
+    hold = asyncio.Event()
+
+    async def idle() -> AsyncIterator[reward_pb2.RewardRequest]:
+        await hold.wait()
+        yield rollout_request("late", "<answer>paris</answer>")
+
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = reward_pb2_grpc.RewardModelStub(channel)
+            calls = [stub.Reward(idle()) for _ in range(2)]
+            await asyncio.sleep(0.5)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="proctor.v1.RewardModel"), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                [r async for r in stub.Reward(iter([rollout_request("third", "<answer>x</answer>")]))]
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_concurrent_calls" in (refused.value.details() or "")
+            hold.set()
+            for call in calls:
+                assert [r.id async for r in call] == ["late"]
+    finally:
+        await server.drain(grace_s=1)
+    assert server.calls.active == 0
+
+
+async def test_a_duplicate_id_is_refused_at_the_door(rules_server: ProctorServer) -> None:
+    """Within a call, an id is refused while another item of that id is held (read, result not yet sent): rule
+    rewards answered at once included. Proctor's clients refuse repeated ids before sending anything."""
+    from proctor.clients.reward import AsyncRewardClient
+
+    target = f"127.0.0.1:{rules_server.port}"
+    good = "<think><A>x</A></think><answer>paris</answer>"
+    batch = reward_pb2.RewardBatch(items=[rollout_request(i, good) for i in ("a", "a", "b")])
+    async with grpc.aio.insecure_channel(target) as channel:
+        replies = [reply async for reply in reward_pb2_grpc.RewardModelStub(channel).RewardBatched(iter([batch]))]
+    results = [r for reply in replies for r in reply.items]
+    assert sorted(r.id for r in results) == ["a", "a", "b"]
+    refused = [r for r in results if r.HasField("error")]
+    assert len(refused) == 1 and refused[0].id == "a" and refused[0].error.field == "id"
+    async with AsyncRewardClient(target) as client:
+        with pytest.raises(ValueError, match="'a' is used by more than one request"):
+            await client.reward([rollout_request(i, good) for i in ("a", "b", "a")])

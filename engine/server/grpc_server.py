@@ -38,6 +38,7 @@ from proctor.engine.config import (
 from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings
 from proctor.engine.rewards.steps import StepTracker
 from proctor.engine.services import critic, reward, teacher
+from proctor.engine.services.call_gate import CallLimit, guarded
 from proctor.engine.services.http import openrlhf, teacher_front
 from proctor.engine.services.http.app import HttpFront
 from proctor.engine.services.metrics import Metrics
@@ -106,11 +107,12 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
 
 class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """In front of the proctor services (health and reflection pass): a bearer token when tokens are configured
-    (UNAUTHENTICATED), then UNAVAILABLE while loading or draining."""
+    (UNAUTHENTICATED), then UNAVAILABLE while loading or draining, then the call limit and tolerant decoding."""
 
-    def __init__(self, lifecycle: Lifecycle, tokens: list[bytes]) -> None:
+    def __init__(self, lifecycle: Lifecycle, tokens: list[bytes], calls: CallLimit) -> None:
         self.lifecycle = lifecycle
         self.tokens = tokens
+        self.calls = calls
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
         given = b""
@@ -137,7 +139,7 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return _refuse(handler, "server is draining (shutting down); retry on another replica")
         if service not in self.lifecycle.ready:
             return _refuse(handler, f"{service} is loading its model; retry when health reports SERVING")
-        return handler
+        return guarded(handler, self.calls)
 
 
 def _refuse(
@@ -163,6 +165,7 @@ class ProctorServer:
         self.config = config
         self.metrics = metrics or Metrics()
         self.lifecycle = Lifecycle()
+        self.calls = CallLimit(config.server.max_concurrent_calls)  # proctor calls only: Health always answers
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
         self.metrics_port = 0
@@ -186,12 +189,11 @@ class ProctorServer:
         if self.config.http.port >= 0:
             self.http = HttpFront(self.config.http, cfg.tls, tokens, self.lifecycle, self.metrics)
         server = grpc.aio.server(
-            interceptors=[_Gate(self.lifecycle, tokens)],
+            interceptors=[_Gate(self.lifecycle, tokens, self.calls)],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
             ],
-            maximum_concurrent_rpcs=cfg.max_concurrent_calls,
         )
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         if self.config.critic is not None:
@@ -334,6 +336,8 @@ class ProctorServer:
             admission=Admission(limits.max_queued_items),
             stream_window=limits.stream_window,
             max_items_per_stream=limits.max_items_per_stream,
+            stream_window_bytes=limits.stream_window_bytes,
+            max_message_bytes=self.config.server.max_message_bytes,
         )
 
     async def _load_all(self) -> None:

@@ -56,8 +56,9 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         self.scorer = scorer
         self.judge = judge
         self.svc = svc
-        self._reward = StreamSpec("Reward", self._reward_one, reward_pb2.RewardResult)
-        self._reward_batched = StreamSpec("RewardBatched", self._reward_one, reward_pb2.RewardResult)
+        shrink = "atom_detail ATOM_DETAIL_NO_TEXT or ATOM_DETAIL_NONE, return_rrm_text false"
+        self._reward = StreamSpec("Reward", self._reward_one, reward_pb2.RewardResult, shrink)
+        self._reward_batched = StreamSpec("RewardBatched", self._reward_one, reward_pb2.RewardResult, shrink)
         self._inference_seconds = svc.metrics.inference_seconds.labels(svc.name, "Reward")
 
     async def Reward(

@@ -44,8 +44,15 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         self.critic = critic
         self.config = config
         self.svc = svc
-        self._generate = StreamSpec("Generate", self._generate_one, teacher_pb2.GenerateResult)
-        self._score = StreamSpec("Score", self._score_one, teacher_pb2.ScoreResult)
+        self._generate = StreamSpec(
+            "Generate",
+            self._generate_one,
+            teacher_pb2.GenerateResult,
+            "params.n, params.max_tokens or params.top_logprobs",
+        )
+        self._score = StreamSpec(
+            "Score", self._score_one, teacher_pb2.ScoreResult, "top_logprobs, a shorter target or fewer continuations"
+        )
 
     # ---- RPCs ------------------------------------------------------------------------------------------------
 
