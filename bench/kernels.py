@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from proctor.bench import cost_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE = 1e-4  # max abs error vs float64, the issue's bar for every proctor kernel
@@ -155,6 +158,10 @@ def torch_logprobs(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> O
     return lsm.gather(1, targets[:, None])[:, 0], -(lsm.exp() * lsm).sum(dim=-1), vals, ids
 
 
+def torch_lm_head(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, top_k: int) -> Outputs:
+    return torch_logprobs(h @ w.T, targets, top_k)
+
+
 class Check:
     """One run: the device, the repetitions, the rows gathered so far."""
 
@@ -205,7 +212,15 @@ def check_logits(c: Check, shapes: Shapes) -> None:
         return outputs_err(out, ref, rows, targets)
 
     c.timed(case, "anchor: read the logits once (torch sum)", lambda: logits.sum(dtype=torch.float32))
-    c.timed(case, "proctor target_logprobs, one pass", lambda: target_logprobs_triton(logits, targets, k), err, True)
+    predicted = cost_model.logits(n, vocab, k).ms
+    c.timed(
+        case,
+        "proctor target_logprobs, one pass",
+        lambda: target_logprobs_triton(logits, targets, k),
+        err,
+        True,
+        predicted,
+    )
     c.timed(case, "torch fp32 log_softmax + gather + entropy + topk", lambda: torch_logprobs(logits, targets, k), err)
     if c.device.type == "cuda":
 
@@ -237,8 +252,16 @@ def check_lm_head(c: Check, shapes: Shapes) -> None:
         case = f"hidden -> lm_head -> log-prob + entropy{f' + top-{k}' if k else ''}, {n}x{vocab}x{hidden} bf16"
         if k == shapes.lm_head_top_k[0]:
             c.timed(case, "anchor: lm_head GEMM alone (torch, bf16 out)", lambda: h @ w.T)
-        c.timed(case, "proctor fused lm_head", lambda k=k: lm_head_logprobs_triton(h, w, targets, k), err, True)  # type: ignore[misc]
-        c.timed(case, "torch bf16 GEMM + fp32 log_softmax", lambda k=k: torch_logprobs(h @ w.T, targets, k), err)  # type: ignore[misc]
+        predicted = cost_model.lm_head(n, vocab, hidden, k).ms
+        c.timed(
+            case,
+            "proctor fused lm_head",
+            functools.partial(lm_head_logprobs_triton, h, w, targets, k),
+            err,
+            True,
+            predicted,
+        )
+        c.timed(case, "torch bf16 GEMM + fp32 log_softmax", functools.partial(torch_lm_head, h, w, targets, k), err)
         if not k and c.device.type == "cuda":  # the fused baselines give the target's log-prob only
             fused_baselines(c, case, h, w, targets, err)
 
@@ -280,7 +303,10 @@ def check_probes(c: Check, shapes: Shapes) -> None:
         return max_err(out, ref)
 
     c.timed(case, "anchor: read the weight once (torch sum)", lambda: w.sum(dtype=torch.float32))
-    c.timed(case, "proctor token_logprobs, fused lm_head", lambda: token_logprobs_triton(h, w, ids), err, True)
+    predicted = cost_model.lm_head(n, vocab, hidden, 0).ms
+    c.timed(
+        case, "proctor token_logprobs, fused lm_head", lambda: token_logprobs_triton(h, w, ids), err, True, predicted
+    )
     c.timed(
         case,
         "proctor token_logprobs from bf16 logits",

@@ -1,11 +1,17 @@
 """hidden [N, H] x lm_head weight [V, H] -> log p(target) [N], entropy [N], optional top-k, float32.
 
-Never materialises the [N, V] logits (the idea of Cut Cross-Entropy, our own code). The Triton path is a
-split-V GEMM: program (row block, vocab tile) computes its [BLOCK_N, BLOCK_V] logits tile in float32 registers
-and reduces it at once to per-row partials (tile max, sum of exp, sum of x * exp, the target's logit when the
-target falls in the tile, and the tile's top-k). A cheap combine over the V / BLOCK_V tiles gives the log-sum-exp,
-log-probs, entropies and the global top-k. Extra memory: O(N * V / BLOCK_V), not O(N * V); rows are processed in
-chunks when top-k is asked for, to bound its candidates.
+Never materialises the [N, V] logits (the idea of Cut Cross-Entropy, our own code). One Triton program owns a block
+of rows and a contiguous split of the vocabulary: tile by tile it computes the [BLOCK_N, BLOCK_V] logits on the
+tensor cores (float32 accumulation) and folds them at once into per-row online statistics (running max, rescaled
+sum of exp and of x * exp, the target's logit) and a running top-k (kernels/topk.py). Each program writes one
+partial per row, so the extra memory is O(N * splits), and a small combine over the splits gives the log-sum-exp,
+log-probs, entropies and the global top-k.
+
+Launch shapes (`lm_head_launches`, also what bench/hopper.py compiles and bench/cost_model.py costs): 128 x 128 x 64
+tiles on 8 warps (wgmma) for many rows; for a few rows (RRM probes, one position per atom, <= 64) all rows in one
+64-row block so the weight is read once, the vocabulary split across the SMs. The number of splits is the one that
+fills whole waves of SMs; programs go row block fastest within groups of GROUP row blocks, so the programs in flight
+share their weight tiles and hidden blocks in L2 (the weight comes from HBM about once per group).
 
 Ignore-index rows (target == ignore_index) get 0.0 log-prob and entropy.
 """
@@ -13,6 +19,7 @@ Ignore-index rows (target == ignore_index) get 0.0 log-prob and entropy.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +29,8 @@ from proctor.kernels.target_logprobs import target_logprobs_reference
 try:
     import triton
     import triton.language as tl
+
+    from proctor.kernels.topk import topk_init, topk_merge
 except ImportError:  # Triton is optional: the reference serves CPU tensors
     triton = None
 HAVE_TRITON = triton is not None
@@ -31,7 +40,89 @@ HAVE_TRITON = triton is not None
 # exact in float32 either way; on a GPU the dot runs on bf16 tensor cores with float32 accumulation.
 _INTERPRETER_BF16_DOT = os.environ.get("TRITON_INTERPRET") == "1"
 
+H200_SMS = 132  # multiprocessors of an H200 (and H100 SXM): the launch shapes of the compile report and cost model
+PARTIALS_BUDGET = 64 * 2**20  # bytes of per-split partials and top-k candidates per launch; rows are chunked to fit
+MAX_TOP_K = 64
+
 Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class LmHeadLaunch:
+    """One launch of the fused kernel: its tile, warps, pipeline depth and grid."""
+
+    rows: int  # rows in this launch (a chunk of the call's rows)
+    block_n: int
+    block_v: int
+    block_h: int
+    num_warps: int
+    num_stages: int
+    group: int  # row blocks per group of the program order
+    splits: int  # vocabulary splits: programs per row block
+    tiles_per_split: int
+    top_k: int
+
+    @property
+    def row_blocks(self) -> int:
+        return -(-self.rows // self.block_n)
+
+    @property
+    def programs(self) -> int:
+        return self.row_blocks * self.splits
+
+    @property
+    def k_pad(self) -> int:
+        return 1 << (self.top_k - 1).bit_length() if self.top_k else 0
+
+    def partial_bytes(self) -> int:
+        """The per-split partials (4 float32) and top-k candidates (float32 value, int32 id) of this launch."""
+        return self.rows * self.splits * (16 + 8 * self.top_k)
+
+
+def _tile(rows: int, dtype: torch.dtype, top_k: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_V, BLOCK_H, warps, stages): the largest tiles that triton 3.6 compiles for sm_90 without a
+    spill (bench/hopper.py's report; 128 x 256 and 256 x 128 spill 280-2,000 bytes even without top-k)."""
+    if dtype == torch.float32:  # no tensor-core path at 1e-4: FMA tiles (32 x 64 and 32 x 32 spilled 8-16 B)
+        return 64, 32, 32, 4, 3
+    block_v = 64 if top_k > 32 else 128  # a 64-slot running top-k takes the registers of half the tile
+    if rows > 64:
+        return 128, block_v, 64, 8, 3
+    return 64, block_v, 64, 4, 3  # few rows: all in one block, the weight read once
+
+
+def _splits(row_blocks: int, tiles: int, sms: int) -> tuple[int, int]:
+    """(splits, tiles per split) with the least time in whole waves: waves x tiles per program."""
+
+    def cost(s: int) -> tuple[int, int]:
+        per = -(-tiles // s)
+        return -(-row_blocks * -(-tiles // per) // sms) * per, s
+
+    best = min(range(1, min(tiles, 4 * sms) + 1), key=cost)
+    per = -(-tiles // best)
+    return -(-tiles // per), per
+
+
+def lm_head_launches(
+    rows: int, vocab: int, dtype: torch.dtype, top_k: int = 0, sms: int = H200_SMS
+) -> list[LmHeadLaunch]:
+    """The launches that score `rows` rows: one, or row chunks when the partials would pass PARTIALS_BUDGET."""
+    if rows == 0:
+        return []
+    block_n, block_v, block_h, warps, stages = _tile(rows, dtype, top_k)
+    tiles = -(-vocab // block_v)
+    chunk = rows
+    while True:
+        row_blocks = -(-chunk // block_n)
+        splits, per = _splits(row_blocks, tiles, sms)
+        launch = LmHeadLaunch(chunk, block_n, block_v, block_h, warps, stages, min(16, row_blocks), splits, per, top_k)
+        if launch.partial_bytes() <= PARTIALS_BUDGET or chunk <= block_n:
+            break
+        chunk = max(block_n, (chunk // 2 + block_n - 1) // block_n * block_n)
+    full, rest = divmod(rows, chunk)
+    out = [launch] * full
+    if rest:
+        out += lm_head_launches(rest, vocab, dtype, top_k, sms)
+    return out
 
 
 def lm_head_logprobs_reference(
@@ -72,171 +163,210 @@ def lm_head_logprobs_reference(
 if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]
-    def _partials_kernel(  # type: ignore[no-untyped-def]
+    def _lm_head_kernel(  # type: ignore[no-untyped-def]
         h_ptr,
         w_ptr,
         t_ptr,
-        max_ptr,
-        sum_ptr,
-        xsum_ptr,
-        tgt_ptr,
+        part_ptr,
         topv_ptr,
         topi_ptr,
         n_rows,
         vocab,
         hidden,
-        n_tiles,
         stride_h,
         stride_w,
+        n_splits,
+        tiles_per_split,
         BLOCK_N: tl.constexpr,
         BLOCK_V: tl.constexpr,
         BLOCK_H: tl.constexpr,
+        GROUP: tl.constexpr,
+        EVEN_H: tl.constexpr,
+        K: tl.constexpr,
         K_PAD: tl.constexpr,
         IEEE: tl.constexpr,
         UPCAST: tl.constexpr,
     ):
-        pid_n = tl.program_id(0)
-        pid_v = tl.program_id(1)
-        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        # Program order: groups of GROUP row blocks; inside a group the row block varies fastest, so the programs
+        # in flight read the same few weight tiles and hidden blocks (L2 hits, not HBM re-reads).
+        pid = tl.program_id(0)
+        row_blocks = tl.cdiv(n_rows, BLOCK_N)
+        per_group = GROUP * n_splits
+        first = (pid // per_group) * GROUP
+        in_group = tl.minimum(row_blocks - first, GROUP)
+        rb = first + (pid % per_group) % in_group
+        split = (pid % per_group) // in_group
+
+        rows = rb * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < n_rows
-        col_ok = cols < vocab
-        acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-        for k0 in range(0, hidden, BLOCK_H):
-            ks = k0 + tl.arange(0, BLOCK_H)
-            k_ok = ks < hidden
-            h = tl.load(
-                h_ptr + rows[:, None].to(tl.int64) * stride_h + ks[None, :], row_ok[:, None] & k_ok[None, :], 0.0
-            )
-            w = tl.load(
-                w_ptr + cols[:, None].to(tl.int64) * stride_w + ks[None, :], col_ok[:, None] & k_ok[None, :], 0.0
-            )
-            if UPCAST:
-                h = h.to(tl.float32)
-                w = w.to(tl.float32)
-            if IEEE or UPCAST:
-                acc += tl.dot(h, tl.trans(w), input_precision="ieee")
-            else:
-                acc += tl.dot(h, tl.trans(w))
-        x = tl.where(col_ok[None, :], acc, -float("inf"))
-        tile_max = tl.max(x, axis=1)
-        e = tl.where(col_ok[None, :], tl.exp(x - tile_max[:, None]), 0.0)
-        targets = tl.load(t_ptr + rows, row_ok, -1).to(tl.int64)
-        hit = cols[None, :].to(tl.int64) == targets[:, None]
-        out = rows.to(tl.int64) * n_tiles + pid_v
-        tl.store(max_ptr + out, tile_max, row_ok)
-        tl.store(sum_ptr + out, tl.sum(e, axis=1), row_ok)
-        tl.store(xsum_ptr + out, tl.sum(e * tl.where(col_ok[None, :], x, 0.0), axis=1), row_ok)
-        tl.store(tgt_ptr + out, tl.sum(tl.where(hit, x, 0.0), axis=1), row_ok & (tl.sum(hit.to(tl.int32), axis=1) > 0))
+        # Out-of-range rows and columns load the last real one (no load masks: plain vector loads); their logits
+        # are dropped below (columns) or never stored (rows).
+        h_rows = h_ptr + tl.minimum(rows, n_rows - 1).to(tl.int64) * stride_h
+        targets = tl.load(t_ptr + rows, row_ok, -1).to(tl.int32)
+        run_max = tl.full((BLOCK_N,), -float("inf"), tl.float32)
+        sum_exp = tl.zeros((BLOCK_N,), tl.float32)
+        sum_x_exp = tl.zeros((BLOCK_N,), tl.float32)
+        target_logit = tl.zeros((BLOCK_N,), tl.float32)
         if K_PAD > 0:
-            # The tile's top K_PAD per row, by repeated arg-max (K_PAD is small: <= 64).
+            best_v, best_i, theta = topk_init(BLOCK_N, K, K_PAD)
+        first_tile = split * tiles_per_split
+        last_tile = tl.minimum(first_tile + tiles_per_split, tl.cdiv(vocab, BLOCK_V))
+        for tile in range(first_tile, last_tile):
+            col0 = tile * BLOCK_V
+            cols = col0 + tl.arange(0, BLOCK_V)
+            col_ok = cols < vocab
+            w_rows = w_ptr + tl.minimum(cols, vocab - 1).to(tl.int64) * stride_w
+            acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+            for k0 in range(0, hidden, BLOCK_H):
+                ks = k0 + tl.arange(0, BLOCK_H)
+                if EVEN_H:
+                    h = tl.load(h_rows[:, None] + ks[None, :])
+                    w = tl.load(w_rows[:, None] + ks[None, :])
+                else:
+                    h = tl.load(h_rows[:, None] + ks[None, :], (ks < hidden)[None, :], 0.0)
+                    w = tl.load(w_rows[:, None] + ks[None, :], (ks < hidden)[None, :], 0.0)
+                if UPCAST:
+                    h = h.to(tl.float32)
+                    w = w.to(tl.float32)
+                if IEEE or UPCAST:
+                    acc += tl.dot(h, tl.trans(w), input_precision="ieee")
+                else:
+                    acc += tl.dot(h, tl.trans(w))
+            x = tl.where(col_ok[None, :], acc, -float("inf"))
+            new_max = tl.maximum(run_max, tl.max(x, axis=1))
+            rescale = tl.exp(run_max - new_max)  # exp(-inf) = 0 on the first tile: new_max is finite
+            e = tl.exp(x - new_max[:, None])  # 0 on absent columns
+            sum_exp = sum_exp * rescale + tl.sum(e, axis=1)
+            sum_x_exp = sum_x_exp * rescale + tl.sum(e * tl.where(col_ok[None, :], x, 0.0), axis=1)
+            target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], x, 0.0), axis=1)
+            run_max = new_max
+            if K_PAD > 0:
+                best_v, best_i, theta = topk_merge(x, col0, best_v, best_i, theta, K_PAD, BLOCK_V)
+        plane = n_rows * n_splits
+        out = rows * n_splits + split
+        tl.store(part_ptr + out, run_max, row_ok)
+        tl.store(part_ptr + plane + out, sum_exp, row_ok)
+        tl.store(part_ptr + 2 * plane + out, sum_x_exp, row_ok)
+        tl.store(part_ptr + 3 * plane + out, target_logit, row_ok)
+        if K_PAD > 0:
             slots = tl.arange(0, K_PAD)
-            best_v = tl.full((BLOCK_N, K_PAD), -float("inf"), tl.float32)
-            best_i = tl.zeros((BLOCK_N, K_PAD), tl.int32)
-            cand = x
-            for j in range(K_PAD):
-                m = tl.max(cand, axis=1)
-                a = tl.argmax(cand, axis=1)
-                best_v = tl.where(slots[None, :] == j, m[:, None], best_v)
-                best_i = tl.where(slots[None, :] == j, (pid_v * BLOCK_V + a)[:, None], best_i)
-                cand = tl.where(tl.arange(0, BLOCK_V)[None, :] == a[:, None], -float("inf"), cand)
-            base = out[:, None] * K_PAD + slots[None, :]
-            tl.store(topv_ptr + base, best_v, row_ok[:, None])
-            tl.store(topi_ptr + base, best_i, row_ok[:, None])
+            cand = out[:, None] * K + slots[None, :]
+            keep = row_ok[:, None] & (slots[None, :] < K)
+            tl.store(topv_ptr + cand, best_v, keep)
+            tl.store(topi_ptr + cand, best_i, keep)
 
 
-def _partials(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, k_pad: int, block_n: int, block_v: int
-) -> tuple[torch.Tensor, ...]:
+POINTERS = ("h_ptr", "w_ptr", "t_ptr", "part_ptr", "topv_ptr", "topi_ptr")  # the kernel's tensor arguments
+
+
+def kernel_arguments(
+    launch: LmHeadLaunch, vocab: int, hidden: int, stride_h: int, stride_w: int, dtype: torch.dtype
+) -> tuple[dict[str, int], dict[str, object]]:
+    """(integer arguments, constexprs) of one launch: what `_launch` passes, and what bench/hopper.py compiles."""
+    ints = {
+        "n_rows": launch.rows,
+        "vocab": vocab,
+        "hidden": hidden,
+        "stride_h": stride_h,
+        "stride_w": stride_w,
+        "n_splits": launch.splits,
+        "tiles_per_split": launch.tiles_per_split,
+    }
+    consts: dict[str, object] = {
+        "BLOCK_N": launch.block_n,
+        "BLOCK_V": launch.block_v,
+        "BLOCK_H": launch.block_h,
+        "GROUP": launch.group,
+        "EVEN_H": hidden % launch.block_h == 0,
+        "K": launch.top_k,
+        "K_PAD": launch.k_pad,
+        "IEEE": dtype == torch.float32,
+        "UPCAST": _INTERPRETER_BF16_DOT and dtype == torch.bfloat16,
+    }
+    return ints, consts
+
+
+def _launch(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, launch: LmHeadLaunch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run one launch: (partials [4, rows, splits], top-k values [rows, splits * k], ids [rows, splits * k])."""
     n, h = hidden.shape
-    vocab = weight.shape[0]
-    tiles = triton.cdiv(vocab, block_v)
     dev = hidden.device
-
-    tile_max, tile_sum, tile_xsum = (
-        poisoned(n, tiles, device=dev),
-        poisoned(n, tiles, device=dev),
-        poisoned(n, tiles, device=dev),
-    )
-    tile_tgt = torch.zeros(n, tiles, dtype=torch.float32, device=dev)  # only the target's tile writes
-    top_v = poisoned(n, tiles, max(k_pad, 1), device=dev)
-    top_i = poisoned(n, tiles, max(k_pad, 1), device=dev, dtype=torch.int32)
-    block_h = min(64, triton.next_power_of_2(h))
-    grid = (triton.cdiv(n, block_n), tiles)
-    _partials_kernel[grid](
-        hidden, weight, targets, tile_max, tile_sum, tile_xsum, tile_tgt, top_v, top_i,
-        n, vocab, h, tiles, hidden.stride(0), weight.stride(0),
-        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, K_PAD=k_pad, IEEE=hidden.dtype == torch.float32,
-        UPCAST=_INTERPRETER_BF16_DOT and hidden.dtype == torch.bfloat16,
+    part = poisoned(4, n, launch.splits, device=dev)
+    k = launch.top_k
+    top_v = poisoned(n, launch.splits * max(k, 1), device=dev)
+    top_i = poisoned(n, launch.splits * max(k, 1), device=dev, dtype=torch.int32)
+    ints, consts = kernel_arguments(launch, weight.shape[0], h, hidden.stride(0), weight.stride(0), hidden.dtype)
+    _lm_head_kernel[(launch.programs,)](
+        hidden, weight, targets, part, top_v, top_i, **ints, **consts,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
-    return tile_max, tile_sum, tile_xsum, tile_tgt, top_v, top_i
+    return part, top_v, top_i
 
 
-def combine_lse(tile_max: torch.Tensor, tile_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row log-sum-exp from per-tile (max, sum of exp); also the global max and the rescaled tile weights."""
-    row_max = tile_max.max(dim=1).values
-    scale = torch.exp(tile_max - row_max[:, None])
-    total = (tile_sum * scale).sum(dim=1)
-    return row_max + torch.log(total), scale, total
+def combine(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-sum-exp [rows], sum over the splits of x * p) from the per-split partials."""
+    run_max, sum_exp, sum_x_exp, _ = part.unbind(0)
+    row_max = run_max.max(dim=1).values
+    scale = torch.exp(run_max - row_max[:, None])
+    total = (sum_exp * scale).sum(dim=1)
+    return row_max + torch.log(total), (sum_x_exp * scale).sum(dim=1) / total
+
+
+def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, top_k: int) -> None:
+    if triton is None:
+        raise RuntimeError("Triton is not installed")
+    if not 0 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}")
+    if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
+        shapes = f"{tuple(hidden.shape)}, {tuple(weight.shape)}"
+        raise ValueError(f"hidden [N, H] and weight [V, H] must agree on H: {shapes}")
+    if hidden.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("hidden and weight must be row-major")
+
+
+def _sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return H200_SMS  # the interpreter: launch as on an H200
 
 
 def lm_head_logprobs_triton(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    top_k: int = 0,
-    ignore_index: int = -100,
-    block_n: int = 64,
-    block_v: int = 128,
-    chunk_rows: int = 4096,
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100
 ) -> Result:
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
-    if not 0 <= top_k <= 64:
-        raise ValueError(f"top_k must lie in [0, 64], got {top_k}")
-    if hidden.stride(1) != 1 or weight.stride(1) != 1:
-        raise ValueError("hidden and weight must be row-major")
-    k_pad = triton.next_power_of_2(top_k) if top_k else 0
-    outs: list[Result] = []
-    rows_per_chunk = chunk_rows if top_k else hidden.shape[0] or 1
-    for start in range(0, hidden.shape[0], rows_per_chunk):
-        h = hidden[start : start + rows_per_chunk]
-        t = targets[start : start + rows_per_chunk]
-        tile_max, tile_sum, tile_xsum, tile_tgt, top_v, top_i = _partials(h, weight, t, k_pad, block_n, block_v)
-        lse, scale, total = combine_lse(tile_max, tile_sum)
+    _check_inputs(hidden, weight, top_k)
+    lps, ents, vals, ids = [], [], [], []
+    start = 0
+    for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, top_k, _sms(hidden.device)):
+        h, t = hidden[start : start + launch.rows], targets[start : start + launch.rows]
+        start += launch.rows
+        part, top_v, top_i = _launch(h, weight, t, launch)
+        lse, mean_x = combine(part)
         keep = t != ignore_index
-        logprob = torch.where(keep, tile_tgt.sum(dim=1) - lse, 0.0)
-        entropy = torch.where(keep, lse - (tile_xsum * scale).sum(dim=1) / total, 0.0)
-        vals = ids = None
+        lps.append(torch.where(keep, part[3].sum(dim=1) - lse, 0.0))
+        ents.append(torch.where(keep, lse - mean_x, 0.0))
         if top_k:
-            vals, pick = top_v.flatten(1).topk(top_k, dim=1)
-            ids = top_i.flatten(1).gather(1, pick).long()
-            vals = vals - lse[:, None]
-        outs.append((logprob, entropy, vals, ids))
-    if not outs:
+            v, pick = top_v.topk(top_k, dim=1)
+            vals.append(v - lse[:, None])
+            ids.append(top_i.gather(1, pick).long())
+    if not lps:
         empty = torch.empty(0, dtype=torch.float32, device=hidden.device)
         return empty, empty, None, None
-    logprob = torch.cat([o[0] for o in outs])
-    entropy = torch.cat([o[1] for o in outs])
     if not top_k:
-        return logprob, entropy, None, None
-    return (
-        logprob,
-        entropy,
-        torch.cat([o[2] for o in outs if o[2] is not None]),
-        torch.cat([o[3] for o in outs if o[3] is not None]),
-    )
+        return torch.cat(lps), torch.cat(ents), None, None
+    return torch.cat(lps), torch.cat(ents), torch.cat(vals), torch.cat(ids)
 
 
-def lm_head_logsumexp_triton(
-    hidden: torch.Tensor, weight: torch.Tensor, block_n: int = 64, block_v: int = 128
-) -> torch.Tensor:
+def lm_head_logsumexp_triton(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per-row log-sum-exp of hidden @ weight.T in float32, without the [N, V] logits."""
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
+    _check_inputs(hidden, weight, 0)
     ignored = torch.full((hidden.shape[0],), -100, dtype=torch.int64, device=hidden.device)
-    tile_max, tile_sum, *_ = _partials(hidden, weight, ignored, 0, block_n, block_v)
-    return combine_lse(tile_max, tile_sum)[0]
+    out, start = [], 0
+    for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, 0, _sms(hidden.device)):
+        part, _, _ = _launch(hidden[start : start + launch.rows], weight, ignored[start : start + launch.rows], launch)
+        start += launch.rows
+        out.append(combine(part)[0])
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.float32, device=hidden.device)
 
 
 def lm_head_logprobs(

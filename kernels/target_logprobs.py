@@ -1,14 +1,17 @@
 """logits [N, V] (any float dtype) -> log p(target) [N], entropy [N] and optional top-k (k <= 64), float32, in
 one pass over the vocabulary.
 
-The Triton kernel keeps an online log-sum-exp per row (running max, rescaled sum of exponentials and of
-x * exp(x)), so it reads each logit once and never writes a [N, V] float32 tensor; with top-k it also keeps each
-vocabulary tile's best k, and a final top-k over those N x (V / BLOCK_V) x k candidates picks the winners.
+The Triton kernel (one program per row) keeps an online log-sum-exp per row (running max, rescaled sum of
+exponentials and of x * exp(x)), so it reads each logit once and never writes a [N, V] float32 tensor; with top-k
+it also keeps the row's running best k (kernels/topk.py: a tile is merged only through its values above the current
+k-th best, so after the first tiles most tiles cost one compare per logit), and writes just [N, k].
 Rows whose target is `ignore_index` get 0.0 log-prob and entropy (their top-k is still reported).
 `target_logprobs_reference` is the plain-torch definition it must match.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -17,6 +20,8 @@ from proctor.kernels.buffers import poisoned
 try:
     import triton
     import triton.language as tl
+
+    from proctor.kernels.topk import topk_init, topk_merge
 except ImportError:  # Triton is optional: the reference serves CPU tensors
     triton = None
 
@@ -42,82 +47,108 @@ if triton is not None:
     @triton.jit  # type: ignore[untyped-decorator]
     def _target_logprobs_kernel(  # type: ignore[no-untyped-def]
         logits_ptr,
-        stride_row,
         targets_ptr,
         out_ptr,
         entropy_ptr,
         lse_ptr,
         topv_ptr,
         topi_ptr,
+        stride_row,
         vocab,
-        n_tiles,
         ignore_index,
         BLOCK_V: tl.constexpr,
+        K: tl.constexpr,
         K_PAD: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
-        target = tl.load(targets_ptr + row).to(tl.int64)
+        one = tl.arange(0, 1)  # rows of this program: [1]-shaped vectors share kernels/topk.py with the lm_head kernel
+        target = tl.load(targets_ptr + row + one).to(tl.int32)
         base = logits_ptr + row * stride_row
-        running_max = tl.full((), -float("inf"), tl.float32)
-        sum_exp = tl.zeros((), tl.float32)
-        sum_x_exp = tl.zeros((), tl.float32)
-        target_logit = tl.zeros((), tl.float32)
+        run_max = tl.full((1,), -float("inf"), tl.float32)
+        sum_exp = tl.zeros((1,), tl.float32)
+        sum_x_exp = tl.zeros((1,), tl.float32)
+        target_logit = tl.zeros((1,), tl.float32)
+        if K_PAD > 0:
+            best_v, best_i, theta = topk_init(1, K, K_PAD)
         for start in range(0, vocab, BLOCK_V):
             offsets = start + tl.arange(0, BLOCK_V)
             inside = offsets < vocab
-            x = tl.load(base + offsets, mask=inside, other=-float("inf")).to(tl.float32)
-            new_max = tl.maximum(running_max, tl.max(x, axis=0))
+            x = tl.load(base + offsets[None, :], mask=inside[None, :], other=-float("inf")).to(tl.float32)
+            new_max = tl.maximum(run_max, tl.max(x, axis=1))
             # exp(-inf - finite) = 0 on the first tile, never NaN: new_max is finite once a real logit is seen.
-            rescale = tl.exp(running_max - new_max)
-            e = tl.where(inside, tl.exp(x - new_max), 0.0)
-            sum_exp = sum_exp * rescale + tl.sum(e, axis=0)
-            sum_x_exp = sum_x_exp * rescale + tl.sum(e * tl.where(inside, x, 0.0), axis=0)
-            target_logit += tl.sum(tl.where(offsets == target, x, 0.0), axis=0)
-            running_max = new_max
-            if K_PAD > 0:  # this tile's best K_PAD, by repeated arg-max (K_PAD <= 64)
-                slots = tl.arange(0, K_PAD)
-                best_v = tl.full((K_PAD,), -float("inf"), tl.float32)
-                best_i = tl.zeros((K_PAD,), tl.int32)
-                cand = x
-                for j in range(K_PAD):
-                    m = tl.max(cand, axis=0)
-                    a = tl.argmax(cand, axis=0)
-                    best_v = tl.where(slots == j, m, best_v)
-                    best_i = tl.where(slots == j, start + a, best_i)
-                    cand = tl.where(tl.arange(0, BLOCK_V) == a, -float("inf"), cand)
-                first = (row * n_tiles + start // BLOCK_V) * K_PAD
-                tl.store(topv_ptr + first + slots, best_v)
-                tl.store(topi_ptr + first + slots, best_i)
-        lse = running_max + tl.log(sum_exp)
-        tl.store(lse_ptr + row, lse)
+            rescale = tl.exp(run_max - new_max)
+            e = tl.exp(x - new_max[:, None])
+            sum_exp = sum_exp * rescale + tl.sum(e, axis=1)
+            sum_x_exp = sum_x_exp * rescale + tl.sum(e * tl.where(inside[None, :], x, 0.0), axis=1)
+            target_logit += tl.sum(tl.where(offsets[None, :] == target[:, None], x, 0.0), axis=1)
+            run_max = new_max
+            if K_PAD > 0:
+                best_v, best_i, theta = topk_merge(x, start, best_v, best_i, theta, K_PAD, BLOCK_V)
+        lse = run_max + tl.log(sum_exp)
+        tl.store(lse_ptr + row + one, lse)
         keep = target != ignore_index
-        tl.store(out_ptr + row, tl.where(keep, target_logit - lse, 0.0))
-        tl.store(entropy_ptr + row, tl.where(keep, lse - sum_x_exp / sum_exp, 0.0))
+        tl.store(out_ptr + row + one, tl.where(keep, target_logit - lse, 0.0))
+        tl.store(entropy_ptr + row + one, tl.where(keep, lse - sum_x_exp / sum_exp, 0.0))
+        if K_PAD > 0:
+            slots = tl.arange(0, K_PAD)
+            tl.store(topv_ptr + row * K + slots[None, :], best_v - lse[:, None], slots[None, :] < K)
+            tl.store(topi_ptr + row * K + slots[None, :], best_i, slots[None, :] < K)
+
+
+POINTERS = ("logits_ptr", "targets_ptr", "out_ptr", "entropy_ptr", "lse_ptr", "topv_ptr", "topi_ptr")
+MAX_TOP_K = 64
+
+
+@dataclass(frozen=True)
+class LogitsLaunch:
+    """One launch of the logits kernel: one program per row, BLOCK_V logits per step."""
+
+    rows: int
+    block_v: int
+    num_warps: int
+    num_stages: int
+    top_k: int
+
+    @property
+    def k_pad(self) -> int:
+        return 1 << (self.top_k - 1).bit_length() if self.top_k else 0
+
+
+def logits_launch(rows: int, vocab: int, top_k: int, block_v: int = 4096) -> LogitsLaunch:
+    block = min(block_v, 1 << max(vocab - 1, 1).bit_length())
+    return LogitsLaunch(rows, block, num_warps=4, num_stages=3, top_k=top_k)
+
+
+def kernel_arguments(launch: LogitsLaunch, vocab: int, stride_row: int) -> tuple[dict[str, int], dict[str, object]]:
+    """(integer arguments, constexprs) of one launch: what `_launch` passes, and what bench/hopper.py compiles."""
+    ints = {"stride_row": stride_row, "vocab": vocab, "ignore_index": -100}
+    return ints, {"BLOCK_V": launch.block_v, "K": launch.top_k, "K_PAD": launch.k_pad}
 
 
 def _launch(
     logits: torch.Tensor, targets: torch.Tensor, top_k: int, ignore_index: int, block_v: int
 ) -> tuple[torch.Tensor, ...]:
-    """Run the kernel: (log-prob, entropy, log-sum-exp, tile top-k values, tile top-k ids)."""
+    """Run the kernel: (log-prob, entropy, log-sum-exp, top-k log-probs [N, k], top-k ids [N, k] int32)."""
     if triton is None:
         raise RuntimeError("Triton is not installed")
     if logits.ndim != 2 or logits.stride(1) != 1:
         raise ValueError("logits must be a row-major [N, V] tensor")
-    if not 0 <= top_k <= 64:
-        raise ValueError(f"top_k must lie in [0, 64], got {top_k}")
+    if not 0 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}")
     n, vocab = logits.shape
-    block = min(block_v, triton.next_power_of_2(vocab))
-    tiles = triton.cdiv(vocab, block)
-    k_pad = triton.next_power_of_2(top_k) if top_k else 0
+    if top_k > vocab:
+        raise ValueError(f"top_k {top_k} exceeds the vocabulary ({vocab})")
+    launch = logits_launch(n, vocab, top_k, block_v)
     dev = logits.device
-
     out, entropy, lse = poisoned(n, device=dev), poisoned(n, device=dev), poisoned(n, device=dev)
-    top_v = poisoned(n, tiles, max(k_pad, 1), device=dev)
-    top_i = poisoned(n, tiles, max(k_pad, 1), device=dev, dtype=torch.int32)
+    top_v = poisoned(n, max(top_k, 1), device=dev)
+    top_i = poisoned(n, max(top_k, 1), device=dev, dtype=torch.int32)
     if n:
+        ints, consts = kernel_arguments(launch, vocab, logits.stride(0))
+        ints["ignore_index"] = ignore_index
         _target_logprobs_kernel[(n,)](
-            logits, logits.stride(0), targets, out, entropy, lse, top_v, top_i, vocab, tiles, ignore_index,
-            BLOCK_V=block, K_PAD=k_pad,
+            logits, targets, out, entropy, lse, top_v, top_i, **ints, **consts,
+            num_warps=launch.num_warps, num_stages=launch.num_stages,
         )  # fmt: skip
     return out, entropy, lse, top_v, top_i
 
@@ -125,11 +156,11 @@ def _launch(
 def target_logprobs_triton(
     logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100, block_v: int = 4096
 ) -> Result:
-    out, entropy, lse, top_v, top_i = _launch(logits, targets, top_k, ignore_index, block_v)
+    out, entropy, _, top_v, top_i = _launch(logits, targets, top_k, ignore_index, block_v)
     if not top_k:
         return out, entropy, None, None
-    vals, pick = top_v.flatten(1).topk(top_k, dim=1)
-    return out, entropy, vals - lse[:, None], top_i.flatten(1).gather(1, pick).long()
+    vals, order = top_v.sort(dim=1, descending=True)  # the kernel's slots are in no order
+    return out, entropy, vals, top_i.gather(1, order).long()
 
 
 def logsumexp_triton(logits: torch.Tensor, block_v: int = 4096) -> torch.Tensor:

@@ -13,7 +13,7 @@ SCORE_TOKENS = torch.tensor([15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 605])  # "0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("vocab", [700, 151_936])
+@pytest.mark.parametrize("vocab", [700, 9_001])  # the logits kernel meets 151,936 in its own tests
 def test_hidden_and_logits_inputs_match_float64(dtype: torch.dtype, vocab: int) -> None:
     gen = torch.Generator().manual_seed(vocab)
     h = torch.randn(5, 32, generator=gen).to(dtype)

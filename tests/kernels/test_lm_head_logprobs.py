@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
 from proctor.kernels.lm_head_logprobs import lm_head_logprobs_reference, lm_head_logprobs_triton
+
+module = importlib.import_module("proctor.kernels.lm_head_logprobs")  # the package re-exports a function so named
 
 pytest.importorskip("triton")
 
@@ -18,8 +22,8 @@ def _inputs(n: int, vocab: int, hidden: int, dtype: torch.dtype, seed: int, scal
     return h, w, t
 
 
-def _check(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, top_k: int, **kw: int) -> None:
-    lp, ent, vals, ids = lm_head_logprobs_triton(h, w, t, top_k=top_k, **kw)
+def _check(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, top_k: int) -> None:
+    lp, ent, vals, ids = lm_head_logprobs_triton(h, w, t, top_k=top_k)
     ref_lp, ref_ent, ref_vals, _ = lm_head_logprobs_reference(h.double(), w.double(), t, top_k=top_k)
     assert not torch.isnan(lp).any() and not torch.isnan(ent).any()
     assert (lp.double() - ref_lp).abs().max() <= 1e-4
@@ -32,22 +36,55 @@ def _check(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, top_k: int, **kw: 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("n", "vocab", "hidden", "top_k"), [(5, 300, 48, 0), (17, 1000, 80, 20), (3, 129, 16, 64)])
+@pytest.mark.parametrize(
+    ("n", "vocab", "hidden", "top_k"),
+    # 5 rows: one 64-row block; 70: two 128-row blocks, H a multiple of BLOCK_H (the unmasked GPU path); 3 x 129:
+    # a 64-wide vocabulary tile for top-64 and a ragged last tile.
+    [(5, 300, 48, 0), (70, 600, 64, 20), (3, 129, 16, 64)],
+)
 def test_matches_float64(dtype: torch.dtype, n: int, vocab: int, hidden: int, top_k: int) -> None:
-    _check(*_inputs(n, vocab, hidden, dtype, seed=n + vocab), top_k=top_k, block_n=16, block_v=64)
+    _check(*_inputs(n, vocab, hidden, dtype, seed=n + vocab), top_k=top_k)
 
 
-def test_qwen_vocabulary_ignore_index_and_large_logits() -> None:
-    h, w, t = _inputs(3, 151_936, 32, torch.bfloat16, seed=7, scale=20.0)
+def test_many_splits_ignore_index_and_large_logits() -> None:
+    # 3,001 words: 24 tiles split over the programs, a ragged last tile (the interpreter makes Qwen's 151,936 slow).
+    h, w, t = _inputs(3, 3_001, 32, torch.bfloat16, seed=7, scale=20.0)
     t[1] = -100
-    _check(h, w, t, top_k=5, block_n=16, block_v=4096)
-    lp, ent, _, _ = lm_head_logprobs_triton(h, w, t, block_n=16, block_v=4096)
+    _check(h, w, t, top_k=5)
+    lp, ent, _, _ = lm_head_logprobs_triton(h, w, t)
     assert lp[1] == 0.0 and ent[1] == 0.0
 
 
-def test_row_chunks_with_top_k_give_the_same_answer() -> None:
-    h, w, t = _inputs(9, 200, 32, torch.float32, seed=3)
-    whole = lm_head_logprobs_triton(h, w, t, top_k=4, block_n=16, block_v=64)
-    chunked = lm_head_logprobs_triton(h, w, t, top_k=4, block_n=16, block_v=64, chunk_rows=4)
+def test_row_chunks_give_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    h, w, t = _inputs(150, 200, 32, torch.float32, seed=3)
+    whole = lm_head_logprobs_triton(h, w, t, top_k=4)
+    monkeypatch.setattr(module, "PARTIALS_BUDGET", 1)  # every launch as small as it can be: one 64-row block
+    assert [launch.rows for launch in module.lm_head_launches(150, 200, torch.float32, 4)] == [64, 64, 22]
+    chunked = lm_head_logprobs_triton(h, w, t, top_k=4)
     for a, b in zip(whole, chunked, strict=True):
         assert a is not None and b is not None and torch.allclose(a.double(), b.double(), atol=1e-6)
+
+
+def test_ascending_vocabulary_worst_case_for_the_running_top_k() -> None:
+    """Every tile beats the last: each one inserts K values into every row's running top-k."""
+    h = torch.ones(4, 16)
+    w = (torch.arange(500, dtype=torch.float32)[:, None] / 100).expand(500, 16).contiguous()
+    w = w + torch.randn(500, 16, generator=torch.Generator().manual_seed(0)) * 1e-3
+    _check(h, w, torch.tensor([0, 499, 250, 1]), top_k=20)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("top_k", [0, 1, 20, 64])
+@pytest.mark.parametrize("rows", [1, 11, 256, 16_384])
+def test_launches_cover_every_row_once_and_fill_waves(dtype: torch.dtype, top_k: int, rows: int) -> None:
+    launches = module.lm_head_launches(rows, 151_936, dtype, top_k)
+    assert sum(launch.rows for launch in launches) == rows
+    for launch in launches:
+        tiles = -(-151_936 // launch.block_v)
+        assert launch.splits * launch.tiles_per_split >= tiles > (launch.splits - 1) * launch.tiles_per_split
+        assert launch.partial_bytes() <= module.PARTIALS_BUDGET
+        if rows == 16_384:  # whole waves of 132 SMs, to within one program in ten
+            waves = -(-launch.programs // module.H200_SMS)
+            assert launch.programs / (waves * module.H200_SMS) >= 0.9
+    if rows <= 64:
+        assert launches[0].row_blocks == 1, "few rows: one block, the weight read once"

@@ -1,0 +1,225 @@
+"""What each scoring-kernel launch should cost on one H200, from its grid and tiles and the measured ceilings.
+
+    python -m proctor.bench.cost_model [--out DIR]
+
+For every launch the dispatchers make at the issue's shapes (the same `lm_head_launches` / `logits_launch` the
+kernels use) it counts the FLOPs, the bytes through HBM and through L2 (the re-reads the grid and tiles imply),
+and the CUDA-core work of the epilogue (exp, reductions, the running top-k), and predicts a time:
+
+    launch + max(tensor-core time + epilogue time, HBM time, L2 time)   (lm_head: one CTA per SM, no overlap of a
+                                                                         program's own GEMM and epilogue)
+    launch + max(CUDA-core time, HBM time)                              (logits: many programs per SM overlap)
+
+Ceilings and where they come from (the first GPU run should re-measure the two leads):
+- bf16 tensor cores 790 TFLOP/s: an 8192^3 bf16 torch matmul on random data on this project's H200s (769-798,
+  /work/.library/device/KINDS.md, 2026-10-28 and 2026-11-04). A Triton wgmma main loop is assumed to reach it.
+- HBM 4.3 TB/s: a device-to-device copy there, bytes read plus written (same page).
+- L2 -> SM 10 TB/s: a LEAD, not measured here (H100 SXM's L2 is commonly quoted near 12 TB/s; 10 is a margin).
+- CUDA cores 33.8 T simple fp32/int32 ops/s (128 lanes x 132 SMs x 1.98 GHz, the clock seen under load) and
+  exp2 4.2 T/s (16 per SM per clock, the CUDA guide's throughput table for sm_90): datasheet leads.
+- 5 us per kernel launch (torch's own small kernels of the combine included).
+Top-k insertions assume the large logits lie in random order along the vocabulary (K x H_T merge passes over T
+tiles, doubled for the max over a block's rows); an adversarial vocabulary in ascending order costs K per tile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+GEMM_FLOPS = 790e12
+HBM_BPS = 4.3e12
+L2_BPS = 10e12
+SMS = 132
+CLOCK_HZ = 1.98e9
+ALU_OPS = 128 * SMS * CLOCK_HZ
+EXP_OPS = 16 * SMS * CLOCK_HZ
+LAUNCH_S = 5e-6
+# CUDA-core operations per logit in the epilogues (max, subtract, scale for exp2, two multiply-adds of the running
+# sums, target compare / select / add, column mask): counted from the kernels' code, not measured.
+EPILOGUE_OPS = 10
+TOPK_PRUNE_OPS = 2  # compare with the row's k-th best, select
+TOPK_PASS_OPS = 6  # one merge pass over a tile: max, compare, select-min of the lane, mask, compare, select
+
+
+@dataclass
+class Prediction:
+    case: str
+    launches: int
+    flops: float
+    hbm_bytes: float
+    l2_bytes: float
+    alu_ops: float
+    exp_ops: float
+    mma_ms: float
+    alu_ms: float
+    hbm_ms: float
+    l2_ms: float
+    ms: float
+    extra_bytes: float  # the launch's own buffers (partials, candidates), beyond inputs and outputs
+    bound: str
+    target_ms: float | None = None
+
+    @property
+    def meets_target(self) -> bool:
+        return self.target_ms is None or self.ms <= self.target_ms
+
+
+def _harmonic(n: int) -> float:
+    return sum(1.0 / j for j in range(1, n + 1))
+
+
+def topk_passes(k: int, tiles: int) -> float:
+    """Expected merge passes of one row's running top-k over `tiles` tiles (random order): K x H_tiles."""
+    return k * _harmonic(tiles) if k else 0.0
+
+
+def lm_head(rows: int, vocab: int, hidden: int, top_k: int, dtype: torch.dtype = torch.bfloat16) -> Prediction:
+    lm = importlib.import_module("proctor.kernels.lm_head_logprobs")
+    elt = torch.empty(0, dtype=dtype).element_size()
+    zero = dict.fromkeys(("flops", "hbm_bytes", "l2_bytes", "alu_ops", "exp_ops", "mma_ms", "alu_ms"), 0.0)
+    zero |= dict.fromkeys(("hbm_ms", "l2_ms", "ms", "extra_bytes"), 0.0)
+    total = Prediction(f"lm_head {rows}x{vocab}x{hidden} top-{top_k}", 0, **zero, bound="")
+    extra = 0.0
+    for launch in lm.lm_head_launches(rows, vocab, dtype, top_k, SMS):
+        bn, bv = launch.block_n, launch.block_v
+        tile_flops = 2.0 * bn * bv * hidden
+        waves = -(-launch.programs // SMS)
+        mma = waves * launch.tiles_per_split * tile_flops / (GEMM_FLOPS / SMS)
+        tile_elems = bn * bv
+        per_program_alu = launch.tiles_per_split * tile_elems * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0))
+        per_program_alu += 2 * topk_passes(top_k, launch.tiles_per_split) * TOPK_PASS_OPS * tile_elems
+        per_program_exp = launch.tiles_per_split * tile_elems
+        alu = waves * max(per_program_alu / (ALU_OPS / SMS), per_program_exp / (EXP_OPS / SMS))
+        weight_bytes = vocab * hidden * elt
+        groups = -(-launch.row_blocks // launch.group)
+        hbm = weight_bytes * groups + launch.rows * hidden * elt + launch.partial_bytes() * 2
+        l2 = launch.programs * launch.tiles_per_split * (bn + bv) * hidden * elt
+        # The combine (torch): reads the partials and candidates once, a handful of small kernels.
+        combine_s = launch.partial_bytes() * 2 / HBM_BPS + 6 * LAUNCH_S
+        t = LAUNCH_S + max(mma + alu, hbm / HBM_BPS, l2 / L2_BPS) + combine_s
+        total.launches += 1
+        total.flops += waves * SMS * launch.tiles_per_split * tile_flops
+        total.hbm_bytes += hbm
+        total.l2_bytes += l2
+        total.alu_ops += launch.programs * per_program_alu
+        total.exp_ops += launch.programs * per_program_exp
+        total.mma_ms += mma * 1e3
+        total.alu_ms += alu * 1e3
+        total.hbm_ms += hbm / HBM_BPS * 1e3
+        total.l2_ms += l2 / L2_BPS * 1e3
+        total.ms += t * 1e3
+        extra = max(extra, launch.partial_bytes() + launch.rows * launch.splits * 8.0)  # + the combine's temporaries
+    terms = {"tensor cores + epilogue": total.mma_ms + total.alu_ms, "HBM": total.hbm_ms, "L2": total.l2_ms}
+    total.bound = max(terms, key=lambda name: terms[name])
+    total.extra_bytes = extra
+    return total
+
+
+def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat16) -> Prediction:
+    tp = importlib.import_module("proctor.kernels.target_logprobs")
+    launch = tp.logits_launch(rows, vocab, top_k)
+    elt = torch.empty(0, dtype=dtype).element_size()
+    tiles = -(-vocab // launch.block_v)
+    per_row_alu = tiles * launch.block_v * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0))
+    per_row_alu += topk_passes(top_k, tiles) * TOPK_PASS_OPS * launch.block_v
+    alu_ops = rows * per_row_alu
+    exp_ops = float(rows * tiles * launch.block_v)
+    alu = max(alu_ops / ALU_OPS, exp_ops / EXP_OPS)
+    hbm = rows * vocab * elt + rows * (8 + 12 + 8 * top_k)
+    sort_s = (rows * top_k * 8 * 2 / HBM_BPS + 3 * LAUNCH_S) if top_k else 0.0
+    ms = (LAUNCH_S + max(alu, hbm / HBM_BPS) + sort_s) * 1e3
+    return Prediction(
+        f"logits {rows}x{vocab} top-{top_k}",
+        1,
+        0.0,
+        hbm,
+        0.0,
+        alu_ops,
+        exp_ops,
+        0.0,
+        alu * 1e3,
+        hbm / HBM_BPS * 1e3,
+        0.0,
+        ms,
+        0.0,
+        "CUDA cores" if alu > hbm / HBM_BPS else "HBM",
+    )
+
+
+def issue_targets() -> list[Prediction]:
+    """The issue's targets on one H200, each with its predicted time."""
+    out = []
+    p = logits(16_384, 151_936, 20)
+    p.target_ms = 2.0
+    out.append(p)
+    for k in (0, 20):
+        p = lm_head(16_384, 151_936, 4_096, k)
+        p.target_ms = 29.5
+        out.append(p)
+    p = lm_head(256, 151_936, 4_096, 0)
+    p.case = "probes / expected score " + p.case
+    p.target_ms = 0.55
+    out.append(p)
+    return out
+
+
+def write_report(preds: list[Prediction], stem: Path, command: str) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "date": dt.date.today().isoformat(),
+        "command": command,
+        "device": "H200 (predicted, not measured)",
+        "ceilings": {"gemm_flops": GEMM_FLOPS, "hbm_bps": HBM_BPS, "l2_bps_lead": L2_BPS, "alu_ops": ALU_OPS},
+        "predictions": [asdict(p) | {"meets_target": p.meets_target} for p in preds],
+    }
+    stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        "# Scoring kernels: cost model on one H200 (predictions, not measurements)",
+        "",
+        f"Command: `{command}` ({record['date']}). Ceilings: bf16 GEMM 790 TFLOP/s and copy 4.3 TB/s (measured on",
+        "this project's H200s), L2 10 TB/s (a lead). See bench/cost_model.py for what each term counts.",
+        "",
+        "| case | launches | GFLOP | HBM GB | L2 GB | tensor ms | CUDA-core ms | HBM ms | L2 ms | predicted ms "
+        "| target ms | bound | extra MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in preds:
+        target = "-" if p.target_ms is None else f"{p.target_ms:g} {'ok' if p.meets_target else 'MISSED'}"
+        lines.append(
+            f"| {p.case} | {p.launches} | {p.flops / 1e9:.0f} | {p.hbm_bytes / 1e9:.2f} | {p.l2_bytes / 1e9:.1f} | "
+            f"{p.mma_ms:.2f} | {p.alu_ms:.2f} | {p.hbm_ms:.2f} | {p.l2_ms:.2f} | {p.ms:.2f} | {target} | "
+            f"{p.bound} | {p.extra_bytes / 2**20:.1f} |"
+        )
+    for p in preds:
+        if p.l2_bytes and not p.meets_target and p.target_ms is not None:
+            needed = p.l2_bytes / ((p.target_ms - (p.ms - p.l2_ms)) / 1e3)
+            lines += ["", f"{p.case}: meets {p.target_ms:g} ms if L2 delivers >= {needed / 1e12:.1f} TB/s."]
+    stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="write DIR/cost-model.{json,md} (default: dated, bench/results)")
+    args = parser.parse_args(argv)
+    preds = issue_targets()
+    preds += [lm_head(rows, 151_936, 4_096, 0) for rows in (1, 11)]
+    stem = args.out / "cost-model" if args.out else RESULTS / f"{dt.date.today().isoformat()}-cpu-cost-model"
+    command = "python -m proctor.bench.cost_model " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_report(preds, stem, command.strip())
+    for p in preds:
+        print(f"{p.case:<60} {p.ms:8.3f} ms (target {p.target_ms}) {p.bound}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

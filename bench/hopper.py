@@ -1,0 +1,266 @@
+"""Hopper compile report: every Triton kernel compiled for sm_90 (H100 / H200) on a machine without a GPU, at the
+launches the dispatchers really make, with what the compiler gave it.
+
+    python -m proctor.bench.hopper [--out DIR] [--check]
+
+Each variant is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))` with the same
+constexprs, warps, stages and argument specialisations (16-divisible integers and pointers, integers equal to 1)
+that a launch from the dispatcher would get. The cubin goes through the wheel's own `cuobjdump
+--dump-resource-usage` (registers, stack = spills, static shared memory) and the PTX is searched for wgmma
+(`wgmma.mma_async`) and the bulk tensor copy engine (`cp.async.bulk.tensor`). A variant fails when it spills, when
+its shared memory passes the 227 KB an sm_90 block may use, or when its 16-bit `tl.dot` does not lower to wgmma.
+
+The H200 machines run triton 3.6.0 (torch 2.11): CI compiles with that version in its own `pip --target` folder
+(.ci/run); the report under bench/results is from it. Launches: bf16 / fp16 / fp32; top-k 0, 1, 20, 64; H 576,
+1,536, 4,096, 8,192; Score batches of 16,384 rows (chunks of 8,192 with top-k) and RRM probes of 1, 11 and 256 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SMEM_LIMIT = 227 * 1024  # bytes of shared memory one sm_90 block may use (opt-in maximum)
+VOCAB = 151_936  # Qwen2 / Qwen2.5 / Qwen3
+HIDDENS = (576, 1_536, 4_096, 8_192)
+SCORE_ROWS = 16_384
+PROBE_ROWS = (1, 11, 256)
+TOP_KS = (0, 1, 20, 64)
+DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+@dataclass
+class Variant:
+    """One compiled kernel: its key, the launches that use it, and what the compiler reported."""
+
+    kernel: str
+    dtype: str
+    top_k: int
+    tile: str
+    num_warps: int
+    num_stages: int
+    launches: list[str] = field(default_factory=list)
+    hiddens: list[int] = field(default_factory=list)  # H values of those launches (a runtime argument)
+    registers: int = -1
+    stack: int = -1
+    shared: int = -1
+    wgmma: int = -1
+    tma: int = -1
+    compile_s: float = 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.stack != 0:
+            out.append(f"stack {self.stack} B (spills)")
+        if self.shared > SMEM_LIMIT:
+            out.append(f"shared {self.shared} B > {SMEM_LIMIT}")
+        if self.dtype != "fp32" and self.kernel == "lm_head" and self.wgmma <= 0:
+            out.append("16-bit tl.dot not on wgmma")
+        return out
+
+
+def _specialise(
+    fn: Any, pointers: dict[str, str], ints: dict[str, int], consts: dict[str, object]
+) -> tuple[dict[str, str], dict[str, object], dict[tuple[int, ...], list[list[Any]]]]:
+    """(signature, constexprs, attrs) as a launch specialises them: pointers 16-aligned (torch allocations are),
+    integers divisible by 16 marked so, integers equal to 1 made constants."""
+    signature: dict[str, str] = {}
+    constexprs = dict(consts)
+    attrs: dict[tuple[int, ...], list[list[Any]]] = {}
+    for i, name in enumerate(fn.arg_names):
+        if name in pointers:
+            signature[name] = pointers[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in ints:
+            value = ints[name]
+            if value == 1:
+                signature[name], constexprs[name] = "constexpr", 1
+            else:
+                signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+                if value % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "constexpr"
+    return signature, constexprs, attrs
+
+
+def _resources(cubin: bytes, tool: Path) -> dict[str, int]:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True)
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text.stdout))
+    return {k: int(v) for k, v in found.items()}
+
+
+def compile_variant(
+    variant: Variant,
+    fn: Any,
+    pointers: dict[str, str],
+    ints: dict[str, int],
+    consts: dict[str, object],
+) -> Variant:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs, attrs = _specialise(fn, pointers, ints, consts)
+    t0 = time.perf_counter()
+    compiled = triton.compile(
+        ASTSource(fn, signature, constexprs, attrs),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": variant.num_warps, "num_stages": variant.num_stages},
+    )
+    variant.compile_s = round(time.perf_counter() - t0, 2)
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    res = _resources(compiled.asm["cubin"], tool)
+    ptx = compiled.asm["ptx"]
+    variant.registers = res.get("REG", -1)
+    variant.stack = res.get("STACK", -1) + res.get("LOCAL", 0)
+    variant.shared = compiled.metadata.shared + res.get("SHARED", 0)
+    variant.wgmma = ptx.count("wgmma.mma_async")
+    variant.tma = ptx.count("cp.async.bulk.tensor")
+    return variant
+
+
+Key = tuple[Any, ...]
+
+
+def _key(kernel: str, dtype: str, top_k: int, warps: int, stages: int, sig: Any) -> Key:
+    signature, constexprs, attrs = sig
+    return (
+        kernel,
+        dtype,
+        top_k,
+        warps,
+        stages,
+        repr(sorted(signature.items())),
+        repr(sorted(constexprs.items())),
+        repr(sorted(attrs)),
+    )
+
+
+def lm_head_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]]:
+    lm = importlib.import_module("proctor.kernels.lm_head_logprobs")  # the package re-exports a function so named
+
+    out: dict[Key, tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]] = {}
+    for dtype, name in DTYPES.items():
+        pointers = dict(
+            zip(lm.POINTERS, [f"*{name}", f"*{name}", "*i64", "*fp32", "*fp32", "*i32"], strict=True),
+        )
+        for top_k in TOP_KS:
+            for rows in (SCORE_ROWS, *PROBE_ROWS):
+                for hidden in HIDDENS:
+                    for launch in dict.fromkeys(lm.lm_head_launches(rows, VOCAB, dtype, top_k, lm.H200_SMS)):
+                        ints, consts = lm.kernel_arguments(launch, VOCAB, hidden, hidden, hidden, dtype)
+                        sig = _specialise(lm._lm_head_kernel, pointers, ints, consts)
+                        key = _key("lm_head", name, top_k, launch.num_warps, launch.num_stages, sig)
+                        tile = f"{launch.block_n}x{launch.block_v}x{launch.block_h}"
+                        if key not in out:
+                            v = Variant("lm_head", name, top_k, tile, launch.num_warps, launch.num_stages)
+                            out[key] = (v, lm._lm_head_kernel, pointers, ints, consts)
+                        chunks = f", launches of {launch.rows}" if launch.rows != rows else ""
+                        what = f"{rows} rows ({launch.programs} programs{chunks})"
+                        variant = out[key][0]
+                        variant.launches += [] if what in variant.launches else [what]
+                        variant.hiddens += [] if hidden in variant.hiddens else [hidden]
+    return list(out.values())
+
+
+def logits_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]]:
+    tp = importlib.import_module("proctor.kernels.target_logprobs")
+
+    out = []
+    for name in DTYPES.values():
+        pointers = dict(
+            zip(tp.POINTERS, [f"*{name}", "*i64", "*fp32", "*fp32", "*fp32", "*fp32", "*i32"], strict=True),
+        )
+        for top_k in TOP_KS:
+            launch = tp.logits_launch(SCORE_ROWS, VOCAB, top_k)
+            ints, consts = tp.kernel_arguments(launch, VOCAB, VOCAB)
+            v = Variant("logits", name, top_k, f"1x{launch.block_v}", launch.num_warps, launch.num_stages)
+            v.launches.append(f"{SCORE_ROWS} rows (one program per row; any row count compiles the same)")
+            out.append((v, tp._target_logprobs_kernel, pointers, ints, consts))
+    return out
+
+
+def build_all(progress: bool = True) -> list[Variant]:
+    done = []
+    for v, fn, pointers, ints, consts in [*lm_head_variants(), *logits_variants()]:
+        done.append(compile_variant(v, fn, pointers, ints, consts))
+        if progress:
+            print(
+                f"{v.kernel:<8} {v.dtype} top-{v.top_k:<3} {v.tile:<11} w{v.num_warps} s{v.num_stages}: "
+                f"{v.registers} regs, stack {v.stack}, smem {v.shared}, wgmma {v.wgmma}, tma {v.tma} "
+                f"({v.compile_s:.1f} s) {'; '.join(v.problems)}",
+                flush=True,
+            )
+    return done
+
+
+def write_report(variants: list[Variant], stem: Path, command: str) -> None:
+    import triton
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "date": dt.date.today().isoformat(),
+        "command": command,
+        "triton": triton.__version__,
+        "target": "cuda:90 (sm_90, H100 / H200), PTX 8.x via the wheel's ptxas",
+        "smem_limit": SMEM_LIMIT,
+        "passed": not any(v.problems for v in variants),
+        "variants": [asdict(v) | {"problems": v.problems} for v in variants],
+    }
+    stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        f"# Hopper compile report (triton {triton.__version__}, sm_90, compiled on a CPU)",
+        "",
+        f"Command: `{command}` ({record['date']}). Registers, stack (spills) and shared memory from the wheel's",
+        "`cuobjdump --dump-resource-usage`; wgmma / TMA = `wgmma.mma_async` / `cp.async.bulk.tensor` in the PTX.",
+        f"Verdict: **{'passed' if record['passed'] else 'FAILED'}** (no stack, shared <= 227 KB, 16-bit dots on "
+        "wgmma).",
+        "",
+        "| kernel | dtype | top-k | tile | warps | stages | regs | stack B | shared KB | wgmma | TMA | launches "
+        "| problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        launches = "; ".join(v.launches) + (f"; H {', '.join(map(str, v.hiddens))}" if v.hiddens else "")
+        lines.append(
+            f"| {v.kernel} | {v.dtype} | {v.top_k} | {v.tile} | {v.num_warps} | {v.num_stages} | {v.registers} | "
+            f"{v.stack} | {v.shared / 1024:.1f} | {v.wgmma} | {v.tma} | {launches} | {'; '.join(v.problems) or 'ok'} |"
+        )
+    stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="write DIR/hopper-compile.{json,md} (default: dated, bench/results)")
+    parser.add_argument("--check", action="store_true", help="exit 1 on a spill, too much shared memory, no wgmma")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    variants = build_all()
+    stem = args.out / "hopper-compile" if args.out else RESULTS / f"{dt.date.today().isoformat()}-cpu-hopper-compile"
+    command = "python -m proctor.bench.hopper " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_report(variants, stem, command.strip())
+    bad = [v for v in variants if v.problems]
+    print(f"{len(variants)} variants, {len(bad)} with problems, {time.perf_counter() - t0:.0f} s: {stem}.{{json,md}}")
+    return 1 if args.check and bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

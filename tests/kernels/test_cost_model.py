@@ -1,0 +1,60 @@
+"""The cost model holds the kernels to the issue's targets on paper: a change that makes a launch slower (more
+re-reads, worse waves, a heavier epilogue) fails here, on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from proctor.bench import cost_model as cm
+
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def targets() -> dict[str, cm.Prediction]:
+    return {p.case.split()[0] if not p.case.startswith("probes") else "probes": p for p in cm.issue_targets()}
+
+
+def test_logits_logprob_and_top20_within_2ms(targets: dict[str, cm.Prediction]) -> None:
+    p = targets["logits"]
+    assert p.hbm_bytes == pytest.approx(16_384 * 151_936 * 2, rel=0.01), "the logits are read once"
+    assert p.ms <= 2.0 and p.meets_target
+
+
+def test_probes_read_the_weight_once_within_055ms(targets: dict[str, cm.Prediction]) -> None:
+    p = targets["probes"]
+    assert p.hbm_bytes <= 1.02 * 151_936 * 4_096 * 2 + 256 * 4_096 * 2 + 2**20
+    assert p.ms <= 0.55 and p.meets_target
+
+
+def test_lm_head_cost_terms() -> None:
+    """16,384 x 151,936 x 4,096: the tensor-core work plus the epilogue fits 29.5 ms; the L2 term (128 x 128 tiles,
+    the largest that compile without spills) is what the model puts over it, and it may not grow."""
+    for k in (0, 20):
+        p = cm.lm_head(16_384, 151_936, 4_096, k)
+        assert p.flops <= 1.01 * 2 * 16_384 * 151_936 * 4_096, "padding and wave tails within 1 %"
+        assert p.mma_ms + p.alu_ms <= 29.5
+        assert p.hbm_bytes <= 12e9, "the weight from HBM about once per group of row blocks"
+        assert p.l2_bytes <= 320e9
+        assert p.ms <= 32.1
+        assert p.extra_bytes <= 0.1 * GIB
+
+
+def test_a_worse_launch_costs_more_on_paper(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    lm = importlib.import_module("proctor.kernels.lm_head_logprobs")
+    good = cm.lm_head(16_384, 151_936, 4_096, 0)
+    real = lm._tile
+    monkeypatch.setattr(lm, "_tile", lambda rows, dtype, top_k: (64, 128, 64, 4, 3))  # the old, smaller tile
+    worse = cm.lm_head(16_384, 151_936, 4_096, 0)
+    assert worse.l2_bytes > 1.3 * good.l2_bytes and worse.ms > good.ms
+    monkeypatch.setattr(lm, "_tile", real)
+    monkeypatch.setattr(lm, "_splits", lambda row_blocks, tiles, sms: (1, tiles))  # one split: 128 programs
+    assert cm.lm_head(16_384, 151_936, 4_096, 0).mma_ms > 1.02 * good.mma_ms, "4 of 132 SMs idle the whole time"
+
+
+def test_top_k_merge_passes_grow_with_k_and_log_tiles() -> None:
+    assert cm.topk_passes(0, 100) == 0
+    assert cm.topk_passes(20, 1) == 20
+    assert 20 * 4 < cm.topk_passes(20, 37) < 20 * 5

@@ -1,0 +1,46 @@
+"""The Hopper compile report's bars: every launch the dispatchers make compiles for sm_90 with no stack (spills),
+shared memory within the 227 KB a block may use, and its 16-bit tl.dot on wgmma.
+
+Compiling needs triton 3.6.0, the version on the project's H200 machines (other versions lower differently): CI
+installs it with `pip --target` in its own step (.ci/run) and runs this file with TRITON_INTERPRET=0. Everywhere,
+the committed report must be of the current launches and clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from proctor.bench import hopper
+
+triton = pytest.importorskip("triton")
+
+REPORTS = sorted(hopper.RESULTS.glob("*-cpu-hopper-compile.json"))
+
+
+def _keys(variants: list[hopper.Variant]) -> set[tuple[object, ...]]:
+    return {(v.kernel, v.dtype, v.top_k, v.tile, v.num_warps, v.num_stages) for v in variants}
+
+
+def test_the_committed_report_is_of_the_current_launches_and_clean() -> None:
+    assert REPORTS, "no bench/results/*-cpu-hopper-compile.json: run python -m proctor.bench.hopper"
+    record = json.loads(REPORTS[-1].read_text())
+    assert record["triton"] == "3.6.0" and record["passed"]
+    assert all(v["stack"] == 0 and v["shared"] <= hopper.SMEM_LIMIT for v in record["variants"])
+    committed = {
+        (v["kernel"], v["dtype"], v["top_k"], v["tile"], v["num_warps"], v["num_stages"]) for v in record["variants"]
+    }
+    current = _keys([v for v, *_ in [*hopper.lm_head_variants(), *hopper.logits_variants()]])
+    assert committed == current, "the launches changed: re-run python -m proctor.bench.hopper with triton 3.6.0"
+
+
+@pytest.mark.skipif(
+    triton.__version__ != "3.6.0" or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="compiles with triton 3.6.0 and TRITON_INTERPRET=0 (CI's Hopper step)",
+)
+def test_every_launch_compiles_for_sm90_without_spills() -> None:
+    variants = hopper.build_all(progress=False)
+    assert {f"{v.kernel} {v.dtype} top-{v.top_k} {v.tile}": v.problems for v in variants if v.problems} == {}
+    assert all(v.wgmma > 0 for v in variants if v.kernel == "lm_head" and v.dtype != "fp32")
