@@ -237,3 +237,41 @@ async def test_a_duplicate_id_is_refused_at_the_door(rules_server: ProctorServer
     async with AsyncRewardClient(target) as client:
         with pytest.raises(ValueError, match="'a' is used by more than one request"):
             await client.reward([rollout_request(i, good) for i in ("a", "b", "a")])
+
+
+async def test_a_huge_text_prompt_is_refused_before_any_tokenizer_work(target: str) -> None:
+    """8 MB of text used to be tokenized on the event loop (8 s with Health blocked) before the length check."""
+    from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+
+    huge = teacher_pb2.GenerateRequest(id="huge", prompt=common_pb2.Prompt(text="word " * 1_600_000))
+    long = teacher_pb2.GenerateRequest(id="long", prompt=common_pb2.Prompt(text="word " * 20_000))  # off the loop
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        began = time.perf_counter()
+        results = {r.id: r async for r in teacher_pb2_grpc.TeacherStub(channel).Generate(iter([huge, long]))}
+        took = time.perf_counter() - began
+    assert (
+        results["huge"].error.field == "prompt.text" and "cannot fit max_prompt_tokens" in results["huge"].error.message
+    )
+    assert results["long"].error.field == "prompt" and "tokens > max_prompt_tokens" in results["long"].error.message
+    assert took < 5, took
+
+
+async def test_invalid_items_are_refused_as_invalid_even_when_the_queue_is_full() -> None:
+    """Validation comes before admission: with the one queue slot taken, a bad item is INVALID_ARGUMENT (fix it),
+    not RESOURCE_EXHAUSTED (retry it)."""
+    from proctor.clients.teacher import AsyncTeacherClient, generate_request
+
+    from .conftest import tiny_config
+
+    server = await started(tiny_config(limits=ServiceLimits(max_queued_items=1)))
+    try:
+        async with AsyncTeacherClient(f"127.0.0.1:{server.port}") as client:
+            requests = [generate_request("busy", "Hi", max_tokens=64, ignore_eos=True)]
+            requests += [generate_request(f"bad{i}", "Hi", max_tokens=2, top_p=2.0) for i in range(5)]
+            results = await client.generate(requests)
+    finally:
+        await server.drain(grace_s=1)
+    assert not results["busy"].HasField("error")
+    for i in range(5):
+        error = results[f"bad{i}"].error
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and error.field == "params.top_p", error

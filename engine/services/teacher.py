@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,14 @@ from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 SERVICE = "proctor.v1.Teacher"
 _FINISH = {FinishReason.STOP: teacher_pb2.STOP, FinishReason.LENGTH: teacher_pb2.LENGTH}
 _MAX_SEED = 2**63
+# A text prompt longer than this is tokenized in a worker thread (a tokenizer takes ~1 s per MB), and one longer
+# than MAX_CHARS_PER_TOKEN characters per allowed token is refused untokenized: no vocabulary's tokens are longer.
+INLINE_TOKENIZE_CHARS = 4096
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _long_text(prompt: common_pb2.Prompt) -> bool:
+    return prompt.WhichOneof("input") == "text" and len(prompt.text) > INLINE_TOKENIZE_CHARS
 
 
 @dataclass(frozen=True)
@@ -153,10 +162,22 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
 
     # ---- items -----------------------------------------------------------------------------------------------
 
-    async def _generate_one(self, req: teacher_pb2.GenerateRequest) -> teacher_pb2.GenerateResult:
+    def _generate_one(self, req: teacher_pb2.GenerateRequest) -> Coroutine[Any, Any, teacher_pb2.GenerateResult]:
+        """Validated here, before the item takes a queue slot; a long text is tokenized off the loop after."""
         received = time.perf_counter()
+        if _long_text(req.prompt):
+            self._sampling(req.params, 0)  # every field but the prompt's length, now
+            return self._generate_long(req, received)
         prompt = self._prompt_ids(req.prompt, "prompt", add_special_tokens=True)
-        params = self._sampling(req.params, len(prompt))
+        return self._generated(req, prompt, self._sampling(req.params, len(prompt)), received)
+
+    async def _generate_long(self, req: teacher_pb2.GenerateRequest, received: float) -> teacher_pb2.GenerateResult:
+        prompt = await asyncio.to_thread(self._prompt_ids, req.prompt, "prompt", True)
+        return await self._generated(req, prompt, self._sampling(req.params, len(prompt)), received)
+
+    async def _generated(
+        self, req: teacher_pb2.GenerateRequest, prompt: list[int], params: SamplingParams, received: float
+    ) -> teacher_pb2.GenerateResult:
         gen = await self.backend.generate(GenerateItem(prompt_ids=prompt, params=params))
         self._count_tokens("Generate", len(prompt), sum(len(s.token_ids) for s in gen.samples))
         self._observe("Generate", gen.queue_s, gen.inference_s)
@@ -179,53 +200,66 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             timing=convert.timing(gen.queue_s, gen.inference_s, time.perf_counter() - received),
         )
 
-    async def _score_one(self, req: teacher_pb2.ScoreRequest) -> teacher_pb2.ScoreResult:
+    def _score_one(self, req: teacher_pb2.ScoreRequest) -> Coroutine[Any, Any, teacher_pb2.ScoreResult]:
+        """Validated here, before the item takes a queue slot; long texts are tokenized off the loop after."""
         received = time.perf_counter()
-        context = self._prompt_ids(req.context, "context", add_special_tokens=True)
         self._check_top_logprobs(req.top_logprobs, "top_logprobs")
         if req.continuations:
-            return await self._score_group(req, context, received)
-        target = self._prompt_ids(req.target, "target", add_special_tokens=False)
-        self._check_fits(context, target, "target")
-        out = await self.backend.score(ScoreItem(context_ids=context, target_ids=target, top_k=req.top_logprobs))
-        self._count_tokens("Score", len(context), 0, scored=len(target))
-        self._observe("Score", out.queue_s, out.inference_s)
-        return teacher_pb2.ScoreResult(
-            id=req.id,
-            target_token_ids=target,
-            logprobs=out.logprobs,
-            top=convert.top_k(out.top),
-            context_tokens=len(context),
-            timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
-        )
+            if req.HasField("target"):
+                raise ItemError("set target or continuations, not both", "target")
+            if len(req.continuations) > self.config.max_group_size:
+                raise ItemError(
+                    f"{len(req.continuations)} > {self.config.max_group_size} (teacher.max_group_size)",
+                    "continuations",
+                )
+        if any(_long_text(p) for p in (req.context, req.target, *req.continuations)):
+            return self._score_long(req, received)
+        return self._scored(req, self._score_inputs(req), received)
 
-    async def _score_group(
-        self, req: teacher_pb2.ScoreRequest, context: list[int], received: float
+    async def _score_long(self, req: teacher_pb2.ScoreRequest, received: float) -> teacher_pb2.ScoreResult:
+        return await self._scored(req, await asyncio.to_thread(self._score_inputs, req), received)
+
+    def _score_inputs(self, req: teacher_pb2.ScoreRequest) -> tuple[list[int], list[list[int]]]:
+        """The context's ids and the target's (one) or the continuations' (several), each checked to fit."""
+        context = self._prompt_ids(req.context, "context", add_special_tokens=True)
+        scored = [("target", req.target)] if not req.continuations else []
+        scored += [(f"continuations[{i}]", p) for i, p in enumerate(req.continuations)]
+        targets = []
+        for field, prompt in scored:
+            ids = self._prompt_ids(prompt, field, add_special_tokens=False)
+            self._check_fits(context, ids, field)
+            targets.append(ids)
+        return context, targets
+
+    async def _scored(
+        self, req: teacher_pb2.ScoreRequest, inputs: tuple[list[int], list[list[int]]], received: float
     ) -> teacher_pb2.ScoreResult:
-        if req.HasField("target"):
-            raise ItemError("set target or continuations, not both", "target")
-        if len(req.continuations) > self.config.max_group_size:
-            raise ItemError(
-                f"{len(req.continuations)} > {self.config.max_group_size} (teacher.max_group_size)", "continuations"
+        context, targets = inputs
+        self._count_tokens("Score", len(context), 0, scored=sum(len(t) for t in targets))
+        if not req.continuations:
+            (target,) = targets
+            out = await self.backend.score(ScoreItem(context_ids=context, target_ids=target, top_k=req.top_logprobs))
+            self._observe("Score", out.queue_s, out.inference_s)
+            return teacher_pb2.ScoreResult(
+                id=req.id,
+                target_token_ids=target,
+                logprobs=out.logprobs,
+                top=convert.top_k(out.top),
+                context_tokens=len(context),
+                timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
             )
-        conts = []
-        for i, prompt in enumerate(req.continuations):
-            ids = self._prompt_ids(prompt, f"continuations[{i}]", add_special_tokens=False)
-            self._check_fits(context, ids, f"continuations[{i}]")
-            conts.append(ids)
-        out = await self.backend.score_group(
-            ScoreGroupItem(context_ids=context, continuations=conts, top_k=req.top_logprobs)
+        group = await self.backend.score_group(
+            ScoreGroupItem(context_ids=context, continuations=targets, top_k=req.top_logprobs)
         )
-        self._count_tokens("Score", len(context), 0, scored=sum(len(c) for c in conts))
-        self._observe("Score", out.queue_s, out.inference_s)
+        self._observe("Score", group.queue_s, group.inference_s)
         return teacher_pb2.ScoreResult(
             id=req.id,
             context_tokens=len(context),
             continuations=[
                 teacher_pb2.TokenScores(token_ids=ids, logprobs=s.logprobs, top=convert.top_k(s.top))
-                for ids, s in zip(conts, out.scores, strict=True)
+                for ids, s in zip(targets, group.scores, strict=True)
             ],
-            timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
+            timing=convert.timing(group.queue_s, group.inference_s, time.perf_counter() - received),
         )
 
     def _check_fits(self, context: list[int], target: list[int], field: str) -> None:
@@ -250,6 +284,13 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         if which == "text":
             if not prompt.text:
                 raise ItemError("empty text", f"{field}.text")
+            bound = self._max_prompt_tokens() * MAX_CHARS_PER_TOKEN
+            if len(prompt.text) > bound:  # refused before any tokenizer work: that is what bounds it
+                raise ItemError(
+                    f"{len(prompt.text)} characters cannot fit max_prompt_tokens {self._max_prompt_tokens()} "
+                    f"(at most {bound} characters, {MAX_CHARS_PER_TOKEN} a token); nothing is truncated",
+                    f"{field}.text",
+                )
             ids = self.backend.tokenize(prompt.text, add_special_tokens)
         else:
             ids = convert.token_ids(list(prompt.token_ids.ids), f"{field}.token_ids.ids", self.backend.info.vocab_size)
