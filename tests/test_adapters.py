@@ -20,7 +20,9 @@ from transformers import TrainerState
 from proctor.clients import verl
 from proctor.clients.streaming import ItemFailed
 from proctor.clients.trl import AsyncProctorReward, ProctorReward
+from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings
 from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.services.http import openrlhf
 
 from .test_reward_service import GOOD, MALFORMED, NO_ATOMS
 
@@ -149,3 +151,16 @@ async def test_openrlhf_run_key_anneals_alpha(tiny_server: ProctorServer) -> Non
         assert status == 200, out
         alphas.append(out["extra_logs"]["alpha"][0])  # type: ignore[index]
     assert alphas == pytest.approx([0.5] * 3 + [0.25] * 3 + [0.0] * 3)
+
+
+async def test_openrlhf_on_error_fail_answers_422(tiny_server: ProctorServer) -> None:
+    """reward.openrlhf.on_error: fail — the route itself, with a rules-only scorer and the server's reward service."""
+    assert tiny_server.http is not None
+    svc = tiny_server.http.contexts["proctor.v1.RewardModel"]
+    route = openrlhf.OpenRLHFRoute(RewardScorer(RewardSettings(mode="rules", total_steps=10), None), svc, "fail", -1.0)
+    body = {"query": ["Q? " + NO_ATOMS, "Q? " + NO_ATOMS], "prompts": ["Q? "] * 2, "labels": ["Paris"] * 2}
+    parsed = openrlhf.parse_body(json.dumps({**body, "training_step": 11}).encode(), {})
+    status, out = await route.answer(*parsed)
+    assert status == 422 and [i["field"] for i in out["items"]] == ["training_step"] * 2
+    status, out = await route.answer(*openrlhf.parse_body(json.dumps(body).encode(), {"training_step": "10"}))
+    assert status == 200 and out["rewards"] == pytest.approx([0.4, 0.4]) and "errors" not in out
