@@ -37,16 +37,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
 from proctor.engine.errors import ItemError
-from proctor.engine.rewards.pipeline import RewardOutcome, RewardScorer, RolloutInput
+from proctor.engine.rewards.pipeline import PendingJudgement, RewardOutcome, RewardScorer, RolloutInput
 from proctor.engine.rewards.steps import StepRun
 from proctor.engine.services.http.app import HttpFront
 from proctor.engine.services.http.errors import ApiError, field_path, json_response
+from proctor.engine.services.reward import RULES_INLINE_CHARS
 from proctor.engine.services.streams import ServiceContext
 
 log = logging.getLogger(__name__)
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
-OVERLAP_INLINE_CHARS = 16_384  # a cut prompt longer than this is matched off the event loop
+OVERLAP_INLINE_CHARS = RULES_INLINE_CHARS  # a cut prompt longer than this is matched off the event loop
 
 
 class OpenRLHFBody(BaseModel):
@@ -199,7 +200,11 @@ class OpenRLHFRoute:
                 self.scorer.steps.step(run)
             raise
         item = RolloutInput(prompt, response, golds(body.labels[i]), step, total, run=run)
-        return await self.scorer.score(item)
+        if len(response) <= RULES_INLINE_CHARS:
+            decided = self.scorer.apply_rules(item)
+        else:  # as on the gRPC path: the rules over a long rollout would hold up the event loop
+            decided = await asyncio.to_thread(self.scorer.apply_rules, item)
+        return await self.scorer.judge_atoms(decided) if isinstance(decided, PendingJudgement) else decided
 
 
 def _extra_logs(scored: list[RewardOutcome | None]) -> dict[str, list[float]]:
