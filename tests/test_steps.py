@@ -99,3 +99,29 @@ async def test_grpc_derives_t_from_the_run_and_an_explicit_t_wins(target: str) -
     assert out["explicit"].training_step == 0 and out["explicit"].alpha == 0.5  # sent: it wins, nothing counted
     # The 7th counted rollout: T = 3, with the server's T_MAX (100) as this one sends none.
     assert out["late"].training_step == 3 and out["late"].alpha == pytest.approx(0.5 * (1 - 3 / 100))
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_restarted_server_continues_the_count(tmp_path: Path) -> None:
+    """Rules-only servers on one state directory, one after the other: the second takes T up where the first left."""
+    from proctor.engine.config import Config, RewardConfig, ServerConfig, StepsConfig
+
+    from .conftest import started
+
+    config = Config(
+        server=ServerConfig(port=0, metrics_port=-1),
+        reward=RewardConfig(model="", mode="rules", total_steps=9, steps=StepsConfig(state_dir=str(tmp_path))),
+    )
+    run = reward_pb2.StepRun(key="restart", rollouts_per_step=2)
+    seen = []
+    for _ in range(2):
+        server = await started(config)
+        requests = [
+            reward_pb2.RewardRequest(id=str(i), question="q", response=NO_ATOMS, gold_answers=["Paris"], run=run)
+            for i in range(3)
+        ]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            out = {r.id: r async for r in reward_pb2_grpc.RewardModelStub(channel).Reward(iter(requests))}
+        seen += [out[str(i)].training_step for i in range(3)]
+        await server.drain(grace_s=1)
+    assert seen == [0, 0, 1, 1, 2, 2]
