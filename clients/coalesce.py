@@ -5,7 +5,8 @@ would cost a stream per rollout (and, for a blocking function, a thread held on 
 one channel and gathers the calls that arrive within `window_s` (or `max_batch` of them) into one RewardBatched
 stream; each caller gets its own result back.
 
-- `RewardCoalescer`: on one asyncio loop (create and use it there).
+- `RewardCoalescer`: on one asyncio loop (create and use it there). A target of several comma-separated
+  replicas goes through `ReplicaClient` (exactly one result per rollout, failed replicas' items resent elsewhere).
 - `coalescer_for_loop(target)`: the running loop's coalescer for a target, made on first use.
 - `background_coalescer(target)`: one per process for blocking callers, on a daemon thread of its own; `reward`
   blocks the calling thread on a future, never on an RPC of its own.
@@ -19,6 +20,7 @@ import threading
 import weakref
 from typing import Any
 
+from proctor.clients.replicas import REWARD, ReplicaClient
 from proctor.clients.reward import AsyncRewardClient
 from proctor.proto.proctor.v1 import reward_pb2
 
@@ -28,12 +30,13 @@ MAX_BATCH = 4096
 
 class RewardCoalescer:
     def __init__(self, target: str, *, window_s: float = WINDOW_S, max_batch: int = MAX_BATCH, **options: Any) -> None:
-        """`options` go to AsyncRewardClient (timeout_s, credentials, max_message_bytes)."""
+        """`options` go to AsyncRewardClient (timeout_s, credentials, max_message_bytes), or to ReplicaClient
+        (credentials, max_message_bytes) for several replicas."""
         self.target = target
         self.window_s = window_s
         self.max_batch = max_batch
         self._options = options
-        self._client: AsyncRewardClient | None = None
+        self._client: AsyncRewardClient | ReplicaClient[reward_pb2.RewardResult] | None = None
         self._pending: list[tuple[reward_pb2.RewardRequest, asyncio.Future[reward_pb2.RewardResult]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -65,19 +68,30 @@ class RewardCoalescer:
             self._timer = None
         batch, self._pending = self._pending, []
         if self._client is None:
-            self._client = AsyncRewardClient(self.target, **self._options)
+            self._client = self._connect()
         task = asyncio.get_running_loop().create_task(self._send(self._client, batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
+    def _connect(self) -> AsyncRewardClient | ReplicaClient[reward_pb2.RewardResult]:
+        targets = [t.strip() for t in self.target.split(",") if t.strip()]
+        if len(targets) == 1:
+            return AsyncRewardClient(targets[0], **self._options)
+        options = {k: v for k, v in self._options.items() if k in ("credentials", "max_message_bytes")}
+        return ReplicaClient(targets, REWARD, **options)
+
     async def _send(
         self,
-        client: AsyncRewardClient,
+        client: AsyncRewardClient | ReplicaClient[reward_pb2.RewardResult],
         batch: list[tuple[reward_pb2.RewardRequest, asyncio.Future[reward_pb2.RewardResult]]],
     ) -> None:
         self.streams += 1
+        requests = [request for request, _ in batch]
         try:
-            results = await client.reward([request for request, _ in batch])
+            if isinstance(client, ReplicaClient):
+                results = await client.run(requests)
+            else:
+                results = await client.reward(requests)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

@@ -22,7 +22,9 @@ present (it always wins); otherwise the server counts the rollouts of `run` (`ro
 the first step) — see engine/rewards/steps.py. A sample whose `extra_info["split"]` is a validation split (test,
 val, validation: what verl's data scripts write) takes the run's T without being counted. T_MAX: `total_steps`
 from `extra_info`, the options, `$PROCTOR_TOTAL_STEPS`, else the server's `reward.total_steps`. The options may
-also come from the environment: `$PROCTOR_REWARD_TARGET`, `$PROCTOR_RUN`, `$PROCTOR_ROLLOUTS_PER_STEP`.
+also come from the environment: `$PROCTOR_REWARD_TARGET`, `$PROCTOR_RUN`, `$PROCTOR_ROLLOUTS_PER_STEP`. A target of
+several comma-separated replicas goes through the replica client (`clients/replicas.py`; give the replicas one
+`reward.steps.state_dir` when T is counted).
 
 Each call returns a dict whose `score` is the reward; verl logs the other keys (the same keys for every sample,
 never NaN): `r_f1`, `alpha`, `atom_reward` (α·R_atom, the part of the reward from the atoms: 0 where none was

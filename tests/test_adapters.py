@@ -77,6 +77,9 @@ async def test_verl_compute_score_async_sync_and_batch(target: str) -> None:
     )
     assert [b["score"] for b in batch] == pytest.approx([1.0, -1.0, 0.4])
     assert {k for b in batch for k in b} == set(one)  # the same keys for every sample, as verl needs
+    # Several replicas (comma-separated) go through the replica client: one result per rollout.
+    replicated = await verl.compute_score_async("nq", GOOD, "Paris", extra, target=f"{target}, {target}")
+    assert replicated == one
     with pytest.raises(ValueError, match="verl sends no training step"):
         await verl.compute_score_async("nq", GOOD, "Paris", {"question": "q"}, target=target)
 
