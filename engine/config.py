@@ -109,23 +109,33 @@ def _check_torch_scorer(section: str, attn_implementation: str, score_packing: s
         raise ConfigError(f"{section}.score_packing: {score_packing!r} is not one of {', '.join(SCORE_PACKINGS)}")
 
 
+# What answers Score, groups and probes: torch = the fused-kernel torch scorer on one device; vllm = vLLM's prompt
+# log-probs; vllm-hidden = vLLM runs the model, sharded as its `vllm:` settings say, and hands back final hidden
+# states that proctor's fused lm_head turns into log-probs (a second vLLM engine beside the generating one).
+SCORERS = ("torch", "vllm", "vllm-hidden")
+# The pooling engine of vllm-hidden: prefill only, so a small KV cache beside the generating engine's 0.6.
+SCORER_VLLM = VllmSettings(gpu_memory_utilization=0.25)
+
+
 def _check_backends(section: str, backend: str, scorer: str) -> None:
     if backend not in ("auto", "torch", "vllm"):
         raise ConfigError(f"{section}.backend: {backend!r} is not auto, torch or vllm")
-    if scorer not in ("torch", "vllm"):
-        raise ConfigError(f"{section}.scorer: {scorer!r} is not torch or vllm")
-    if scorer == "vllm" and backend != "vllm":
-        raise ConfigError(f"{section}.scorer: vllm needs {section}.backend: vllm")
+    if scorer not in SCORERS:
+        raise ConfigError(f"{section}.scorer: {scorer!r} is not one of {', '.join(SCORERS)}")
+    if scorer != "torch" and backend != "vllm":
+        raise ConfigError(f"{section}.scorer: {scorer} needs {section}.backend: vllm")
 
 
 @dataclass
 class TeacherConfig:
     model: str = "builtin:smollm2"  # HF id, local folder, builtin:smollm2 or builtin:tiny
     backend: str = "auto"  # generation: vllm (continuous batching), torch (own batching); auto = vllm if on CUDA
-    # Score with backend vllm: torch = the fused-kernel scorer, a second copy of the weights beside vLLM's; vllm =
-    # vLLM's prompt log-probs, no second copy but a full prefill per sequence and slow with top-k.
-    scorer: str = "torch"  # torch | vllm: what answers Score (log-probs of given text)
-    device: str = "auto"  # auto = cuda if available, else cpu (the torch backend and scorer)
+    # Score with backend vllm: torch = the fused-kernel scorer, a second copy of the weights beside vLLM's, on one
+    # device; vllm = vLLM's prompt log-probs, no second copy but a full prefill per sequence and slow with top-k;
+    # vllm-hidden = a second vLLM engine, sharded like the first, whose final hidden states go through the fused
+    # lm_head (the scorer for a teacher larger than one GPU).
+    scorer: str = "torch"  # torch | vllm | vllm-hidden: what answers Score (log-probs of given text)
+    device: str = "auto"  # auto = cuda if available, else cpu (the torch backend and scorer; vllm-hidden's lm_head)
     dtype: str = "auto"  # torch: auto = bfloat16 on cuda, float32 on cpu; vllm: auto = the model's
     # The torch backend's attention (transformers' attn_implementation); flash_attention_2/3 need flash-attn.
     attn_implementation: str = "sdpa"
@@ -134,6 +144,9 @@ class TeacherConfig:
     # there attends over a dense mask of the whole row).
     score_packing: str = "auto"
     vllm: VllmSettings = field(default_factory=VllmSettings)  # with backend: vllm
+    # With scorer: vllm-hidden, its own vLLM engine (the pooling runner): a second copy of the weights, sharded as
+    # these settings say, beside the generating engine's (their memory shares must fit the GPUs together).
+    scorer_vllm: VllmSettings = field(default_factory=lambda: SCORER_VLLM)
     max_prompt_tokens: int = 0  # 0 = the model's context length
     default_max_tokens: int = 16
     max_n: int = 128  # the SKD event prompt samples n = 100
@@ -187,12 +200,13 @@ class RewardConfig:
 
     model: str = "builtin:smollm2"  # the RRM: any HF causal LM; "" = rules only
     backend: str = "auto"  # the judge's generation (generate mode): auto, torch or vllm (see teacher.backend)
-    scorer: str = "torch"  # expected mode's score-token probes: torch or vllm (see teacher.scorer)
+    scorer: str = "torch"  # expected mode's score-token probes: torch, vllm or vllm-hidden (see teacher.scorer)
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"  # see teacher.attn_implementation
     score_packing: str = "auto"  # see teacher.score_packing
     vllm: VllmSettings = field(default_factory=VllmSettings)
+    scorer_vllm: VllmSettings = field(default_factory=lambda: SCORER_VLLM)  # see teacher.scorer_vllm
     mode: str = "expected"  # generate | expected | rules (a request may choose another)
     total_steps: int = 0  # T_MAX; 0 = every request must carry total_steps
     aggregation: str = "mean"  # mean | min | last
@@ -261,7 +275,8 @@ class Config:
 T = TypeVar("T")
 
 
-def _build(cls: type[T], data: Any, path: str) -> T:
+def _build(cls: type[T], data: Any, path: str, defaults: T | None = None) -> T:
+    """`cls` from a mapping; keys left out keep `defaults` (the field's own default for a nested section)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -271,19 +286,20 @@ def _build(cls: type[T], data: Any, path: str) -> T:
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
     kwargs: dict[str, Any] = {}
-    defaults = cls()
+    if defaults is None:
+        defaults = cls()
     for name, value in data.items():
         default = getattr(defaults, name)
         where = f"{path}.{name}"
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, where)
+            kwargs[name] = _build(type(default), value, where, default)
         elif isinstance(default, float) and type(value) is int:
             kwargs[name] = float(value)
         elif type(value) is not type(default):
             raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
         else:
             kwargs[name] = value
-    return cls(**kwargs)
+    return dataclasses.replace(defaults, **kwargs)  # type: ignore[type-var]
 
 
 def load_config(path: str | Path | None = None, default_services: dict[str, Any] | None = None) -> Config:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from proctor.engine.config import Config
 from proctor.engine.services.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -82,3 +84,80 @@ def test_operations_reference_is_current() -> None:
     assert reference.render(reference.DOC.read_text()) == reference.DOC.read_text(), (
         "deploy/OPERATIONS.md is stale: python -m proctor.engine.jobs.reference --write"
     )
+
+
+def _documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d]
+
+
+def _config(documents: list[dict[str, Any]], container: dict[str, Any], tmp_path: Path) -> Config:
+    """The proctor config a container serves, as proctor loads it."""
+    from proctor.engine.config import load_config
+
+    command = " ".join(container.get("command", []) + container["args"])
+    name = re.search(r"--config /etc/proctor/(\S+)", command)
+    assert name is not None, command
+    path = tmp_path / name.group(1)
+    path.write_text(next(d for d in documents if d["kind"] == "ConfigMap")["data"][name.group(1)])
+    return load_config(path)
+
+
+def _gpus(container: dict[str, Any]) -> int:
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"]
+    return int(container["resources"]["limits"]["nvidia.com/gpu"])
+
+
+def _check_sharded_teacher(config: Config, gpus_per_pod: int, pods: int) -> None:
+    """Generation spans every GPU of the group; the hidden-state scorer's engine fits one pod's GPUs, and the two
+    engines' memory shares fit those GPUs together."""
+    teacher = config.teacher
+    assert teacher is not None and teacher.backend == "vllm" and teacher.scorer == "vllm-hidden"
+    gen, score = teacher.vllm, teacher.scorer_vllm
+    assert gen.tensor_parallel_size * gen.pipeline_parallel_size == gpus_per_pod * pods
+    assert gen.distributed_executor_backend == ("ray" if pods > 1 else "mp")
+    assert score.tensor_parallel_size * score.pipeline_parallel_size == gpus_per_pod
+    assert score.distributed_executor_backend == "mp"
+    assert gen.gpu_memory_utilization + score.gpu_memory_utilization <= 0.9
+
+
+def test_the_one_pod_tensor_parallel_teacher(tmp_path: Path) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    documents = _documents("proctor-tp.yaml")
+    assert sorted(d["kind"] for d in documents) == ["ConfigMap", "Deployment", "Service"]
+    for document in documents:
+        kubernetes_validate.validate(document, "1.30", strict=True)
+    pod = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["grpc"]["service"] == "proctor.v1.Teacher"
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"]), "a /dev/shm for the workers"
+    _check_sharded_teacher(_config(documents, container, tmp_path), _gpus(container), pods=1)
+
+
+def test_the_multi_node_teacher_is_a_leader_worker_set(tmp_path: Path) -> None:
+    """kubernetes-validate knows the built-in kinds, not the LeaderWorkerSet CRD: its two pod templates are
+    validated as PodTemplates, its own fields checked here."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    documents = _documents("proctor-multinode.yaml")
+    assert sorted(d["kind"] for d in documents) == ["ConfigMap", "LeaderWorkerSet", "Service"]
+    for document in (d for d in documents if d["kind"] != "LeaderWorkerSet"):
+        kubernetes_validate.validate(document, "1.30", strict=True)
+    lws = next(d for d in documents if d["kind"] == "LeaderWorkerSet")
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert group["restartPolicy"] == "RecreateGroupOnPodRestart"
+    for role in ("leaderTemplate", "workerTemplate"):
+        template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": role.lower()},
+            "template": group[role],
+        }
+        kubernetes_validate.validate(template, "1.30", strict=True)
+    leader = group["leaderTemplate"]["spec"]["containers"][0]
+    worker = group["workerTemplate"]["spec"]["containers"][0]
+    assert "ray start --head" in leader["args"][0] and "LWS_GROUP_SIZE" in leader["args"][0]
+    assert "ray start --address=$LWS_LEADER_ADDRESS" in worker["args"][0]
+    assert _gpus(leader) == _gpus(worker)
+    service = next(d for d in documents if d["kind"] == "Service")
+    assert service["spec"]["selector"]["role"] == "leader" == group["leaderTemplate"]["metadata"]["labels"]["role"]
+    _check_sharded_teacher(_config(documents, leader, tmp_path), _gpus(leader), pods=group["size"])

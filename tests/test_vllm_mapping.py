@@ -131,8 +131,11 @@ def test_backend_and_scorer_are_checked() -> None:
         TeacherConfig(backend="tgi")
     with pytest.raises(ConfigError, match=r"teacher\.scorer: vllm needs teacher\.backend: vllm"):
         TeacherConfig(scorer="vllm")
-    with pytest.raises(ConfigError, match=r"reward\.scorer"):
+    with pytest.raises(ConfigError, match=r"teacher\.scorer: vllm-hidden needs teacher\.backend: vllm"):
+        TeacherConfig(scorer="vllm-hidden", backend="torch")
+    with pytest.raises(ConfigError, match=r"reward\.scorer: 'jax' is not one of torch, vllm, vllm-hidden"):
         load_config(None, {"reward": {"scorer": "jax"}})
+    assert TeacherConfig(scorer="vllm-hidden", backend="vllm").scorer == "vllm-hidden"
 
 
 def test_vllm_settings_come_from_yaml(tmp_path: Path) -> None:
@@ -144,6 +147,11 @@ def test_vllm_settings_come_from_yaml(tmp_path: Path) -> None:
     teacher = load_config(path).teacher
     assert teacher is not None and teacher.vllm.tensor_parallel_size == 2
     assert teacher.vllm.gpu_memory_utilization == 0.5 and teacher.vllm.enforce_eager
+    assert teacher.scorer_vllm.gpu_memory_utilization == 0.25, "the pooling engine's own default"
+    path.write_text("teacher:\n  backend: vllm\n  scorer: vllm-hidden\n  scorer_vllm: {tensor_parallel_size: 4}\n")
+    teacher = load_config(path).teacher
+    assert teacher is not None and teacher.scorer_vllm.tensor_parallel_size == 4
+    assert teacher.scorer_vllm.gpu_memory_utilization == 0.25, "keys left out keep the section's default"
     path.write_text("teacher:\n  backend: vllm\n  vllm: {tensor_parallel: 2}\n")
     with pytest.raises(ConfigError, match=r"teacher\.vllm: unknown key\(s\) tensor_parallel"):
         load_config(path)
@@ -161,3 +169,8 @@ async def test_one_engine_per_model_so_settings_must_agree() -> None:
     )
     with pytest.raises(ConfigError, match=r"reward\.vllm: differs from teacher\.vllm for the same model"):
         await ProctorServer(config).start()  # refused while wiring the services, before any engine starts
+    config.reward.vllm = config.teacher.vllm  # type: ignore[union-attr]
+    config.teacher.scorer = config.reward.scorer = "vllm-hidden"  # type: ignore[union-attr]
+    config.reward.scorer_vllm = VllmSettings(tensor_parallel_size=2)  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"reward\.scorer_vllm: differs from teacher\.scorer_vllm"):
+        await ProctorServer(config).start()

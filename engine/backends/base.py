@@ -35,7 +35,21 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-class Generator(Backend, Protocol):
+class Scorer(Backend, Protocol):
+    """Log-probs of given tokens from a causal LM."""
+
+    async def score(self, item: ScoreItem) -> ScoreOutput: ...
+
+    async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
+        """Each continuation scored after the shared context, as if scored on its own."""
+        ...
+
+    async def probe_group(self, item: ProbeGroupItem) -> GroupOutput:
+        """Probes that share a context (e.g. every atom's score position after one RRM prompt)."""
+        ...
+
+
+class Generator(Scorer, Protocol):
     """Completions and log-probs of given tokens from a causal LM."""
 
     def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...
@@ -52,14 +66,4 @@ class Generator(Backend, Protocol):
 
     async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
         """Items that must share a batch (e.g. the seven relation prompts of one SKD event)."""
-        ...
-
-    async def score(self, item: ScoreItem) -> ScoreOutput: ...
-
-    async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
-        """Each continuation scored after the shared context, as if scored on its own."""
-        ...
-
-    async def probe_group(self, item: ProbeGroupItem) -> GroupOutput:
-        """Probes that share a context (e.g. every atom's score position after one RRM prompt)."""
         ...

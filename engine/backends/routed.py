@@ -1,5 +1,6 @@
 """A Generator made of two backends: completions from one (vLLM), log-probs of given text from another (the
-torch scorer with the fused kernels: no [tokens, vocab] logits, shared-context groups)."""
+torch scorer, or vLLM's hidden states through the fused lm_head: no [tokens, vocab] logits, shared-context
+groups)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 from functools import cached_property
 from typing import Any
 
-from proctor.engine.backends.base import Generator
+from proctor.engine.backends.base import Generator, Scorer
 from proctor.engine.items import (
     BackendInfo,
     GenerateItem,
@@ -21,7 +22,7 @@ from proctor.engine.items import (
 
 
 class GenerateAndScore:
-    def __init__(self, generator: Generator, scorer: Generator) -> None:
+    def __init__(self, generator: Generator, scorer: Scorer) -> None:
         """Both must serve the same model (same tokenizer and vocabulary): the server builds them from one name."""
         self.generator = generator
         self.scorer = scorer

