@@ -62,15 +62,3 @@ def test_gpu_memory_peak_and_batch_statistics_are_read_off_metrics_text() -> Non
     )
     assert histogram_totals(histogram, "proctor_batch_size_items") == (40.0, 5.0)
     assert histogram_totals("", "proctor_batch_size_items") == (0.0, 0.0)
-
-
-def test_gpu_bars_harness_end_to_end_on_small_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GPU-bars run, at tiny shapes on the CPU: models built from configs, served, driven, reported."""
-    from proctor.bench import gpu_bars
-
-    monkeypatch.setattr(load, "RESULTS", tmp_path)
-    gpu_bars.main(["--small", "--device", "cpu", "--workdir", str(tmp_path)])
-    for name in ("score", "skd", "grpo"):
-        [report] = [json.loads(p.read_text()) for p in tmp_path.glob(f"*-bench-{name}-smoke.json")]
-        assert all(not level["errors"] and level["items"] > 0 for level in report["levels"]), name
-    assert json.loads(next(tmp_path.glob("*-bench-score-smoke.json")).read_text())["levels"][0]["tokens_per_s"] > 0

@@ -1,0 +1,3 @@
+from proctor.bench.gpu_check.run import main
+
+main()

@@ -1,0 +1,91 @@
+"""gpu-check: its CPU rehearsal end to end (the report's structure), and the budget that cuts a phase short."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from proctor.bench.gpu_check import run
+from proctor.bench.gpu_check.report import FAIL, OUT_OF_TIME, PASS, SKIPPED, Figure, PhaseLog, read_record
+
+OURS = ("env", "models", "serve", "bars", "packed")
+
+
+def test_rehearsal_runs_every_phase_and_reports_it(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "proctor.bench.gpu_check", "--rehearse", "--out", str(out), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [report_path] = out.glob("*-cpu-rehearsal-gpu-check.json")
+    report = json.loads(report_path.read_text())
+    assert report["rehearse"] and report["elapsed_s"] <= report["budget_s"] and report["elapsed_s"] <= elapsed
+    assert set(report["ceilings"]) == {"copy_gb_s", "matmul_tflops", "matmul_dtype"}
+    phases = {p["name"]: p for p in report["phases"]}
+    assert list(phases) == [p.name for p in run.PHASES]
+    for name in OURS:
+        p = phases[name]
+        assert p["status"] == PASS, (name, p["reason"], p["log_tail"])
+        assert 0 < p["elapsed_s"] <= p["budget_s"] and p["record"]["finished"], name
+        assert p["record"]["checks"] and all(c["ok"] for c in p["record"]["checks"]), name
+    # The kernels phase is another command's (issue 16): whatever its outcome, it is reported with its reason.
+    kernels = phases["kernels"]
+    assert kernels["status"] in (PASS, FAIL) and (kernels["status"] == PASS or kernels["reason"])
+    assert phases["tp"]["status"] == SKIPPED and phases["tp"]["reason"]
+    figures = {f["name"]: f for p in report["phases"] if p["record"] for f in p["record"]["figures"]}
+    for name in ("Score through gRPC", "Score top-20 through gRPC", "GRPO groups, one step", "Critic through gRPC"):
+        f = figures[name]
+        assert f["value"] > 0 and f["anchor_value"] > 0 and 0 < f["of_ceiling"] < 1, f
+        assert f["target"] is None and f["met"] is None, "a rehearsal judges no GPU bar"
+    errors = [f for f in figures.values() if f["unit"] == "nats"]
+    assert len(errors) >= 5 and all(f["met"] for f in errors), errors
+    assert all(math.isfinite(f["value"]) for f in figures.values())
+    md = report_path.with_suffix(".md").read_text()
+    assert all(f"| {name} |" in md for name in phases) and "## Figures" in md
+    assert report_path.with_suffix(".log").read_text().count("== gpu-check phase") >= 2 * len(OURS)
+
+
+def test_a_phase_past_its_budget_is_ended_with_what_it_started(tmp_path: Path) -> None:
+    # A "phase" that records, starts a child, and then hangs: cut at its budget, its child goes with it.
+    script = (
+        "import subprocess, sys, time\n"
+        "from pathlib import Path\n"
+        "from proctor.bench.gpu_check.report import PhaseLog\n"
+        f"log = PhaseLog(Path({str(tmp_path)!r}), 'slow')\n"
+        "log.check('first', True, 'recorded before the budget ran out')\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"Path({str(tmp_path / 'child')!r}).write_text(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    with open(tmp_path / "log", "w") as log:
+        t0 = time.monotonic()
+        code, _ = run._run_process([sys.executable, "-c", script], 8.0, log)
+    assert code is None and time.monotonic() - t0 < 20
+    child = int((tmp_path / "child").read_text())
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    record = read_record(tmp_path, "slow")
+    assert record is not None and not record.finished and [c.name for c in record.checks] == ["first"]
+    status, reason = run._outcome(run.Phase("slow", "", 8, 8), code, record, tmp_path)
+    assert status == OUT_OF_TIME and reason
+
+
+def test_outcomes_of_our_phases(tmp_path: Path) -> None:
+    phase = run.Phase("serve", "", 1, 1)
+    log = PhaseLog(tmp_path, "serve")
+    log.check("a", True, "")
+    assert run._outcome(phase, 0, log.record, tmp_path)[0] == FAIL, "a phase must finish its record"
+    log.figure(Figure("rate", 1.0, "tok/s", target=2.0))
+    log.finish()
+    assert run._outcome(phase, 0, log.record, tmp_path) == (PASS, "bars missed: rate")
+    log.check("b", False, "")
+    assert run._outcome(phase, 0, log.record, tmp_path) == (FAIL, "failed: b")
+    assert run._outcome(phase, 1, log.record, tmp_path) == (FAIL, "exited with 1")
