@@ -9,12 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from proctor.bench.gpu_check import run
 from proctor.bench.gpu_check.report import FAIL, OUT_OF_TIME, PASS, SKIPPED, Figure, PhaseLog, read_record
 
 OURS = ("env", "models", "serve", "bars", "packed")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # ~1 minute of 2 CPU cores: six phase processes and four servers, each importing torch
 def test_rehearsal_runs_every_phase_and_reports_it(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     started = time.monotonic()
@@ -44,7 +48,7 @@ def test_rehearsal_runs_every_phase_and_reports_it(tmp_path: Path) -> None:
     figures = {f["name"]: f for p in report["phases"] if p["record"] for f in p["record"]["figures"]}
     for name in ("Score through gRPC", "Score top-20 through gRPC", "GRPO groups, one step", "Critic through gRPC"):
         f = figures[name]
-        assert f["value"] > 0 and f["anchor_value"] > 0 and 0 < f["of_ceiling"] < 1, f
+        assert f["value"] > 0 and f["anchor_value"] > 0 and f["of_ceiling"] > 0, f  # a loaded CPU may pass 1
         assert f["target"] is None and f["met"] is None, "a rehearsal judges no GPU bar"
     errors = [f for f in figures.values() if f["unit"] == "nats"]
     assert len(errors) >= 5 and all(f["met"] for f in errors), errors
@@ -89,3 +93,8 @@ def test_outcomes_of_our_phases(tmp_path: Path) -> None:
     log.check("b", False, "")
     assert run._outcome(phase, 0, log.record, tmp_path) == (FAIL, "failed: b")
     assert run._outcome(phase, 1, log.record, tmp_path) == (FAIL, "exited with 1")
+
+
+def test_the_h200_budgets_fit_eight_minutes() -> None:
+    one_gpu = [p for p in run.PHASES if p.name != "tp"]  # tp runs only where 2+ GPUs are visible
+    assert sum(p.budget_s for p in one_gpu) <= run.TOTAL_BUDGET_S <= 8 * 60

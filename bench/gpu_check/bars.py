@@ -160,9 +160,8 @@ def run(ctx: PhaseContext) -> None:
     critic = {"model": str(ctx.models / "critic"), "device": s.device, "dtype": s.dtype, "cutoff": 0.5,
               "max_batch_items": 1024, "max_batch_tokens": 49152}  # fmt: skip
     text = servers.config(teacher=servers.teacher_section(ctx, s.dtype, score_packing="padded"), critic=critic)
-    with servers.running(ctx, {"bars": text}) as up:
+    with servers.running(ctx, {"bars": text}, lambda: Anchors(ctx)) as (up, anchors):
         served = up["bars"]
-        anchors = Anchors(ctx)
         teacher = TeacherClient(served.target, timeout_s=600, max_message_bytes=servers.MAX_MESSAGE)
         vocab = teacher.info().vocab_size
         warm = score_requests(s, BATCH, 20, WARM_SEED, vocab)

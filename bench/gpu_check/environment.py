@@ -19,11 +19,11 @@ import torch
 
 from proctor.bench.gpu_check.context import PhaseContext
 from proctor.bench.gpu_check.report import Figure
+from proctor.bench.gpu_wheels import image_packages, unmet_here
 from proctor.bench.kernels import device_tag
 
-# Packages the check needs; the GPU image lacks some of them (they travel as wheels: bench/gpu_wheels.sh).
-PACKAGES = ("torch", "triton", "transformers", "tokenizers", "safetensors", "grpcio", "grpcio-health-checking",
-            "grpcio-reflection", "protobuf", "prometheus-client", "numpy", "PyYAML")  # fmt: skip
+# The versions the report names (the rest of the machine: image_drift and the requirements check).
+PACKAGES = ("torch", "triton", "transformers", "tokenizers", "grpcio", "protobuf", "fastapi", "numpy")
 
 
 def _version(package: str) -> str:
@@ -84,8 +84,15 @@ def run(ctx: PhaseContext) -> None:
     versions = {"python": platform.python_version(), **{p: _version(p) for p in PACKAGES}}
     versions["torch.cuda"] = str(torch.version.cuda)
     ctx.log.data(versions=versions)
-    absent = [p for p in PACKAGES if versions[p] == "absent" and p != "triton"]
-    ctx.log.check("packages", not absent, "all present" if not absent else "absent: " + ", ".join(absent))
+    unmet = unmet_here()
+    ctx.log.check("requirements", not unmet, "proctor's run-time requirements met, theirs too" if not unmet else
+                  "unmet (bench/gpu_wheels.sh carries what the image lacks): " + "; ".join(unmet))  # fmt: skip
+    drift = {
+        name: f"{version} here, {listed} listed"
+        for name, listed in image_packages().items()
+        if listed is not None and (version := _version(name)) != str(listed)
+    }
+    ctx.log.data(image_drift=drift)  # on a GPU: where bench/gpu_image_packages.txt needs updating
     if s.device == "cuda":
         if not ctx.log.check("CUDA", torch.cuda.is_available(), f"torch {torch.__version__} sees CUDA"):
             return

@@ -32,7 +32,7 @@ def run(ctx: PhaseContext) -> None:
     teacher_section = servers.teacher_section(
         ctx, s.dtype, attn_implementation=s.packed_attention, score_packing="packed"
     )
-    with servers.running(ctx, {"packed": servers.config(teacher=teacher_section)}) as up:
+    with servers.running(ctx, {"packed": servers.config(teacher=teacher_section)}, lambda: None) as (up, _):
         served = up["packed"]
         teacher = TeacherClient(served.target, timeout_s=600, max_message_bytes=servers.MAX_MESSAGE)
         vocab = teacher.info().vocab_size

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +17,7 @@ from proctor.bench.gpu_check.context import PhaseContext
 from proctor.bench.server import Served, scrape, serve
 from proctor.proto.proctor.v1 import critic_pb2, reward_pb2, teacher_pb2
 
+T = TypeVar("T")
 # Large enough for a Score result with top-20 at every one of 16k tokens.
 MAX_MESSAGE = 256 << 20
 SERVICES = {
@@ -47,8 +49,11 @@ def teacher_section(ctx: PhaseContext, dtype: str, **overrides: object) -> dict[
 
 
 @contextlib.contextmanager
-def running(ctx: PhaseContext, configs: dict[str, str]) -> Iterator[dict[str, Served]]:
-    """The servers of `configs` (name -> config text), started at once and stopped on the way out."""
+def running(
+    ctx: PhaseContext, configs: dict[str, str], alongside: Callable[[], T]
+) -> Iterator[tuple[dict[str, Served], T]]:
+    """The servers of `configs` (name -> config text), started at once and stopped on the way out, and what
+    `alongside` returns: it runs here while they start (loading the in-process references, say)."""
     folders = {name: ctx.workdir / f"server-{ctx.log.record.phase}-{name}" for name in configs}
     for folder in folders.values():
         folder.mkdir(exist_ok=True)
@@ -56,13 +61,14 @@ def running(ctx: PhaseContext, configs: dict[str, str]) -> Iterator[dict[str, Se
     def start(name: str) -> Served:
         return serve(folders[name], configs[name])
 
-    with ThreadPoolExecutor(len(configs)) as pool:
-        futures = {name: pool.submit(start, name) for name in configs}
     started: dict[str, Served] = {}
     try:
-        for name, future in futures.items():
-            started[name] = future.result()
-        yield started
+        with ThreadPoolExecutor(len(configs)) as pool:
+            futures = {name: pool.submit(start, name) for name in configs}
+            extra = alongside()
+            for name, future in futures.items():
+                started[name] = future.result()
+        yield started, extra
     finally:
         for served in started.values():
             served.proc.terminate()

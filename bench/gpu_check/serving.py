@@ -107,9 +107,8 @@ def run(ctx: PhaseContext) -> None:
                 "score_packing": "padded", "mode": "expected", "total_steps": 100},
     )  # fmt: skip
     packed = servers.config(teacher=servers.teacher_section(ctx, "float32", score_packing="packed"))
-    with servers.running(ctx, {"padded": padded, "packed": packed}) as up:
+    with servers.running(ctx, {"padded": padded, "packed": packed}, lambda: Reference(ctx)) as (up, ref):
         log.check("servers up", True, ", ".join(f"{n} at {u.target}" for n, u in up.items()))
-        ref = Reference(ctx)
         target, metrics = up["padded"].target, up["padded"].metrics
         states = servers.health(target, list(servers.SERVICES.values()))
         log.check("health", all(v == "SERVING" for v in states.values()), str(states))
