@@ -31,6 +31,7 @@ from proctor.bench.gpu_check.report import (
     OUT_OF_TIME,
     PASS,
     SKIPPED,
+    Check,
     PhaseLog,
     PhaseRecord,
     PhaseResult,
@@ -105,6 +106,12 @@ def _command(phase: Phase, workdir: Path, rehearse: bool) -> list[str]:
     return [sys.executable, "-m", "proctor.bench.gpu_check", "--phase", phase.name, "--workdir", str(workdir), *flag]
 
 
+def _say(log: TextIO, line: str) -> None:
+    print(line, flush=True)
+    log.write(line + "\n")
+    log.flush()
+
+
 def _stream(proc: subprocess.Popen[str], log: TextIO, tail: collections.deque[str]) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -148,13 +155,15 @@ def _run_process(command: list[str], budget_s: float, log: TextIO) -> tuple[int 
     return code, "".join(tail)
 
 
-def _outcome(phase: Phase, code: int | None, record: PhaseRecord | None, workdir: Path) -> tuple[str, str]:
+def _outcome(phase: Phase, code: int | None, record: PhaseRecord | None) -> tuple[str, str]:
     if code is None:
         return OUT_OF_TIME, "its budget ran out; what it had recorded is kept"
     if code != 0:
         return FAIL, f"exited with {code}"
-    if phase.name in PHASE_MODULES:
-        if record is None or not record.finished:
+    if record is None and phase.name in PHASE_MODULES:
+        return FAIL, "ended without a record"
+    if record is not None:
+        if not record.finished:
             return FAIL, "ended without finishing its record"
         failed = [c.name for c in record.checks if not c.ok]
         missed = [f.name for f in record.figures if f.met is False]
@@ -166,11 +175,20 @@ def _outcome(phase: Phase, code: int | None, record: PhaseRecord | None, workdir
 
 
 def _external_record(phase: Phase, workdir: Path) -> PhaseRecord | None:
-    """The kernels' and the TP check's own JSON, carried into the report whole."""
+    """The kernels' and the TP check's own JSON, carried into the report whole; each row of theirs that has an
+    error bound becomes one of our checks, and their `passed` verdict one more."""
     found = sorted((workdir / phase.name).glob("*.json"))
     if not found:
         return None
-    return PhaseRecord(phase.name, data={p.name: json.loads(p.read_text()) for p in found}, finished=True)
+    record = PhaseRecord(phase.name, data={p.name: json.loads(p.read_text()) for p in found}, finished=True)
+    for name, data in record.data.items():
+        for row in data.get("rows", []) if isinstance(data, dict) else []:
+            if row.get("tolerance") is not None and row.get("max_err") is not None:
+                detail = f"max error {row['max_err']:.1e} (bound {row['tolerance']:.0e}), {row.get('ms', 0):.3f} ms"
+                record.checks.append(Check(f"{row.get('case')}: {row.get('impl')}", bool(row.get("ok")), detail))
+        if isinstance(data, dict) and "passed" in data:
+            record.checks.append(Check(f"{name}: passed", bool(data["passed"]), "the command's own verdict"))
+    return record
 
 
 def run_check(args: argparse.Namespace, now: Callable[[], float] = time.monotonic) -> Path:
@@ -197,17 +215,19 @@ def run_check(args: argparse.Namespace, now: Callable[[], float] = time.monotoni
                 results.append(PhaseResult(phase.name, phase.what, max(budget, 0), 0.0, OUT_OF_TIME,
                                            "no time left in the whole check's budget", None))  # fmt: skip
             else:
-                print(f"== gpu-check phase {phase.name} (budget {budget:.0f} s): {phase.what}", flush=True)
+                _say(log, f"== gpu-check phase {phase.name} (budget {budget:.0f} s): {phase.what}")
                 t0 = now()
                 code, tail = _run_process(_command(phase, workdir, rehearse), budget, log)
                 record = read_record(workdir, phase.name) if phase.name in PHASE_MODULES else None
                 record = record or _external_record(phase, workdir)
-                status, reason = _outcome(phase, code, record, workdir)
+                status, reason = _outcome(phase, code, record)
                 shown = tail if status != PASS else ""
                 results.append(PhaseResult(phase.name, phase.what, budget, now() - t0, status, reason, record, shown))
-                print(f"== gpu-check phase {phase.name}: {status}" + (f" ({reason})" if reason else ""), flush=True)
+                _say(log, f"== gpu-check phase {phase.name}: {status}" + (f" ({reason})" if reason else ""))
             stem = _write_report(out, workdir, results, command, rehearse, total, now() - started, stem)
     shutil.copy(workdir / "gpu-check.log", stem.with_suffix(".log"))
+    for own in sorted((workdir / "kernels").glob("*")) + sorted((workdir / "tp").glob("*")):
+        shutil.copy(own, out / own.name)  # their own tables, beside the report (at most 8 files come back)
     return stem
 
 
