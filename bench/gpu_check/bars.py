@@ -34,10 +34,10 @@ from proctor.bench.gpu_check.models import decoder_flops, encoder_flops
 from proctor.bench.gpu_check.report import Figure
 from proctor.bench.gpu_check.scale import Scale
 from proctor.clients.teacher import TeacherClient, score_group_request, score_request
-from proctor.engine.backends.torch_generator import TorchGenerator
-from proctor.engine.critic_input import triple_pairs
+from proctor.engine.backends.torch.generator import TorchGenerator
+from proctor.engine.items import ScoreItem
 from proctor.engine.services.convert import RELATIONS
-from proctor.engine.types import ScoreItem
+from proctor.engine.skd.critic_input import triple_pairs
 from proctor.proto.proctor.v1 import teacher_pb2, teacher_pb2_grpc
 
 BATCH = 16  # sequences per Score batch: 16 x 1,024 tokens

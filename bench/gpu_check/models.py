@@ -22,7 +22,7 @@ import torch
 
 from proctor.bench.gpu_check.context import PhaseContext
 from proctor.bench.gpu_check.scale import GPU, Scale
-from proctor.engine.models import resolve_model
+from proctor.engine.backends.builtin_models import resolve_model
 
 CRITIC_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
