@@ -10,6 +10,8 @@ One server in the bars' dtype (bfloat16 on a GPU) hosts the teacher (padded Scor
   batching): the gRPC time over it. Bar: < 3 %.
 - GRPO groups: 64 prompts x 16 continuations, 1,024 + 512 tokens, as Score groups (the context once). Anchor: the
   same 1,024 sequences scored whole. Bar: <= 3.0 s.
+- Score top-20 through HTTP: the top-20 bar's sequences as vLLM's `/v1/completions` with `prompt_logprobs: 20`,
+  the route trainers that speak vLLM's API call. Anchor: the same through gRPC. Bar: >= 150k tok/s.
 - Critic: SKD triples (5 name draws = 5 pairs each) on ClassifyBatched, 4 streams. Anchor: the same pairs
   tokenized and run by transformers in this process, length-sorted into the server's batch limits. Bar: >= 30k
   pairs/s.
@@ -21,8 +23,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -159,7 +165,9 @@ def run(ctx: PhaseContext) -> None:
     s, log = ctx.scale, ctx.log
     critic = {"model": str(ctx.models / "critic"), "device": s.device, "dtype": s.dtype, "cutoff": 0.5,
               "max_batch_items": 1024, "max_batch_tokens": 49152}  # fmt: skip
-    text = servers.config(teacher=servers.teacher_section(ctx, s.dtype, score_packing="padded"), critic=critic)
+    http = _free_port()
+    text = servers.config(teacher=servers.teacher_section(ctx, s.dtype, score_packing="padded"), critic=critic,
+                          http={"port": http})  # fmt: skip
     with servers.running(ctx, {"bars": text}, lambda: Anchors(ctx)) as (up, anchors):
         served = up["bars"]
         teacher = TeacherClient(served.target, timeout_s=600, max_message_bytes=servers.MAX_MESSAGE)
@@ -173,6 +181,7 @@ def run(ctx: PhaseContext) -> None:
         teacher.score([score_group_request("w", [3] * s.grpo_context, [[4] * s.grpo_cont] * s.grpo_n)])
         held = servers.gauge(served.metrics, "proctor_gpu_memory_bytes")
         requests = _score_bars(ctx, served, anchors, vocab, held)
+        _http_top20(ctx, f"http://127.0.0.1:{http}", vocab)
         seconds = _backend_seconds(ctx, requests)
         log.data(backend_direct_s=seconds)
         grpc_s = float(log.record.data["score_grpc_s"])
@@ -221,6 +230,63 @@ def _score_bars(
                               _target(s, 1.0), False, note=f"gauge peak {level.gpu_memory_peak_gib:.2f} GiB - held "
                               f"before the bars {held / 2**30:.2f} GiB"))  # fmt: skip
     return plain
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _post(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as err:
+        return int(err.code), bytes(err.read())
+
+
+def _http_top20(ctx: PhaseContext, base: str, vocab: int) -> None:
+    """The Score top-20 bar's sequences as vLLM-compatible `/v1/completions` with `prompt_logprobs: 20` (scoring
+    only), BATCH prompts a request, on `concurrency` connections: what trainers speaking vLLM's HTTP API send."""
+    s, log = ctx.scale, ctx.log
+    prompts = [
+        [*r.context.token_ids.ids, *r.target.token_ids.ids] for r in score_requests(s, s.top20_seqs, 20, 20, vocab)
+    ]
+    bodies = [json.dumps({"prompt": prompts[i : i + BATCH], "max_tokens": 0, "prompt_logprobs": 20}).encode()
+              for i in range(0, len(prompts), BATCH)]  # fmt: skip
+    url = base + "/v1/completions"
+    status, first = _post(url, bodies[0])  # the warm-up, whose answer is read whole
+    choices = json.loads(first).get("choices", []) if status == 200 else []
+    positions = [c.get("prompt_logprobs") or [] for c in choices]
+    shaped = len(choices) == BATCH and all(
+        len(p) == s.score_len and p[0] is None and all(20 <= len(e) <= 21 for e in p[1:]) for p in positions
+    )
+    if not log.check("HTTP prompt_logprobs answers", shaped, f"status {status}; {len(choices)} choices of "
+                     f"{[len(p) for p in positions][:2]} positions with the actual token + top-20 each"):  # fmt: skip
+        return
+
+    def post(body: bytes) -> int:
+        return _post(url, body)[0]  # the bytes are dropped at once: the client must not be the bottleneck
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(s.concurrency) as pool:
+        statuses = list(pool.map(post, bodies))
+    seconds = time.perf_counter() - t0
+    bad = [x for x in statuses if x != 200]
+    log.check("HTTP bar answers", not bad, f"{len(bodies)} requests of {BATCH} prompts; not 200: {bad}")
+    bars = {f.name: f for f in log.record.figures}
+    grpc = bars.get("Score top-20 through gRPC")
+    rate = len(prompts) * s.score_len / seconds
+    log.figure(Figure("Score top-20 through HTTP (/v1/completions prompt_logprobs)", rate, "tok/s",
+                      _target(s, 150_000.0), anchor="the same sequences' Score top-20 through gRPC",
+                      anchor_value=grpc.value if grpc else None,
+                      of_ceiling=ctx.matmul_share(rate * decoder_flops(s.teacher, s.score_len, s.score_len - 1)
+                                                  / s.score_len), ceiling=ctx.matmul_ceiling(),
+                      note=f"{len(prompts)} x {s.score_len} tokens, top-20 at every position, {s.concurrency} "
+                           f"connections, {seconds:.2f} s; vLLM's own server did 17k tok/s with top-20 on an H100 "
+                           "(issue 20)"))  # fmt: skip
 
 
 def _grpo(ctx: PhaseContext, teacher: TeacherClient, vocab: int) -> None:

@@ -61,7 +61,7 @@ PHASES = (
     Phase("kernels", "scoring kernels vs float64 and beside torch (`proctor.bench.kernels --check`)", 150, 150),
     Phase("models", "random-init Qwen2.5-1.5B-shaped teacher and RoBERTa-large-shaped critic", 40, 60),
     Phase("serve", "the server on the device through gRPC: every RPC checked against float64", 75, 120),
-    Phase("bars", "Score, Score top-20, GRPO groups, critic: rates beside their anchors", 120, 120),
+    Phase("bars", "Score, Score top-20 (gRPC, HTTP), GRPO groups, critic: rates beside their anchors", 120, 120),
     Phase("packed", "Score with packed rows (flex_attention), beside the padded answers", 70, 90),
     Phase("tp", "tensor parallel 2 (`proctor.bench.tp_check`), on machines with 2+ GPUs", 120, 60),
 )

@@ -47,7 +47,7 @@ GPU = Scale(
 )  # fmt: skip
 REHEARSAL = Scale(
     rehearse=True, device="cpu", dtype="float32", teacher=TINY_TEACHER, critic=TINY_CRITIC,
-    copy_mib=64, gemm_n=512, score_len=64, score_context=16, score_seqs=32, top20_seqs=16,
+    copy_mib=64, gemm_n=512, score_len=64, score_context=16, score_seqs=32, top20_seqs=32,
     grpo_prompts=4, grpo_n=4, grpo_context=48, grpo_cont=16, critic_triples=256, packed_attention="sdpa",
     max_score_tokens=1024,
 )  # fmt: skip
