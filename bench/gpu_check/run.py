@@ -136,21 +136,13 @@ def _run_process(command: list[str], budget_s: float, log: TextIO) -> tuple[int 
         code: int | None = proc.wait(timeout=budget_s)
     except subprocess.TimeoutExpired:
         code = None
-        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    else:  # its servers, if it left any: they are in its group
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # Its whole group goes, at once: a server it started would otherwise drain for its grace period (SIGTERM),
+    # holding the GPU while the next phase starts. What the phase recorded is on disk already.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
     reader.join(timeout=5)
     return code, "".join(tail)
 

@@ -33,7 +33,7 @@ def section(**fields: object) -> str:
 
 
 def config(**sections: dict[str, object]) -> str:
-    server = section(port=0, metrics_port=0, max_message_bytes=MAX_MESSAGE)
+    server = section(port=0, metrics_port=0, max_message_bytes=MAX_MESSAGE, drain_grace_s=2.0)
     return "\n".join([f"server: {server}"] + [f"{name}: {section(**body)}" for name, body in sections.items()]) + "\n"
 
 
