@@ -38,6 +38,7 @@ VOCAB = 151_936  # Qwen2 / Qwen2.5 / Qwen3
 HIDDENS = (576, 1_536, 4_096, 8_192)
 SCORE_ROWS = 16_384
 PROBE_ROWS = (1, 11, 256)
+PROBE_TOKENS = 11  # an RRM's score tokens "0".."10"
 TOP_KS = (0, 1, 20, 64)
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
@@ -52,6 +53,7 @@ class Variant:
     tile: str
     num_warps: int
     num_stages: int
+    tokens: int = 0  # the set of tokens whose logits the launch also picks (RRM probes), 0 for Score
     launches: list[str] = field(default_factory=list)
     hiddens: list[int] = field(default_factory=list)  # H values of those launches (a runtime argument)
     registers: int = -1
@@ -160,21 +162,26 @@ def lm_head_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int
     out: dict[Key, tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]] = {}
     for dtype, name in DTYPES.items():
         pointers = dict(
-            zip(lm.POINTERS, [f"*{name}", f"*{name}", "*i64", "*fp32", "*fp32", "*i32"], strict=True),
+            zip(lm.POINTERS, [f"*{name}", f"*{name}", "*i64", "*fp32", "*fp32", "*i32", "*i32", "*fp32"], strict=True),
         )
         for top_k in TOP_KS:
-            for rows in (SCORE_ROWS, *PROBE_ROWS):
+            # Score (one target a row, top-k) at a batch's and at a few rows; RRM probes (a set of score tokens).
+            uses = [(rows, 0) for rows in (SCORE_ROWS, *PROBE_ROWS)]
+            uses += [(rows, PROBE_TOKENS) for rows in PROBE_ROWS] if top_k == 0 else []
+            for rows, set_size in uses:
                 for hidden in HIDDENS:
-                    for launch in dict.fromkeys(lm.lm_head_launches(rows, VOCAB, dtype, top_k, lm.H200_SMS)):
+                    launches = lm.lm_head_launches(rows, VOCAB, dtype, top_k, lm.H200_SMS, set_size)
+                    for launch in dict.fromkeys(launches):
                         ints, consts = lm.kernel_arguments(launch, VOCAB, hidden, hidden, hidden, dtype)
                         sig = _specialise(lm._lm_head_kernel, pointers, ints, consts)
                         key = _key("lm_head", name, top_k, launch.num_warps, launch.num_stages, sig)
                         tile = f"{launch.block_n}x{launch.block_v}x{launch.block_h}"
                         if key not in out:
-                            v = Variant("lm_head", name, top_k, tile, launch.num_warps, launch.num_stages)
+                            v = Variant("lm_head", name, top_k, tile, launch.num_warps, launch.num_stages, set_size)
                             out[key] = (v, lm._lm_head_kernel, pointers, ints, consts)
                         chunks = f", launches of {launch.rows}" if launch.rows != rows else ""
-                        what = f"{rows} rows ({launch.programs} programs{chunks})"
+                        tokens = f", {set_size} probe tokens" if set_size else ""
+                        what = f"{rows} rows ({launch.programs} programs{chunks}{tokens})"
                         variant = out[key][0]
                         variant.launches += [] if what in variant.launches else [what]
                         variant.hiddens += [] if hidden in variant.hiddens else [hidden]
@@ -204,7 +211,8 @@ def build_all(progress: bool = True) -> list[Variant]:
         done.append(compile_variant(v, fn, pointers, ints, consts))
         if progress:
             print(
-                f"{v.kernel:<8} {v.dtype} top-{v.top_k:<3} {v.tile:<11} w{v.num_warps} s{v.num_stages}: "
+                f"{v.kernel:<8} {v.dtype} top-{v.top_k:<3} set-{v.tokens:<2} {v.tile:<11} "
+                f"w{v.num_warps} s{v.num_stages}: "
                 f"{v.registers} regs, stack {v.stack}, smem {v.shared}, wgmma {v.wgmma}, tma {v.tma} "
                 f"({v.compile_s:.1f} s) {'; '.join(v.problems)}",
                 flush=True,
@@ -234,14 +242,15 @@ def write_report(variants: list[Variant], stem: Path, command: str) -> None:
         f"Verdict: **{'passed' if record['passed'] else 'FAILED'}** (no stack, shared <= 227 KB, 16-bit dots on "
         "wgmma).",
         "",
-        "| kernel | dtype | top-k | tile | warps | stages | regs | stack B | shared KB | wgmma | TMA | launches "
+        "| kernel | dtype | top-k | set | tile | warps | stages | regs | stack B | shared KB | wgmma | TMA | launches "
         "| problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         launches = "; ".join(v.launches) + (f"; H {', '.join(map(str, v.hiddens))}" if v.hiddens else "")
         lines.append(
-            f"| {v.kernel} | {v.dtype} | {v.top_k} | {v.tile} | {v.num_warps} | {v.num_stages} | {v.registers} | "
+            f"| {v.kernel} | {v.dtype} | {v.top_k} | {v.tokens} | {v.tile} | {v.num_warps} | {v.num_stages} | "
+            f"{v.registers} | "
             f"{v.stack} | {v.shared / 1024:.1f} | {v.wgmma} | {v.tma} | {launches} | {'; '.join(v.problems) or 'ok'} |"
         )
     stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")

@@ -303,7 +303,7 @@ def check_probes(c: Check, shapes: Shapes) -> None:
         return max_err(out, ref)
 
     c.timed(case, "anchor: read the weight once (torch sum)", lambda: w.sum(dtype=torch.float32))
-    predicted = cost_model.lm_head(n, vocab, hidden, 0).ms
+    predicted = cost_model.lm_head(n, vocab, hidden, 0, set_size=PROBE_TOKENS).ms
     c.timed(
         case, "proctor token_logprobs, fused lm_head", lambda: token_logprobs_triton(h, w, ids), err, True, predicted
     )

@@ -1,15 +1,15 @@
 """The distribution over a small set of tokens at given rows, and its expected value (a reward model's score).
 
 Input is hidden states [R, H] with the lm_head weight [V, H], or logits [R, V] (weight None). The set's
-probabilities are normalised over the full vocabulary (one log-sum-exp pass: the fused lm_head or the logits
-kernel) and optionally renormalised over the set. The set's own logits are a tiny [R, S] product.
+probabilities are normalised over the full vocabulary (one pass: the fused lm_head kernel, which also picks the
+set's logits out of its tiles, or the logits kernel) and optionally renormalised over the set.
 """
 
 from __future__ import annotations
 
 import torch
 
-from proctor.kernels.lm_head_logprobs import HAVE_TRITON, lm_head_logsumexp_triton
+from proctor.kernels.lm_head_logprobs import HAVE_TRITON, lm_head_set_logprobs_triton
 from proctor.kernels.target_logprobs import logsumexp_triton
 
 
@@ -26,8 +26,7 @@ def token_logprobs_triton(x: torch.Tensor, weight: torch.Tensor | None, token_id
     ids = token_ids.long()
     if weight is None:
         return x.gather(1, ids.unsqueeze(0).expand(x.shape[0], -1)).float() - logsumexp_triton(x)[:, None]
-    small = x.float() @ weight[ids].float().T
-    return small - lm_head_logsumexp_triton(x, weight)[:, None]
+    return lm_head_set_logprobs_triton(x, weight, ids)
 
 
 def token_logprobs(x: torch.Tensor, weight: torch.Tensor | None, token_ids: torch.Tensor) -> torch.Tensor:

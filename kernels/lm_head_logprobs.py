@@ -61,6 +61,7 @@ class LmHeadLaunch:
     splits: int  # vocabulary splits: programs per row block
     tiles_per_split: int
     top_k: int
+    set_size: int = 0  # tokens whose logits every row also reports (RRM probes' score tokens)
 
     @property
     def row_blocks(self) -> int:
@@ -103,7 +104,7 @@ def _splits(row_blocks: int, tiles: int, sms: int) -> tuple[int, int]:
 
 
 def lm_head_launches(
-    rows: int, vocab: int, dtype: torch.dtype, top_k: int = 0, sms: int = H200_SMS
+    rows: int, vocab: int, dtype: torch.dtype, top_k: int = 0, sms: int = H200_SMS, set_size: int = 0
 ) -> list[LmHeadLaunch]:
     """The launches that score `rows` rows: one, or row chunks when the partials would pass PARTIALS_BUDGET."""
     if rows == 0:
@@ -114,14 +115,15 @@ def lm_head_launches(
     while True:
         row_blocks = -(-chunk // block_n)
         splits, per = _splits(row_blocks, tiles, sms)
-        launch = LmHeadLaunch(chunk, block_n, block_v, block_h, warps, stages, min(16, row_blocks), splits, per, top_k)
+        group = min(16, row_blocks)
+        launch = LmHeadLaunch(chunk, block_n, block_v, block_h, warps, stages, group, splits, per, top_k, set_size)
         if launch.partial_bytes() <= PARTIALS_BUDGET or chunk <= block_n:
             break
         chunk = max(block_n, (chunk // 2 + block_n - 1) // block_n * block_n)
     full, rest = divmod(rows, chunk)
     out = [launch] * full
     if rest:
-        out += lm_head_launches(rest, vocab, dtype, top_k, sms)
+        out += lm_head_launches(rest, vocab, dtype, top_k, sms, set_size)
     return out
 
 
@@ -170,6 +172,8 @@ if triton is not None:
         part_ptr,
         topv_ptr,
         topi_ptr,
+        ids_ptr,
+        set_ptr,
         n_rows,
         vocab,
         hidden,
@@ -184,6 +188,7 @@ if triton is not None:
         EVEN_H: tl.constexpr,
         K: tl.constexpr,
         K_PAD: tl.constexpr,
+        S: tl.constexpr,
         IEEE: tl.constexpr,
         UPCAST: tl.constexpr,
     ):
@@ -240,6 +245,11 @@ if triton is not None:
             sum_x_exp = sum_x_exp * rescale + tl.sum(e * tl.where(col_ok[None, :], x, 0.0), axis=1)
             target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], x, 0.0), axis=1)
             run_max = new_max
+            for s in tl.static_range(S):  # the set's tokens: each lies in one tile, so one program writes it
+                token = tl.load(ids_ptr + s)
+                if (token >= col0) & (token < col0 + BLOCK_V):
+                    picked = tl.sum(tl.where(cols[None, :] == token, x, 0.0), axis=1)
+                    tl.store(set_ptr + rows * S + s, picked, row_ok)
             if K_PAD > 0:
                 best_v, best_i, theta = topk_merge(x, col0, best_v, best_i, theta, K_PAD, BLOCK_V)
         plane = n_rows * n_splits
@@ -256,7 +266,7 @@ if triton is not None:
             tl.store(topi_ptr + cand, best_i, keep)
 
 
-POINTERS = ("h_ptr", "w_ptr", "t_ptr", "part_ptr", "topv_ptr", "topi_ptr")  # the kernel's tensor arguments
+POINTERS = ("h_ptr", "w_ptr", "t_ptr", "part_ptr", "topv_ptr", "topi_ptr", "ids_ptr", "set_ptr")  # tensor arguments
 
 
 def kernel_arguments(
@@ -280,6 +290,7 @@ def kernel_arguments(
         "EVEN_H": hidden % launch.block_h == 0,
         "K": launch.top_k,
         "K_PAD": launch.k_pad,
+        "S": launch.set_size,
         "IEEE": dtype == torch.float32,
         "UPCAST": _INTERPRETER_BF16_DOT and dtype == torch.bfloat16,
     }
@@ -287,21 +298,28 @@ def kernel_arguments(
 
 
 def _launch(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, launch: LmHeadLaunch
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run one launch: (partials [4, rows, splits], top-k values [rows, splits * k], ids [rows, splits * k])."""
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    launch: LmHeadLaunch,
+    token_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run one launch: (partials [4, rows, splits], top-k values [rows, splits * k], ids [rows, splits * k],
+    the set's logits [rows, S])."""
     n, h = hidden.shape
     dev = hidden.device
     part = poisoned(4, n, launch.splits, device=dev)
     k = launch.top_k
     top_v = poisoned(n, launch.splits * max(k, 1), device=dev)
     top_i = poisoned(n, launch.splits * max(k, 1), device=dev, dtype=torch.int32)
+    ids = token_ids.to(torch.int32) if token_ids is not None else torch.zeros(1, dtype=torch.int32, device=dev)
+    set_logits = poisoned(n, max(launch.set_size, 1), device=dev)
     ints, consts = kernel_arguments(launch, weight.shape[0], h, hidden.stride(0), weight.stride(0), hidden.dtype)
     _lm_head_kernel[(launch.programs,)](
-        hidden, weight, targets, part, top_v, top_i, **ints, **consts,
+        hidden, weight, targets, part, top_v, top_i, ids, set_logits, **ints, **consts,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
-    return part, top_v, top_i
+    return part, top_v, top_i, set_logits
 
 
 def combine(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,7 +358,7 @@ def lm_head_logprobs_triton(
     for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, top_k, _sms(hidden.device)):
         h, t = hidden[start : start + launch.rows], targets[start : start + launch.rows]
         start += launch.rows
-        part, top_v, top_i = _launch(h, weight, t, launch)
+        part, top_v, top_i, _ = _launch(h, weight, t, launch)
         lse, mean_x = combine(part)
         keep = t != ignore_index
         lps.append(torch.where(keep, part[3].sum(dim=1) - lse, 0.0))
@@ -357,16 +375,24 @@ def lm_head_logprobs_triton(
     return torch.cat(lps), torch.cat(ents), torch.cat(vals), torch.cat(ids)
 
 
-def lm_head_logsumexp_triton(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-row log-sum-exp of hidden @ weight.T in float32, without the [N, V] logits."""
+def lm_head_set_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token | row) [R, S] float32 for a set of tokens shared by every row (an RRM's score tokens), in one
+    launch: the set's logits come out of the same tiles as the log-sum-exp, without the [R, V] logits."""
     _check_inputs(hidden, weight, 0)
+    vocab = weight.shape[0]
+    if token_ids.ndim != 1 or not token_ids.numel():
+        raise ValueError(f"token_ids must be a non-empty 1-D tensor, got shape {tuple(token_ids.shape)}")
+    if int(token_ids.min()) < 0 or int(token_ids.max()) >= vocab:
+        raise ValueError(f"token_ids must lie in [0, {vocab}), got {token_ids.min()}..{token_ids.max()}")
     ignored = torch.full((hidden.shape[0],), -100, dtype=torch.int64, device=hidden.device)
+    sets = len(token_ids)
     out, start = [], 0
-    for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, 0, _sms(hidden.device)):
-        part, _, _ = _launch(hidden[start : start + launch.rows], weight, ignored[start : start + launch.rows], launch)
+    for launch in lm_head_launches(hidden.shape[0], vocab, hidden.dtype, 0, _sms(hidden.device), sets):
+        rows = slice(start, start + launch.rows)
+        part, _, _, set_logits = _launch(hidden[rows], weight, ignored[rows], launch, token_ids)
         start += launch.rows
-        out.append(combine(part)[0])
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.float32, device=hidden.device)
+        out.append(set_logits - combine(part)[0][:, None])
+    return torch.cat(out) if out else torch.empty(0, sets, dtype=torch.float32, device=hidden.device)
 
 
 def lm_head_logprobs(

@@ -36,3 +36,8 @@ def test_expected_value_and_renormalisation() -> None:
     assert torch.allclose(probs[0], torch.tensor([0.5, 0.0, 0.5])) and torch.allclose(
         expected, torch.tensor([1.0, 1.0])
     )
+
+
+def test_token_ids_outside_the_vocabulary_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"token_ids must lie in \[0, 50\)"):
+        token_logprobs_triton(torch.randn(2, 16), torch.randn(50, 16), torch.tensor([3, 50]))

@@ -17,11 +17,12 @@ from proctor.bench import hopper
 
 triton = pytest.importorskip("triton")
 
+FIELDS = ("kernel", "dtype", "top_k", "tokens", "tile", "num_warps", "num_stages")
 REPORTS = sorted(hopper.RESULTS.glob("*-cpu-hopper-compile.json"))
 
 
 def _keys(variants: list[hopper.Variant]) -> set[tuple[object, ...]]:
-    return {(v.kernel, v.dtype, v.top_k, v.tile, v.num_warps, v.num_stages) for v in variants}
+    return {tuple(getattr(v, f) for f in FIELDS) for v in variants}
 
 
 def test_the_committed_report_is_of_the_current_launches_and_clean() -> None:
@@ -29,9 +30,7 @@ def test_the_committed_report_is_of_the_current_launches_and_clean() -> None:
     record = json.loads(REPORTS[-1].read_text())
     assert record["triton"] == "3.6.0" and record["passed"]
     assert all(v["stack"] == 0 and v["shared"] <= hopper.SMEM_LIMIT for v in record["variants"])
-    committed = {
-        (v["kernel"], v["dtype"], v["top_k"], v["tile"], v["num_warps"], v["num_stages"]) for v in record["variants"]
-    }
+    committed = {tuple(v[f] for f in FIELDS) for v in record["variants"]}
     current = _keys([v for v, *_ in [*hopper.lm_head_variants(), *hopper.logits_variants()]])
     assert committed == current, "the launches changed: re-run python -m proctor.bench.hopper with triton 3.6.0"
 
