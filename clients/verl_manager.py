@@ -14,10 +14,11 @@ itself, so that nothing but the lines above needs configuring:
 
 - the question: the last user message of the sample's `raw_prompt` (else `extra_info["question"]`);
 - the response: decoded from the sample's `responses` as verl's naive manager does;
-- T: `meta_info["global_steps"] - 1` where verl puts it on the data (T = completed steps, 0 on the first step);
-  else `extra_info["training_step"]`; else counted on the server for the run `project_name/experiment_name` at
-  `data.train_batch_size × rollout.n` rollouts a step (engine/rewards/steps.py) — verl 0.9's streaming reward
-  path carries no step;
+- T: `meta_info["global_steps"] - 1` where the data carries it (T = completed steps, 0 on the first step); else
+  `extra_info["training_step"]`; else counted on the server for the run `project_name/experiment_name` at
+  `data.train_batch_size × rollout.n` rollouts a step (engine/rewards/steps.py). verl 0.9.1's PPO trainer sets
+  `global_steps` on the generation batch only: neither its streaming (agent loop) nor its colocated
+  (`compute_rm_score`) reward path passes it on, so there the count is what gives T;
 - T_MAX: `total_training_steps - 1` (the last step's T, so α reaches 0 on it), from the trainer's config.
 
 `reward_kwargs` (run, rollouts_per_step, total_steps, target, mode) override what is read from verl.
