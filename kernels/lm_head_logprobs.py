@@ -341,6 +341,8 @@ def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, top_k: int) -> Non
         raise ValueError(f"hidden [N, H] and weight [V, H] must agree on H: {shapes}")
     if hidden.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError("hidden and weight must be row-major")
+    if top_k > weight.shape[0]:
+        raise ValueError(f"top_k {top_k} exceeds the vocabulary ({weight.shape[0]})")
 
 
 def _sms(device: torch.device) -> int:

@@ -88,3 +88,9 @@ def test_launches_cover_every_row_once_and_fill_waves(dtype: torch.dtype, top_k:
             assert launch.programs / (waves * module.H200_SMS) >= 0.9
     if rows <= 64:
         assert launches[0].row_blocks == 1, "few rows: one block, the weight read once"
+
+
+def test_top_k_past_the_vocabulary_is_refused() -> None:
+    h, w, t = _inputs(2, 10, 16, torch.float32, seed=1)
+    with pytest.raises(ValueError, match=r"top_k 20 exceeds the vocabulary \(10\)"):
+        lm_head_logprobs_triton(h, w, t, top_k=20)
