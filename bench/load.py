@@ -40,6 +40,7 @@ from tqdm import tqdm
 from proctor.bench.server import cpu_seconds, histogram_totals, peak_in, scrape, serve
 from proctor.clients.reward import ATOM_DETAILS
 from proctor.clients.streaming import CODE_NAMES
+from proctor.engine.cli import Command
 from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings
 from proctor.engine.services.reward import rollout_input
 from proctor.engine.skd import prompts as skd
@@ -385,3 +386,12 @@ def run(args: argparse.Namespace) -> int:
         stem = report(args.workload, args.target or "own process (tiny models)", results, _device_tag(), command)
         print("saved " + ", ".join(str(p) for p in sorted(stem.parent.glob(stem.name + ".*"))))
     return 0
+
+
+COMMAND = Command(
+    help="load generator over gRPC (closed / open loop) for each service",
+    description="Drive a server (or an embedded one with the tiny models) with realistic workloads and report "
+    "throughput, latency percentiles and errors; results in bench/results/.",
+    add_arguments=add_arguments,
+    run=run,
+)

@@ -34,12 +34,13 @@ from proctor.bench.load import _rollout
 from proctor.bench.server import cpu_seconds, serve
 from proctor.clients.reward import RewardClient, reward_request
 from proctor.clients.teacher import TeacherClient, score_request
+from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.torch.classifier import TorchClassifier
 from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.config import CriticConfig
 from proctor.engine.items import ScoreItem
 from proctor.engine.services.convert import RELATIONS
-from proctor.engine.services.critic import CriticScorer
+from proctor.engine.skd.critic_scoring import CriticScorer
 from proctor.proto.proctor.v1 import critic_pb2, critic_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -79,7 +80,8 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
     async def direct_triples() -> float:
         backend = TorchClassifier("builtin:tiny-critic", device="cpu")
         await backend.start()
-        critic = CriticScorer(backend, CriticConfig(model="builtin:tiny-critic", device="cpu", cutoff=0.5))
+        config = CriticConfig(model="builtin:tiny-critic", device="cpu", cutoff=0.5)
+        critic = CriticScorer(backend, config, lambda: Path(resolve_model(config.model)))
         await asyncio.gather(*(critic.score_triple(*t) for t in triples[:256]))  # warm-up
         t0 = time.perf_counter()
         await asyncio.gather(*(critic.score_triple(*t) for t in triples))

@@ -32,8 +32,8 @@ import torch
 
 from proctor.engine.backends.base import Generator, Scorer
 from proctor.engine.backends.builtin_models import resolve_model
+from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.backends.torch.generator import TorchGenerator
-from proctor.engine.backends.vllm.mapping import VllmSettings
 from proctor.engine.items import (
     GenerateItem,
     Generation,

@@ -29,7 +29,8 @@ import yaml
 from proctor.bench.server import serve
 from proctor.clients.teacher import AsyncTeacherClient, generate_request
 from proctor.engine.backends.builtin_models import resolve_model
-from proctor.engine.backends.vllm.mapping import VllmSettings, engine_kwargs
+from proctor.engine.backends.settings import VllmSettings
+from proctor.engine.backends.vllm.mapping import engine_kwargs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from proctor.engine.backends.builtin_models import builtin_available
@@ -77,6 +79,21 @@ async def serve(config: Config) -> int:
     await server.drain()
     print("proctor: stopped", flush=True)
     return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand that another proctor package adds to `proctor` through the `proctor.commands` entry points
+    (pyproject.toml): `proctor bench` comes from proctor.bench, which the engine does not import."""
+
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def added_commands() -> dict[str, Command]:
+    return {entry.name: entry.load() for entry in importlib.metadata.entry_points(group="proctor.commands")}
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
@@ -150,20 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the student's training file: comet = COMET-distil's '<head> ... </head> <relation> ... </relation> "
         "[GEN] ' input and the tail as target, one file per filtration level [comet]",
     )
-    p_bench = sub.add_parser(
-        "bench",
-        help="load generator over gRPC (closed / open loop) for each service",
-        description="Drive a server (or an embedded one with the tiny models) with realistic workloads and report "
-        "throughput, latency percentiles and errors; results in bench/results/.",
-    )
-    from proctor.bench.load import add_arguments as add_bench_arguments
-
-    add_bench_arguments(p_bench)
+    for name, command in added_commands().items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.description))
     p_demo = sub.add_parser(
         "demo",
         help="start a server and run a short client session against it",
         description="Start a server on free ports with the built-in models, run a few generations (n > 1, "
-        "log-probs) and a Score call through the real gRPC client, print the results and the metrics URL.",
+        "log-probs) and a Score call over gRPC, print the results and the metrics URL.",
     )
     p_demo.add_argument("--teacher-model", help="teacher model [builtin:smollm2, else builtin:tiny]")
     p_demo.add_argument("--device", default="auto", help="[auto]")
@@ -247,6 +257,9 @@ def embedded_server(config: Config) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from proctor.engine.jobs.train_critic import register_builtin_critic
+
+    register_builtin_critic()  # the default config names builtin:critic where MiniLM is installed
     try:
         if args.command == "serve":
             return asyncio.run(serve(_config(args)))
@@ -254,10 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             return _train_critic(args)
         if args.command == "distill":
             return _distill(args)
-        if args.command == "bench":
-            from proctor.bench.load import run as run_bench
-
-            return run_bench(args)
+        added = added_commands()
+        if args.command in added:
+            return added[args.command].run(args)
         if args.command == "demo":
             from proctor.engine.jobs.demo import run_demo
 

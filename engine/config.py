@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 import yaml
 
-from proctor.engine.backends.vllm.mapping import VllmSettings
+from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.rewards import rrm
 from proctor.engine.skd.critic_input import RELATION_PHRASES
+from proctor.engine.skd.critic_scoring import CriticSettings
 from proctor.engine.skd.prompts import NameChoices
 
 RELATION_NAMES = tuple(RELATION_PHRASES)
@@ -234,17 +235,13 @@ class RewardConfig:
 
 
 @dataclass
-class CriticConfig:
+class CriticConfig(CriticSettings):
     """The Critic service: any HF sequence classifier (1 sigmoid logit, or softmax over 2 labels)."""
 
     model: str = "builtin:critic"  # trained once by `proctor train-critic` on the shipped set, then cached
     device: str = "auto"  # auto = cuda if available, else cpu
     dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
     valid_label: int = 1  # with 2 labels: the index of "valid"
-    cutoff_level: str = "medium"  # high | medium, read from the model folder's proctor_cutoffs.json
-    cutoff: float = -1.0  # >= 0 overrides the level for every relation
-    cutoffs: dict[str, float] = field(default_factory=dict)  # per relation (xWant, ...), over both of the above
-    draws: int = 5  # name draws per triple; the score is their mean
     max_batch_items: int = 256  # pairs per model batch
     max_batch_tokens: int = 16384  # padded token slots per model batch (pairs x the longest)
     max_wait_ms: float = 2.0  # after the first pair, for more to batch with; what waits is cut by length

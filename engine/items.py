@@ -104,6 +104,14 @@ class ScoreOutput:
 
 
 @dataclass(frozen=True)
+class TextPair:
+    """What a Classifier reads: a sentence pair (the Critic's view of a triple, or a pair sent as it is)."""
+
+    first: str
+    second: str
+
+
+@dataclass(frozen=True)
 class BackendInfo:
     model: str
     backend: str

@@ -104,7 +104,7 @@ async def test_classifier_batches_score_every_pair_as_it_scores_alone() -> None:
     run on each pair alone (the tokenizer's own encoding, no padding); a pair over the limit fails on its field."""
     from proctor.engine.backends.torch.classifier import TorchClassifier
     from proctor.engine.errors import ItemError
-    from proctor.engine.skd.critic_input import TextPair
+    from proctor.engine.items import TextPair
 
     critic = TorchClassifier("builtin:tiny-critic", device="cpu", max_batch_items=8, max_batch_tokens=256)
     await critic.start()

@@ -15,8 +15,8 @@ import pytest
 import pytest_asyncio
 
 from proctor.engine.backends.base import Generator
+from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.backends.torch.generator import TorchGenerator
-from proctor.engine.backends.vllm.mapping import VllmSettings
 from proctor.engine.items import FinishReason, GenerateItem, ProbeGroupItem, SamplingParams, ScoreGroupItem, ScoreItem
 
 TINY = "builtin:tiny"

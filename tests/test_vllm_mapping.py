@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.backends.vllm.mapping import (
-    VllmSettings,
     engine_kwargs,
     sampling_kwargs,
     score_kwargs,

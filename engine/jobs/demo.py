@@ -1,4 +1,5 @@
-"""`proctor demo`: a real server on free ports, a short session through the real client, results printed."""
+"""`proctor demo`: a real server on free ports, a short session over gRPC (the generated stubs, as a trainer in
+any language would call them), results printed."""
 
 from __future__ import annotations
 
@@ -9,22 +10,42 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from proctor.clients.reward import AsyncRewardClient, reward_request
-from proctor.clients.streaming import raise_for_error
-from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
 from proctor.engine.backends.builtin_models import builtin_available
 from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
 from proctor.engine.jobs import distill
 from proctor.engine.server.grpc_server import ProctorServer
-from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
+from proctor.proto.proctor.v1 import (
+    common_pb2,
+    critic_pb2,
+    critic_pb2_grpc,
+    reward_pb2,
+    reward_pb2_grpc,
+    teacher_pb2,
+    teacher_pb2_grpc,
+)
 
 _PROMPTS = {
     "store": "PersonX goes to the store. As a result, PersonX",
     "rain": "It started to rain, so the children",
 }
+
+
+async def _call(method: Any, requests: list[Any]) -> dict[str, Any]:
+    """One bidirectional stream: every request sent, every result read, keyed by id."""
+    return {result.id: result async for result in method(iter(requests))}
+
+
+def _check(result: Any) -> None:
+    if result.HasField("error"):
+        raise RuntimeError(f"item {result.id}: {result.error.message} (field {result.error.field!r})")
+
+
+def _prompt(text: str) -> common_pb2.Prompt:
+    return common_pb2.Prompt(text=text)
 
 
 def _rule(title: str) -> None:
@@ -48,15 +69,25 @@ _ROLLOUTS = {
 
 async def _reward_session(target: str) -> None:
     _rule("RewardModel.Reward: T = 250 of T_MAX = 1000 -> alpha = 0.375")
-    async with AsyncRewardClient(target, timeout_s=600) as client:
-        for mode in ("expected", "rules"):
-            results = await client.reward(
-                reward_request(key, _QUESTION, text, "Canberra", 250, total_steps=1000, mode=mode)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = reward_pb2_grpc.RewardModelStub(channel)
+        for mode in (reward_pb2.EXPECTED, reward_pb2.RULES):
+            requests = [
+                reward_pb2.RewardRequest(
+                    id=key,
+                    question=_QUESTION,
+                    response=text,
+                    gold_answers=["Canberra"],
+                    training_step=250,
+                    total_steps=1000,
+                    mode=mode,
+                )
                 for key, text in _ROLLOUTS.items()
-            )
-            print(f"-- mode {mode}")
+            ]
+            results = await _call(stub.Reward, requests)
+            print(f"-- mode {reward_pb2.RrmMode.Name(mode).lower()}")
             for key, r in results.items():
-                raise_for_error(r)
+                _check(r)
                 r_atom = f"{r.r_atom:.3f}" if r.HasField("r_atom") else "-"
                 verdict = "ok" if r.format_ok else f"malformed ({r.format_reason})"
                 print(
@@ -86,7 +117,7 @@ async def _skd_session(target: str) -> None:
         results = {r.id: r async for r in stub.Classify(iter(requests))}
     for i, (h, r, t) in enumerate(triples):
         res = results[str(i)]
-        raise_for_error(res)
+        _check(res)
         verdict = "accept" if res.accepted else "reject"
         print(f"{verdict} {res.score:.3f} (cut-off {res.cutoff:.3f}): {h} | {common_pb2.Relation.Name(r)} | {t}")
 
@@ -125,25 +156,27 @@ async def run_demo(model: str, device: str) -> int:
     target = f"127.0.0.1:{server.port}"
     print(f"server ready on {target} in {time.perf_counter() - t0:.1f}s")
     try:
-        async with AsyncTeacherClient(target, timeout_s=600) as client:
-            info = await client.info()
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = teacher_pb2_grpc.TeacherStub(channel)
+            info = await stub.Info(common_pb2.InfoRequest())
             _rule("Teacher.Info")
             print(
                 f"model {info.model}\nbackend {info.backend} on {info.device} ({info.dtype}), vocab {info.vocab_size}"
             )
 
             _rule("Teacher.Generate: 2 prompts x n=3, seed 7, stop at '.', log-probs + top-2")
+            params = teacher_pb2.SamplingParams(
+                n=3, seed=7, temperature=0.8, top_p=0.95, max_tokens=24, stop=["."], top_logprobs=2
+            )
             requests = [
-                generate_request(
-                    key, prompt, n=3, seed=7, temperature=0.8, top_p=0.95, max_tokens=24, stop=["."], top_logprobs=2
-                )
+                teacher_pb2.GenerateRequest(id=key, prompt=_prompt(prompt), params=params)
                 for key, prompt in _PROMPTS.items()
             ]
             t0 = time.perf_counter()
-            results = await client.generate(requests)
+            results = await _call(stub.Generate, requests)
             print(f"({time.perf_counter() - t0:.2f}s for {len(requests)} prompts in one stream)")
             for key, result in results.items():
-                raise_for_error(result)
+                _check(result)
                 print(f"\n[{key}] {_PROMPTS[key]!r}  (prompt {len(result.prompt_token_ids)} tokens)")
                 for c in result.completions:
                     reason = c.stop_reason or ("length" if c.finish_reason == 2 else "eos")
@@ -154,14 +187,16 @@ async def run_demo(model: str, device: str) -> int:
                         f"log-probs {[round(x, 2) for x in c.logprobs[:4]]}"
                     )
             _rule("Teacher.Score: log p(target | context), per token")
-            scored = await client.score(
+            context = _prompt("The capital of France is")
+            scored = await _call(
+                stub.Score,
                 [
-                    score_request("plain", "The capital of France is", " Paris", top_logprobs=3),
-                    score_request("odd", "The capital of France is", " a banana", top_logprobs=3),
-                ]
+                    teacher_pb2.ScoreRequest(id="plain", context=context, target=_prompt(" Paris"), top_logprobs=3),
+                    teacher_pb2.ScoreRequest(id="odd", context=context, target=_prompt(" a banana"), top_logprobs=3),
+                ],
             )
             for key, score in scored.items():
-                raise_for_error(score)
+                _check(score)
                 total = sum(score.logprobs)
                 print(
                     f"[{key}] target ids {list(score.target_token_ids)}: log-probs "
@@ -170,8 +205,16 @@ async def run_demo(model: str, device: str) -> int:
                 )
 
             _rule("a bad item fails alone")
-            mixed = await client.generate(
-                [generate_request("ok", "Hello", max_tokens=4), generate_request("bad", "Hello", top_p=1.5)]
+            mixed = await _call(
+                stub.Generate,
+                [
+                    teacher_pb2.GenerateRequest(
+                        id="ok", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(max_tokens=4)
+                    ),
+                    teacher_pb2.GenerateRequest(
+                        id="bad", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(top_p=1.5)
+                    ),
+                ],
             )
             for key, result in mixed.items():
                 status = (

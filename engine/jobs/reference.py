@@ -27,12 +27,15 @@ _SECTIONS = {
 
 
 def _comments(cls: type) -> dict[str, str]:
-    """The trailing `# comment` of each field's line in the class source."""
+    """The trailing `# comment` of each field's line in the source of the class and of the dataclasses it extends."""
     found = {}
-    for line in inspect.getsource(cls).splitlines():
-        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.*)$", line)
-        if match:
-            found[match.group(1)] = match.group(2)
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        for line in inspect.getsource(klass).splitlines():
+            match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.*)$", line)
+            if match:
+                found[match.group(1)] = match.group(2)
     return found
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from proctor.engine.backends.builtin_models import resolve_model
+from proctor.engine.backends.builtin_models import register_builder, resolve_model
 from proctor.engine.skd import cutoffs
 from proctor.engine.skd.critic_input import RELATION_PHRASES, triple_pairs
 
@@ -325,3 +325,13 @@ def train_critic(
             f"cut-off {name}: {c.threshold:.4f} (validation point: recall {v.recall:.2f}, precision {v.precision:.2f})"
         )
     return summary
+
+
+def _build_builtin_critic(out: Path) -> None:
+    log.info("training the demo critic on the shipped set (once; 2-4 minutes on 2 CPU cores)")
+    train_critic(SHIPPED_SET, out)
+
+
+def register_builtin_critic() -> None:
+    """Let builtin:critic be trained on first use (the `proctor` commands that host a server call this)."""
+    register_builder("critic", _build_builtin_critic)

@@ -21,12 +21,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from proctor.engine.backends.base import Backend, Generator
+from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.routed import GenerateAndScore
+from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.backends.torch.classifier import TorchClassifier
 from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.backends.vllm.generator import VllmGenerator
 from proctor.engine.backends.vllm.hidden_scorer import VllmHiddenScorer
-from proctor.engine.backends.vllm.mapping import VllmSettings
 from proctor.engine.config import (
     Config,
     ConfigError,
@@ -45,6 +46,7 @@ from proctor.engine.services.http.app import HttpFront
 from proctor.engine.services.metrics import Metrics
 from proctor.engine.services.remote_critic import RemoteCritic
 from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext
+from proctor.engine.skd.critic_scoring import CriticScorer
 from proctor.engine.skd.triples import Critic
 from proctor.proto.proctor.v1 import critic_pb2_grpc, reward_pb2_grpc, teacher_pb2_grpc
 
@@ -174,7 +176,7 @@ class ProctorServer:
         self._needs: dict[str, list[Backend]] = {}  # service -> the backends it waits for
         self._generators: dict[tuple[str, ...], Generator] = {}  # shared by sections naming the same model
         self._vllm_settings: dict[tuple[str, ...], tuple[str, VllmSettings]] = {}
-        self.critic_scorer: critic.CriticScorer | None = None
+        self.critic_scorer: CriticScorer | None = None
         self._metrics_server: Any = None
         self._loading: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
@@ -213,7 +215,7 @@ class ProctorServer:
             )
             self._backends[("classifier", cc.model, cc.device, cc.dtype)] = classifier
             self._needs[critic.SERVICE] = [classifier]
-            self.critic_scorer = critic.CriticScorer(classifier, cc)
+            self.critic_scorer = CriticScorer(classifier, cc, lambda: Path(resolve_model(cc.model)))
             svc = self._service_context(critic.SERVICE, cc.limits)
             self.metrics.watch_queue(critic.SERVICE, classifier.queue_depth)
             critic_pb2_grpc.add_CriticServicer_to_server(critic.CriticService(self.critic_scorer, svc), server)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass
 
 import ftfy
 
+from proctor.engine.items import TextPair
 from proctor.engine.skd.prompts import name_pair, replace_names
 
 DRAWS = 5  # score = mean over 5 draws of random names
@@ -24,12 +24,6 @@ RELATION_PHRASES = {
     "xAttr": "so, PersonX is seen as",
     "xEffect": "as a result, PersonX",
 }
-
-
-@dataclass(frozen=True)
-class TextPair:
-    first: str
-    second: str
 
 
 def triple_pairs(head: str, relation: str, tail: str, seed: int | None = None, draws: int = DRAWS) -> list[TextPair]:

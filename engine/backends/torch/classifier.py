@@ -16,8 +16,7 @@ import torch
 from proctor.engine.backends.loading import load, pick_device, pick_dtype
 from proctor.engine.backends.torch.batching import DynamicBatcher
 from proctor.engine.errors import ItemError
-from proctor.engine.items import BackendInfo
-from proctor.engine.skd.critic_input import TextPair
+from proctor.engine.items import BackendInfo, TextPair
 
 TOKENIZE_BATCH = 1024  # pairs per tokenizer call at most
 # Where a fast tokenizer's Rust encoding holds a sequence classifier's inputs; the attention mask of an unpadded

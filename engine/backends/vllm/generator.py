@@ -16,8 +16,8 @@ from typing import Any
 
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.loading import eos_token_ids
+from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.backends.vllm.mapping import (
-    VllmSettings,
     engine_kwargs,
     sampling_kwargs,
     score_kwargs,

@@ -27,7 +27,8 @@ import torch
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.lm_head_weights import load_lm_head
 from proctor.engine.backends.loading import eos_token_ids, pick_device, pick_dtype
-from proctor.engine.backends.vllm.mapping import VllmSettings, engine_kwargs
+from proctor.engine.backends.settings import VllmSettings
+from proctor.engine.backends.vllm.mapping import engine_kwargs
 from proctor.engine.backends.vllm.requests import final_output
 from proctor.engine.items import (
     BackendInfo,
