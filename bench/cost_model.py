@@ -36,9 +36,17 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-GEMM_FLOPS = 790e12
-HBM_BPS = 4.3e12
-L2_BPS = 10e12
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The rates a prediction divides by; the GPU check re-measures them in its own run."""
+
+    gemm_flops: float = 790e12
+    hbm_bps: float = 4.3e12
+    l2_bps: float = 10e12
+
+
+H200 = Ceilings()
 SMS = 132
 CLOCK_HZ = 1.98e9
 ALU_OPS = 128 * SMS * CLOCK_HZ
@@ -84,7 +92,13 @@ def topk_passes(k: int, tiles: int) -> float:
 
 
 def lm_head(
-    rows: int, vocab: int, hidden: int, top_k: int, dtype: torch.dtype = torch.bfloat16, set_size: int = 0
+    rows: int,
+    vocab: int,
+    hidden: int,
+    top_k: int,
+    dtype: torch.dtype = torch.bfloat16,
+    set_size: int = 0,
+    ceil: Ceilings = H200,
 ) -> Prediction:
     """The fused kernel's launches and their combines; set_size > 0 is the RRM probes' path (token_logprobs),
     which also picks that many tokens' logits out of the tiles and subtracts the log-sum-exp (one more launch)."""
@@ -98,7 +112,7 @@ def lm_head(
         bn, bv = launch.block_n, launch.block_v
         tile_flops = 2.0 * bn * bv * hidden
         waves = -(-launch.programs // SMS)
-        mma = waves * launch.tiles_per_split * tile_flops / (GEMM_FLOPS / SMS)
+        mma = waves * launch.tiles_per_split * tile_flops / (ceil.gemm_flops / SMS)
         tile_elems = bn * bv
         per_program_alu = launch.tiles_per_split * tile_elems * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0))
         per_program_alu += 2 * topk_passes(top_k, launch.tiles_per_split) * TOPK_PASS_OPS * tile_elems
@@ -109,8 +123,8 @@ def lm_head(
         hbm = weight_bytes * groups + launch.rows * hidden * elt + launch.partial_bytes() * 2
         l2 = launch.programs * launch.tiles_per_split * (bn + bv) * hidden * elt
         # The combine (torch): reads the partials and candidates once, a handful of small kernels.
-        combine_s = launch.partial_bytes() * 2 / HBM_BPS + (6 + (1 if set_size else 0)) * LAUNCH_S
-        t = LAUNCH_S + max(mma + alu, hbm / HBM_BPS, l2 / L2_BPS) + combine_s
+        combine_s = launch.partial_bytes() * 2 / ceil.hbm_bps + (6 + (1 if set_size else 0)) * LAUNCH_S
+        t = LAUNCH_S + max(mma + alu, hbm / ceil.hbm_bps, l2 / ceil.l2_bps) + combine_s
         total.launches += 1
         total.flops += waves * SMS * launch.tiles_per_split * tile_flops
         total.hbm_bytes += hbm
@@ -119,8 +133,8 @@ def lm_head(
         total.exp_ops += launch.programs * per_program_exp
         total.mma_ms += mma * 1e3
         total.alu_ms += alu * 1e3
-        total.hbm_ms += hbm / HBM_BPS * 1e3
-        total.l2_ms += l2 / L2_BPS * 1e3
+        total.hbm_ms += hbm / ceil.hbm_bps * 1e3
+        total.l2_ms += l2 / ceil.l2_bps * 1e3
         total.ms += t * 1e3
         extra = max(extra, launch.partial_bytes() + launch.rows * launch.splits * 8.0)  # + the combine's temporaries
     terms = {"tensor cores + epilogue": total.mma_ms + total.alu_ms, "HBM": total.hbm_ms, "L2": total.l2_ms}
@@ -129,7 +143,7 @@ def lm_head(
     return total
 
 
-def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat16) -> Prediction:
+def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat16, ceil: Ceilings = H200) -> Prediction:
     tp = importlib.import_module("proctor.kernels.target_logprobs")
     launch = tp.logits_launch(rows, vocab, top_k)
     elt = torch.empty(0, dtype=dtype).element_size()
@@ -140,8 +154,8 @@ def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat1
     exp_ops = float(rows * tiles * launch.block_v)
     alu = max(alu_ops / ALU_OPS, exp_ops / EXP_OPS)
     hbm = rows * vocab * elt + rows * (8 + 12 + 8 * top_k)
-    sort_s = (rows * top_k * 8 * 2 / HBM_BPS + 3 * LAUNCH_S) if top_k else 0.0
-    ms = (LAUNCH_S + max(alu, hbm / HBM_BPS) + sort_s) * 1e3
+    sort_s = (rows * top_k * 8 * 2 / ceil.hbm_bps + 3 * LAUNCH_S) if top_k else 0.0
+    ms = (LAUNCH_S + max(alu, hbm / ceil.hbm_bps) + sort_s) * 1e3
     return Prediction(
         f"logits {rows}x{vocab} top-{top_k}",
         1,
@@ -152,11 +166,11 @@ def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat1
         exp_ops,
         0.0,
         alu * 1e3,
-        hbm / HBM_BPS * 1e3,
+        hbm / ceil.hbm_bps * 1e3,
         0.0,
         ms,
         0.0,
-        "CUDA cores" if alu > hbm / HBM_BPS else "HBM",
+        "CUDA cores" if alu > hbm / ceil.hbm_bps else "HBM",
     )
 
 
@@ -183,7 +197,7 @@ def write_report(preds: list[Prediction], stem: Path, command: str) -> None:
         "date": dt.date.today().isoformat(),
         "command": command,
         "device": "H200 (predicted, not measured)",
-        "ceilings": {"gemm_flops": GEMM_FLOPS, "hbm_bps": HBM_BPS, "l2_bps_lead": L2_BPS, "alu_ops": ALU_OPS},
+        "ceilings": asdict(H200) | {"alu_ops": ALU_OPS, "exp_ops": EXP_OPS, "launch_s": LAUNCH_S},
         "predictions": [asdict(p) | {"meets_target": p.meets_target} for p in preds],
     }
     stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2) + "\n")

@@ -49,7 +49,8 @@ class Row:
     extra_gib: float | None
     max_err: float | None
     tolerance: float | None = None  # set on the rows the check gates (proctor's kernels)
-    predicted_ms: float | None = None
+    predicted_ms: float | None = None  # the cost model with its leads (bench/cost_model.py)
+    predicted_measured_ms: float | None = None  # the cost model with the ceilings measured in this run
     note: str = ""
 
     @property
@@ -158,6 +159,30 @@ def torch_logprobs(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> O
     return lsm.gather(1, targets[:, None])[:, 0], -(lsm.exp() * lsm).sum(dim=-1), vals, ids
 
 
+def lm_head_ms(rows: int, vocab: int, hidden: int, top_k: int, set_size: int, ceil: cost_model.Ceilings) -> float:
+    return cost_model.lm_head(rows, vocab, hidden, top_k, set_size=set_size, ceil=ceil).ms
+
+
+def measure_ceilings(
+    device: torch.device, reps: int, copy_bytes: int = 2**30, gemm_n: int = 8192, l2_bytes: int = 24 * 2**20
+) -> cost_model.Ceilings:
+    """The cost model's three rates, measured in this run: a 1 GiB device copy (bytes read + written), a bf16
+    8192^3 matmul, and L2 reads (a torch sum over a 24 MiB buffer expanded 64 times: one kernel re-reading
+    L2-resident data; torch's reduction makes it a lower bound)."""
+    src = torch.randn(copy_bytes // 2, device=device).to(torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_ms = measure(lambda: dst.copy_(src), device, reps)[0]
+    a, b = (torch.randn(gemm_n, gemm_n, device=device).to(torch.bfloat16) for _ in range(2))
+    gemm_ms = measure(lambda: a @ b, device, reps)[0]
+    again = torch.randn(l2_bytes // 4, device=device).view(1, -1).expand(64, -1)
+    l2_ms = measure(lambda: again.sum(), device, reps)[0]
+    return cost_model.Ceilings(
+        gemm_flops=2 * gemm_n**3 / (gemm_ms / 1e3),
+        hbm_bps=2 * copy_bytes / (copy_ms / 1e3),
+        l2_bps=64 * l2_bytes / (l2_ms / 1e3),
+    )
+
+
 def torch_lm_head(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, top_k: int) -> Outputs:
     return torch_logprobs(h @ w.T, targets, top_k)
 
@@ -168,6 +193,12 @@ class Check:
     def __init__(self, device: torch.device, reps: int) -> None:
         self.device = device
         self.reps = reps
+        self.measured: cost_model.Ceilings | None = None
+        if device.type == "cuda":
+            try:
+                self.measured = measure_ceilings(device, reps)
+            except RuntimeError as exc:  # the correctness check must run even if a ceiling cannot be measured
+                print(f"ceilings not measured: {exc}")
         self.rows: list[Row] = []
         self.gen = torch.Generator(device).manual_seed(0)
 
@@ -181,11 +212,20 @@ class Check:
         fn: Callable[[], Any],
         err: Callable[[Any], float] | None = None,
         gated: bool = False,
-        predicted_ms: float | None = None,
+        predict: Callable[[cost_model.Ceilings], float] | None = None,
     ) -> None:
         ms, extra, out = measure(fn, self.device, self.reps)
         self.rows.append(
-            Row(case, impl, ms, extra, err(out) if err else None, TOLERANCE if gated else None, predicted_ms)
+            Row(
+                case,
+                impl,
+                ms,
+                extra,
+                err(out) if err else None,
+                TOLERANCE if gated else None,
+                predict(cost_model.H200) if predict else None,
+                predict(self.measured) if predict and self.measured else None,
+            )
         )
 
     def optional(self, case: str, impl: str, run: Callable[[], None]) -> None:
@@ -212,7 +252,10 @@ def check_logits(c: Check, shapes: Shapes) -> None:
         return outputs_err(out, ref, rows, targets)
 
     c.timed(case, "anchor: read the logits once (torch sum)", lambda: logits.sum(dtype=torch.float32))
-    predicted = cost_model.logits(n, vocab, k).ms
+
+    def predicted(ceil: cost_model.Ceilings) -> float:
+        return cost_model.logits(n, vocab, k, ceil=ceil).ms
+
     c.timed(
         case,
         "proctor target_logprobs, one pass",
@@ -252,7 +295,7 @@ def check_lm_head(c: Check, shapes: Shapes) -> None:
         case = f"hidden -> lm_head -> log-prob + entropy{f' + top-{k}' if k else ''}, {n}x{vocab}x{hidden} bf16"
         if k == shapes.lm_head_top_k[0]:
             c.timed(case, "anchor: lm_head GEMM alone (torch, bf16 out)", lambda: h @ w.T)
-        predicted = cost_model.lm_head(n, vocab, hidden, k).ms
+        predicted = functools.partial(lm_head_ms, n, vocab, hidden, k, 0)
         c.timed(
             case,
             "proctor fused lm_head",
@@ -303,7 +346,7 @@ def check_probes(c: Check, shapes: Shapes) -> None:
         return max_err(out, ref)
 
     c.timed(case, "anchor: read the weight once (torch sum)", lambda: w.sum(dtype=torch.float32))
-    predicted = cost_model.lm_head(n, vocab, hidden, 0, set_size=PROBE_TOKENS).ms
+    predicted = functools.partial(lm_head_ms, n, vocab, hidden, 0, PROBE_TOKENS)
     c.timed(
         case, "proctor token_logprobs, fused lm_head", lambda: token_logprobs_triton(h, w, ids), err, True, predicted
     )
@@ -317,20 +360,28 @@ def check_probes(c: Check, shapes: Shapes) -> None:
     c.timed(case, "torch bf16 GEMM + fp32 log_softmax", lambda: torch.log_softmax((h @ w.T).float(), -1)[:, ids], err)
 
 
-def run_check(shapes: Shapes, device: torch.device, reps: int) -> list[Row]:
+def run_check(shapes: Shapes, device: torch.device, reps: int) -> tuple[list[Row], cost_model.Ceilings | None]:
+    """(rows, the ceilings measured in this run: None off CUDA)."""
     c = Check(device, reps)
     for check in (check_logits, check_lm_head, check_probes):
         check(c, shapes)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return c.rows
+    return c.rows, c.measured
 
 
 def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def write_report(rows: list[Row], stem: Path, device: torch.device, command: str, rehearsal: bool) -> bool:
+def write_report(
+    rows: list[Row],
+    stem: Path,
+    device: torch.device,
+    command: str,
+    rehearsal: bool,
+    measured: cost_model.Ceilings | None = None,
+) -> bool:
     """Writes stem.json and stem.md; returns whether every gated row passed."""
     passed = all(r.ok for r in rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -342,6 +393,8 @@ def write_report(rows: list[Row], stem: Path, device: torch.device, command: str
         "rehearsal": rehearsal,
         "tolerance": TOLERANCE,
         "passed": passed,
+        "ceilings_measured": asdict(measured) if measured else None,
+        "ceilings_leads": asdict(cost_model.H200),
         "rows": [asdict(r) | {"ok": r.ok} for r in rows],
     }
     stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
@@ -352,13 +405,25 @@ def write_report(rows: list[Row], stem: Path, device: torch.device, command: str
         f"Command: `{command}` ({record['date']}). Max abs error vs float64 on sampled rows; proctor's rows must be",
         f"<= {TOLERANCE:g}. Verdict: **{'passed' if passed else 'FAILED'}**.",
         "",
-        "| case | implementation | ms | predicted ms | extra GiB | max err | check |",
-        "|---|---|---|---|---|---|---|",
+        *(
+            [
+                f"Ceilings measured in this run: bf16 GEMM {measured.gemm_flops / 1e12:.0f} TFLOP/s, copy "
+                f"{measured.hbm_bps / 1e12:.2f} TB/s, L2 reads >= {measured.l2_bps / 1e12:.1f} TB/s (the cost model's "
+                "leads: 790, 4.3, 10).",
+                "",
+            ]
+            if measured
+            else []
+        ),
+        "| case | implementation | ms | predicted ms (leads) | predicted ms (measured ceilings) | extra GiB | max err "
+        "| check |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         verdict = r.note or ("-" if r.tolerance is None else "ok" if r.ok else "FAIL")
         lines.append(
             f"| {r.case} | {r.impl} | {_fmt(r.ms, '.3f')} | {_fmt(r.predicted_ms, '.3f')} | "
+            f"{_fmt(r.predicted_measured_ms, '.3f')} | "
             f"{_fmt(r.extra_gib, '.3f')} | {_fmt(r.max_err, '.1e')} | {verdict} |"
         )
     stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
@@ -386,13 +451,13 @@ def main(argv: list[str] | None = None) -> int:
         device, shapes = torch.device("cuda"), FULL
     reps = args.reps if args.reps is not None else (1 if args.rehearse else 10)
     t0 = time.perf_counter()
-    rows = run_check(shapes, device, reps)
+    rows, measured = run_check(shapes, device, reps)
     command = "python -m proctor.bench.kernels " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.out is not None:
         stem = args.out / "kernels-check"
     else:
         stem = RESULTS / f"{dt.date.today().isoformat()}-{device_tag(device)}-kernels-check"
-    passed = write_report(rows, stem, device, command.strip(), args.rehearse)
+    passed = write_report(rows, stem, device, command.strip(), args.rehearse, measured)
     for r in rows:
         print(f"{r.case[:60]:<60} {r.impl[:48]:<48} {_fmt(r.ms, '9.3f')} ms  err {_fmt(r.max_err, '.1e')}  {r.note}")
     print(f"{'passed' if passed else 'FAILED'} in {time.perf_counter() - t0:.0f} s: {stem}.{{json,md}}")

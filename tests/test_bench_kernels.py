@@ -42,3 +42,9 @@ def test_a_wrong_kernel_fails_the_check(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(module, "target_logprobs_triton", off_by_a_little)
     assert kernels.main(["--check", "--rehearse", "--out", str(tmp_path)]) == 1
     assert "FAILED" in (tmp_path / "kernels-check.md").read_text()
+
+
+def test_ceilings_are_measured_as_rates() -> None:
+    """The GPU run re-measures the cost model's leads; here the same code on the CPU at small sizes."""
+    got = kernels.measure_ceilings(torch.device("cpu"), reps=2, copy_bytes=2**20, gemm_n=64, l2_bytes=2**16)
+    assert all(0 < rate < float("inf") for rate in (got.gemm_flops, got.hbm_bps, got.l2_bps))
