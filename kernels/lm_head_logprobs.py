@@ -13,6 +13,9 @@ tiles on 8 warps (wgmma) for many rows; for a few rows (RRM probes, one position
 fills whole waves of SMs; programs go row block fastest within groups of GROUP row blocks, so the programs in flight
 share their weight tiles and hidden blocks in L2 (the weight comes from HBM about once per group).
 
+With a set of S token ids (an RRM's score tokens, `lm_head_set_logprobs_triton`) the program whose tile holds a
+token also stores that token's logit for its rows, so the probes' log-probs need no second product.
+
 Ignore-index rows (target == ignore_index) get 0.0 log-prob and entropy.
 """
 
