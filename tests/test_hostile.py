@@ -33,8 +33,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 def rules_config(limits: ServiceLimits | None = None, **server: object) -> Config:
     """A rules-only RewardModel: no model to load, so each test starts its own server in milliseconds."""
+    settings: dict[str, object] = {"port": 0, "metrics_port": 0, "drain_grace_s": 5} | server
     return Config(
-        server=ServerConfig(port=0, metrics_port=0, drain_grace_s=5, **server),  # type: ignore[arg-type]
+        server=ServerConfig(**settings),  # type: ignore[arg-type]
         reward=RewardConfig(model="", mode="rules", total_steps=100, limits=limits or ServiceLimits()),
     )
 
@@ -275,3 +276,32 @@ async def test_invalid_items_are_refused_as_invalid_even_when_the_queue_is_full(
     for i in range(5):
         error = results[f"bad{i}"].error
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and error.field == "params.top_p", error
+
+
+async def test_drain_answers_new_callers_and_ends_within_its_grace() -> None:
+    """A caller that reads nothing keeps its call open past any grace; the drain still ends within the grace, and
+    a client connecting during it is answered UNAVAILABLE "draining" (it used to find the port closed)."""
+    server = await started(rules_config(ServiceLimits(stream_window=8), drain_grace_s=2, metrics_port=0))
+    target = f"127.0.0.1:{server.port}"
+    big = atoms_rollout(2000, "y" * 20)
+
+    async def requests() -> AsyncIterator[reward_pb2.RewardRequest]:
+        for i in range(300):
+            yield rollout_request(f"r{i}", big)
+
+    async with grpc.aio.insecure_channel(target) as stuck_channel:
+        stuck = reward_pb2_grpc.RewardModelStub(stuck_channel).Reward(requests())
+        await asyncio.sleep(1)  # the window and the transport fill; nothing is read
+        began = time.perf_counter()
+        draining = asyncio.create_task(server.drain())
+        await asyncio.sleep(0.3)
+        async with grpc.aio.insecure_channel(target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                [r async for r in reward_pb2_grpc.RewardModelStub(channel).Reward(iter([rollout_request("new", big)]))]
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        await draining
+        took = time.perf_counter() - began
+        stuck.cancel()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in (refused.value.details() or "")
+    assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert took <= 2.0 + 0.3, took

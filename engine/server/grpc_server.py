@@ -52,6 +52,9 @@ from proctor.proto.proctor.v1 import critic_pb2_grpc, reward_pb2_grpc, teacher_p
 
 log = logging.getLogger(__name__)
 
+# Of the drain's grace, what is kept for closing the server, the backends and the endpoints after the calls end.
+_CLOSING_S = 1.0
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -413,16 +416,26 @@ class ProctorServer:
         self.metrics.serving.labels(name).set(1 if status == SERVING else 0)
 
     async def drain(self, grace_s: float | None = None) -> None:
-        """Stop taking work: health NOT_SERVING, new calls UNAVAILABLE, in-flight items finish within the grace."""
+        """Stop taking work: health NOT_SERVING, new calls UNAVAILABLE, in-flight items finish within the grace.
+
+        The port stays open while the calls in flight finish, so a client connecting meanwhile is answered
+        (UNAVAILABLE: retry elsewhere) rather than refused; everything, the closing of backends included, is done
+        within the grace."""
         grace = self.config.server.drain_grace_s if grace_s is None else grace_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         self.lifecycle.draining.set()
         self.lifecycle.ready.clear()
         await self.health.enter_graceful_shutdown()
         for name in self._needs:
             self.metrics.serving.labels(name).set(0)
+        calls_end = deadline - min(_CLOSING_S, grace / 2)  # what is left after it is for closing
+        while self.calls.active and loop.time() < calls_end:
+            await asyncio.sleep(0.02)
+        left = max(0.0, calls_end - loop.time())
         await asyncio.gather(
-            self._server.stop(grace) if self._server is not None else asyncio.sleep(0),
-            self.http.stop(grace) if self.http is not None else asyncio.sleep(0),
+            self._server.stop(left) if self._server is not None else asyncio.sleep(0),
+            self.http.stop(left) if self.http is not None else asyncio.sleep(0),
         )
         for task in (self._loading, self._watching):
             if task is not None:
@@ -434,7 +447,8 @@ class ProctorServer:
         if self.steps is not None:
             self.steps.close()
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+            # shutdown() waits for serve_forever's next 0.5 s poll; in a thread, so the loop does not wait on it
+            await asyncio.to_thread(self._metrics_server.shutdown)
             self._metrics_server.server_close()
 
     async def wait_for_termination(self) -> None:
