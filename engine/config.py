@@ -69,9 +69,8 @@ class HttpConfig:
     max_body_bytes: int = 16 * 1024 * 1024  # a larger body gets 413 before it is read
     request_timeout_s: float = 600.0  # a request's deadline (504 past it); 0 = none
     served_model_name: str = ""  # the id /v1/models reports and `model` must match; "" = teacher.model
-    chat_template: str = (
-        ""  # a Jinja chat template, or a file holding one, over the tokenizer's (vLLM's --chat-template)
-    )
+    chat_template: str = ""  # Jinja, or a file of it, over the tokenizer's template (vLLM's --chat-template)
+    trust_request_chat_template: bool = False  # a request may bring its own chat_template (vLLM's flag)
 
     def __post_init__(self) -> None:
         if self.port < -1:

@@ -1,6 +1,7 @@
-"""The OpenAI / vLLM-compatible HTTP front against the real clients that speak it: TRL's VLLMClient, the `openai`
-package, and prime-rl's, ArcticTraining's and ms-swift's teacher requests (reproduced from their source, since
-those packages are too heavy for CI), on the tiny teacher; log-probs checked against a float64 reference."""
+"""The OpenAI / vLLM-compatible HTTP front against the real clients that speak it: the `openai` package, and
+prime-rl's, ArcticTraining's and ms-swift's teacher requests (reproduced from their source, since those packages are
+too heavy for CI), on the tiny teacher; log-probs checked against a float64 reference. TRL's VLLMClient and
+ServerDistillationTrainer run in tests/trainers (CI's trainers venv)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from typing import Any
 import pytest
 import torch
 
-from proctor.clients.teacher import AsyncTeacherClient, score_request
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.server.grpc_server import ProctorServer
 
@@ -61,45 +61,6 @@ def _strict(data: bytes) -> Any:
         raise ValueError(f"not JSON: {name}")
 
     return json.loads(data, parse_constant=refuse) if data else None
-
-
-def trl_client(url: str) -> Any:
-    """TRL's own VLLMClient; its import guard wants vLLM installed, the one check patched here."""
-    import trl.generation.vllm_client as vllm_client
-
-    vllm_client.is_vllm_available = lambda *a, **k: True  # type: ignore[attr-defined]
-    return vllm_client.VLLMClient(base_url=url, connection_timeout=10)
-
-
-async def test_trl_sequence_logprobs_match_float64_and_score(
-    tiny_server: ProctorServer, target: str, reference: Any
-) -> None:
-    client = await asyncio.to_thread(trl_client, base(tiny_server))
-    assert client.model == TINY
-    out = await asyncio.to_thread(client.get_sequence_logprobs, SEQUENCES, PROMPT_LENGTHS, 4)
-    async with AsyncTeacherClient(target) as grpc_client:
-        scored = await grpc_client.score(
-            [score_request(str(i), s[:1], s[1:], top_logprobs=4) for i, s in enumerate(SEQUENCES)]
-        )
-    for i, (seq, start) in enumerate(zip(SEQUENCES, PROMPT_LENGTHS, strict=True)):
-        ref = reference(seq)
-        rows = ref[start - 1 : len(seq) - 1]  # the rows that predict the completion tokens
-        actual = rows.gather(1, torch.tensor(seq[start:]).unsqueeze(1))
-        assert torch.allclose(torch.tensor(out["actual_logprobs"][i], dtype=torch.float64), actual, atol=1e-4)
-        assert out["actual_token_ids"][i] == [[t] for t in seq[start:]]
-        assert torch.allclose(torch.tensor(out["logprobs"][i], dtype=torch.float64), rows.topk(4).values, atol=1e-4)
-        grpc_actual = list(scored[str(i)].logprobs)[start - 1 :]
-        assert torch.allclose(torch.tensor(grpc_actual, dtype=torch.float64), actual.squeeze(1), atol=1e-6)
-
-
-async def test_trl_generate_n2_prompt_major(tiny_server: ProctorServer) -> None:
-    client = await asyncio.to_thread(trl_client, base(tiny_server))
-    out = await asyncio.to_thread(client.generate, [[5, 6, 7], [8, 9]], None, 2, 1.0, 1.0, 1.0, 0, 0.0, 3, 1)
-    assert out["prompt_ids"] == [[5, 6, 7], [8, 9]]
-    assert len(out["completion_ids"]) == 4 and all(len(c) == 3 for c in out["completion_ids"])
-    # logprobs=1: the sampled token and the top-1, sorted by log-prob (one entry when they are the same token)
-    assert all(1 <= len(step) <= 2 for seq in out["logprobs"] for step in seq)
-    assert [step[0] for step in out["logprob_token_ids"][0]] != [] and len(out["logprobs"]) == 4
 
 
 async def test_openai_completions_text_tokens_echo_stream(tiny_server: ProctorServer, reference: Any) -> None:
@@ -248,6 +209,9 @@ async def test_bad_bodies_name_the_field(tiny_server: ProctorServer) -> None:
     chat = {"messages": [{"role": "user", "content": "hi"}], "tools": []}
     status, out, _ = await asyncio.to_thread(call, base(tiny_server) + "/v1/chat/completions", chat)
     assert status == 400 and out["error"]["param"] == "tools"
+    chat = {"messages": [{"role": "user", "content": "hi"}], "chat_template": "{{ 7 * 7 }}"}
+    status, out, _ = await asyncio.to_thread(call, base(tiny_server) + "/v1/chat/completions", chat)
+    assert status == 400 and out["error"]["param"] == "chat_template", "a request's template runs only if trusted"
 
 
 async def test_overload_is_429_with_retry_after_and_the_server_stays_healthy(tiny_server: ProctorServer) -> None:

@@ -29,8 +29,10 @@ from proctor.engine.services.http.openai_bodies import (
 )
 from proctor.engine.services.http.teacher_calls import Position, TeacherCalls, clamp, now, sample_steps
 from proctor.engine.services.http.vocab import Vocab
+from proctor.engine.version import __version__
 
 Prompt = str | list[str] | list[int] | list[list[int]]
+FINGERPRINT = f"proctor-{__version__}"
 NULLS = {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}  # vLLM-only keys, always null
 
 
@@ -317,6 +319,13 @@ class OpenAIRoutes:
         template: str | None = None,
         kw: dict[str, Any] | None = None,
     ) -> list[int]:
+        if template is not None and not self.front.config.trust_request_chat_template:
+            raise ApiError(
+                400,
+                "chat_template: a request's own template runs on the server; it is refused unless the server sets "
+                "http.trust_request_chat_template (as vLLM's --trust-request-chat-template)",
+                "chat_template",
+            )
         try:
             return await self.vocab.chat(messages, generation_prompt, continue_final, template, kw)
         except (ValueError, TypeError) as exc:  # no template, or the template refused the conversation
@@ -463,7 +472,7 @@ class CompletionBuild:
             "model": self.model,
             "choices": self._choices(),
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": FINGERPRINT,
             "usage": self.usage_json(),
             **NULLS,
         }
@@ -474,7 +483,9 @@ class CompletionBuild:
         out = [{**head, "choices": [{k: c[k] for k in keys}]} for c in self._choices()]
         options = self.body.stream_options
         if options is not None and options.include_usage:
-            out.append({**head, "choices": [], "usage": _without_nulls(self.usage_json())})
+            out.append(
+                {**head, "choices": [], "usage": _without_nulls(self.usage_json()), "system_fingerprint": FINGERPRINT}
+            )
         return out
 
 
@@ -524,7 +535,6 @@ class ChatBuild:
                     "annotations": None,
                     "audio": None,
                     "function_call": None,
-                    "tool_calls": [],
                     "reasoning": None,
                 },
                 "logprobs": self._logprobs(s),
@@ -547,7 +557,7 @@ class ChatBuild:
             "model": self.model,
             "choices": self._choices(),
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": FINGERPRINT,
             "usage": self.usage_json(),
             "prompt_logprobs": prompt_logprobs_json(self.prompt_positions, self.texts),
             "prompt_token_ids": self.ids if self.body.return_token_ids else None,
@@ -580,7 +590,9 @@ class ChatBuild:
             out.append({**head, "choices": [last]})
         options = self.body.stream_options
         if options is not None and options.include_usage:
-            out.append({**head, "choices": [], "usage": _without_nulls(self.usage_json())})
+            out.append(
+                {**head, "choices": [], "usage": _without_nulls(self.usage_json()), "system_fingerprint": FINGERPRINT}
+            )
         return out
 
 

@@ -19,7 +19,8 @@ class Vocab:
         self._building: asyncio.Task[list[str]] | None = None
 
     async def texts(self) -> list[str]:
-        """Token id -> its text as vLLM decodes one token alone (`decode([id])`); "" past the tokenizer's ids."""
+        """Token id -> its text as vLLM shows one token alone: `decode([id])`, "" for a token that ends inside a
+        UTF-8 character (a byte-level piece decoding to U+FFFD) and past the tokenizer's ids."""
         if self._texts is None:
             if self._building is None:
                 self._building = asyncio.create_task(asyncio.to_thread(self._decode_all))
@@ -29,7 +30,7 @@ class Vocab:
     def _decode_all(self) -> list[str]:
         tokenizer = self.backend.tokenizer
         known = len(tokenizer)
-        texts = list(tokenizer.batch_decode([[i] for i in range(known)]))
+        texts = ["" if t.endswith("\ufffd") else t for t in tokenizer.batch_decode([[i] for i in range(known)])]
         return texts + [""] * max(0, self.backend.info.vocab_size - known)
 
     async def decode(self, ids: Sequence[int]) -> str:
