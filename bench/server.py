@@ -18,15 +18,18 @@ class Served(NamedTuple):
 
 
 def serve(folder: Path, config_text: str) -> Served:
-    """`proctor serve` in its own process (as in production), once it is ready."""
+    """`proctor serve` in its own process (as in production), once it is ready. Its warnings and errors go to
+    `folder`/server.log; a server that fails to start says why from there."""
     config = folder / "proctor.yaml"
     config.write_text(config_text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proctor.engine.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    log = folder / "server.log"
+    with open(log, "w") as stderr:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proctor.engine.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     assert proc.stdout is not None
     port = metrics = ""
     for line in proc.stdout:
@@ -37,12 +40,18 @@ def serve(folder: Path, config_text: str) -> Served:
             break
         if "proctor: failed to load" in line:
             proc.terminate()
-            raise RuntimeError(line.strip())
+            raise RuntimeError(f"{line.strip()}; the end of {log}:\n{_tail(log)}")
     else:
-        raise RuntimeError(f"proctor serve exited with {proc.wait()} before it was ready")
+        raise RuntimeError(
+            f"proctor serve exited with {proc.wait()} before it was ready; the end of {log}:\n{_tail(log)}"
+        )
     # Keep reading: a full pipe would block the server (and vLLM's engine process, which logs to stdout too).
     threading.Thread(target=proc.stdout.read, daemon=True).start()
     return Served(proc, f"127.0.0.1:{port}", metrics)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def scrape(metrics_url: str) -> str:

@@ -88,12 +88,12 @@ def _run_in_process(name: str, workdir: Path, rehearse: bool) -> None:
 
 def _skip_reason(phase: Phase, workdir: Path, rehearse: bool) -> str:
     if phase.name == "tp":
-        if importlib.util.find_spec("proctor.bench.tp_check") is None:
-            return "proctor.bench.tp_check does not exist yet (issue 23)"
         env = read_record(workdir, "env")
         gpus = int(env.data.get("gpu", {}).get("count", 0)) if env is not None else 0
         if rehearse or gpus < 2:
             return f"needs 2 or more GPUs; {gpus} visible"
+        if importlib.util.find_spec("vllm") is None:
+            return "needs vLLM on the machine: bench/gpu_vllm.sh's parts first, then `. /root/vl/env.sh`"
     return ""
 
 
