@@ -103,6 +103,15 @@ def test_outcomes_of_our_phases(tmp_path: Path) -> None:
     assert run._outcome(phase, 1, log.record) == (FAIL, "exited with 1")
 
 
+def test_proctor_gpu_check_runs_one_phase_alone(tmp_path: Path) -> None:
+    from proctor.engine.cli import main
+
+    assert main(["gpu-check", "--rehearse", "--only", "env", "--out", str(tmp_path), "--workdir", str(tmp_path)]) == 0
+    [report] = [json.loads(p.read_text()) for p in tmp_path.glob("*-gpu-check.json")]
+    assert [(p["name"], p["status"]) for p in report["phases"]] == [("env", PASS)]
+    assert report["command"].endswith(f"gpu_check --rehearse --out={tmp_path} --workdir={tmp_path} --only=env")
+
+
 def test_the_h200_budgets_fit_eight_minutes() -> None:
     one_gpu = [p for p in run.PHASES if p.name != "tp"]  # tp runs only where 2+ GPUs are visible
     assert sum(p.budget_s for p in one_gpu) <= run.TOTAL_BUDGET_S <= 8 * 60

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from proctor.bench import gpu_check
 from proctor.bench.gpu_check.report import (
     FAIL,
     OUT_OF_TIME,
@@ -40,6 +41,7 @@ from proctor.bench.gpu_check.report import (
     write_json,
 )
 from proctor.bench.gpu_check.scale import scale
+from proctor.engine.cli import Command
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 TOTAL_BUDGET_S = 480.0  # the issue: the whole check in <= 8 minutes on one H200
@@ -191,7 +193,11 @@ def run_check(args: argparse.Namespace, now: Callable[[], float] = time.monotoni
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
-    command = "python -m proctor.bench.gpu_check " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+    flags = ["--rehearse"] * bool(args.rehearse) + [
+        f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ("out", "workdir", "only", "budget_s")
+        if getattr(args, name)
+    ]  # fmt: skip
+    command = shlex.join(["python", "-m", "proctor.bench.gpu_check", *flags])
     started = now()
     results: list[PhaseResult] = []
     stem = out / f"{dt.date.today().isoformat()}-pending-gpu-check"
@@ -255,22 +261,38 @@ def _write_report(
     return stem
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m proctor.bench.gpu_check",
-        description=(__doc__ or "") + "\nbench/README.md, 'On a GPU machine', gives the calls in order.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rehearse", action="store_true", help="the same phases on the CPU, tiny shapes (CI)")
     p.add_argument("--out", default=str(RESULTS), help="where the report goes [bench/results]; on the device: $OUT")
     p.add_argument("--workdir", help="models and phase records (~4 GB on a GPU) [a new temporary folder]")
     p.add_argument("--only", help="comma-separated phases, e.g. env,serve (the rest are left out of the report)")
     p.add_argument("--budget-s", type=float, default=0.0, help="the whole check's budget [480 s; rehearsal 420 s]")
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
-    args = p.parse_args(argv)
-    args.argv = argv
+
+
+def run(args: argparse.Namespace) -> int:
     if args.phase:
         _run_in_process(args.phase, Path(args.workdir), args.rehearse)
-        return
+        return 0
     stem = run_check(args)
     print(f"saved {stem}.json, {stem}.md, {stem}.log")
+    return 0
+
+
+DESCRIPTION = (gpu_check.__doc__ or "") + "\nbench/README.md, 'On a GPU machine', gives the calls in order."
+COMMAND = Command(
+    help="every GPU path checked, and the bars measured, in one command of budgeted phases (<= 8 min on one H200)",
+    description=DESCRIPTION,
+    add_arguments=add_arguments,
+    run=run,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m proctor.bench.gpu_check",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    raise SystemExit(run(p.parse_args(argv)))
