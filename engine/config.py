@@ -16,8 +16,15 @@ from typing import Any, TypeVar
 
 import yaml
 
-from proctor.engine.backends.settings import VllmSettings
+from proctor.engine.backends.settings import (
+    ATTN_IMPLEMENTATIONS,
+    BACKENDS,
+    SCORE_PACKINGS,
+    SCORERS,
+    BackendSettings,
+)
 from proctor.engine.rewards import rrm
+from proctor.engine.rewards.pipeline import RewardSettings
 from proctor.engine.skd.critic_input import RELATION_PHRASES
 from proctor.engine.skd.critic_scoring import CriticSettings
 from proctor.engine.skd.prompts import NameChoices
@@ -33,9 +40,12 @@ class ConfigError(ValueError):
 class TlsConfig:
     """TLS from PEM files; `client_ca_file` turns on mutual TLS (clients must present a certificate it signed)."""
 
-    cert_file: str = ""  # PEM certificate chain of the server
-    key_file: str = ""  # PEM private key of the server
-    client_ca_file: str = ""  # PEM CA that signs client certificates: mutual TLS
+    cert_file: str = ""
+    """PEM certificate chain of the server"""
+    key_file: str = ""
+    """PEM private key of the server"""
+    client_ca_file: str = ""
+    """PEM CA that signs client certificates: mutual TLS"""
 
     def __post_init__(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
@@ -46,17 +56,26 @@ class TlsConfig:
 
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"  # localhost by default: exposing the server is a deliberate choice
-    port: int = 50051  # 0 = any free port (printed at start)
-    metrics_host: str = "127.0.0.1"  # the Prometheus endpoint's bind address
-    metrics_port: int = 9400  # 0 = any free port; -1 = no metrics endpoint
-    max_message_bytes: int = 64 * 1024 * 1024  # per gRPC message, both ways
-    max_concurrent_calls: int = 256  # more concurrent calls get RESOURCE_EXHAUSTED
-    drain_grace_s: float = 30.0  # SIGTERM: in-flight items get this long to finish
+    host: str = "127.0.0.1"
+    """localhost by default: exposing the server is a deliberate choice"""
+    port: int = 50051
+    """0 = any free port (printed at start)"""
+    metrics_host: str = "127.0.0.1"
+    """the Prometheus endpoint's bind address"""
+    metrics_port: int = 9400
+    """0 = any free port; -1 = no metrics endpoint"""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """per gRPC message, both ways"""
+    max_concurrent_calls: int = 256
+    """more concurrent calls get RESOURCE_EXHAUSTED"""
+    drain_grace_s: float = 30.0
+    """SIGTERM: in-flight items get this long to finish"""
     tls: TlsConfig = field(default_factory=TlsConfig)
-    # Bearer tokens: one per line in a file and/or comma-separated in an environment variable. Health stays open.
-    auth_tokens_file: str = ""  # one bearer token per line (# comments allowed)
-    auth_tokens_env: str = ""  # name of an environment variable with comma-separated tokens
+    auth_tokens_file: str = ""
+    """one bearer token per line (# comments allowed). Bearer tokens: one per line in a file and/or comma-separated in
+    an environment variable. Health stays open"""
+    auth_tokens_env: str = ""
+    """name of an environment variable with comma-separated tokens"""
 
 
 @dataclass
@@ -64,13 +83,20 @@ class HttpConfig:
     """The HTTP front (OpenAI / vLLM-compatible teacher routes, the OpenRLHF reward route): off by default. It uses
     server.tls and server's bearer tokens, and the admission limits of the service each route calls."""
 
-    host: str = "127.0.0.1"  # its own bind address: exposing gRPC does not expose HTTP
-    port: int = -1  # -1 = off; 0 = any free port
-    max_body_bytes: int = 16 * 1024 * 1024  # a larger body gets 413 before it is read
-    request_timeout_s: float = 600.0  # a request's deadline (504 past it); 0 = none
-    served_model_name: str = ""  # the id /v1/models reports and `model` must match; "" = teacher.model
-    chat_template: str = ""  # Jinja, or a file of it, over the tokenizer's template (vLLM's --chat-template)
-    trust_request_chat_template: bool = False  # a request may bring its own chat_template (vLLM's flag)
+    host: str = "127.0.0.1"
+    """its own bind address: exposing gRPC does not expose HTTP"""
+    port: int = -1
+    """-1 = off; 0 = any free port"""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """a larger body gets 413 before it is read"""
+    request_timeout_s: float = 600.0
+    """a request's deadline (504 past it); 0 = none"""
+    served_model_name: str = ""
+    """the id /v1/models reports and `model` must match; "" = teacher.model"""
+    chat_template: str = ""
+    """Jinja, or a file of it, over the tokenizer's template (vLLM's --chat-template)"""
+    trust_request_chat_template: bool = False
+    """a request may bring its own chat_template (vLLM's flag)"""
 
     def __post_init__(self) -> None:
         if self.port < -1:
@@ -92,86 +118,70 @@ class ServiceLimits:
     """
 
     max_queued_items: int = 4096
+    """items admitted and not yet answered, across the service's calls; past it, RESOURCE_EXHAUSTED at once"""
     stream_window: int = 1024
-    stream_window_bytes: int = 64 * 1024 * 1024  # unsent results per call; the server stops reading past it
-    max_items_per_stream: int = 1_000_000  # past it, items get RESOURCE_EXHAUSTED: open a new stream
+    """items one call holds from read until their result is sent; past it the server stops reading (backpressure)"""
+    stream_window_bytes: int = 64 * 1024 * 1024
+    """unsent results per call; the server stops reading past it"""
+    max_items_per_stream: int = 1_000_000
+    """past it, items get RESOURCE_EXHAUSTED: open a new stream"""
 
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
-SCORE_PACKINGS = ("auto", "packed", "padded")
-
-
-def _check_torch_scorer(section: str, attn_implementation: str, score_packing: str) -> None:
-    if attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ConfigError(f"{section}.attn_implementation: {attn_implementation!r} is not one of "
+def _check_backend_settings(section: str, settings: BackendSettings) -> None:
+    if settings.backend not in BACKENDS:
+        raise ConfigError(f"{section}.backend: {settings.backend!r} is not one of {', '.join(BACKENDS)}")
+    if settings.scorer not in SCORERS:
+        raise ConfigError(f"{section}.scorer: {settings.scorer!r} is not one of {', '.join(SCORERS)}")
+    if settings.scorer != "torch" and settings.backend != "vllm":
+        raise ConfigError(f"{section}.scorer: {settings.scorer} needs {section}.backend: vllm")
+    if settings.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"{section}.attn_implementation: {settings.attn_implementation!r} is not one of "
                           f"{', '.join(ATTN_IMPLEMENTATIONS)}")  # fmt: skip
-    if score_packing not in SCORE_PACKINGS:
-        raise ConfigError(f"{section}.score_packing: {score_packing!r} is not one of {', '.join(SCORE_PACKINGS)}")
-
-
-# What answers Score, groups and probes: torch = the fused-kernel torch scorer on one device; vllm = vLLM's prompt
-# log-probs; vllm-hidden = vLLM runs the model, sharded as its `vllm:` settings say, and hands back final hidden
-# states that proctor's fused lm_head turns into log-probs (a second vLLM engine beside the generating one).
-SCORERS = ("torch", "vllm", "vllm-hidden")
-# The pooling engine of vllm-hidden: prefill only, so a small KV cache beside the generating engine's 0.6.
-SCORER_VLLM = VllmSettings(gpu_memory_utilization=0.25)
-
-
-def _check_backends(section: str, backend: str, scorer: str) -> None:
-    if backend not in ("auto", "torch", "vllm"):
-        raise ConfigError(f"{section}.backend: {backend!r} is not auto, torch or vllm")
-    if scorer not in SCORERS:
-        raise ConfigError(f"{section}.scorer: {scorer!r} is not one of {', '.join(SCORERS)}")
-    if scorer != "torch" and backend != "vllm":
-        raise ConfigError(f"{section}.scorer: {scorer} needs {section}.backend: vllm")
+    if settings.score_packing not in SCORE_PACKINGS:
+        raise ConfigError(
+            f"{section}.score_packing: {settings.score_packing!r} is not one of {', '.join(SCORE_PACKINGS)}"
+        )
+    for name in ("max_batch_seqs", "max_score_tokens"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{section}.{name}: must be >= 1")
 
 
 @dataclass
-class TeacherConfig:
-    model: str = "builtin:smollm2"  # HF id, local folder, builtin:smollm2 or builtin:tiny
-    backend: str = "auto"  # generation: vllm (continuous batching), torch (own batching); auto = vllm if on CUDA
-    # Score with backend vllm: torch = the fused-kernel scorer, a second copy of the weights beside vLLM's, on one
-    # device; vllm = vLLM's prompt log-probs, no second copy but a full prefill per sequence and slow with top-k;
-    # vllm-hidden = a second vLLM engine, sharded like the first, whose final hidden states go through the fused
-    # lm_head (the scorer for a teacher larger than one GPU).
-    scorer: str = "torch"  # torch | vllm | vllm-hidden: what answers Score (log-probs of given text)
-    device: str = "auto"  # auto = cuda if available, else cpu (the torch backend and scorer; vllm-hidden's lm_head)
-    dtype: str = "auto"  # torch: auto = bfloat16 on cuda, float32 on cpu; vllm: auto = the model's
-    # The torch backend's attention (transformers' attn_implementation); flash_attention_2/3 need flash-attn.
-    attn_implementation: str = "sdpa"
-    # Score batches: packed = one row, no padding (varlen attention); padded = similar lengths side by side; auto =
-    # packed with a varlen attention (flash_attention_2/3, flex_attention), padded with sdpa / eager (a packed row
-    # there attends over a dense mask of the whole row).
-    score_packing: str = "auto"
-    vllm: VllmSettings = field(default_factory=VllmSettings)  # with backend: vllm
-    # With scorer: vllm-hidden, its own vLLM engine (the pooling runner): a second copy of the weights, sharded as
-    # these settings say, beside the generating engine's (their memory shares must fit the GPUs together).
-    scorer_vllm: VllmSettings = field(default_factory=lambda: SCORER_VLLM)
-    max_prompt_tokens: int = 0  # 0 = the model's context length
+class TeacherConfig(BackendSettings):
+    """The Teacher service: Generate, Score and GenerateTriples on a causal LM."""
+
+    max_prompt_tokens: int = 0
+    """0 = the model's context length"""
     default_max_tokens: int = 16
-    max_n: int = 128  # the SKD event prompt samples n = 100
+    """a request's max_tokens when it sets none"""
+    max_n: int = 128
+    """the SKD event prompt samples n = 100"""
     max_top_logprobs: int = 64
-    max_batch_seqs: int = 64
-    max_score_tokens: int = 16384
-    max_group_size: int = 1024  # continuations per Score group
-    critic: str = "local"  # GenerateTriples' critic: "local" (this server's Critic), an address, or "" (none)
+    """most top log-probs per position a request may ask for (Generate and Score)"""
+    max_group_size: int = 1024
+    """continuations per Score group"""
+    critic: str = "local"
+    """GenerateTriples' critic: "local" (this server's Critic), an address, or "" (none)"""
     max_triples_events: int = 1000
-    # GenerateTriples' names in the inference prompts: the authors' rule unless a field is set true (ours).
+    """most events one GenerateTriples call may ask for"""
     skd_names: NameChoices = field(default_factory=NameChoices)
+    """GenerateTriples' names in the inference prompts: the authors' rule unless a field is set true (ours)"""
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
-        _check_backends("teacher", self.backend, self.scorer)
-        _check_torch_scorer("teacher", self.attn_implementation, self.score_packing)
+        _check_backend_settings("teacher", self)
 
 
 @dataclass
 class StepsConfig:
     """The training step of trainers that cannot send it, counted per run (engine/rewards/steps.py)."""
 
-    rollouts_per_step: int = 0  # a run's default (prompts per step x samples); 0 = each run must say
-    state_dir: str = ""  # where the counts live: survive restarts, shared by replicas on it; "" = memory only
-    max_runs: int = 1024  # runs tracked at once; a new key past it is refused
+    rollouts_per_step: int = 0
+    """a run's default (prompts per step x samples); 0 = each run must say"""
+    state_dir: str = ""
+    """where the counts live: survive restarts, shared by replicas on it; "" = memory only"""
+    max_runs: int = 1024
+    """runs tracked at once; a new key past it is refused"""
 
     def __post_init__(self) -> None:
         if self.rollouts_per_step < 0:
@@ -184,8 +194,10 @@ class StepsConfig:
 class OpenRLHFConfig:
     """OpenRLHF's /reward route: what a rollout whose reward cannot be computed gets (services/http/openrlhf.py)."""
 
-    on_error: str = "fallback"  # fallback: the reward below, flagged and counted; fail: 422 (OpenRLHF then crashes)
-    fallback_reward: float = -1.0  # the reward of a malformed rollout
+    on_error: str = "fallback"
+    """fallback: the reward below, flagged and counted; fail: 422 (OpenRLHF then crashes)"""
+    fallback_reward: float = -1.0
+    """the reward of a malformed rollout"""
 
     def __post_init__(self) -> None:
         if self.on_error not in ("fallback", "fail"):
@@ -195,34 +207,16 @@ class OpenRLHFConfig:
 
 
 @dataclass
-class RewardConfig:
-    """The RewardModel service. `model` is the RRM (any HF causal LM); "" hosts rules-only rewards."""
+class RewardConfig(BackendSettings, RewardSettings):
+    """The RewardModel service. `model` is the RRM (any HF causal LM); "" hosts rules-only rewards. The RRM's batch
+    limits are its own (max_batch_seqs, max_score_tokens); a torch backend shared with the teacher needs the same."""
 
-    model: str = "builtin:smollm2"  # the RRM: any HF causal LM; "" = rules only
-    backend: str = "auto"  # the judge's generation (generate mode): auto, torch or vllm (see teacher.backend)
-    scorer: str = "torch"  # expected mode's score-token probes: torch, vllm or vllm-hidden (see teacher.scorer)
-    device: str = "auto"
-    dtype: str = "auto"
-    attn_implementation: str = "sdpa"  # see teacher.attn_implementation
-    score_packing: str = "auto"  # see teacher.score_packing
-    vllm: VllmSettings = field(default_factory=VllmSettings)
-    scorer_vllm: VllmSettings = field(default_factory=lambda: SCORER_VLLM)  # see teacher.scorer_vllm
-    mode: str = "expected"  # generate | expected | rules (a request may choose another)
-    total_steps: int = 0  # T_MAX; 0 = every request must carry total_steps
-    aggregation: str = "mean"  # mean | min | last
-    no_atoms_r_atom: float = 0.0  # R_atom of a rollout without atoms (flagged in the result)
-    prompt_template: str = rrm.DEFAULT_TEMPLATE
-    include_gold: bool = True
-    judge_temperature: float = 0.7
-    judge_max_tokens: int = 0  # 0 = 8 per atom + 16
-    renormalize: bool = True  # expected mode: renormalise over the score tokens
     steps: StepsConfig = field(default_factory=StepsConfig)
     openrlhf: OpenRLHFConfig = field(default_factory=OpenRLHFConfig)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
-        _check_backends("reward", self.backend, self.scorer)
-        _check_torch_scorer("reward", self.attn_implementation, self.score_packing)
+        _check_backend_settings("reward", self)
         if self.mode not in ("generate", "expected", "rules"):
             raise ConfigError(f"reward.mode: {self.mode!r} is not one of generate, expected, rules")
         if self.mode != "rules" and not self.model:
@@ -237,13 +231,20 @@ class RewardConfig:
 class CriticConfig(CriticSettings):
     """The Critic service: any HF sequence classifier (1 sigmoid logit, or softmax over 2 labels)."""
 
-    model: str = "builtin:critic"  # trained once by `proctor train-critic` on the shipped set, then cached
-    device: str = "auto"  # auto = cuda if available, else cpu
-    dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
-    valid_label: int = 1  # with 2 labels: the index of "valid"
-    max_batch_items: int = 256  # pairs per model batch
-    max_batch_tokens: int = 16384  # padded token slots per model batch (pairs x the longest)
-    max_wait_ms: float = 2.0  # after the first pair, for more to batch with; what waits is cut by length
+    model: str = "builtin:critic"
+    """trained once by `proctor train-critic` on the shipped set, then cached"""
+    device: str = "auto"
+    """auto = cuda if available, else cpu"""
+    dtype: str = "auto"
+    """auto = bfloat16 on cuda, float32 on cpu"""
+    valid_label: int = 1
+    """with 2 labels: the index of "valid" """
+    max_batch_items: int = 256
+    """pairs per model batch"""
+    max_batch_tokens: int = 16384
+    """padded token slots per model batch (pairs x the longest)"""
+    max_wait_ms: float = 2.0
+    """after the first pair, for more to batch with; what waits is cut by length"""
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:

@@ -86,6 +86,16 @@ def test_operations_reference_is_current() -> None:
     )
 
 
+def test_every_config_key_is_documented_once_where_it_is_declared() -> None:
+    from proctor.engine.jobs import reference
+
+    rows = [line for line in reference.config_reference().splitlines() if line.startswith("| `")]
+    assert len(rows) > 100, "every section's keys, nested ones included"
+    undocumented = [row.split("`")[1] for row in rows if row.rstrip().endswith("|  |")]
+    assert not undocumented, f"give these fields an attribute docstring: {undocumented}"
+    assert "(multi-line" in next(r for r in rows if "`reward.prompt_template`" in r), "long defaults are not inlined"
+
+
 def _documents(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d]
 

@@ -7,9 +7,11 @@ python -m proctor.engine.jobs.reference --check    # exit 1 if they are stale (a
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import inspect
-import re
+import itertools
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +28,23 @@ _SECTIONS = {
 }
 
 
-def _comments(cls: type) -> dict[str, str]:
-    """The trailing `# comment` of each field's line in the source of the class and of the dataclasses it extends."""
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's attribute docstring (the string right below it), from the class and the dataclasses it extends."""
     found = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
-        for line in inspect.getsource(klass).splitlines():
-            match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.*)$", line)
-            if match:
-                found[match.group(1)] = match.group(2)
+        [node] = ast.parse(textwrap.dedent(inspect.getsource(klass))).body
+        assert isinstance(node, ast.ClassDef)
+        for field, doc in itertools.pairwise(node.body):
+            if (
+                isinstance(field, ast.AnnAssign)
+                and isinstance(field.target, ast.Name)
+                and isinstance(doc, ast.Expr)
+                and isinstance(doc.value, ast.Constant)
+                and isinstance(doc.value.value, str)
+            ):
+                found[field.target.id] = " ".join(inspect.cleandoc(doc.value.value).split())
     return found
 
 
@@ -47,14 +56,15 @@ def _default(value: Any) -> str:
 
 def _rows(cls: type, prefix: str) -> list[str]:
     rows = []
-    comments = _comments(cls)
+    docs = field_docs(cls)
     defaults = cls()
     for f in dataclasses.fields(cls):
         value = getattr(defaults, f.name)
         if dataclasses.is_dataclass(value):
             rows += _rows(type(value), f"{prefix}{f.name}.")
             continue
-        rows.append(f"| `{prefix}{f.name}` | {_default(value)} | {comments.get(f.name, '')} |")
+        note = docs.get(f.name, "").replace("|", r"\|")  # a table cell
+        rows.append(f"| `{prefix}{f.name}` | {_default(value)} | {note} |")
     return rows
 
 

@@ -21,17 +21,28 @@ MODES = ("generate", "expected", "rules")
 ATTEMPTS = 2  # an unparseable judgement is retried once
 
 
-@dataclass(frozen=True)
+@dataclass
 class RewardSettings:
+    """The reward's settings (the `reward` config section holds them with the RRM's backend settings)."""
+
     mode: str = "expected"
+    """generate | expected | rules (a request may choose another)"""
     total_steps: int = 0
+    """T_MAX; 0 = every request must carry total_steps"""
     aggregation: str = "mean"
+    """mean | min | last"""
     no_atoms_r_atom: float = 0.0
+    """R_atom of a rollout without atoms (flagged in the result)"""
     prompt_template: str = rrm.DEFAULT_TEMPLATE
+    """the RRM's prompt; placeholders {question} {atoms} {gold} {count} (engine/rewards/rrm.py)"""
     include_gold: bool = True
+    """the RRM prompt shows the first gold answer"""
     judge_temperature: float = 0.7
-    judge_max_tokens: int = 0  # 0 = 8 per atom + 16
+    """generate mode: the RRM's sampling temperature"""
+    judge_max_tokens: int = 0
+    """0 = 8 per atom + 16"""
     renormalize: bool = True
+    """expected mode: renormalise over the score tokens"""
 
 
 @dataclass(frozen=True)

@@ -22,23 +22,16 @@ from prometheus_client import start_http_server
 
 from proctor.engine.backends.base import Backend, Generator
 from proctor.engine.backends.builtin_models import resolve_model
-from proctor.engine.backends.routed import GenerateAndScore
-from proctor.engine.backends.settings import VllmSettings
-from proctor.engine.backends.torch.classifier import TorchClassifier
-from proctor.engine.backends.torch.generator import TorchGenerator
-from proctor.engine.backends.vllm.generator import VllmGenerator
-from proctor.engine.backends.vllm.hidden_scorer import VllmHiddenScorer
 from proctor.engine.config import (
     Config,
     ConfigError,
-    RewardConfig,
     ServerConfig,
     ServiceLimits,
-    TeacherConfig,
     TlsConfig,
 )
-from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings
+from proctor.engine.rewards.pipeline import RewardScorer
 from proctor.engine.rewards.steps import StepTracker
+from proctor.engine.server.wiring import BackendSet
 from proctor.engine.services import critic, reward, teacher
 from proctor.engine.services.call_gate import CallLimit, guarded
 from proctor.engine.services.http import openrlhf, teacher_front
@@ -57,31 +50,6 @@ _CLOSING_S = 1.0
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def resolve_backend(backend: str) -> str:
-    """`auto` is vLLM where it imports and CUDA is present (production generation), else torch."""
-    if backend != "auto":
-        return backend
-    import importlib.util
-
-    import torch
-
-    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "torch"
-
-
-def reward_settings(rc: RewardConfig) -> RewardSettings:
-    return RewardSettings(
-        mode=rc.mode,
-        total_steps=rc.total_steps,
-        aggregation=rc.aggregation,
-        no_atoms_r_atom=rc.no_atoms_r_atom,
-        prompt_template=rc.prompt_template,
-        include_gold=rc.include_gold,
-        judge_temperature=rc.judge_temperature,
-        judge_max_tokens=rc.judge_max_tokens,
-        renormalize=rc.renormalize,
-    )
 
 
 def load_tokens(config: ServerConfig) -> list[bytes]:
@@ -175,10 +143,8 @@ class ProctorServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
         self.metrics_port = 0
-        self._backends: dict[tuple[str, ...], Backend] = {}  # shared by services naming the same model
+        self.backends = BackendSet(self.metrics)
         self._needs: dict[str, list[Backend]] = {}  # service -> the backends it waits for
-        self._generators: dict[tuple[str, ...], Generator] = {}  # shared by sections naming the same model
-        self._vllm_settings: dict[tuple[str, ...], tuple[str, VllmSettings]] = {}
         self.critic_scorer: CriticScorer | None = None
         self._metrics_server: Any = None
         self._loading: asyncio.Task[None] | None = None
@@ -213,19 +179,7 @@ class ProctorServer:
         names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         if self.config.critic is not None:
             cc = self.config.critic
-            classifier = TorchClassifier(
-                cc.model,
-                device=cc.device,
-                dtype=cc.dtype,
-                valid_label=cc.valid_label,
-                max_batch_items=cc.max_batch_items,
-                max_batch_tokens=cc.max_batch_tokens,
-                max_wait_ms=cc.max_wait_ms,
-                on_batch=lambda items, tokens, slots: self.metrics.observe_batch(
-                    cc.model, "Classify", items, tokens, slots
-                ),
-            )
-            self._backends[("classifier", cc.model, cc.device, cc.dtype)] = classifier
+            classifier = self.backends.classifier(cc)
             self._needs[critic.SERVICE] = [classifier]
             self.critic_scorer = CriticScorer(classifier, cc, lambda: Path(resolve_model(cc.model)))
             svc = self._service_context(critic.SERVICE, cc.limits)
@@ -234,7 +188,7 @@ class ProctorServer:
             names.append(critic.SERVICE)
         if self.config.teacher is not None:
             tc = self.config.teacher
-            backend, needs = self._generator("teacher", tc, tc.max_batch_seqs, tc.max_score_tokens)
+            backend, needs = self.backends.generator("teacher", tc)
             self._needs[teacher.SERVICE] = needs
             svc = self._service_context(teacher.SERVICE, tc.limits)
             self.metrics.watch_queue(teacher.SERVICE, backend.queue_depth)
@@ -253,11 +207,11 @@ class ProctorServer:
             judge: Generator | None = None
             self._needs[reward.SERVICE] = []
             if rc.model:
-                judge, self._needs[reward.SERVICE] = self._generator("reward", rc)
+                judge, self._needs[reward.SERVICE] = self.backends.generator("reward", rc)
             svc = self._service_context(reward.SERVICE, rc.limits)
             steps = rc.steps
             self.steps = StepTracker(steps.rollouts_per_step, steps.state_dir, steps.max_runs)
-            scorer = RewardScorer(reward_settings(rc), judge, self.steps)
+            scorer = RewardScorer(rc, judge, self.steps)
             if self.http is not None:
                 on_error, fallback = rc.openrlhf.on_error, rc.openrlhf.fallback_reward
                 self.http.include(openrlhf.router(self.http, scorer, svc, on_error, fallback), svc)
@@ -278,65 +232,6 @@ class ProctorServer:
             await self.http.start()
         self._watch_gpus()
         self._loading = asyncio.create_task(self._load_all())
-
-    def _generator(
-        self, section: str, cfg: TeacherConfig | RewardConfig, max_batch_seqs: int = 64, max_score_tokens: int = 16384
-    ) -> tuple[Generator, list[Backend]]:
-        """The section's Generator and the backends it is made of; a backend is shared by every section that names
-        the same model the same way."""
-
-        def torch_backend() -> TorchGenerator:
-            key = ("torch", cfg.model, cfg.device, cfg.dtype, cfg.attn_implementation, cfg.score_packing)
-            if key not in self._generators:
-
-                def on_batch(rpc: str, items: int, tokens: int, slots: int) -> None:
-                    self.metrics.observe_batch(cfg.model, rpc, items, tokens, slots)
-
-                self._generators[key] = TorchGenerator(
-                    cfg.model,
-                    device=cfg.device,
-                    dtype=cfg.dtype,
-                    max_batch_seqs=max_batch_seqs,
-                    max_score_tokens=max_score_tokens,
-                    attn_implementation=cfg.attn_implementation,
-                    score_packing=cfg.score_packing,
-                    on_batch=on_batch,
-                )
-                self._backends[key] = self._generators[key]
-            backend = self._generators[key]
-            assert isinstance(backend, TorchGenerator)
-            return backend
-
-        if resolve_backend(cfg.backend) == "torch":
-            backend = torch_backend()
-            return backend, [backend]
-        key = ("vllm", cfg.model, cfg.dtype)
-        if key not in self._generators:
-            self._generators[key] = self._backends[key] = VllmGenerator(cfg.model, cfg.dtype, cfg.vllm)
-            self.metrics.include_vllm()
-        self._same_vllm_settings(key, section, "vllm", cfg.vllm)
-        vllm = self._generators[key]
-        if cfg.scorer == "vllm":
-            return vllm, [vllm]
-        if cfg.scorer == "vllm-hidden":
-            hidden_key = ("vllm-hidden", cfg.model, cfg.dtype, cfg.device)
-            if hidden_key not in self._backends:
-                self._backends[hidden_key] = VllmHiddenScorer(cfg.model, cfg.device, cfg.dtype, cfg.scorer_vllm)
-            self._same_vllm_settings(hidden_key, section, "scorer_vllm", cfg.scorer_vllm)
-            hidden = self._backends[hidden_key]
-            assert isinstance(hidden, VllmHiddenScorer)
-            return GenerateAndScore(vllm, hidden), [vllm, hidden]
-        scorer = torch_backend()
-        return GenerateAndScore(vllm, scorer), [vllm, scorer]
-
-    def _same_vllm_settings(self, key: tuple[str, ...], section: str, name: str, settings: VllmSettings) -> None:
-        """Sections that share a vLLM engine must configure it alike: a difference is an error, not a second engine."""
-        first_section, first = self._vllm_settings.setdefault(key, (section, settings))
-        if first != settings:
-            raise ConfigError(
-                f"{section}.{name}: differs from {first_section}.{name} for the same model; "
-                "one vLLM engine serves both, so give them the same settings"
-            )
 
     def _watch_gpus(self) -> None:
         import torch
@@ -367,14 +262,14 @@ class ProctorServer:
     async def _load_all(self) -> None:
         # One backend at a time: transformers' lazy imports are not thread-safe, and loads would fight for memory.
         loaded: dict[int, asyncio.Future[bool]] = {
-            id(b): asyncio.get_running_loop().create_future() for b in self._backends.values()
+            id(b): asyncio.get_running_loop().create_future() for b in self.backends.all.values()
         }
         waiting = [
             asyncio.create_task(self._ready_when_loaded(name, [loaded[id(b)] for b in needs]))
             for name, needs in self._needs.items()
         ]
         # Generators first: a built-in critic may train itself on first use, and should not hold the teacher up.
-        order = sorted(self._backends.values(), key=lambda b: b not in self._generators.values())
+        order = sorted(self.backends.all.values(), key=lambda b: b not in self.backends.generators())
         for backend in order:
             loaded[id(backend)].set_result(await self._load(backend))
         await asyncio.gather(*waiting)
@@ -446,7 +341,7 @@ class ProctorServer:
         for task in (self._loading, self._watching):
             if task is not None:
                 task.cancel()
-        for backend in self._backends.values():
+        for backend in self.backends.all.values():
             await backend.close()
         if self.remote_critic is not None:
             await self.remote_critic.close()

@@ -23,10 +23,14 @@ from proctor.engine.skd.triples import Judgement
 class CriticSettings:
     """The policy's settings (the `critic` config section holds them with the model's)."""
 
-    cutoff_level: str = "medium"  # high | medium, read from the model folder's proctor_cutoffs.json
-    cutoff: float = -1.0  # >= 0 overrides the level for every relation
-    cutoffs: dict[str, float] = field(default_factory=dict)  # per relation (xWant, ...), over both of the above
-    draws: int = 5  # name draws per triple; the score is their mean
+    cutoff_level: str = "medium"
+    """high | medium, read from the model folder's proctor_cutoffs.json"""
+    cutoff: float = -1.0
+    """>= 0 overrides the level for every relation"""
+    cutoffs: dict[str, float] = field(default_factory=dict)
+    """per relation (xWant, ...), over both of the above"""
+    draws: int = 5
+    """name draws per triple; the score is their mean"""
 
 
 class CriticScorer:

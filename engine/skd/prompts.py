@@ -33,8 +33,10 @@ class NameChoices:
     (PAPERS.md §1.4); each field set true is proctor's own choice, documented as ours (PAPERS.md §1.4, last
     paragraph)."""
 
-    distinct_example_names: bool = False  # ours: a worked example never gives PersonX and PersonY the same name
-    whole_word_names_back: bool = False  # ours: Alex/Chris map back only as whole words ("Alexander" stays)
+    distinct_example_names: bool = False
+    """ours: a worked example never gives PersonX and PersonY the same name"""
+    whole_word_names_back: bool = False
+    """ours: Alex/Chris map back only as whole words ("Alexander" stays)"""
 
 
 AUTHORS_NAMES = NameChoices()

@@ -117,7 +117,7 @@ class TorchGenerator:
         score_packing: str = "auto",
     ) -> None:
         """`on_batch(rpc, items, tokens, slots)` is told each batch's size, real tokens and padded slots.
-        `score_packing` (auto | packed | padded) and `attn_implementation`: see TeacherConfig."""
+        `score_packing` (auto | packed | padded) and `attn_implementation`: see BackendSettings."""
         self._model_ref = model
         self._device = pick_device(device)
         self._dtype = pick_dtype(dtype, self._device)
