@@ -137,7 +137,7 @@ def _score_check(name: str, ours: Sequence[ScoreOutput], theirs: Sequence[ScoreO
             for x, y in zip(a.top.logprobs, b.top.logprobs, strict=False):
                 worst = max(worst, _max_diff(x, y))
     ok = same_top and worst <= TOLERANCE
-    return Check(name, ok, f"max |diff| {worst:.2e}" + ("" if same_top else ", top-k ids differ"))
+    return Check(name, ok, f"max abs diff {worst:.2e}" + ("" if same_top else ", top-k ids differ"))
 
 
 def compare(sharded: Answers, unsharded: Answers) -> list[Check]:
@@ -147,7 +147,7 @@ def compare(sharded: Answers, unsharded: Answers) -> list[Check]:
         same = [s.token_ids for s in ours.samples] == [s.token_ids for s in theirs.samples]
         worst = max(_max_diff(a.logprobs, b.logprobs) for a, b in zip(ours.samples, theirs.samples, strict=True))
         checks.append(Check(f"generate {item}", same and worst <= TOLERANCE,
-                            f"tokens {'identical' if same else 'differ'}, max |diff| {worst:.2e}"))  # fmt: skip
+                            f"tokens {'identical' if same else 'differ'}, max abs diff {worst:.2e}"))  # fmt: skip
     checks.append(_score_check("score, top-k", sharded.scores, unsharded.scores))
     for name in ("group", "probes"):
         ours, theirs = getattr(sharded, name), getattr(unsharded, name)
@@ -245,7 +245,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines += [f"| {c['name']} | {'yes' if c['ok'] else 'NO'} | {c['detail']} |" for c in result["checks"]]
     lines += ["", "| figure | value |", "|---|---|"]
     lines += [f"| {name} | {value:,.0f} |" for name, value in result["figures"].items()]
-    lines += ["", f"load: {result['load']}; {result['elapsed_s']:.0f} s in all", ""]
+    load = "; ".join(f"{rpc}: {what}" for rpc, what in result["load"].items())
+    elapsed = f"{result['elapsed_s']:.0f} s in all"
+    lines += ["", f"Rates under load ({load}), at tensor parallel 2 unless named tp1. {elapsed}.", ""]
     return "\n".join(lines)
 
 
