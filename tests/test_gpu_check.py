@@ -115,3 +115,26 @@ def test_proctor_gpu_check_runs_one_phase_alone(tmp_path: Path) -> None:
 def test_the_h200_budgets_fit_eight_minutes() -> None:
     one_gpu = [p for p in run.PHASES if p.name != "tp"]  # tp runs only where 2+ GPUs are visible
     assert sum(p.budget_s for p in one_gpu) <= run.TOTAL_BUDGET_S <= 8 * 60
+
+
+def test_the_flop_counts_are_the_models_own_matrices() -> None:
+    """The shares of the ceiling count 2 FLOPs per weight of every matrix a token meets (+ attention): checked
+    against the real transformers models of the bars' shapes, built on the meta device."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, Qwen2ForCausalLM
+
+    from proctor.bench.gpu_check.models import decoder_flops, encoder_flops, teacher_config
+    from proctor.bench.gpu_check.scale import QWEN_1_5B, ROBERTA_LARGE
+
+    def matrices(module: torch.nn.Module) -> int:
+        return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+    with torch.device("meta"):
+        teacher = Qwen2ForCausalLM(teacher_config(QWEN_1_5B))
+        critic = BertForSequenceClassification(BertConfig(**ROBERTA_LARGE, num_labels=1))
+    assert 1.5e9 < sum(p.numel() for p in teacher.parameters()) < 1.6e9  # Qwen2.5-1.5B: 1.54 B, tied embeddings
+    attention = 2 * 2 * QWEN_1_5B["num_hidden_layers"] * QWEN_1_5B["hidden_size"] * 1 * 1 / 2
+    assert decoder_flops(QWEN_1_5B, 1, 0) == 2 * matrices(teacher.model.layers) + attention
+    assert decoder_flops(QWEN_1_5B, 1, 1) - decoder_flops(QWEN_1_5B, 1, 0) == 2 * teacher.lm_head.weight.numel()
+    attention = 2 * 2 * ROBERTA_LARGE["num_hidden_layers"] * ROBERTA_LARGE["hidden_size"]
+    assert encoder_flops(ROBERTA_LARGE, 1) == 2 * matrices(critic.bert.encoder) + attention

@@ -30,7 +30,7 @@ CRITIC_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def teacher_config(shape: dict[str, int]) -> Any:
     from transformers import Qwen2Config
 
-    return Qwen2Config(**shape, tie_word_embeddings=False)
+    return Qwen2Config(**shape, tie_word_embeddings=True)  # as Qwen2.5-1.5B (and 0.5B) are
 
 
 def teacher_tokenizer() -> Any:
