@@ -49,10 +49,10 @@ check() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 4
   # vLLM's site first: its pins of the packages both bring (fastapi, pydantic, ...) are the ones it was built with.
   export PYTHONPATH=$PYTHONPATH:/tmp/site:$PWD
-  step vllm-tests 150 env PROCTOR_REQUIRE_VLLM=1 python3 -m pytest -q -p no:cacheprovider \
+  step vllm-tests 170 env PROCTOR_REQUIRE_VLLM=1 python3 -m pytest -q -p no:cacheprovider \
     tests/test_generator_contract.py tests/test_vllm_server.py
   python3 -m proctor.bench.gpu_check.models --config-only /tmp/qwen-1.5b-shape || failed+=(model)
-  step vllm-throughput 190 python3 -m proctor.bench.vllm_throughput --model /tmp/qwen-1.5b-shape \
+  step vllm-throughput 170 python3 -m proctor.bench.vllm_throughput --model /tmp/qwen-1.5b-shape \
     --load-format dummy --prompts 1024 --prompt-len 64 --max-tokens 256 --max-model-len 2048 \
     --gpu-memory-utilization 0.85
   cp bench/results/"$(date +%F)"-*-vllm-throughput.* "$out"/ 2>/dev/null
