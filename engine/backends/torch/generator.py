@@ -525,7 +525,9 @@ class TorchGenerator:
     def _generator(self, seed: int | None, index: int) -> torch.Generator:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=self._unseeded))
-        return torch.Generator().manual_seed((seed + index * _SEED_STRIDE) % 2**63)
+        # On the model's device: torch.multinomial on CUDA probabilities refuses a CPU generator ("Expected a 'cuda'
+        # device type for generator"). Seeds reproduce per device type; CPU and CUDA streams differ.
+        return torch.Generator(device=self._device).manual_seed((seed + index * _SEED_STRIDE) % 2**63)
 
     def _row_params(self, params: Sequence[Any]) -> RowParams:
         def col(name: str, dtype: torch.dtype) -> torch.Tensor:
