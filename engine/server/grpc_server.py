@@ -8,6 +8,7 @@ to any service while draining, are answered UNAVAILABLE (retryable) by an interc
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import os
@@ -273,6 +274,9 @@ class ProctorServer:
         for backend in order:
             loaded[id(backend)].set_result(await self._load(backend))
         await asyncio.gather(*waiting)
+        # What is loaded now (libraries, models: millions of objects) leaves the garbage collector's generations,
+        # so a full collection, which stops every thread and the event loop with them, walks only what calls make.
+        gc.freeze()
         if self._needs and not self.lifecycle.draining.is_set():
             await self.health.set("", SERVING)
         self._watching = asyncio.create_task(self._watch_backends())
