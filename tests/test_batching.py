@@ -8,21 +8,21 @@ import time
 import pytest
 import torch
 
+from proctor.engine.backends.torch.batch_policy import Job, ScoreJob
 from proctor.engine.backends.torch.batching import DynamicBatcher
-from proctor.engine.backends.torch.generator import TorchGenerator, _Job
+from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.items import ScoreItem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_score_bucket_takes_the_oldest_and_its_nearest_lengths() -> None:
-    engine = TorchGenerator("builtin:tiny", max_score_tokens=100)
+    policy = TorchGenerator("builtin:tiny", max_score_tokens=100).policy
     loop = asyncio.get_running_loop()
-    jobs = [
-        _Job(item=ScoreItem([1] * (n - 1), [2]), future=loop.create_future(), loop=loop)
-        for n in (10, 50, 12, 48, 11, 9)
+    jobs: list[ScoreJob] = [
+        Job(item=ScoreItem([1] * (n - 1), [2]), future=loop.create_future(), loop=loop) for n in (10, 50, 12, 48, 11, 9)
     ]
-    batch = engine._score_bucket(jobs)
+    batch = policy.score_bucket(jobs)
     assert [len(j.item.context_ids) + 1 for j in batch] == [10, 11, 9, 12]  # 4 x 12 <= 100; adding 48 would not fit
 
 
@@ -147,7 +147,7 @@ async def test_packed_score_batches_equal_padded_ones_without_padding() -> None:
         )
         await engine.start()
         try:
-            outputs[packing] = await engine._submit_many(items)
+            outputs[packing] = await engine._submit(engine._queues.score, items)  # one batch: queued at once
         finally:
             await engine.close()
     tokens = sum(len(i.context_ids) + len(i.target_ids) for i in items)

@@ -7,7 +7,8 @@ The engine thread owns the model (one forward at a time) and takes work in batch
   its last sample ends. New prompts join at the next wave (vLLM is the continuous-batching backend);
 - scoring runs the model to hidden states and turns only the target positions into log-probs
   (`proctor.kernels`), never materialising [tokens, vocab] logits for the whole batch.
-The asyncio side talks to the thread through futures resolved with `call_soon_threadsafe`.
+How each round's batches are formed is batch_policy.py. The asyncio side talks to the thread through futures
+resolved with `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -20,22 +21,32 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from typing import Any
 
 import torch
 
 from proctor.engine.backends.loading import eos_token_ids, load, pick_device, pick_dtype
+from proctor.engine.backends.torch.batch_policy import (
+    BatchPolicy,
+    GenerateJob,
+    ItemT,
+    Job,
+    ProbeGroupJob,
+    Queues,
+    ResultT,
+    ScoreGroupJob,
+    ScoreJob,
+    sequence,
+)
+from proctor.engine.backends.torch.decoding import Decoding, Seq, Wave
 from proctor.engine.backends.torch.sampling import RowParams, sample
 from proctor.engine.items import (
     BackendInfo,
-    FinishReason,
     GenerateItem,
     Generation,
     GroupOutput,
     ProbeGroupItem,
-    Sample,
     ScoreGroupItem,
     ScoreItem,
     ScoreOutput,
@@ -44,59 +55,6 @@ from proctor.engine.items import (
 from proctor.kernels import lm_head_logprobs, token_logprobs
 
 log = logging.getLogger(__name__)
-
-_SEED_STRIDE = 0x9E3779B97F4A7C15  # decorrelates the generators of the n samples of one seeded prompt
-
-
-@dataclass
-class _Job:
-    item: Any
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    enqueued: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-
-    def resolve(self, value: Any) -> None:
-        self.loop.call_soon_threadsafe(_set_result, self.future, value)
-
-    def fail(self, exc: BaseException) -> None:
-        self.loop.call_soon_threadsafe(_set_exception, self.future, exc)
-
-
-def _set_result(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
-@dataclass
-class _Seq:
-    job: _Job
-    index: int
-    generator: torch.Generator
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    top: TopK = field(default_factory=TopK)
-    text: str | None = None  # set when a stop string cut it
-    finish: FinishReason | None = None
-    stop_reason: str = ""
-
-
-@dataclass
-class _Wave:
-    """Book-keeping of one generation wave: which samples of which job are still running."""
-
-    jobs: list[_Job]
-    started: float
-    samples: dict[int, list[Sample | None]] = field(default_factory=dict)
-
-
-def _sequence(item: ScoreItem) -> list[int]:
-    return item.context_ids + item.target_ids
 
 
 # Attentions that take packed sequences without a dense mask over the packed row.
@@ -121,13 +79,12 @@ class TorchGenerator:
         self._model_ref = model
         self._device = pick_device(device)
         self._dtype = pick_dtype(dtype, self._device)
-        self._max_batch_seqs = max_batch_seqs
-        self._max_score_tokens = max_score_tokens
         self._attn_implementation = attn_implementation
         self._packed = score_packing == "packed" or (score_packing == "auto" and attn_implementation in VARLEN)
+        self.policy = BatchPolicy(max_batch_seqs, max_score_tokens, self._packed)
         self._unseeded = torch.Generator().manual_seed(seed)
         self._on_batch = on_batch or (lambda rpc, items, tokens, slots: None)
-        self._pending: collections.deque[_Job] = collections.deque()
+        self._queues = Queues()
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -160,6 +117,7 @@ class TorchGenerator:
         self._pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else eos_ids[0]
         self._vocab = int(model.get_output_embeddings().weight.shape[0])
         self._info = loaded.info(self._vocab, int(getattr(config, "max_position_embeddings", 2048)), eos_ids)
+        self._decoding = Decoding(self._tokenizer, tuple(eos_ids), self._device, self._unseeded)
 
     async def close(self) -> None:
         with self._cv:
@@ -178,44 +136,34 @@ class TorchGenerator:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def queue_depth(self) -> int:
-        return len(self._pending)
+        return len(self._queues)
 
     def alive(self) -> bool:
         return self._thread is None or self._thread.is_alive() or self._stopping
 
     async def generate(self, item: GenerateItem) -> Generation:
-        result: Generation = await self._submit(item)
-        return result
+        return (await self._submit(self._queues.generate, [item]))[0]
 
     async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
-        results: list[Generation] = await self._submit_many(items)
-        return results
+        return await self._submit(self._queues.generate, items)
 
     async def score(self, item: ScoreItem) -> ScoreOutput:
-        result: ScoreOutput = await self._submit(item)
-        return result
+        return (await self._submit(self._queues.score, [item]))[0]
 
     async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
-        result: GroupOutput = await self._submit(item)
-        return result
+        return (await self._submit(self._queues.score_groups, [item]))[0]
 
     async def probe_group(self, item: ProbeGroupItem) -> GroupOutput:
-        result: GroupOutput = await self._submit(item)
-        return result
+        return (await self._submit(self._queues.probe_groups, [item]))[0]
 
-    async def _submit(self, item: GenerateItem | ScoreItem | ScoreGroupItem | ProbeGroupItem) -> Any:
-        return (await self._submit_many([item]))[0]
-
-    async def _submit_many(
-        self, items: Sequence[GenerateItem | ScoreItem | ScoreGroupItem | ProbeGroupItem]
-    ) -> list[Any]:
+    async def _submit(self, queue: collections.deque[Job[ItemT, ResultT]], items: Sequence[ItemT]) -> list[ResultT]:
         """Queue the items at once, so that the engine takes them into the same batch."""
         loop = asyncio.get_running_loop()
-        jobs = [_Job(item=item, future=loop.create_future(), loop=loop) for item in items]
+        jobs = [Job(item=item, future=loop.create_future(), loop=loop) for item in items]
         with self._cv:
             if self._stopping:
                 raise RuntimeError("backend is shut down")
-            self._pending.extend(jobs)
+            queue.extend(jobs)
             self._cv.notify()
         try:
             return list(await asyncio.gather(*(job.future for job in jobs)))
@@ -229,88 +177,32 @@ class TorchGenerator:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._pending and not self._stopping:
+                while not self._queues and not self._stopping:
                     self._cv.wait()
-                if self._stopping and not self._pending:
+                if self._stopping and not self._queues:
                     return
-                groups, scores, gens = self._take_batch()
+                batch = self.policy.take(self._queues)
             try:
                 with torch.inference_mode():
-                    for group in groups:
-                        if isinstance(group.item, ProbeGroupItem):
-                            self._probe_group(group)
-                        else:
-                            self._score_group(group)
-                    if scores:
-                        self._score_batch(scores)
-                    if gens:
-                        self._generate_wave(gens)
+                    for group in batch.score_groups:
+                        self._score_group(group)
+                    for probes in batch.probe_groups:
+                        self._probe_group(probes)
+                    if batch.scores:
+                        self._score_batch(batch.scores)
+                    if batch.wave:
+                        self._generate_wave(batch.wave)
             except Exception as exc:  # a model failure fails the batch, not the server
                 log.exception("backend batch failed")
-                for job in groups + scores + gens:
+                for job in batch.jobs():
                     job.fail(exc)
 
-    def _take_batch(self) -> tuple[list[_Job], list[_Job], list[_Job]]:
-        """Take the score groups, one score batch and one generation wave (sequence budget) off the queue."""
-        groups: list[_Job] = []
-        candidates: list[_Job] = []
-        gens: list[_Job] = []
-        seqs = 0
-        keep: collections.deque[_Job] = collections.deque()
-        while self._pending:
-            job = self._pending.popleft()
-            if job.cancelled:
-                continue
-            if isinstance(job.item, ScoreGroupItem | ProbeGroupItem):
-                groups.append(job)
-            elif isinstance(job.item, ScoreItem):
-                candidates.append(job)
-            else:
-                n = job.item.params.n
-                if gens and seqs + n > self._max_batch_seqs:
-                    keep.append(job)
-                    continue
-                gens.append(job)
-                seqs += n
-        scores = self._score_bucket(candidates)
-        chosen = {id(j) for j in scores}
-        # what waits keeps its arrival order
-        self._pending = collections.deque(sorted([*keep, *(j for j in candidates if id(j) not in chosen)],
-                                                 key=lambda j: j.enqueued))  # fmt: skip
-        return groups, scores, gens
-
-    def _score_bucket(self, candidates: list[_Job]) -> list[_Job]:
-        """The oldest score item and the waiting ones closest to it in length, while the padded batch
-        (items x longest) fits `max_score_tokens`: less padding, and the oldest item always goes (no starvation)."""
-        if not candidates:
-            return []
-        if self._packed:  # no padding: oldest first, while the tokens fit
-            batch: list[_Job] = []
-            tokens = 0
-            for job in candidates:
-                size = len(_sequence(job.item))
-                if batch and tokens + size > self._max_score_tokens:
-                    break
-                batch.append(job)
-                tokens += size
-            return batch
-        anchor = len(_sequence(candidates[0].item))
-        ranked = sorted(candidates[1:], key=lambda j: abs(len(_sequence(j.item)) - anchor))
-        batch, longest = [candidates[0]], anchor
-        for job in ranked:
-            size = len(_sequence(job.item))
-            if (len(batch) + 1) * max(longest, size) > self._max_score_tokens:
-                continue
-            batch.append(job)
-            longest = max(longest, size)
-        return batch
-
-    def _score_batch(self, jobs: list[_Job]) -> None:
+    def _score_batch(self, jobs: list[ScoreJob]) -> None:
         """Run the model to hidden states once, then log-probs only at the rows asked for (fused kernels: no
         [tokens, vocab] logits)."""
         started = time.perf_counter()
         items: list[ScoreItem] = [j.item for j in jobs]
-        seqs = [_sequence(it) for it in items]
+        seqs = [sequence(it) for it in items]
         weight = self._model.get_output_embeddings().weight
         tokens = sum(len(s) for s in seqs)
         if self._packed:
@@ -341,7 +233,7 @@ class TorchGenerator:
             job.resolve(out)
 
     def _continuation_batches(
-        self, job: _Job, context_ids: list[int], continuations: list[list[int]]
+        self, job: ScoreGroupJob | ProbeGroupJob, context_ids: list[int], continuations: list[list[int]]
     ) -> Iterator[tuple[list[list[int]], torch.Tensor, torch.Tensor]]:
         """The context's KV cache once; then the continuations in batches against copies of it. Yields each batch
         with its hidden states [B, width, H] and the context's last state (which predicts every first token)."""
@@ -350,7 +242,7 @@ class TorchGenerator:
         shared = getattr(out, self._cache_kwarg)
         last_hidden = out.last_hidden_state[0, -1]
         n_ctx = len(context_ids)
-        per_batch = max(1, self._max_score_tokens // (n_ctx + max(len(c) for c in continuations)))
+        per_batch = self.policy.continuation_batch_size(n_ctx, continuations)
         for start in range(0, len(continuations), per_batch):
             if job.cancelled:
                 return
@@ -375,9 +267,9 @@ class TorchGenerator:
             ).last_hidden_state
             yield conts, hidden, last_hidden
 
-    def _score_group(self, job: _Job) -> None:
+    def _score_group(self, job: ScoreGroupJob) -> None:
         started = time.perf_counter()
-        item: ScoreGroupItem = job.item
+        item = job.item
         weight = self._model.get_output_embeddings().weight
         scores: list[ScoreOutput] = []
         for conts, hidden, last_hidden in self._continuation_batches(job, item.context_ids, item.continuations):
@@ -403,11 +295,11 @@ class TorchGenerator:
         done = time.perf_counter()
         job.resolve(GroupOutput(scores=scores, queue_s=started - job.enqueued, inference_s=done - started))
 
-    def _probe_group(self, job: _Job) -> None:
+    def _probe_group(self, job: ProbeGroupJob) -> None:
         """Candidate-token log-probs after each continuation of a shared context (an RRM reading its score
         tokens after every atom's tail): the expected-score kernel at each continuation's last state."""
         started = time.perf_counter()
-        item: ProbeGroupItem = job.item
+        item = job.item
         weight = self._model.get_output_embeddings().weight
         outputs: list[ScoreOutput] = []
         done_so_far = 0
@@ -460,8 +352,9 @@ class TorchGenerator:
             out[b] = ScoreOutput(logprobs=logprobs_l[span], top=top)
         return out
 
-    def _generate_wave(self, jobs: list[_Job]) -> None:
-        wave = _Wave(jobs=jobs, started=time.perf_counter())
+    def _generate_wave(self, jobs: list[GenerateJob]) -> None:
+        decoding = self._decoding
+        wave = Wave(jobs=jobs, started=time.perf_counter())
         items: list[GenerateItem] = [j.item for j in jobs]
         width = max(len(it.prompt_ids) for it in items)
         self._on_batch("Generate", len(items), sum(len(it.prompt_ids) for it in items), len(items) * width)
@@ -487,22 +380,22 @@ class TorchGenerator:
         mask = mask.to(self._device)[select]
         next_pos = positions.to(self._device)[select, -1] + 1
         seqs = [
-            _Seq(job=jobs[r], index=i, generator=self._generator(items[r].params.seed, i))
+            Seq(job=jobs[r], index=i, generator=decoding.sample_generator(items[r].params.seed, i))
             for r in range(len(items))
             for i in range(items[r].params.n)
         ]
         for job, it in zip(jobs, items, strict=True):
             wave.samples[id(job)] = [None] * it.params.n
-        params = self._row_params([s.job.item.params for s in seqs])
+        params = decoding.row_params([s.job.item.params for s in seqs])
         counts = torch.zeros((len(seqs), self._vocab), dtype=torch.float32, device=self._device)
         while True:
             tokens = sample(logits, counts, params, [s.generator for s in seqs])
             counts.scatter_add_(1, tokens.unsqueeze(1), torch.ones_like(counts[:, :1]))
-            self._record(seqs, logits, tokens)
+            decoding.record(seqs, logits, tokens)
             keep = [i for i, s in enumerate(seqs) if s.finish is None and not s.job.cancelled]
             for _i, s in enumerate(seqs):
                 if s.finish is not None:
-                    self._finish(wave, s)
+                    decoding.finish(wave, s)
             if not keep:
                 return
             if len(keep) < len(seqs):
@@ -521,80 +414,3 @@ class TorchGenerator:
             )
             next_pos = next_pos + 1
             logits = out.logits[:, -1, :].float()
-
-    def _generator(self, seed: int | None, index: int) -> torch.Generator:
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=self._unseeded))
-        # On the model's device: torch.multinomial on CUDA probabilities refuses a CPU generator ("Expected a 'cuda'
-        # device type for generator"). Seeds reproduce per device type; CPU and CUDA streams differ.
-        return torch.Generator(device=self._device).manual_seed((seed + index * _SEED_STRIDE) % 2**63)
-
-    def _row_params(self, params: Sequence[Any]) -> RowParams:
-        def col(name: str, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor([getattr(p, name) for p in params], dtype=dtype, device=self._device)
-
-        return RowParams(
-            temperature=col("temperature", torch.float32),
-            top_p=col("top_p", torch.float32),
-            top_k=col("top_k", torch.long),
-            presence_penalty=col("presence_penalty", torch.float32),
-            frequency_penalty=col("frequency_penalty", torch.float32),
-        )
-
-    def _record(self, seqs: list[_Seq], logits: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Append each row's sampled token with its raw log-prob, then check the stop conditions."""
-        raw = torch.log_softmax(logits, dim=-1)
-        chosen = raw.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        max_k = max(s.job.item.params.top_logprobs for s in seqs)
-        top_vals, top_ids = raw.topk(max_k, dim=-1) if max_k else (None, None)
-        for row, (s, token, lp) in enumerate(zip(seqs, tokens.tolist(), chosen, strict=True)):
-            p = s.job.item.params
-            s.tokens.append(token)
-            s.logprobs.append(lp)
-            if p.top_logprobs and top_vals is not None and top_ids is not None:
-                s.top.ids.append(top_ids[row, : p.top_logprobs].tolist())
-                s.top.logprobs.append(top_vals[row, : p.top_logprobs].tolist())
-            self._check_stop(s, token)
-
-    def _check_stop(self, s: _Seq, token: int) -> None:
-        p = s.job.item.params
-        if not p.ignore_eos and token in self.info.eos_token_ids:
-            s.finish = FinishReason.STOP
-        elif token in p.stop_token_ids:
-            s.finish, s.stop_reason = FinishReason.STOP, str(token)
-        elif p.stop:
-            text = self._tokenizer.decode(s.tokens, skip_special_tokens=True)
-            hits = [(text.find(stop), stop) for stop in p.stop if stop in text]
-            if hits:
-                at, stop = min(hits)
-                s.finish, s.stop_reason, s.text = FinishReason.STOP, stop, text[:at]
-                return
-        if s.finish is None and len(s.tokens) >= p.max_tokens:
-            s.finish = FinishReason.LENGTH
-
-    def _finish(self, wave: _Wave, s: _Seq) -> None:
-        p = s.job.item.params
-        text = ""
-        if p.detokenize:
-            text = s.text if s.text is not None else self._tokenizer.decode(s.tokens, skip_special_tokens=True)
-        slots = wave.samples[id(s.job)]
-        slots[s.index] = Sample(
-            index=s.index,
-            token_ids=s.tokens,
-            text=text,
-            finish_reason=s.finish or FinishReason.LENGTH,
-            stop_reason=s.stop_reason,
-            cumulative_logprob=float(sum(s.logprobs)) if p.logprobs or p.top_logprobs else None,
-            logprobs=s.logprobs if p.logprobs or p.top_logprobs else None,
-            top=s.top if p.top_logprobs else None,
-        )
-        if all(slot is not None for slot in slots):
-            now = time.perf_counter()
-            s.job.resolve(
-                Generation(
-                    prompt_ids=s.job.item.prompt_ids,
-                    samples=[slot for slot in slots if slot is not None],
-                    queue_s=wave.started - s.job.enqueued,
-                    inference_s=now - wave.started,
-                )
-            )
