@@ -128,7 +128,8 @@ def _run_process(command: list[str], budget_s: float, log: TextIO) -> tuple[int 
     """(exit code, or None when it ran out of time; the end of its output). The phase runs in a process group of its
     own, so that ending it ends every process it started."""
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # No phase needs a model hub; on a machine without network a lookup would wait for its timeout.
+    env = {"HF_HUB_OFFLINE": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
     )
