@@ -110,7 +110,7 @@ class HttpFront:
         then close."""
         if self._server is None or self._serving is None:
             return
-        self._server.config.timeout_graceful_shutdown = max(1, round(grace_s))
+        self._server.config.timeout_graceful_shutdown = max(0.1, grace_s)  # type: ignore[assignment]  # float works
         self._server.should_exit = True
         await self._serving
 
