@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proctor.engine.backends.builtin_models import builtin_available
-from proctor.engine.config import RELATION_NAMES as RELATION_CHOICES
 from proctor.engine.config import Config, ConfigError, load_config
+from proctor.engine.skd.relations import RELATIONS
 from proctor.engine.version import __version__
 
 log = logging.getLogger("proctor")
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_distill.add_argument("--server", help="host:port of a proctor server with Teacher and Critic; default: embedded")
     p_distill.add_argument("--events", help="file of PersonX events, one per line; default: the teacher writes them")
     p_distill.add_argument("--num-events", type=int, default=8, help="events the teacher writes [8]")
-    p_distill.add_argument("--relations", help="comma-separated subset of: " + ", ".join(RELATION_CHOICES))
+    p_distill.add_argument("--relations", help="comma-separated subset of: " + ", ".join(RELATIONS))
     p_distill.add_argument("--seed", type=int, default=0)
     p_distill.add_argument("--chunk-events", type=int, default=4, help="events per call and checkpoint [4]")
     p_distill.add_argument("--inference-n", type=int, default=10, help="tails sampled per (event, relation) [10]")
@@ -210,8 +210,8 @@ def _distill(args: argparse.Namespace) -> int:
 
     from proctor.engine.jobs import distill
 
-    relations = tuple(r.strip() for r in args.relations.split(",")) if args.relations else tuple(RELATION_CHOICES)
-    unknown = sorted(set(relations) - set(RELATION_CHOICES))
+    relations = tuple(r.strip() for r in args.relations.split(",")) if args.relations else tuple(RELATIONS)
+    unknown = sorted(set(relations) - set(RELATIONS))
     if unknown:
         raise ConfigError(f"--relations: unknown {', '.join(unknown)}")
     cutoffs = {}

@@ -24,12 +24,10 @@ from proctor.engine.backends.settings import (
     BackendSettings,
 )
 from proctor.engine.rewards import rrm
-from proctor.engine.rewards.pipeline import RewardSettings
-from proctor.engine.skd.critic_input import RELATION_PHRASES
+from proctor.engine.rewards.pipeline import RewardMode, RewardSettings
 from proctor.engine.skd.critic_scoring import CriticSettings
 from proctor.engine.skd.prompts import NameChoices
-
-RELATION_NAMES = tuple(RELATION_PHRASES)
+from proctor.engine.skd.relations import RELATIONS
 
 
 class ConfigError(ValueError):
@@ -217,9 +215,10 @@ class RewardConfig(BackendSettings, RewardSettings):
 
     def __post_init__(self) -> None:
         _check_backend_settings("reward", self)
-        if self.mode not in ("generate", "expected", "rules"):
-            raise ConfigError(f"reward.mode: {self.mode!r} is not one of generate, expected, rules")
-        if self.mode != "rules" and not self.model:
+        modes = [m.value for m in RewardMode]
+        if self.mode not in modes:
+            raise ConfigError(f"reward.mode: {self.mode!r} is not one of {', '.join(modes)}")
+        if self.mode != RewardMode.RULES and not self.model:
             raise ConfigError(f"reward.mode: {self.mode} needs reward.model (an RRM); use mode: rules without one")
         if self.aggregation not in rrm.aggregations():
             raise ConfigError(f"reward.aggregation: {self.aggregation!r} is not one of {', '.join(rrm.aggregations())}")
@@ -250,7 +249,7 @@ class CriticConfig(CriticSettings):
     def __post_init__(self) -> None:
         if self.cutoff_level not in ("high", "medium"):
             raise ConfigError(f"critic.cutoff_level: {self.cutoff_level!r} is not high or medium")
-        unknown = sorted(set(self.cutoffs) - set(RELATION_NAMES))
+        unknown = sorted(set(self.cutoffs) - set(RELATIONS))
         if unknown:
             raise ConfigError(f"critic.cutoffs: unknown relation(s) {', '.join(unknown)}")
         if self.draws < 1:

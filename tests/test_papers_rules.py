@@ -275,7 +275,7 @@ async def test_inference_sampling_is_the_papers() -> None:
 async def test_the_seven_prompts_of_an_event_go_out_together(tiny_server: ProctorServer) -> None:
     """One backend call carries every relation's prompt of the event (the real tiny teacher, observed)."""
     assert "The seven prompts of one event go out together" in " ".join(_section("### 1.2").split())
-    [teacher] = {id(g): g for g in tiny_server._generators.values()}.values()
+    [teacher] = {id(g): g for g in tiny_server.backends.generators()}.values()
     calls: list[list[GenerateItem]] = []
 
     class Observed:

@@ -102,7 +102,7 @@ async def server(two_cores: None, unsharded: tp_check.Answers) -> AsyncIterator[
 
 
 def teacher(server: ProctorServer) -> GenerateAndScore:
-    backends = list(server._backends.values())
+    backends = list(server.backends.all.values())
     assert len(backends) == 2, "one generating and one pooling engine, shared by the Teacher and the RRM"
     generator = next(b for b in backends if isinstance(b, VllmGenerator))
     scorer = next(b for b in backends if isinstance(b, VllmHiddenScorer))

@@ -66,7 +66,7 @@ def engine_processes() -> list[int]:
 async def test_teacher_and_rrm_on_one_vllm_engine() -> None:
     server = await started(vllm_config())
     try:
-        assert len(server._backends) == 2, "one vLLM engine (shared) and one torch scorer"
+        assert len(server.backends.all) == 2, "one vLLM engine (shared) and one torch scorer"
         target = f"127.0.0.1:{server.port}"
         async with AsyncTeacherClient(target) as client:
             info = await client.info()

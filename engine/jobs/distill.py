@@ -35,19 +35,11 @@ from tqdm import tqdm
 from proctor.engine.items import FinishReason, SamplingParams
 from proctor.engine.skd import prompts as skd
 from proctor.engine.skd.event_pool import EventPool
+from proctor.engine.skd.relations import RELATIONS
 from proctor.proto.proctor.v1 import common_pb2, critic_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 
-RELATION_NAMES = {v: k for k, v in common_pb2.Relation.items()}
-_SKD_NAMES = {
-    "X_WANT": "xWant",
-    "X_ATTR": "xAttr",
-    "X_INTENT": "xIntent",
-    "X_EFFECT": "xEffect",
-    "X_REACT": "xReact",
-    "X_NEED": "xNeed",
-    "HINDERED_BY": "HinderedBy",
-}
-_ENUMS = {name: common_pb2.Relation.Value(enum) for enum, name in _SKD_NAMES.items()}
+_ENUMS = {r.name: common_pb2.Relation.Value(r.enum) for r in RELATIONS.values()}
+_NAMES = {value: name for name, value in _ENUMS.items()}
 
 
 @dataclass(frozen=True)
@@ -55,7 +47,7 @@ class DistillJob:
     seed: int = 0
     num_events: int = 0  # with no events file: how many the teacher writes
     events_file: str = ""
-    relations: tuple[str, ...] = tuple(skd.RELATIONS)
+    relations: tuple[str, ...] = tuple(RELATIONS)
     chunk_events: int = 4  # events per GenerateTriples call, and per checkpoint
     inference_n: int = 10  # the paper's n
     event_n: int = 100  # the paper's n
@@ -211,7 +203,7 @@ def run(
                         raise SystemExit(f"event {r.head!r} failed: {r.error.message}")
                     row = {
                         "head": r.head,
-                        "relation": _SKD_NAMES[RELATION_NAMES[r.relation]],
+                        "relation": _NAMES[r.relation],
                         "tail": r.tail,
                         "teacher_logprob": round(r.teacher_logprob, 6),
                         "critic_score": round(r.critic_score, 6),

@@ -32,7 +32,8 @@ import torch
 
 from proctor.engine.backends.builtin_models import register_builder, resolve_model
 from proctor.engine.skd import cutoffs
-from proctor.engine.skd.critic_input import RELATION_PHRASES, triple_pairs
+from proctor.engine.skd.critic_input import triple_pairs
+from proctor.engine.skd.relations import RELATIONS
 
 log = logging.getLogger(__name__)
 SHIPPED_SET = Path(__file__).resolve().parents[1] / "data" / "critic_triples.jsonl"
@@ -93,7 +94,7 @@ def load_examples(path: Path) -> list[Example]:
             example = Example(str(row["head"]), str(row["relation"]), str(row["tail"]), bool(int(row["label"])))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{number}: expected head, relation, tail, label (0/1): {exc}") from exc
-        if example.relation not in RELATION_PHRASES:
+        if example.relation not in RELATIONS:
             raise ValueError(f"{path}:{number}: unknown relation {example.relation!r}")
         examples.append(example)
     return examples

@@ -10,6 +10,7 @@ import math
 import time
 import zlib
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
@@ -17,7 +18,16 @@ from proctor.engine.items import GenerateItem, ProbeGroupItem, SamplingParams
 from proctor.engine.rewards import alpha_schedule, outcome, rollout, rrm
 from proctor.engine.rewards.steps import StepRun, StepTracker
 
-MODES = ("generate", "expected", "rules")
+
+class RewardMode(StrEnum):
+    """How R_atom is had (PAPERS.md §2): the RRM writes scores, its expected score is read off the score tokens'
+    probabilities, or there is no R_atom (the reward is R_f1)."""
+
+    GENERATE = "generate"
+    EXPECTED = "expected"
+    RULES = "rules"
+
+
 ATTEMPTS = 2  # an unparseable judgement is retried once
 
 
@@ -52,7 +62,7 @@ class RolloutInput:
     golds: list[str]
     step: int | None  # T as the trainer sent it; None = derived from `run`
     total_steps: int | None = None
-    mode: str | None = None
+    mode: RewardMode | None = None
     run: StepRun | None = None  # the run whose rollouts are counted when the trainer sends no T
 
 
@@ -80,7 +90,7 @@ class PendingJudgement:
     item: RolloutInput
     outcome: RewardOutcome
     prompt: str
-    mode: str  # generate | expected
+    mode: RewardMode  # generate | expected
 
 
 class RewardScorer:
@@ -98,8 +108,8 @@ class RewardScorer:
         """Everything that needs no model: the final outcome (rules mode, a malformed rollout, no atoms), or what
         is left for the RRM."""
         step = self.training_step(item)  # first: a rollout the trainer sent is counted even when it fails below
-        mode = item.mode or self.settings.mode
-        if mode != "rules" and self.judge is None:
+        mode = item.mode or RewardMode(self.settings.mode)
+        if mode != RewardMode.RULES and self.judge is None:
             raise ItemError(
                 f"{mode} mode needs an RRM and this server has none configured; use RULES",
                 "mode",
@@ -107,13 +117,13 @@ class RewardScorer:
             )
         total = item.total_steps if item.total_steps is not None else self.settings.total_steps
         alpha = alpha_schedule.alpha(step, total)  # validates T even in rules mode
-        if mode == "rules":  # alpha is taken as 0: there is no R_atom to mix in
+        if mode == RewardMode.RULES:  # alpha is taken as 0: there is no R_atom to mix in
             alpha = 0.0
         verdict, atoms = rollout.parse(item.response)
         if not verdict.ok:
             return RewardOutcome(-1.0, alpha, 0.0, False, verdict.reason, atoms, training_step=step)
         r_f1 = outcome.best_f1(verdict.answer, item.golds)
-        if mode == "rules":
+        if mode == RewardMode.RULES:
             return RewardOutcome(r_f1, alpha, r_f1, True, "", atoms, training_step=step)
         result = RewardOutcome(0.0, alpha, r_f1, True, "", atoms, training_step=step)
         if not atoms:
@@ -141,7 +151,7 @@ class RewardScorer:
         """The RRM's part: score the atoms, aggregate them into R_atom, mix."""
         result = pending.outcome
         started = time.perf_counter()
-        if pending.mode == "generate":
+        if pending.mode == RewardMode.GENERATE:
             await self._judge_by_sampling(pending.prompt, pending.item, result)
         else:
             await self._judge_by_expectation(pending.prompt, result)

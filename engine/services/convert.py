@@ -7,6 +7,7 @@ from itertools import chain
 
 from proctor.engine.errors import ItemError
 from proctor.engine.items import BackendInfo, TopK
+from proctor.engine.skd import relations
 from proctor.engine.version import __version__
 from proctor.proto.proctor.v1 import common_pb2
 
@@ -26,13 +27,7 @@ _CODES = {
 
 
 RELATIONS: dict[common_pb2.Relation.ValueType, str] = {
-    common_pb2.X_WANT: "xWant",
-    common_pb2.X_ATTR: "xAttr",
-    common_pb2.X_INTENT: "xIntent",
-    common_pb2.X_EFFECT: "xEffect",
-    common_pb2.X_REACT: "xReact",
-    common_pb2.X_NEED: "xNeed",
-    common_pb2.HINDERED_BY: "HinderedBy",
+    common_pb2.Relation.Value(r.enum): r.name for r in relations.RELATIONS.values()
 }
 RELATION_ENUMS = {name: value for value, name in RELATIONS.items()}
 

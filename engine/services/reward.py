@@ -12,7 +12,7 @@ import grpc
 
 from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
-from proctor.engine.rewards.pipeline import PendingJudgement, RewardOutcome, RewardScorer, RolloutInput
+from proctor.engine.rewards.pipeline import PendingJudgement, RewardMode, RewardOutcome, RewardScorer, RolloutInput
 from proctor.engine.rewards.steps import StepRun
 from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_batched_stream, run_stream
@@ -21,9 +21,9 @@ from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 SERVICE = "proctor.v1.RewardModel"
 _MODES = {
     reward_pb2.RRM_MODE_UNSPECIFIED: None,
-    reward_pb2.GENERATE: "generate",
-    reward_pb2.EXPECTED: "expected",
-    reward_pb2.RULES: "rules",
+    reward_pb2.GENERATE: RewardMode.GENERATE,
+    reward_pb2.EXPECTED: RewardMode.EXPECTED,
+    reward_pb2.RULES: RewardMode.RULES,
 }
 _ATOM_DETAILS = frozenset(reward_pb2.AtomDetail.values())
 # The rules on a longer rollout run in a worker thread: they are linear in its length, but tag soup costs about

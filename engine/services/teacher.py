@@ -18,6 +18,7 @@ from proctor.engine.services import convert
 from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
 from proctor.engine.skd import prompts as skd
 from proctor.engine.skd import triples
+from proctor.engine.skd.relations import RELATIONS
 from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
 SERVICE = "proctor.v1.Teacher"
@@ -145,7 +146,7 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         return TriplesJob(
             events=events,
             num_events=r.num_events,
-            relations=relations or list(skd.RELATIONS),
+            relations=relations or list(RELATIONS),
             seed=r.seed if r.HasField("seed") else 0,
             event_params=self._sampling(r.event_params, 0, skd.EVENT_SAMPLING, "event_params"),
             inference_params=self._sampling(r.inference_params, 0, skd.INFERENCE_SAMPLING, "inference_params"),

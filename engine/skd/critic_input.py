@@ -10,20 +10,13 @@ import ftfy
 
 from proctor.engine.items import TextPair
 from proctor.engine.skd.prompts import name_pair, replace_names
+from proctor.engine.skd.relations import RELATIONS
 
 DRAWS = 5  # score = mean over 5 draws of random names
 # The authors fix the pair as one string, its halves joined by this marker, so that ftfy judges the whole text.
 _JOIN = "**SEP**"
 
-RELATION_PHRASES = {
-    "HinderedBy": "can be hindered by",
-    "xNeed": "but before, PersonX needed",
-    "xWant": "as a result, PersonX wants",
-    "xIntent": "because PersonX wanted",
-    "xReact": "as a result, PersonX feels",
-    "xAttr": "so, PersonX is seen as",
-    "xEffect": "as a result, PersonX",
-}
+RELATION_PHRASES = {r.name: r.critic_phrase for r in RELATIONS.values()}  # a view of the relations table
 
 
 def triple_pairs(head: str, relation: str, tail: str, seed: int | None = None, draws: int = DRAWS) -> list[TextPair]:

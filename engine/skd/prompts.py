@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from proctor.engine.items import FinishReason, SamplingParams
+from proctor.engine.skd.relations import RELATIONS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 EVENT_STOP = "\n\n"
@@ -41,59 +42,6 @@ class NameChoices:
 
 AUTHORS_NAMES = NameChoices()
 
-
-@dataclass(frozen=True)
-class Relation:
-    name: str
-    prefix: str
-    example: str  # placeholders {n}, {head}, {tail}
-
-    def open_slot(self, n: int, head: str) -> str:
-        """The example cut just before ` {tail}`: the teacher writes the tail from here."""
-        cut = self.example.index(" {tail}")
-        return self.example[:cut].format(n=n, head=head)
-
-
-RELATIONS: dict[str, Relation] = {
-    r.name: r
-    for r in (
-        Relation(
-            "xWant",
-            "How does this situation affect each character's wants?\n\n\n",
-            "Situation {n}: {head}.\n\nWants: As a result, PersonX wants {tail}.\n\n",
-        ),
-        Relation(
-            "xAttr",
-            "Next, we will discuss how people are seen in different situations. Examples:\n\n\n",
-            "{n}. When {head}, people think PersonX is {tail}.\n\n",
-        ),
-        Relation(
-            "xIntent",
-            "For each event, what do the characters want?\n\n\n",
-            '{n}. \n\nEvent: {head}.\n\nIntention: "{head}" because PersonX wants {tail}.\n\n',
-        ),
-        Relation(
-            "xEffect",
-            "What is the result?\n\n\n",
-            "{n}.\n\nevent: {head}\n\noutcome: PersonX {tail}\n\n",
-        ),
-        Relation(
-            "xReact",
-            "Next, how do people feel in each situation? Examples:\n\n\n",
-            "Situation {n}: {head}.\n\nPersonX feels: {tail}.\n\n",
-        ),
-        Relation(
-            "xNeed",
-            "What needs to be true for this event to take place?\n\n\n",
-            "Event {n}.: {head}\n\nPrerequisites: For this to happen, PersonX needed {tail}.\n\n",
-        ),
-        Relation(
-            "HinderedBy",
-            "What condition stops this event from occurring?\n\n\n",
-            '{n}. Event: {head}.\n\nCondition: "{head}" is untrue because {tail}.\n\n\n',
-        ),
-    )
-}
 
 # The paper's sampling (PAPERS.md §1.1, §1.2); a request may override any field.
 EVENT_SAMPLING = SamplingParams(
