@@ -291,7 +291,12 @@ async def test_drain_answers_new_callers_and_ends_within_its_grace() -> None:
 
     async with grpc.aio.insecure_channel(target) as stuck_channel:
         stuck = reward_pb2_grpc.RewardModelStub(stuck_channel).Reward(requests())
-        await asyncio.sleep(1)  # the window and the transport fill; nothing is read
+        for _ in range(200):  # the call is in (a loaded machine may take a while); then the window fills
+            if server.calls.active:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        assert server.calls.active == 1
         began = time.perf_counter()
         draining = asyncio.create_task(server.drain())
         await asyncio.sleep(0.3)

@@ -80,6 +80,11 @@ class RewardOutcome:
     rrm_text: str = ""
     rrm_attempts: int = 0
     inference_s: float = 0.0
+    queue_s: float = 0.0  # the RRM's work waiting in its backend's queue
+    # The RRM's tokens: its prompt, what it wrote (generate mode), the probes it scored (expected mode)
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    scored_tokens: int = 0
     training_step: int = 0  # the T used: the trainer's, or derived from its run
 
 
@@ -184,6 +189,9 @@ class RewardScorer:
                 max_tokens=self._judge_max_tokens(len(result.atoms)),
             )
             generation = await self.judge.generate(GenerateItem(prompt_ids=ids, params=params))
+            result.queue_s += generation.queue_s
+            result.prompt_tokens += len(ids)
+            result.generated_tokens += len(generation.samples[0].token_ids)
             text = generation.samples[0].text
             result.rrm_attempts = attempt
             result.rrm_text = text
@@ -211,6 +219,9 @@ class RewardScorer:
                 continuations.append(tail + list(probe))
                 token_ids.append(ids)
         group = await self.judge.probe_group(ProbeGroupItem(prompt_ids, continuations, token_ids))
+        result.queue_s = group.queue_s
+        result.prompt_tokens = len(prompt_ids)
+        result.scored_tokens = sum(len(c) for c in continuations)
         outputs = iter(group.scores)
         scores = []
         for _ in result.atoms:

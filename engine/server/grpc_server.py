@@ -209,6 +209,8 @@ class ProctorServer:
             self._needs[reward.SERVICE] = []
             if rc.model:
                 judge, self._needs[reward.SERVICE] = self.backends.generator("reward", rc)
+            # the judge's queue; a rules-only service has none, and says so with a 0 rather than no series
+            self.metrics.watch_queue(reward.SERVICE, judge.queue_depth if judge is not None else lambda: 0)
             svc = self._service_context(reward.SERVICE, rc.limits)
             steps = rc.steps
             self.steps = StepTracker(steps.rollouts_per_step, steps.state_dir, steps.max_runs)

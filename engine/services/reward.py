@@ -115,7 +115,17 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         self, req: reward_pb2.RewardRequest, pending: PendingJudgement, received: float
     ) -> reward_pb2.RewardResult:
         out = await self.scorer.judge_atoms(pending)
+        rpc = self._reward.rpc  # both RPCs share one judge; its series are labelled Reward
+        metrics, name = self.svc.metrics, self.svc.name
         self._inference_seconds.observe(out.inference_s)
+        metrics.queue_seconds.labels(name, rpc).observe(out.queue_s)
+        for kind, count in (
+            ("prompt", out.prompt_tokens),
+            ("generated", out.generated_tokens),
+            ("scored", out.scored_tokens),
+        ):
+            if count:
+                metrics.tokens.labels(name, rpc, kind).inc(count)
         return self._result(req, out, received)
 
     def _result(self, req: reward_pb2.RewardRequest, out: RewardOutcome, received: float) -> reward_pb2.RewardResult:
@@ -132,7 +142,7 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
             training_step=out.training_step,
             rrm_text=out.rrm_text if req.return_rrm_text else "",
             rrm_attempts=out.rrm_attempts,
-            timing=convert.timing(0.0, out.inference_s, time.perf_counter() - received),
+            timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
         )
         detail = req.atom_detail
         if detail != reward_pb2.ATOM_DETAIL_NONE:

@@ -1,0 +1,41 @@
+"""Every service reports queue depth, queue time and tokens on /metrics (issue 17 item 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proctor.clients.reward import AsyncRewardClient, reward_request
+from proctor.engine.server.grpc_server import ProctorServer
+
+from .test_reward_service import GOOD
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def _samples(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_the_reward_service_reports_queue_depth_queue_time_and_tokens(
+    tiny_server: ProctorServer, target: str
+) -> None:
+    async with AsyncRewardClient(target) as client:
+        out = await client.reward([reward_request("m", "Capital of France?", GOOD, "Paris", 10, mode="expected")])
+    assert not out["m"].HasField("error")
+    samples = await asyncio.to_thread(_samples, tiny_server.metrics_port)
+    reward = {("service", "proctor.v1.RewardModel"), ("rpc", "Reward")}
+    assert samples[("proctor_queue_seconds_count", frozenset(reward))] >= 1
+    assert samples[("proctor_tokens_total", frozenset(reward | {("kind", "prompt")}))] > 0
+    assert samples[("proctor_tokens_total", frozenset(reward | {("kind", "scored")}))] > 0
+    for service in ("proctor.v1.RewardModel", "proctor.v1.Teacher", "proctor.v1.Critic"):
+        assert ("proctor_queue_depth_items", frozenset({("service", service)})) in samples, service
