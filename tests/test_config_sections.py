@@ -23,7 +23,7 @@ def test_the_rrm_has_its_own_batch_limits() -> None:
                                            "max_batch_seqs": 3, "max_score_tokens": 512}})  # fmt: skip
     assert config.reward is not None
     rrm = _torch_backend(BackendSet(Metrics()), "reward", config.reward)
-    assert (rrm._max_batch_seqs, rrm._max_score_tokens) == (3, 512)
+    assert (rrm.policy.max_batch_seqs, rrm.policy.max_score_tokens) == (3, 512)
 
 
 def test_a_backend_shared_by_teacher_and_reward_needs_the_same_limits() -> None:
