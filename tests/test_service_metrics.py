@@ -39,3 +39,25 @@ async def test_the_reward_service_reports_queue_depth_queue_time_and_tokens(
     assert samples[("proctor_tokens_total", frozenset(reward | {("kind", "scored")}))] > 0
     for service in ("proctor.v1.RewardModel", "proctor.v1.Teacher", "proctor.v1.Critic"):
         assert ("proctor_queue_depth_items", frozenset({("service", service)})) in samples, service
+
+
+async def test_generate_triples_is_recorded_like_every_stream(tiny_server: ProctorServer, target: str) -> None:
+    """GenerateTriples used to bypass the stream metrics: no requests counter, no item seconds."""
+    import grpc
+
+    from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+
+    request = teacher_pb2.TriplesRequest(
+        events=["PersonX goes to the store"],
+        relations=[common_pb2.X_WANT],
+        seed=3,
+        skip_critic=True,
+        inference_params=teacher_pb2.SamplingParams(n=2, max_tokens=4, ignore_eos=True),
+    )
+    async with grpc.aio.insecure_channel(target) as channel:
+        found = [r async for r in teacher_pb2_grpc.TeacherStub(channel).GenerateTriples(request)]
+    samples = await asyncio.to_thread(_samples, tiny_server.metrics_port)
+    triples = {("service", "proctor.v1.Teacher"), ("rpc", "GenerateTriples")}
+    assert samples[("proctor_requests_total", frozenset(triples | {("code", "OK")}))] >= 1
+    assert samples[("proctor_item_seconds_count", frozenset(triples))] >= len(found) >= 1
+    assert samples[("proctor_inflight_items", frozenset({("service", "proctor.v1.Teacher")}))] == 0

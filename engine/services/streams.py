@@ -106,6 +106,27 @@ class StreamSpec(Generic[Req, Res]):
         return self.result_type(id=item_id, error=convert.status(error))
 
 
+class CallMetrics:
+    """The series every RPC records, in one place: items answered by code, item seconds, and the call's final code.
+    ItemStream records through it; so does GenerateTriples, whose one request makes a stream of results."""
+
+    def __init__(self, svc: ServiceContext, rpc: str) -> None:
+        self.svc = svc
+        self.rpc = rpc
+        self._counters: dict[str, Any] = {}  # labelled children, looked up once per code, not once per item
+        self._item_seconds = svc.metrics.item_seconds.labels(svc.name, rpc)
+
+    def item(self, code: str, received: float) -> None:
+        counter = self._counters.get(code)
+        if counter is None:
+            counter = self._counters[code] = self.svc.metrics.items.labels(self.svc.name, self.rpc, code)
+        counter.inc()
+        self._item_seconds.observe(time.perf_counter() - received)
+
+    def call(self, final: str) -> None:
+        self.svc.metrics.requests.labels(self.svc.name, self.rpc, final).inc()
+
+
 class _Window:
     """Slots for the items a call holds, from read until their result is sent; the one reader waits while there
     are none, or while the unsent results pass their byte bound."""
@@ -152,8 +173,7 @@ class ItemStream(Generic[Req, Res]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: set[str] = set()  # ids in the window: read, not yet sent
         self._read = 0
-        self._counters: dict[str, Any] = {}  # labelled children, looked up once per code, not once per item
-        self._item_seconds = svc.metrics.item_seconds.labels(svc.name, spec.rpc)
+        self._metrics = CallMetrics(svc, spec.rpc)
         self._max_result_bytes = svc.max_message_bytes - _ITEM_FRAMING
 
     # ---- the reader: the door, then the handler, then the queue ------------------------------------------------
@@ -249,11 +269,7 @@ class ItemStream(Generic[Req, Res]):
             )
             result, code = self.spec.error_result(item_id, big), big.code
             size = result.ByteSize()
-        counter = self._counters.get(code)
-        if counter is None:
-            counter = self._counters[code] = self.svc.metrics.items.labels(self.svc.name, self.spec.rpc, code)
-        counter.inc()
-        self._item_seconds.observe(time.perf_counter() - received)
+        self._metrics.item(code, received)
         self._window.unsent_bytes += size
         self._ready.append(_Ready(result, item_id if held else "", size))
         self._readied.set()
@@ -307,7 +323,7 @@ class ItemStream(Generic[Req, Res]):
                     final = "UNKNOWN"
                     raise end
         finally:
-            self.svc.metrics.requests.labels(self.svc.name, self.spec.rpc, final).inc()
+            self._metrics.call(final)
             reading.cancel()
             for task in list(self._tasks):
                 task.cancel()

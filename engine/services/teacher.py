@@ -15,7 +15,7 @@ from proctor.engine.config import TeacherConfig
 from proctor.engine.errors import ItemError
 from proctor.engine.items import FinishReason, GenerateItem, SamplingParams, ScoreGroupItem, ScoreItem
 from proctor.engine.services import convert
-from proctor.engine.services.streams import ServiceContext, StreamSpec, run_stream
+from proctor.engine.services.streams import CallMetrics, ServiceContext, StreamSpec, run_stream
 from proctor.engine.skd import prompts as skd
 from proctor.engine.skd import triples
 from proctor.engine.skd.relations import RELATIONS
@@ -81,19 +81,26 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
     async def GenerateTriples(
         self, request: teacher_pb2.TriplesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[teacher_pb2.TripleResult]:
+        """One request, a stream of triples: recorded like every stream (CallMetrics), the call holding one slot
+        of the service's queue and counting as one item in flight."""
+        calls = CallMetrics(self.svc, "GenerateTriples")
         try:
             job = self._triples_job(request)
         except ItemError as exc:
+            calls.call("INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         if not job.skip_critic and self.critic is None:
+            calls.call("FAILED_PRECONDITION")
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no critic: host the Critic service here or set teacher.critic to a Critic's address; "
                 "or set skip_critic",
             )
         if not self.svc.admission.try_acquire():
+            calls.call("RESOURCE_EXHAUSTED")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.svc.name} is at capacity; retry later")
-        items = self.svc.metrics.items
+        self.svc.inflight.inc()
+        final = "CANCELLED"  # the call was cancelled or its deadline passed, unless we get to the end
         try:
             events, shortfall = job.events, ""
             if not events:
@@ -102,16 +109,17 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             critic = None if job.skip_critic else self.critic
             names = self.config.skd_names
             for head in events:
+                received = time.perf_counter()
                 try:
                     found = await triples.triples_for_event(
                         self.backend, head, job.relations, job.seed, job.inference_params, critic, job.cutoff, names
                     )
                 except ItemError as exc:  # this event fails; the next ones go on
-                    items.labels(self.svc.name, "GenerateTriples", exc.code).inc()
+                    calls.item(exc.code, received)
                     yield teacher_pb2.TripleResult(head=head, error=convert.status(exc))
                     continue
                 for t in found:
-                    items.labels(self.svc.name, "GenerateTriples", "OK").inc()
+                    calls.item("OK", received)
                     yield teacher_pb2.TripleResult(
                         head=t.head,
                         relation=convert.RELATION_ENUMS[t.relation],
@@ -122,9 +130,12 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
                     )
             if shortfall:  # fewer events than asked: the stream ends saying exactly why
                 error = ItemError(shortfall, "num_events", "FAILED_PRECONDITION")
-                items.labels(self.svc.name, "GenerateTriples", error.code).inc()
+                calls.item(error.code, time.perf_counter())
                 yield teacher_pb2.TripleResult(error=convert.status(error))
+            final = "OK"
         finally:
+            calls.call(final)
+            self.svc.inflight.dec()
             self.svc.admission.release()
 
     def _triples_job(self, r: teacher_pb2.TriplesRequest) -> TriplesJob:
