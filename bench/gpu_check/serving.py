@@ -99,13 +99,12 @@ def _max_diff(a: Sequence[float], b: Sequence[float]) -> float:
 
 def run(ctx: PhaseContext) -> None:
     s, log = ctx.scale, ctx.log
-    teacher_dir = str(ctx.models / "teacher")
+    backend = servers.teacher_section(ctx, "float32", score_packing="padded")  # the RRM shares it: same settings
     padded = servers.config(
-        teacher=servers.teacher_section(ctx, "float32", score_packing="padded"),
+        teacher=backend,
         critic={"model": str(ctx.models / "critic"), "device": s.device, "dtype": "float32", "cutoff": 0.5},
-        reward={"model": teacher_dir, "backend": "torch", "device": s.device, "dtype": "float32",
-                "score_packing": "padded", "mode": "expected", "total_steps": 100},
-    )  # fmt: skip
+        reward={**backend, "mode": "expected", "total_steps": 100},
+    )
     packed = servers.config(teacher=servers.teacher_section(ctx, "float32", score_packing="packed"))
     with servers.running(ctx, {"padded": padded, "packed": packed}, lambda: Reference(ctx)) as (up, ref):
         log.check("servers up", True, ", ".join(f"{n} at {u.target}" for n, u in up.items()))
