@@ -65,7 +65,7 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     """per gRPC message, both ways"""
     max_concurrent_calls: int = 256
-    """more concurrent calls get RESOURCE_EXHAUSTED"""
+    """more concurrent proctor calls get RESOURCE_EXHAUSTED; Health and reflection are not counted"""
     drain_grace_s: float = 30.0
     """SIGTERM: in-flight items get this long to finish"""
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -120,7 +120,7 @@ class ServiceLimits:
     stream_window: int = 1024
     """items one call holds from read until their result is sent; past it the server stops reading (backpressure)"""
     stream_window_bytes: int = 64 * 1024 * 1024
-    """unsent results per call; the server stops reading past it"""
+    """bytes of results computed and not yet sent, per call; the server stops reading past it (backpressure)"""
     max_items_per_stream: int = 1_000_000
     """past it, items get RESOURCE_EXHAUSTED: open a new stream"""
 
