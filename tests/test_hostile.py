@@ -310,3 +310,28 @@ async def test_drain_answers_new_callers_and_ends_within_its_grace() -> None:
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in (refused.value.details() or "")
     assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert took <= 2.0 + 0.3, took
+
+
+async def test_a_damaged_batch_answers_its_intact_items(rules_server: ProctorServer) -> None:
+    """A RewardBatch whose middle item is corrupt (invalid UTF-8 in a string) used to end the call; its intact
+    items are answered, the bad one is an item error, a batch whose own framing is broken is one error."""
+    target = f"127.0.0.1:{rules_server.port}"
+    good = [rollout_request(i, "<answer>paris</answer>").SerializeToString() for i in ("a", "c")]
+    bad = b"\x0a\x01b" + b"\x1a\x02\xff\xfe"  # id "b", response: two bytes that are not UTF-8
+
+    def framed(item: bytes) -> bytes:
+        return b"\x0a" + bytes([len(item)]) + item
+
+    damaged = framed(good[0]) + framed(bad) + framed(good[1])
+    async with grpc.aio.insecure_channel(target) as channel:
+        method = channel.stream_stream(
+            "/proctor.v1.RewardModel/RewardBatched",
+            request_serializer=lambda b: b,
+            response_deserializer=reward_pb2.RewardResults.FromString,
+        )
+        replies = [m async for m in method(iter([damaged, b"\xff\xff\xff garbage"]))]
+    results = [r for m in replies for r in m.items]
+    assert sorted(r.id for r in results if not r.HasField("error")) == ["a", "c"]
+    errors = [r.error.message for r in results if r.HasField("error")]
+    assert len(errors) == 2 and any("not a valid proctor.v1.RewardRequest" in e for e in errors)
+    assert any("not a valid proctor.v1.RewardBatch" in e for e in errors)

@@ -74,6 +74,13 @@ class Undecodable(NamedTuple):
     message_type: str
 
 
+class DamagedBatch(NamedTuple):
+    """A batch message that did not parse as a whole, split into its items: those that parse, and an
+    `Undecodable` in place of each that does not, in their order."""
+
+    entries: list[Any]
+
+
 @dataclass
 class ServiceContext:
     name: str
@@ -358,6 +365,10 @@ async def run_batched_stream(
         async for batch in batches:
             if isinstance(batch, Undecodable):
                 yield batch
+                continue
+            if isinstance(batch, DamagedBatch):
+                for entry in batch.entries:
+                    yield entry
                 continue
             for item in batch.items:
                 yield item
