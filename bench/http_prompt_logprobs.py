@@ -113,6 +113,7 @@ def main() -> None:
     batches = [seqs[i : i + args.batch] for i in range(0, len(seqs), args.batch)]
     max_len = max(1024, args.length + 16)
     rows: dict[str, dict[str, float]] = {}
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as folder:
         http_port = free_port()
         config = (
@@ -153,6 +154,8 @@ def main() -> None:
         "command": command,
         "workload": {k: v for k, v in vars(args).items() if k != "vllm_python"},
         "rows": rows,
+        # the machine's 1-minute load average around the run: on a shared VM the rows are only as steady as this
+        "load_average": [round(x, 1) for x in (load[0], os.getloadavg()[0])],
     }
     anchor = rows.get("vLLM's OpenAI server, max_tokens 1")
     if anchor:
@@ -166,7 +169,9 @@ def main() -> None:
         f"# prompt_logprobs top-{args.top_k} through HTTP: proctor vs vLLM ({device}, {args.model})",
         "",
         f"`{command}` — {args.sequences} sequences of {args.length} tokens, {args.batch} per request, "
-        f"{args.concurrency} in flight; tokens/s of scored prompt positions, both servers in the same run.",
+        f"{args.concurrency} in flight; tokens/s of scored prompt positions, both servers in the same run; "
+        f"load average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after, on "
+        f"{os.cpu_count()} cores.",
         "",
         "| server | tokens/s | wall s | vs vLLM |",
         "|---|---|---|---|",

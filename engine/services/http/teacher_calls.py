@@ -9,6 +9,7 @@ rank k + 1, a lower bound of its true rank (vLLM counts the whole vocabulary the
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable
@@ -151,10 +152,19 @@ class TeacherCalls:
         self._count("Score", 1, scored=len(ids) - 1)
         self._observe("Score", out.queue_s, out.inference_s)
         assert out.top is not None
-        positions: list[Position] = [None]
-        for actual, logprob, top_ids, top_lps in zip(ids[1:], out.logprobs, out.top.ids, out.top.logprobs, strict=True):
-            positions.append(_position(actual, logprob, top_ids, top_lps, k))
-        return positions
+        top = out.top
+        # ~20 entries per position: built off the event loop, like the JSON that carries them
+        return await asyncio.to_thread(
+            lambda: (
+                [None]
+                + [
+                    _position(actual, logprob, top_ids, top_lps, k)
+                    for actual, logprob, top_ids, top_lps in zip(
+                        ids[1:], out.logprobs, top.ids, top.logprobs, strict=True
+                    )
+                ]
+            )
+        )
 
     async def generate(self, ids: list[int], params: SamplingParams) -> Generation:
         gen = await self._call("Generate", self.backend.generate(GenerateItem(prompt_ids=ids, params=params)))
