@@ -227,6 +227,9 @@ async def test_overload_is_429_with_retry_after_and_the_server_stays_healthy(tin
         admission.used = saved
     assert status == 429 and headers["retry-after"] == "1" and "at capacity" in out["error"]["message"]
     assert (await asyncio.to_thread(call, base(tiny_server) + "/health"))[0] == 200
+    too_big = {"prompt": [[1, 2]] * 100, "n": 50, "max_tokens": 1}  # 5,000 items > the queue of 4,096: never fits
+    status, out, _ = await asyncio.to_thread(call, base(tiny_server) + "/v1/completions", too_big)
+    assert status == 400 and "split it" in out["error"]["message"], out
     status, _, _ = await asyncio.to_thread(
         call, base(tiny_server) + "/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 0, "prompt_logprobs": 1}
     )

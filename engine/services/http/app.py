@@ -119,6 +119,12 @@ class HttpFront:
     @contextlib.asynccontextmanager
     async def admitted(self, svc: ServiceContext, items: int) -> AsyncIterator[None]:
         """`items` slots of the service's queue for the duration, or 429 at once (nothing waits)."""
+        if items > svc.admission.capacity:  # would never fit: not a retry later
+            raise ApiError(
+                400,
+                f"this request is {items} items (prompts x n, + 1 per scored prompt) > {svc.name}'s queue of "
+                f"{svc.admission.capacity} (limits.max_queued_items); split it",
+            )
         taken = 0
         try:
             for _ in range(items):
