@@ -51,3 +51,34 @@ def test_logit_transforms_are_refused() -> None:
     unit = LlamaConfig()
     unit.logits_scaling = 1.0
     check_plain_lm_head(unit)
+
+
+async def test_the_torch_scorer_refuses_score_on_soft_capped_logits_and_still_generates(tmp_path: Path) -> None:
+    """The fused Score kernels read hidden @ lm_head.T: on a model whose logits are soft-capped they would answer
+    wrong log-probs, so Score, groups and probes are refused by name while Generate (the model's own logits) runs."""
+    import json
+    import shutil
+
+    from proctor.engine.backends.torch.generator import TorchGenerator
+    from proctor.engine.errors import ItemError
+    from proctor.engine.items import GenerateItem, ProbeGroupItem, SamplingParams, ScoreGroupItem, ScoreItem
+
+    folder = tmp_path / "capped"
+    shutil.copytree(resolve_model(TINY), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "final_logit_softcapping": 30.0}))
+    backend = TorchGenerator(str(folder), device="cpu", dtype="float32")
+    await backend.start()
+    try:
+        for call in (
+            backend.score(ScoreItem(context_ids=[1, 2], target_ids=[3])),
+            backend.score_group(ScoreGroupItem(context_ids=[1, 2], continuations=[[3]])),
+            backend.probe_group(ProbeGroupItem(context_ids=[1, 2], continuations=[[3]], token_ids=[[4, 5]])),
+        ):
+            with pytest.raises(ItemError, match=r"final_logit_softcapping=30\.0") as refused:
+                await call
+            assert refused.value.code == "FAILED_PRECONDITION"
+        generation = await backend.generate(GenerateItem(prompt_ids=[1, 2], params=SamplingParams(max_tokens=2)))
+        assert generation.samples
+    finally:
+        await backend.close()

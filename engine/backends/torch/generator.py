@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from proctor.engine.backends.lm_head_weights import check_plain_lm_head
 from proctor.engine.backends.loading import eos_token_ids, load, pick_device, pick_dtype
 from proctor.engine.backends.torch.batch_policy import (
     BatchPolicy,
@@ -34,6 +35,7 @@ from proctor.engine.backends.torch.batch_policy import (
 )
 from proctor.engine.backends.torch.decoding import Decoding
 from proctor.engine.backends.torch.forward import ForwardPasses
+from proctor.engine.errors import ItemError
 from proctor.engine.items import (
     BackendInfo,
     GenerateItem,
@@ -78,6 +80,7 @@ class TorchGenerator:
         self._queues = Queues()
         self._cv = threading.Condition()
         self._stopping = False
+        self._score_refusal = ""  # why the fused Score kernels cannot read this model's logits, if they cannot
         self._thread: threading.Thread | None = None
         self._model: Any = None
         self._tokenizer: Any = None
@@ -112,6 +115,12 @@ class TorchGenerator:
         self._forward = ForwardPasses(
             model, self._device, pad_id, vocab, cache_kwarg, self.policy, decoding, self._on_batch
         )
+        try:
+            check_plain_lm_head(config)
+        except ValueError as exc:
+            # Generation reads the model's own logits and stays right; the fused Score kernels would not.
+            self._score_refusal = str(exc)
+            log.warning("%s: Score, groups and probes are refused on this model", exc)
 
     async def close(self) -> None:
         with self._cv:
@@ -142,13 +151,20 @@ class TorchGenerator:
         return await self._submit(self._queues.generate, items)
 
     async def score(self, item: ScoreItem) -> ScoreOutput:
+        self._check_scorable()
         return (await self._submit(self._queues.score, [item]))[0]
 
     async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
+        self._check_scorable()
         return (await self._submit(self._queues.score_groups, [item]))[0]
 
     async def probe_group(self, item: ProbeGroupItem) -> GroupOutput:
+        self._check_scorable()
         return (await self._submit(self._queues.probe_groups, [item]))[0]
+
+    def _check_scorable(self) -> None:
+        if self._score_refusal:
+            raise ItemError(self._score_refusal, code="FAILED_PRECONDITION")
 
     async def _submit(self, queue: collections.deque[Job[ItemT, ResultT]], items: Sequence[ItemT]) -> list[ResultT]:
         """Queue the items at once, so that the engine takes them into the same batch."""
