@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from proctor.engine.items import Generation, Sample, SamplingParams
+from proctor.engine.items import Generation, SamplingParams
 from proctor.engine.services.http.app import HttpFront
+from proctor.engine.services.http.chat_answer import ChatBuild
+from proctor.engine.services.http.completion_answer import CompletionBuild
 from proctor.engine.services.http.errors import ApiError, encode, json_response
 from proctor.engine.services.http.openai_bodies import (
     ChatCompletionRequest,
@@ -27,13 +28,17 @@ from proctor.engine.services.http.openai_bodies import (
     GenerateRequest,
     TokenizeRequest,
 )
+from proctor.engine.services.http.openai_shapes import (
+    NULLS,
+    prompt_logprobs_json,
+    sse,
+    stop_reason_json,
+    usage_json,
+)
 from proctor.engine.services.http.teacher_calls import Position, TeacherCalls, clamp, now, sample_steps
 from proctor.engine.services.http.vocab import Vocab
-from proctor.engine.version import __version__
 
 Prompt = str | list[str] | list[int] | list[list[int]]
-FINGERPRINT = f"proctor-{__version__}"
-NULLS = {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}  # vLLM-only keys, always null
 
 
 class OpenAIRoutes:
@@ -139,7 +144,7 @@ class OpenAIRoutes:
         echo_texts = await asyncio.gather(*(self.vocab.decode(ids) for ids in prompts)) if body.echo else None
         build = CompletionBuild(body, self.name, texts, prompts, results, echo_texts, max_tokens)
         if body.stream:
-            return _sse(build.chunks())
+            return sse(build.chunks())
         return Response(await asyncio.to_thread(lambda: encode(build.response())), media_type="application/json")
 
     async def complete(
@@ -204,7 +209,7 @@ class OpenAIRoutes:
         texts = await self.vocab.texts()
         build = ChatBuild(body, self.name, texts, ids, prompt_positions, gen)
         if body.stream:
-            return _sse(build.chunks())
+            return sse(build.chunks())
         return Response(await asyncio.to_thread(lambda: encode(build.response())), media_type="application/json")
 
     # ---- /inference/v1/generate ------------------------------------------------------------------------------
@@ -263,7 +268,7 @@ class OpenAIRoutes:
                 {
                     "index": s.index,
                     "finish_reason": s.finish_reason.value,
-                    "stop_reason": _stop_reason(s, params[0]),
+                    "stop_reason": stop_reason_json(s, params[0]),
                     "token_ids": s.token_ids,
                     "routed_experts": None,
                     "sampling_mask": None,
@@ -334,272 +339,3 @@ class OpenAIRoutes:
 
 async def _none() -> None:
     return None
-
-
-def _stop_reason(s: Sample, params: SamplingParams) -> int | str | None:
-    """vLLM's: the stop string, or the stop token id (an integer); None for EOS or length."""
-    if not s.stop_reason:
-        return None
-    if s.stop_reason.isdigit() and int(s.stop_reason) in params.stop_token_ids:
-        return int(s.stop_reason)
-    return s.stop_reason
-
-
-def usage_json(prompt: int, completion: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "total_tokens": prompt + completion,
-        "completion_tokens": completion,
-        "prompt_tokens_details": None,
-        "completion_tokens_details": None,
-    }
-
-
-def prompt_logprobs_json(positions: list[Position] | None, texts: Sequence[str]) -> list[Any] | None:
-    if positions is None:
-        return None
-    return [
-        None
-        if p is None
-        else {
-            str(e.token_id): {"logprob": clamp(e.logprob), "rank": e.rank, "decoded_token": texts[e.token_id]}
-            for e in p
-        }
-        for p in positions
-    ]
-
-
-def _token_text(token_id: int, texts: Sequence[str], as_ids: bool | None) -> str:
-    return f"token_id:{token_id}" if as_ids else texts[token_id]
-
-
-def _completion_logprobs(
-    token_ids: list[int], positions: list[Position], k: int, texts: Sequence[str], as_ids: bool | None
-) -> dict[str, Any]:
-    """vLLM's legacy completions log-probs: per token its text, log-prob and the first k + 1 entries."""
-    offsets: list[int] = []
-    lps: list[float | None] = []
-    tokens: list[str] = []
-    tops: list[dict[str, float] | None] = []
-    offset = 0
-    for token_id, position in zip(token_ids, positions, strict=True):
-        token = _token_text(token_id, texts, as_ids)
-        tokens.append(token)
-        if position is None:
-            lps.append(None)
-            tops.append(None)
-        else:
-            lps.append(clamp(position[0].logprob))
-            tops.append({_token_text(e.token_id, texts, as_ids): clamp(e.logprob) for e in position[: k + 1]})
-        offsets.append(offset)
-        offset += len(token)
-    return {"text_offset": offsets, "token_logprobs": lps, "tokens": tokens, "top_logprobs": tops}
-
-
-def _sse(chunks: list[dict[str, Any]]) -> StreamingResponse:
-    async def events() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield b"data: " + encode(chunk) + b"\n\n"
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-class CompletionBuild:
-    """One /v1/completions answer from its results (pure: runs in a thread for big answers)."""
-
-    def __init__(
-        self,
-        body: CompletionRequest,
-        model: str,
-        texts: Sequence[str],
-        prompts: list[list[int]],
-        results: list[tuple[list[Position] | None, Generation | None]],
-        echo_texts: Sequence[str] | None,
-        max_tokens: int,
-    ) -> None:
-        self.body, self.model, self.texts, self.prompts = body, model, texts, prompts
-        self.results, self.echo_texts, self.max_tokens = results, echo_texts, max_tokens
-        self.id = f"cmpl-{uuid.uuid4().hex}"
-        self.created = now()
-
-    def _choices(self) -> list[dict[str, Any]]:
-        body = self.body
-        choices: list[dict[str, Any]] = []
-        for i, (ids, (prompt_positions, gen)) in enumerate(zip(self.prompts, self.results, strict=True)):
-            samples = gen.samples if gen is not None else [None] * body.n
-            for s in samples:
-                out_ids = s.token_ids if s is not None else []
-                text = s.text if s is not None else ""
-                positions: list[Position] = []
-                if body.logprobs is not None and s is not None:
-                    positions = sample_steps(s, body.logprobs)
-                token_ids = out_ids
-                if body.echo:
-                    assert self.echo_texts is not None
-                    text = ("" if body.return_token_ids else self.echo_texts[i]) + text
-                    token_ids = ids + out_ids
-                    positions = (prompt_positions or [None] * len(ids)) + positions
-                logprobs = None
-                if body.logprobs is not None:
-                    logprobs = _completion_logprobs(
-                        token_ids, positions, body.logprobs, self.texts, body.return_tokens_as_token_ids
-                    )
-                choices.append(
-                    {
-                        "index": len(choices),
-                        "text": text,
-                        "logprobs": logprobs,
-                        "finish_reason": s.finish_reason.value if s is not None else "length",
-                        "stop_reason": _stop_reason(s, _params_of(body)) if s is not None else None,
-                        "token_ids": out_ids if body.return_token_ids else None,
-                        "prompt_logprobs": prompt_logprobs_json(prompt_positions, self.texts),
-                        "prompt_token_ids": ids if body.return_token_ids else None,
-                        "routed_experts": None,
-                    }
-                )
-        return choices
-
-    def usage_json(self) -> dict[str, Any]:
-        generated = sum(len(s.token_ids) for _, gen in self.results if gen is not None for s in gen.samples)
-        return usage_json(sum(len(p) for p in self.prompts), generated)
-
-    def response(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": self._choices(),
-            "service_tier": None,
-            "system_fingerprint": FINGERPRINT,
-            "usage": self.usage_json(),
-            **NULLS,
-        }
-
-    def chunks(self) -> list[dict[str, Any]]:
-        head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
-        keys = ("index", "text", "logprobs", "finish_reason", "stop_reason", "prompt_token_ids", "token_ids")
-        out = [{**head, "choices": [{k: c[k] for k in keys}]} for c in self._choices()]
-        options = self.body.stream_options
-        if options is not None and options.include_usage:
-            out.append(
-                {**head, "choices": [], "usage": _without_nulls(self.usage_json()), "system_fingerprint": FINGERPRINT}
-            )
-        return out
-
-
-class ChatBuild:
-    def __init__(
-        self,
-        body: ChatCompletionRequest,
-        model: str,
-        texts: Sequence[str],
-        ids: list[int],
-        prompt_positions: list[Position] | None,
-        gen: Generation,
-    ) -> None:
-        self.body, self.model, self.texts, self.ids = body, model, texts, ids
-        self.prompt_positions, self.gen = prompt_positions, gen
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = now()
-
-    def _logprobs(self, s: Sample) -> dict[str, Any] | None:
-        if not self.body.logprobs:
-            return None
-        k = self.body.top_logprobs or 0
-        as_ids = self.body.return_tokens_as_token_ids
-
-        def item(token_id: int, logprob: float) -> dict[str, Any]:
-            token = _token_text(token_id, self.texts, as_ids)
-            return {"token": token, "logprob": clamp(logprob), "bytes": list(token.encode())}
-
-        content = []
-        for step in sample_steps(s, k):
-            assert step is not None
-            head = step[0]
-            content.append(
-                {**item(head.token_id, head.logprob), "top_logprobs": [item(e.token_id, e.logprob) for e in step[:k]]}
-            )
-        return {"content": content}
-
-    def _choices(self) -> list[dict[str, Any]]:
-        params = _params_of(self.body)
-        return [
-            {
-                "index": s.index,
-                "message": {
-                    "role": "assistant",
-                    "content": s.text,
-                    "refusal": None,
-                    "annotations": None,
-                    "audio": None,
-                    "function_call": None,
-                    "reasoning": None,
-                },
-                "logprobs": self._logprobs(s),
-                "finish_reason": s.finish_reason.value,
-                "stop_reason": _stop_reason(s, params),
-                "token_ids": s.token_ids if self.body.return_token_ids else None,
-                "routed_experts": None,
-            }
-            for s in self.gen.samples
-        ]
-
-    def usage_json(self) -> dict[str, Any]:
-        return usage_json(len(self.ids), sum(len(s.token_ids) for s in self.gen.samples))
-
-    def response(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": self._choices(),
-            "service_tier": None,
-            "system_fingerprint": FINGERPRINT,
-            "usage": self.usage_json(),
-            "prompt_logprobs": prompt_logprobs_json(self.prompt_positions, self.texts),
-            "prompt_token_ids": self.ids if self.body.return_token_ids else None,
-            "prompt_text": None,
-            **NULLS,
-        }
-
-    def chunks(self) -> list[dict[str, Any]]:
-        head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
-        out = []
-        for c in self._choices():
-            first: dict[str, Any] = {
-                "index": c["index"],
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-            if self.body.return_token_ids:
-                first["prompt_token_ids"] = self.ids
-            out.append({**head, "choices": [first]})
-            last = {
-                "index": c["index"],
-                "delta": {"content": c["message"]["content"]},
-                "logprobs": c["logprobs"],
-                "finish_reason": c["finish_reason"],
-                "stop_reason": c["stop_reason"],
-            }
-            if self.body.return_token_ids:
-                last["token_ids"] = c["token_ids"]
-            out.append({**head, "choices": [last]})
-        options = self.body.stream_options
-        if options is not None and options.include_usage:
-            out.append(
-                {**head, "choices": [], "usage": _without_nulls(self.usage_json()), "system_fingerprint": FINGERPRINT}
-            )
-        return out
-
-
-def _params_of(body: CompletionRequest | ChatCompletionRequest) -> SamplingParams:
-    """Enough of the request's sampling parameters to read a stop reason (the stop token ids)."""
-    return SamplingParams(stop_token_ids=tuple(body.stop_token_ids or ()))
-
-
-def _without_nulls(usage: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in usage.items() if v is not None}

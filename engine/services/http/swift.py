@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from proctor.engine.services.http.errors import ApiError, encode
 from proctor.engine.services.http.openai_bodies import ChatMessage, NonNegative, TokenIds
-from proctor.engine.services.http.openai_routes import NULLS, OpenAIRoutes, prompt_logprobs_json, usage_json
+from proctor.engine.services.http.openai_routes import OpenAIRoutes
+from proctor.engine.services.http.openai_shapes import NULLS, prompt_logprobs_json, usage_json
 from proctor.engine.services.http.teacher_calls import now
 
 
