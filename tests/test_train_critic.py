@@ -56,6 +56,26 @@ def test_the_skd_recipe_is_the_authors() -> None:
     assert recipe("skd", epochs=2).epochs == 2 and recipe("skd", epochs=2).learning_rate == 5e-6
 
 
+def test_skd_critic_config_takes_the_encoder_as_a_config_or_its_dict() -> None:
+    """Built by the class itself (not transformers' newest sub-config machinery), so that it loads on every
+    transformers the project runs: CI runs this file under transformers 5.17 too (.ci/run)."""
+    from transformers import BertConfig
+
+    from proctor.engine.backends.torch.skd_critic import SkdCriticConfig
+
+    encoder = BertConfig(vocab_size=99, hidden_size=32, max_position_embeddings=64)
+    for given in (encoder, encoder.to_dict()):
+        config = SkdCriticConfig(encoder=given, head_size=16, num_labels=1)
+        assert isinstance(config.encoder, BertConfig) and config.encoder.hidden_size == 32
+        assert (config.vocab_size, config.max_position_embeddings, config.num_labels) == (99, 64, 1)
+        saved = config.to_dict()
+        assert saved["encoder"]["model_type"] == "bert" and saved["head_size"] == 16
+        assert SkdCriticConfig.from_dict(saved).encoder.to_dict() == config.encoder.to_dict()
+    assert SkdCriticConfig().encoder.model_type == "roberta"  # the authors' encoder when none is named
+    with pytest.raises(ValueError, match=r"encoder.*model_type"):
+        SkdCriticConfig(encoder={"hidden_size": 32})
+
+
 async def test_skd_recipe_trains_saves_serves_and_averages_validation_and_test_cutoffs(tmp_path: Path) -> None:
     """The authors' head on the tiny encoder, two epochs: the folder loads as a sequence classifier, the server's
     Critic scores a triple as training scored it, and the cut-offs are the mean of the validation and test ones."""

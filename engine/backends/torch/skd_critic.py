@@ -10,30 +10,52 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
-from transformers.configuration_utils import SubConfigSpec
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 MODEL_TYPE = "proctor_skd_critic"
+DEFAULT_ENCODER = "roberta"  # the authors' (roberta-large-mnli); what a bare SkdCriticConfig() holds
 
 
-class SkdCriticConfig(PreTrainedConfig):  # type: ignore[misc]  # transformers is untyped here
+class SkdCriticConfig(PretrainedConfig):  # type: ignore[misc]  # transformers is untyped here
+    """An encoder's config nested under `encoder`, and the head's sizes.
+
+    Written as transformers' composite configs were up to 5.19 (EncoderDecoderConfig's way: `sub_configs` names the
+    nested config, which the class builds itself from a dict or a config) and with an `__init__` of its own, as remote
+    code's configs are: that works whether PretrainedConfig is a plain class (4.x) or a dataclass (5.x). The newer
+    `sub_configs_defaults` / `SubConfigSpec` (5.24 has them, 5.19 not) would tie the critic to the newest releases.
+    """
+
     model_type = MODEL_TYPE
-    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
-        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="roberta")
-    }
-    encoder: PreTrainedConfig | dict[str, Any] | None = None
-    head_size: int = 512
-    head_dropout: float = 0.1
+    sub_configs: ClassVar[dict[str, type]] = {"encoder": AutoConfig}
+
+    def __init__(
+        self,
+        encoder: PretrainedConfig | dict[str, Any] | None = None,
+        head_size: int = 512,
+        head_dropout: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        if encoder is None:
+            encoder = AutoConfig.for_model(DEFAULT_ENCODER)
+        elif isinstance(encoder, dict):  # as config.json holds it
+            fields = dict(encoder)  # the caller's dict is left as it was
+            if "model_type" not in fields:
+                raise ValueError("SkdCriticConfig.encoder: a dict needs the encoder's `model_type`")
+            encoder = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        self.encoder: PretrainedConfig = encoder
+        self.head_size = head_size
+        self.head_dropout = head_dropout
+        super().__init__(**kwargs)
 
     # What a server reads off a critic's config, from the encoder's.
     @property
     def vocab_size(self) -> int:
-        return int(self.encoder.vocab_size)  # type: ignore[union-attr]
+        return int(self.encoder.vocab_size)
 
     @property
     def max_position_embeddings(self) -> int:
-        return int(self.encoder.max_position_embeddings)  # type: ignore[union-attr]
+        return int(self.encoder.max_position_embeddings)
 
 
 class SkdCritic(PreTrainedModel):  # type: ignore[misc]
@@ -44,7 +66,7 @@ class SkdCritic(PreTrainedModel):  # type: ignore[misc]
         super().__init__(config)
         self.encoder = AutoModel.from_config(config.encoder)  # with its pooler
         self.dropout = torch.nn.Dropout(config.head_dropout)
-        self.hidden = torch.nn.Linear(config.encoder.hidden_size, config.head_size)  # type: ignore[union-attr]
+        self.hidden = torch.nn.Linear(config.encoder.hidden_size, config.head_size)
         self.score = torch.nn.Linear(config.head_size, 1)
         self.post_init()
 
@@ -86,8 +108,7 @@ def from_encoder(path: str, head_size: int = 512, head_dropout: float = 0.1) -> 
     encoder = AutoModel.from_pretrained(path)
     if getattr(encoder, "pooler", None) is None:
         raise ValueError(f"{path}: the encoder has no pooler; the skd recipe reads the pooled output")
-    config = SkdCriticConfig(encoder=encoder.config.to_dict(), head_size=head_size, head_dropout=head_dropout)
-    config.num_labels = 1
+    config = SkdCriticConfig(encoder=encoder.config, head_size=head_size, head_dropout=head_dropout, num_labels=1)
     model = SkdCritic(config)
     model.encoder.load_state_dict(encoder.state_dict())
     return model
