@@ -340,7 +340,7 @@ def report(work: str, target: str, levels: list[Level], device: str, command: st
 def _device_tag() -> str:
     import torch
 
-    from proctor.bench.kernels import device_tag
+    from proctor.bench.kernels_timing import device_tag
 
     return device_tag(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from proctor.bench import kernels
+from proctor.bench import kernels, kernels_timing
 
 pytest.importorskip("triton")
 
@@ -46,5 +46,5 @@ def test_a_wrong_kernel_fails_the_check(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_ceilings_are_measured_as_rates() -> None:
     """The GPU run re-measures the cost model's leads; here the same code on the CPU at small sizes."""
-    got = kernels.measure_ceilings(torch.device("cpu"), reps=2, copy_bytes=2**20, gemm_n=64, l2_bytes=2**16)
+    got = kernels_timing.measure_ceilings(torch.device("cpu"), reps=2, copy_bytes=2**20, gemm_n=64, l2_bytes=2**16)
     assert all(0 < rate < float("inf") for rate in (got.gemm_flops, got.hbm_bps, got.l2_bps))

@@ -20,7 +20,7 @@ import torch
 from proctor.bench.gpu_check.context import PhaseContext
 from proctor.bench.gpu_check.report import Figure
 from proctor.bench.gpu_wheels import image_packages, unmet_here
-from proctor.bench.kernels import device_tag
+from proctor.bench.kernels_timing import device_tag
 
 # The versions the report names (the rest of the machine: image_drift and the requirements check).
 PACKAGES = ("torch", "triton", "transformers", "tokenizers", "grpcio", "protobuf", "fastapi", "numpy")
