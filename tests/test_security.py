@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 from pathlib import Path
 
 import grpc
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.streaming import Credentials
 from proctor.engine.config import Config, ConfigError, RewardConfig, ServerConfig, TlsConfig
+from proctor.proto.proctor.v1 import common_pb2, reward_pb2_grpc
 
 from .conftest import started
 from .test_reward_service import GOOD
@@ -83,7 +85,7 @@ async def _reward_code(port: int, credentials: Credentials) -> int:
     return (await _reward_error(port, credentials))[0]
 
 
-async def test_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "tokens").write_text("# trainers\ns3cret-one\n")
     monkeypatch.setenv("PROCTOR_TOKENS", "s3cret-two, s3cret-three")
     server = await started(
@@ -93,15 +95,33 @@ async def test_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             )
         )
     )
+    failures = server.metrics.auth_failures.labels("grpc")
+    before = failures._value.get()
     try:
         assert await _reward_code(server.port, Credentials(token="s3cret-one")) == 0
         assert await _reward_code(server.port, Credentials(token="s3cret-three")) == 0
-        for wrong in (Credentials(token="s3cret"), Credentials()):
-            code, message = await _reward_error(server.port, wrong)
-            assert code == UNAUTHENTICATED and "s3cret" not in message, message
-        async with grpc.aio.insecure_channel(f"localhost:{server.port}") as channel:  # probes need no token
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with caplog.at_level(logging.WARNING):
+            for wrong in (Credentials(token="s3cret"), Credentials()):
+                code, message = await _reward_error(server.port, wrong)
+                assert code == UNAUTHENTICATED and "s3cret" not in message, message
+            async with grpc.aio.insecure_channel(f"localhost:{server.port}") as channel:
+                info = reward_pb2_grpc.RewardModelStub(channel).Info
+                # As the HTTP front: `Bearer <token>` exactly (the scheme in any case); a bare token is refused.
+                for header in ("s3cret-one", "Basic s3cret-one", "Bearer", "Bearer s3cret-one x"):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await info(common_pb2.InfoRequest(), metadata=(("authorization", header),), timeout=10)
+                    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, header
+                    assert "s3cret" not in (refused.value.details() or "")
+                    assert "authorization: Bearer <token>" in (refused.value.details() or "")
+                for header in ("Bearer s3cret-two", "bearer s3cret-two"):
+                    await info(common_pb2.InfoRequest(), metadata=(("authorization", header),), timeout=10)
+                # probes need no token
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert failures._value.get() - before == 6  # each refusal counted once, as transport="grpc"
+        refusals = [r.getMessage() for r in caplog.records if "missing or invalid bearer token" in r.getMessage()]
+        assert len(refusals) == 6 and all("grpc" in m for m in refusals), refusals
+        assert not any("s3cret" in r.getMessage() for r in caplog.records), "a token reached the log"
     finally:
         await server.drain(grace_s=1)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,7 @@ from proctor.engine.rewards.pipeline import RewardScorer
 from proctor.engine.rewards.steps import StepTracker
 from proctor.engine.server.wiring import BackendSet
 from proctor.engine.services import critic, reward, teacher
+from proctor.engine.services.bearer import bearer_authorized
 from proctor.engine.services.call_gate import CallLimit, guarded
 from proctor.engine.services.http import openrlhf, teacher_front
 from proctor.engine.services.http.app import HttpFront
@@ -84,20 +84,18 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """In front of the proctor services (health and reflection pass): a bearer token when tokens are configured
     (UNAUTHENTICATED), then UNAVAILABLE while loading or draining, then the call limit and tolerant decoding."""
 
-    def __init__(self, lifecycle: Lifecycle, tokens: list[bytes], calls: CallLimit) -> None:
+    def __init__(self, lifecycle: Lifecycle, tokens: list[bytes], calls: CallLimit, metrics: Metrics) -> None:
         self.lifecycle = lifecycle
         self.tokens = tokens
         self.calls = calls
+        self.metrics = metrics
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
-        given = b""
+        header = b""
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
-                text = value.decode() if isinstance(value, bytes) else value
-                given = text.removeprefix("Bearer ").encode()
-        # Compare against every token, in constant time each, so timing reveals neither match nor position.
-        matches = [hmac.compare_digest(given, token) for token in self.tokens]
-        return any(matches)
+                header = value.encode() if isinstance(value, str) else value
+        return bearer_authorized(header, self.tokens)
 
     async def intercept_service(
         self,
@@ -109,7 +107,13 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or not service.startswith("proctor."):
             return handler
         if self.tokens and not self._authorized(details):
-            return _refuse(handler, "missing or invalid bearer token", grpc.StatusCode.UNAUTHENTICATED)
+            log.warning("grpc: refused %s: missing or invalid bearer token", details.method)  # never the token
+            self.metrics.auth_failures.labels("grpc").inc()
+            return _refuse(
+                handler,
+                "missing or invalid bearer token (metadata authorization: Bearer <token>)",
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
         if self.lifecycle.draining.is_set():
             return _refuse(handler, "server is draining (shutting down); retry on another replica")
         if service not in self.lifecycle.ready:
@@ -171,7 +175,7 @@ class ProctorServer:
         if self.config.http.port >= 0:
             self.http = HttpFront(self.config.http, cfg.tls, tokens, self.lifecycle, self.metrics)
         server = grpc.aio.server(
-            interceptors=[_Gate(self.lifecycle, tokens, self.calls)],
+            interceptors=[_Gate(self.lifecycle, tokens, self.calls, self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import socket
 import ssl
@@ -27,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proctor.engine.config import HttpConfig, TlsConfig
+from proctor.engine.services.bearer import bearer_authorized
 from proctor.engine.services.http.errors import ApiError, error_response, validation_error
 from proctor.engine.services.metrics import Metrics
 from proctor.engine.services.streams import Lifecycle, ServiceContext
@@ -171,7 +171,11 @@ class HttpFront:
                 return ApiError(411, "a request body needs a Content-Length header")
             if int(length) > self.config.max_body_bytes:  # h11 has already refused a non-numeric length
                 return ApiError(413, f"body of {int(length)} bytes > http.max_body_bytes {self.config.max_body_bytes}")
-        if self.tokens and path not in OPEN_ROUTES and not self._authorized(headers.get(b"authorization", b"")):
+        if (
+            self.tokens
+            and path not in OPEN_ROUTES
+            and not bearer_authorized(headers.get(b"authorization", b""), self.tokens)
+        ):
             client = scope.get("client") or ("?", 0)
             log.warning(
                 "http: refused %s %s from %s: missing or invalid bearer token", scope["method"], path, client[0]
@@ -184,14 +188,6 @@ class HttpFront:
         if service is not None and service not in self.lifecycle.ready:
             return ApiError(503, f"{service} is loading its model; retry when /health answers 200", retry_after_s=5)
         return None
-
-    def _authorized(self, header: bytes) -> bool:
-        scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not given:
-            return False
-        # Compare against every token, in constant time each, so timing reveals neither match nor position.
-        matches = [hmac.compare_digest(given, token) for token in self.tokens]
-        return any(matches)
 
     def healthy(self) -> bool:
         """Every service with a route here is ready, and the server is not draining."""
