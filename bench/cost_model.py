@@ -102,13 +102,13 @@ def lm_head(
 ) -> Prediction:
     """The fused kernel's launches and their combines; set_size > 0 is the RRM probes' path (token_logprobs),
     which also picks that many tokens' logits out of the tiles and subtracts the log-sum-exp (one more launch)."""
-    lm = importlib.import_module("proctor.kernels.lm_head_logprobs")
+    plan = importlib.import_module("proctor.kernels.lm_head_plan")
     elt = torch.empty(0, dtype=dtype).element_size()
     zero = dict.fromkeys(("flops", "hbm_bytes", "l2_bytes", "alu_ops", "exp_ops", "mma_ms", "alu_ms"), 0.0)
     zero |= dict.fromkeys(("hbm_ms", "l2_ms", "ms", "extra_bytes"), 0.0)
     total = Prediction(f"lm_head {rows}x{vocab}x{hidden} top-{top_k}", 0, **zero, bound="")
     extra = 0.0
-    for launch in lm.lm_head_launches(rows, vocab, dtype, top_k, SMS, set_size):
+    for launch in plan.lm_head_launches(rows, vocab, dtype, top_k, SMS, set_size):
         bn, bv = launch.block_n, launch.block_v
         tile_flops = 2.0 * bn * bv * hidden
         waves = -(-launch.programs // SMS)

@@ -158,6 +158,7 @@ def _key(kernel: str, dtype: str, top_k: int, warps: int, stages: int, sig: Any)
 
 def lm_head_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]]:
     lm = importlib.import_module("proctor.kernels.lm_head_logprobs")  # the package re-exports a function so named
+    plan = importlib.import_module("proctor.kernels.lm_head_plan")
 
     out: dict[Key, tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]] = {}
     for dtype, name in DTYPES.items():
@@ -170,7 +171,7 @@ def lm_head_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int
             uses += [(rows, PROBE_TOKENS) for rows in PROBE_ROWS] if top_k == 0 else []
             for rows, set_size in uses:
                 for hidden in HIDDENS:
-                    launches = lm.lm_head_launches(rows, VOCAB, dtype, top_k, lm.H200_SMS, set_size)
+                    launches = plan.lm_head_launches(rows, VOCAB, dtype, top_k, plan.H200_SMS, set_size)
                     for launch in dict.fromkeys(launches):
                         ints, consts = lm.kernel_arguments(launch, VOCAB, hidden, hidden, hidden, dtype)
                         sig = _specialise(lm._lm_head_kernel, pointers, ints, consts)

@@ -7,11 +7,12 @@ sum of exp and of x * exp, the target's logit) and a running top-k (kernels/topk
 partial per row, so the extra memory is O(N * splits), and a small combine over the splits gives the log-sum-exp,
 log-probs, entropies and the global top-k.
 
-Launch shapes (`lm_head_launches`, also what bench/hopper.py compiles and bench/cost_model.py costs): 128 x 128 x 64
-tiles on 8 warps (wgmma) for many rows; for a few rows (RRM probes, one position per atom, <= 64) all rows in one
-64-row block so the weight is read once, the vocabulary split across the SMs. The number of splits is the one that
-fills whole waves of SMs; programs go row block fastest within groups of GROUP row blocks, so the programs in flight
-share their weight tiles and hidden blocks in L2 (the weight comes from HBM about once per group).
+Launch shapes (`lm_head_launches`, kernels/lm_head_plan.py; also what bench/hopper.py compiles and
+bench/cost_model.py costs): 128 x 128 x 64 tiles on 8 warps (wgmma) for many rows; for a few rows (RRM probes, one
+position per atom, <= 64) all rows in one 64-row block so the weight is read once, the vocabulary split across the
+SMs. The number of splits is the one that fills whole waves of SMs; programs go row block fastest within groups of
+GROUP row blocks, so the programs in flight share their weight tiles and hidden blocks in L2 (the weight comes from
+HBM about once per group).
 
 With a set of S token ids (an RRM's score tokens, `lm_head_set_logprobs_triton`) the program whose tile holds a
 token also stores that token's logit for its rows, so the probes' log-probs need no second product.
@@ -22,11 +23,11 @@ Ignore-index rows (target == ignore_index) get 0.0 log-prob and entropy.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
 from proctor.kernels.buffers import poisoned
+from proctor.kernels.lm_head_plan import H200_SMS, LmHeadLaunch, lm_head_launches
 from proctor.kernels.target_logprobs import target_logprobs_reference
 
 try:
@@ -43,91 +44,9 @@ HAVE_TRITON = triton is not None
 # exact in float32 either way; on a GPU the dot runs on bf16 tensor cores with float32 accumulation.
 _INTERPRETER_BF16_DOT = os.environ.get("TRITON_INTERPRET") == "1"
 
-H200_SMS = 132  # multiprocessors of an H200 (and H100 SXM): the launch shapes of the compile report and cost model
-PARTIALS_BUDGET = 64 * 2**20  # bytes of per-split partials and top-k candidates per launch; rows are chunked to fit
 MAX_TOP_K = 64
 
 Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
-
-
-@dataclass(frozen=True)
-class LmHeadLaunch:
-    """One launch of the fused kernel: its tile, warps, pipeline depth and grid."""
-
-    rows: int  # rows in this launch (a chunk of the call's rows)
-    block_n: int
-    block_v: int
-    block_h: int
-    num_warps: int
-    num_stages: int
-    group: int  # row blocks per group of the program order
-    splits: int  # vocabulary splits: programs per row block
-    tiles_per_split: int
-    top_k: int
-    set_size: int = 0  # tokens whose logits every row also reports (RRM probes' score tokens)
-
-    @property
-    def row_blocks(self) -> int:
-        return -(-self.rows // self.block_n)
-
-    @property
-    def programs(self) -> int:
-        return self.row_blocks * self.splits
-
-    @property
-    def k_pad(self) -> int:
-        return 1 << (self.top_k - 1).bit_length() if self.top_k else 0
-
-    def partial_bytes(self) -> int:
-        """The per-split partials (4 float32) and top-k candidates (float32 value, int32 id) of this launch."""
-        return self.rows * self.splits * (16 + 8 * self.top_k)
-
-
-def _tile(rows: int, dtype: torch.dtype, top_k: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_N, BLOCK_V, BLOCK_H, warps, stages): the largest tiles that triton 3.6 compiles for sm_90 without a
-    spill (bench/hopper.py's report; 128 x 256 and 256 x 128 spill 280-2,000 bytes even without top-k)."""
-    if dtype == torch.float32:  # no tensor-core path at 1e-4: FMA tiles (32 x 64 and 32 x 32 spilled 8-16 B)
-        return 64, 32, 32, 4, 3
-    block_v = 64 if top_k > 32 else 128  # a 64-slot running top-k takes the registers of half the tile
-    if rows > 64:
-        return 128, block_v, 64, 8, 3
-    return 64, block_v, 64, 4, 3  # few rows: all in one block, the weight read once
-
-
-def _splits(row_blocks: int, tiles: int, sms: int) -> tuple[int, int]:
-    """(splits, tiles per split) with the least time in whole waves: waves x tiles per program."""
-
-    def cost(s: int) -> tuple[int, int]:
-        per = -(-tiles // s)
-        return -(-row_blocks * -(-tiles // per) // sms) * per, s
-
-    best = min(range(1, min(tiles, 4 * sms) + 1), key=cost)
-    per = -(-tiles // best)
-    return -(-tiles // per), per
-
-
-def lm_head_launches(
-    rows: int, vocab: int, dtype: torch.dtype, top_k: int = 0, sms: int = H200_SMS, set_size: int = 0
-) -> list[LmHeadLaunch]:
-    """The launches that score `rows` rows: one, or row chunks when the partials would pass PARTIALS_BUDGET."""
-    if rows == 0:
-        return []
-    block_n, block_v, block_h, warps, stages = _tile(rows, dtype, top_k)
-    tiles = -(-vocab // block_v)
-    chunk = rows
-    while True:
-        row_blocks = -(-chunk // block_n)
-        splits, per = _splits(row_blocks, tiles, sms)
-        group = min(16, row_blocks)
-        launch = LmHeadLaunch(chunk, block_n, block_v, block_h, warps, stages, group, splits, per, top_k, set_size)
-        if launch.partial_bytes() <= PARTIALS_BUDGET or chunk <= block_n:
-            break
-        chunk = max(block_n, (chunk // 2 + block_n - 1) // block_n * block_n)
-    full, rest = divmod(rows, chunk)
-    out = [launch] * full
-    if rest:
-        out += lm_head_launches(rest, vocab, dtype, top_k, sms, set_size)
-    return out
 
 
 def lm_head_logprobs_reference(

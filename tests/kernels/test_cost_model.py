@@ -43,14 +43,14 @@ def test_lm_head_cost_terms() -> None:
 def test_a_worse_launch_costs_more_on_paper(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    lm = importlib.import_module("proctor.kernels.lm_head_logprobs")
+    plan = importlib.import_module("proctor.kernels.lm_head_plan")
     good = cm.lm_head(16_384, 151_936, 4_096, 0)
-    real = lm._tile
-    monkeypatch.setattr(lm, "_tile", lambda rows, dtype, top_k: (64, 128, 64, 4, 3))  # the old, smaller tile
+    real = plan._tile
+    monkeypatch.setattr(plan, "_tile", lambda rows, dtype, top_k: (64, 128, 64, 4, 3))  # the old, smaller tile
     worse = cm.lm_head(16_384, 151_936, 4_096, 0)
     assert worse.l2_bytes > 1.3 * good.l2_bytes and worse.ms > good.ms
-    monkeypatch.setattr(lm, "_tile", real)
-    monkeypatch.setattr(lm, "_splits", lambda row_blocks, tiles, sms: (1, tiles))  # one split: 128 programs
+    monkeypatch.setattr(plan, "_tile", real)
+    monkeypatch.setattr(plan, "_splits", lambda row_blocks, tiles, sms: (1, tiles))  # one split: 128 programs
     assert cm.lm_head(16_384, 151_936, 4_096, 0).mma_ms > 1.02 * good.mma_ms, "4 of 132 SMs idle the whole time"
 
 

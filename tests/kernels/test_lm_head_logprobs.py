@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
+from proctor.kernels import lm_head_plan
 from proctor.kernels.lm_head_logprobs import lm_head_logprobs_reference, lm_head_logprobs_triton
-
-module = importlib.import_module("proctor.kernels.lm_head_logprobs")  # the package re-exports a function so named
+from proctor.kernels.lm_head_plan import H200_SMS, PARTIALS_BUDGET, lm_head_launches
 
 pytest.importorskip("triton")
 
@@ -58,8 +56,8 @@ def test_many_splits_ignore_index_and_large_logits() -> None:
 def test_row_chunks_give_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     h, w, t = _inputs(150, 200, 32, torch.float32, seed=3)
     whole = lm_head_logprobs_triton(h, w, t, top_k=4)
-    monkeypatch.setattr(module, "PARTIALS_BUDGET", 1)  # every launch as small as it can be: one 64-row block
-    assert [launch.rows for launch in module.lm_head_launches(150, 200, torch.float32, 4)] == [64, 64, 22]
+    monkeypatch.setattr(lm_head_plan, "PARTIALS_BUDGET", 1)  # every launch as small as it can be: one 64-row block
+    assert [launch.rows for launch in lm_head_launches(150, 200, torch.float32, 4)] == [64, 64, 22]
     chunked = lm_head_logprobs_triton(h, w, t, top_k=4)
     for a, b in zip(whole, chunked, strict=True):
         assert a is not None and b is not None and torch.allclose(a.double(), b.double(), atol=1e-6)
@@ -77,15 +75,15 @@ def test_ascending_vocabulary_worst_case_for_the_running_top_k() -> None:
 @pytest.mark.parametrize("top_k", [0, 1, 20, 64])
 @pytest.mark.parametrize("rows", [1, 11, 256, 16_384])
 def test_launches_cover_every_row_once_and_fill_waves(dtype: torch.dtype, top_k: int, rows: int) -> None:
-    launches = module.lm_head_launches(rows, 151_936, dtype, top_k)
+    launches = lm_head_launches(rows, 151_936, dtype, top_k)
     assert sum(launch.rows for launch in launches) == rows
     for launch in launches:
         tiles = -(-151_936 // launch.block_v)
         assert launch.splits * launch.tiles_per_split >= tiles > (launch.splits - 1) * launch.tiles_per_split
-        assert launch.partial_bytes() <= module.PARTIALS_BUDGET
+        assert launch.partial_bytes() <= PARTIALS_BUDGET
         if rows == 16_384:  # whole waves of 132 SMs, to within one program in ten
-            waves = -(-launch.programs // module.H200_SMS)
-            assert launch.programs / (waves * module.H200_SMS) >= 0.9
+            waves = -(-launch.programs // H200_SMS)
+            assert launch.programs / (waves * H200_SMS) >= 0.9
     if rows <= 64:
         assert launches[0].row_blocks == 1, "few rows: one block, the weight read once"
 

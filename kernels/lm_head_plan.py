@@ -1,0 +1,93 @@
+"""The fused lm_head kernel's launch plan (pure Python, no Triton): the tile, warps and pipeline depth for the rows
+and dtype, the vocabulary splits that fill whole waves of SMs, and row chunks that keep the per-split partials
+under PARTIALS_BUDGET. kernels/lm_head_logprobs.py launches it; bench/cost_model.py costs it and bench/hopper.py
+compiles it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+H200_SMS = 132  # multiprocessors of an H200 (and H100 SXM): the launch shapes of the compile report and cost model
+PARTIALS_BUDGET = 64 * 2**20  # bytes of per-split partials and top-k candidates per launch; rows are chunked to fit
+
+
+@dataclass(frozen=True)
+class LmHeadLaunch:
+    """One launch of the fused kernel: its tile, warps, pipeline depth and grid."""
+
+    rows: int  # rows in this launch (a chunk of the call's rows)
+    block_n: int
+    block_v: int
+    block_h: int
+    num_warps: int
+    num_stages: int
+    group: int  # row blocks per group of the program order
+    splits: int  # vocabulary splits: programs per row block
+    tiles_per_split: int
+    top_k: int
+    set_size: int = 0  # tokens whose logits every row also reports (RRM probes' score tokens)
+
+    @property
+    def row_blocks(self) -> int:
+        return -(-self.rows // self.block_n)
+
+    @property
+    def programs(self) -> int:
+        return self.row_blocks * self.splits
+
+    @property
+    def k_pad(self) -> int:
+        return 1 << (self.top_k - 1).bit_length() if self.top_k else 0
+
+    def partial_bytes(self) -> int:
+        """The per-split partials (4 float32) and top-k candidates (float32 value, int32 id) of this launch."""
+        return self.rows * self.splits * (16 + 8 * self.top_k)
+
+
+def _tile(rows: int, dtype: torch.dtype, top_k: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_V, BLOCK_H, warps, stages): the largest tiles that triton 3.6 compiles for sm_90 without a
+    spill (bench/hopper.py's report; 128 x 256 and 256 x 128 spill 280-2,000 bytes even without top-k)."""
+    if dtype == torch.float32:  # no tensor-core path at 1e-4: FMA tiles (32 x 64 and 32 x 32 spilled 8-16 B)
+        return 64, 32, 32, 4, 3
+    block_v = 64 if top_k > 32 else 128  # a 64-slot running top-k takes the registers of half the tile
+    if rows > 64:
+        return 128, block_v, 64, 8, 3
+    return 64, block_v, 64, 4, 3  # few rows: all in one block, the weight read once
+
+
+def _splits(row_blocks: int, tiles: int, sms: int) -> tuple[int, int]:
+    """(splits, tiles per split) with the least time in whole waves: waves x tiles per program."""
+
+    def cost(s: int) -> tuple[int, int]:
+        per = -(-tiles // s)
+        return -(-row_blocks * -(-tiles // per) // sms) * per, s
+
+    best = min(range(1, min(tiles, 4 * sms) + 1), key=cost)
+    per = -(-tiles // best)
+    return -(-tiles // per), per
+
+
+def lm_head_launches(
+    rows: int, vocab: int, dtype: torch.dtype, top_k: int = 0, sms: int = H200_SMS, set_size: int = 0
+) -> list[LmHeadLaunch]:
+    """The launches that score `rows` rows: one, or row chunks when the partials would pass PARTIALS_BUDGET."""
+    if rows == 0:
+        return []
+    block_n, block_v, block_h, warps, stages = _tile(rows, dtype, top_k)
+    tiles = -(-vocab // block_v)
+    chunk = rows
+    while True:
+        row_blocks = -(-chunk // block_n)
+        splits, per = _splits(row_blocks, tiles, sms)
+        group = min(16, row_blocks)
+        launch = LmHeadLaunch(chunk, block_n, block_v, block_h, warps, stages, group, splits, per, top_k, set_size)
+        if launch.partial_bytes() <= PARTIALS_BUDGET or chunk <= block_n:
+            break
+        chunk = max(block_n, (chunk // 2 + block_n - 1) // block_n * block_n)
+    full, rest = divmod(rows, chunk)
+    out = [launch] * full
+    if rest:
+        out += lm_head_launches(rest, vocab, dtype, top_k, sms, set_size)
+    return out
