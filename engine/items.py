@@ -112,6 +112,20 @@ class TextPair:
 
 
 @dataclass(frozen=True)
+class Classified:
+    """A Classifier's answer to one submission of pairs."""
+
+    probs: list[float]
+    """P(valid) per pair, in order"""
+    queue_s: float
+    """the longest time a pair waited before the model (tokenizing included)"""
+    inference_s: float
+    """the longest inference time among the pairs"""
+    tokens: int
+    """the pairs' tokens as the model read them (all pairs, unpadded)"""
+
+
+@dataclass(frozen=True)
 class BackendInfo:
     model: str
     backend: str

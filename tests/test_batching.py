@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import astuple
 
 import pytest
 import torch
@@ -118,8 +119,9 @@ async def test_classifier_batches_score_every_pair_as_it_scores_alone() -> None:
         critic._model.classifier.weight.mul_(1e4)
         critic._model.classifier.bias.sub_(alone(pairs[0]))
     try:
-        probs, queue_s, inference_s = await critic.classify(pairs, "pairs")
+        probs, queue_s, inference_s, tokens = astuple(await critic.classify(pairs, "pairs"))
         assert queue_s >= 0 and inference_s > 0
+        assert tokens == sum(len(critic._tokenizer(p.first, p.second)["input_ids"]) for p in pairs)
         for pair, prob in zip(pairs, probs, strict=True):
             assert prob == pytest.approx(float(torch.sigmoid(torch.tensor(alone(pair)))), abs=1e-4)
         assert max(probs) - min(probs) > 0.03

@@ -61,3 +61,42 @@ async def test_generate_triples_is_recorded_like_every_stream(tiny_server: Proct
     assert samples[("proctor_requests_total", frozenset(triples | {("code", "OK")}))] >= 1
     assert samples[("proctor_item_seconds_count", frozenset(triples))] >= len(found) >= 1
     assert samples[("proctor_inflight_items", frozenset({("service", "proctor.v1.Teacher")}))] == 0
+
+
+async def test_the_critic_counts_the_tokens_of_the_pairs_it_classified(tiny_server: ProctorServer, target: str) -> None:
+    """Classify counts the tokens the classifier read: a pair as given, a triple's every name draw."""
+    import grpc
+    from transformers import AutoTokenizer
+
+    from proctor.engine.backends.builtin_models import resolve_model
+    from proctor.engine.skd.critic_input import triple_pairs
+    from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:tiny-critic"))
+    assert tiny_server.config.critic is not None
+    draws = tiny_server.config.critic.draws
+    expected = len(tokenizer("PersonX pays the bill", "to be generous")["input_ids"])
+    expected += sum(
+        len(tokenizer(p.first, p.second)["input_ids"])
+        for p in triple_pairs("PersonX goes home", "xWant", "to sleep", 7, draws)
+    )
+    requests = [
+        critic_pb2.ClassifyRequest(
+            id="p", pair=critic_pb2.TextPair(first="PersonX pays the bill", second="to be generous")
+        ),
+        critic_pb2.ClassifyRequest(
+            id="t",
+            triple=critic_pb2.Triple(head="PersonX goes home", relation=common_pb2.X_WANT, tail="to sleep"),
+            seed=7,
+        ),
+    ]
+    key = (
+        "proctor_tokens_total",
+        frozenset({("service", "proctor.v1.Critic"), ("rpc", "Classify"), ("kind", "prompt")}),
+    )
+    before = (await asyncio.to_thread(_samples, tiny_server.metrics_port)).get(key, 0.0)
+    async with grpc.aio.insecure_channel(target) as channel:
+        found = [r async for r in critic_pb2_grpc.CriticStub(channel).Classify(iter(requests))]
+    assert [r.HasField("error") for r in found] == [False, False]
+    after = (await asyncio.to_thread(_samples, tiny_server.metrics_port))[key]
+    assert after - before == expected

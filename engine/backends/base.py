@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from proctor.engine.items import (
     BackendInfo,
+    Classified,
     GenerateItem,
     Generation,
     GroupOutput,
@@ -74,7 +75,7 @@ class Generator(Scorer, Protocol):
 class Classifier(Backend, Protocol):
     """P(valid) of text pairs from a sequence classifier."""
 
-    async def classify(self, pairs: list[TextPair], field: str) -> tuple[list[float], float, float]:
-        """P(valid) per pair, with the longest queue time and the longest inference time among them. A pair the
-        model cannot take is an ItemError on `field`."""
+    async def classify(self, pairs: list[TextPair], field: str) -> Classified:
+        """P(valid) per pair, with the longest queue time and the longest inference time among them, and the
+        pairs' token count. A pair the model cannot take is an ItemError on `field`."""
         ...

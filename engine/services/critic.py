@@ -26,6 +26,7 @@ class CriticService(critic_pb2_grpc.CriticServicer):
         self._classify_batched = StreamSpec("ClassifyBatched", self._classify_one, critic_pb2.ClassifyResult)
         self._queue_seconds = svc.metrics.queue_seconds.labels(svc.name, "Classify")
         self._inference_seconds = svc.metrics.inference_seconds.labels(svc.name, "Classify")
+        self._prompt_tokens = svc.metrics.tokens.labels(svc.name, "Classify", "prompt")
 
     async def Classify(
         self, request_iterator: AsyncIterator[critic_pb2.ClassifyRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -63,20 +64,22 @@ class CriticService(critic_pb2_grpc.CriticServicer):
             for name in ("head", "tail"):
                 if not getattr(t, name).strip():
                     raise ItemError("empty", f"triple.{name}")
-            score, queue_s, inference_s = await self.scorer.score_triple(t.head, relation, t.tail, seed)
+            scored = await self.scorer.score_triple(t.head, relation, t.tail, seed)
         elif which == "pair":
             if not req.pair.first.strip():
                 raise ItemError("empty", "pair.first")
             relation = None
-            score, queue_s, inference_s = await self.scorer.score_pair(TextPair(req.pair.first, req.pair.second))
+            scored = await self.scorer.score_pair(TextPair(req.pair.first, req.pair.second))
         else:
             raise ItemError("required: set triple or pair", "input")
         if req.HasField("cutoff"):
             cutoff = convert.check_range(req.cutoff, "cutoff", 0.0, 1.0)
         else:
             cutoff = self.scorer.cutoff(relation)
+        score, queue_s, inference_s = scored.score, scored.queue_s, scored.inference_s
         self._queue_seconds.observe(queue_s)
         self._inference_seconds.observe(inference_s)
+        self._prompt_tokens.inc(scored.tokens)  # every name draw's pair, as the classifier read it
         return critic_pb2.ClassifyResult(
             id=req.id,
             score=score,

@@ -10,6 +10,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from proctor.engine.backends.base import Classifier
 from proctor.engine.errors import ItemError
@@ -17,6 +18,15 @@ from proctor.engine.items import TextPair
 from proctor.engine.skd.critic_input import triple_pairs, unchanged_by_ftfy
 from proctor.engine.skd.cutoffs import CUTOFFS_FILE
 from proctor.engine.skd.triples import Judgement
+
+
+class CriticScore(NamedTuple):
+    """One Classify item's score, its queue and inference times and the tokens the classifier read for it."""
+
+    score: float
+    queue_s: float
+    inference_s: float
+    tokens: int
 
 
 @dataclass
@@ -68,25 +78,25 @@ class CriticScorer:
 
     async def score_triple(
         self, head: str, relation: str, tail: str, seed: int | None, field: str = "triple"
-    ) -> tuple[float, float, float]:
+    ) -> CriticScore:
         pairs = await _pairs([(head, relation, tail, seed)], self.config.draws)
-        probs, queue_s, inference_s = await self.backend.classify(pairs, field)
-        return statistics.fmean(probs), queue_s, inference_s
+        out = await self.backend.classify(pairs, field)
+        return CriticScore(statistics.fmean(out.probs), out.queue_s, out.inference_s, out.tokens)
 
     async def judge_many(self, triples: Sequence[tuple[str, str, str, int]]) -> list[Judgement]:
         """The domain's Critic interface (GenerateTriples in the same server): every draw of every triple of an
         event in one classifier submission."""
         draws = self.config.draws
         pairs = await _pairs(triples, draws)
-        probs, _, _ = await self.backend.classify(pairs, "triple")
+        probs = (await self.backend.classify(pairs, "triple")).probs
         return [
             Judgement(statistics.fmean(probs[i * draws : (i + 1) * draws]), self.cutoff(relation))
             for i, (_, relation, _, _) in enumerate(triples)
         ]
 
-    async def score_pair(self, pair: TextPair, field: str = "pair") -> tuple[float, float, float]:
-        probs, queue_s, inference_s = await self.backend.classify([pair], field)
-        return probs[0], queue_s, inference_s
+    async def score_pair(self, pair: TextPair, field: str = "pair") -> CriticScore:
+        out = await self.backend.classify([pair], field)
+        return CriticScore(out.probs[0], out.queue_s, out.inference_s, out.tokens)
 
 
 async def _pairs(triples: Sequence[tuple[str, str, str, int | None]], draws: int) -> list[TextPair]:

@@ -16,7 +16,7 @@ import torch
 from proctor.engine.backends.loading import load, pick_device, pick_dtype
 from proctor.engine.backends.torch.batching import DynamicBatcher
 from proctor.engine.errors import ItemError
-from proctor.engine.items import BackendInfo, TextPair
+from proctor.engine.items import BackendInfo, Classified, TextPair
 
 TOKENIZE_BATCH = 1024  # pairs per tokenizer call at most
 # Where a fast tokenizer's Rust encoding holds a sequence classifier's inputs; the attention mask of an unpadded
@@ -111,9 +111,9 @@ class TorchClassifier:
             if batcher is not None:
                 await batcher.close()
 
-    async def classify(self, pairs: list[TextPair], field: str) -> tuple[list[float], float, float]:
-        """P(valid) per pair, with the longest time before the model (tokenizing included) and the longest
-        inference time among them. A pair over the model's length is an ItemError on `field`."""
+    async def classify(self, pairs: list[TextPair], field: str) -> Classified:
+        """P(valid) per pair, with the longest time before the model (tokenizing included), the longest inference
+        time among them and the pairs' tokens. A pair over the model's length is an ItemError on `field`."""
         assert self._tokenize is not None and self._batcher is not None
         started = time.perf_counter()
         encoded = [enc for enc, _, _ in await self._tokenize.submit(pairs)]
@@ -126,7 +126,12 @@ class TorchClassifier:
                 )
         tokenized = time.perf_counter() - started
         results = await self._batcher.submit(encoded)
-        return [r[0] for r in results], tokenized + max(r[1] for r in results), max(r[2] for r in results)
+        return Classified(
+            [r[0] for r in results],
+            tokenized + max(r[1] for r in results),
+            max(r[2] for r in results),
+            sum(len(enc["input_ids"]) for enc in encoded),
+        )
 
     def _encode_many(self, pairs: list[TextPair]) -> list[dict[str, list[int]]]:
         if self._rust is None:
