@@ -108,6 +108,17 @@ class Metrics:
             "proctor_serving", "1 while the service reports SERVING on grpc.health.v1.", ["service"], registry=r
         )
 
+    def observe_times(self, service: str, rpc: str, queue_s: float, inference_s: float) -> None:
+        """One item's time in the backend queue and in inference."""
+        self.queue_seconds.labels(service, rpc).observe(queue_s)
+        self.inference_seconds.labels(service, rpc).observe(inference_s)
+
+    def count_tokens(self, service: str, rpc: str, *, prompt: int = 0, generated: int = 0, scored: int = 0) -> None:
+        """The tokens one item processed, by kind; a kind with none adds nothing."""
+        for kind, count in (("prompt", prompt), ("generated", generated), ("scored", scored)):
+            if count:
+                self.tokens.labels(service, rpc, kind).inc(count)
+
     def observe_batch(self, model: str, rpc: str, items: int, tokens: int, slots: int) -> None:
         """One backend batch: `tokens` real tokens in `slots` token positions (padding included)."""
         self.batch_size.labels(model, rpc).observe(items)

@@ -119,13 +119,9 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         metrics, name = self.svc.metrics, self.svc.name
         self._inference_seconds.observe(out.inference_s)
         metrics.queue_seconds.labels(name, rpc).observe(out.queue_s)
-        for kind, count in (
-            ("prompt", out.prompt_tokens),
-            ("generated", out.generated_tokens),
-            ("scored", out.scored_tokens),
-        ):
-            if count:
-                metrics.tokens.labels(name, rpc, kind).inc(count)
+        metrics.count_tokens(
+            name, rpc, prompt=out.prompt_tokens, generated=out.generated_tokens, scored=out.scored_tokens
+        )
         return self._result(req, out, received)
 
     def _result(self, req: reward_pb2.RewardRequest, out: RewardOutcome, received: float) -> reward_pb2.RewardResult:

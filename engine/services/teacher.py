@@ -191,8 +191,10 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         self, req: teacher_pb2.GenerateRequest, prompt: list[int], params: SamplingParams, received: float
     ) -> teacher_pb2.GenerateResult:
         gen = await self.backend.generate(GenerateItem(prompt_ids=prompt, params=params))
-        self._count_tokens("Generate", len(prompt), sum(len(s.token_ids) for s in gen.samples))
-        self._observe("Generate", gen.queue_s, gen.inference_s)
+        self.svc.metrics.count_tokens(
+            self.svc.name, "Generate", prompt=len(prompt), generated=sum(len(s.token_ids) for s in gen.samples)
+        )
+        self.svc.metrics.observe_times(self.svc.name, "Generate", gen.queue_s, gen.inference_s)
         return teacher_pb2.GenerateResult(
             id=req.id,
             prompt_token_ids=gen.prompt_ids,
@@ -247,11 +249,11 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         self, req: teacher_pb2.ScoreRequest, inputs: tuple[list[int], list[list[int]]], received: float
     ) -> teacher_pb2.ScoreResult:
         context, targets = inputs
-        self._count_tokens("Score", len(context), 0, scored=sum(len(t) for t in targets))
+        self.svc.metrics.count_tokens(self.svc.name, "Score", prompt=len(context), scored=sum(len(t) for t in targets))
         if not req.continuations:
             (target,) = targets
             out = await self.backend.score(ScoreItem(context_ids=context, target_ids=target, top_k=req.top_logprobs))
-            self._observe("Score", out.queue_s, out.inference_s)
+            self.svc.metrics.observe_times(self.svc.name, "Score", out.queue_s, out.inference_s)
             return teacher_pb2.ScoreResult(
                 id=req.id,
                 target_token_ids=target,
@@ -263,7 +265,7 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         group = await self.backend.score_group(
             ScoreGroupItem(context_ids=context, continuations=targets, top_k=req.top_logprobs)
         )
-        self._observe("Score", group.queue_s, group.inference_s)
+        self.svc.metrics.observe_times(self.svc.name, "Score", group.queue_s, group.inference_s)
         return teacher_pb2.ScoreResult(
             id=req.id,
             context_tokens=len(context),
@@ -368,18 +370,3 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             ignore_eos=p.ignore_eos or base.ignore_eos,
             detokenize=base.detokenize and not p.skip_detokenize,
         )
-
-    # ---- metrics ---------------------------------------------------------------------------------------------
-
-    def _observe(self, rpc: str, queue_s: float, inference_s: float) -> None:
-        m = self.svc.metrics
-        m.queue_seconds.labels(self.svc.name, rpc).observe(queue_s)
-        m.inference_seconds.labels(self.svc.name, rpc).observe(inference_s)
-
-    def _count_tokens(self, rpc: str, prompt: int, generated: int, scored: int = 0) -> None:
-        tokens = self.svc.metrics.tokens
-        tokens.labels(self.svc.name, rpc, "prompt").inc(prompt)
-        if generated:
-            tokens.labels(self.svc.name, rpc, "generated").inc(generated)
-        if scored:
-            tokens.labels(self.svc.name, rpc, "scored").inc(scored)

@@ -15,8 +15,8 @@ from proctor.engine.services.http.openai_shapes import (
     stop_params,
     stop_reason_json,
     token_text,
+    usage_chunks,
     usage_json,
-    without_nulls,
 )
 from proctor.engine.services.http.teacher_calls import Position, clamp, now, sample_steps
 
@@ -120,9 +120,4 @@ class ChatBuild:
             if self.body.return_token_ids:
                 last["token_ids"] = c["token_ids"]
             out.append({**head, "choices": [last]})
-        options = self.body.stream_options
-        if options is not None and options.include_usage:
-            out.append(
-                {**head, "choices": [], "usage": without_nulls(self.usage_json()), "system_fingerprint": FINGERPRINT}
-            )
-        return out
+        return out + usage_chunks(head, self.body.stream_options, self.usage_json())

@@ -16,8 +16,8 @@ from proctor.engine.services.http.openai_shapes import (
     stop_params,
     stop_reason_json,
     token_text,
+    usage_chunks,
     usage_json,
-    without_nulls,
 )
 from proctor.engine.services.http.teacher_calls import Position, clamp, now, sample_steps
 
@@ -121,9 +121,4 @@ class CompletionBuild:
         head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
         keys = ("index", "text", "logprobs", "finish_reason", "stop_reason", "prompt_token_ids", "token_ids")
         out = [{**head, "choices": [{k: c[k] for k in keys}]} for c in self._choices()]
-        options = self.body.stream_options
-        if options is not None and options.include_usage:
-            out.append(
-                {**head, "choices": [], "usage": without_nulls(self.usage_json()), "system_fingerprint": FINGERPRINT}
-            )
-        return out
+        return out + usage_chunks(head, self.body.stream_options, self.usage_json())

@@ -26,6 +26,7 @@ from proctor.engine.services.http.openai_bodies import (
     CompletionRequest,
     DetokenizeRequest,
     GenerateRequest,
+    GenerateSamplingParams,
     TokenizeRequest,
 )
 from proctor.engine.services.http.openai_shapes import (
@@ -157,8 +158,14 @@ class OpenAIRoutes:
 
         return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
 
-    def _params(self, body: CompletionRequest | ChatCompletionRequest, prompt_len: int, max_tokens: int,
-                logprobs: int | None = None, max_tokens_field: str = "max_tokens") -> SamplingParams:  # fmt: skip
+    def _params(
+        self,
+        body: CompletionRequest | ChatCompletionRequest | GenerateSamplingParams,
+        prompt_len: int,
+        max_tokens: int,
+        logprobs: int | None = None,
+        max_tokens_field: str = "max_tokens",
+    ) -> SamplingParams:
         return self.calls.sampling(
             prompt_len=prompt_len,
             n=body.n,
@@ -222,25 +229,7 @@ class OpenAIRoutes:
         if max_tokens == 0 and sp.prompt_logprobs is None:
             raise ApiError(400, "sampling_params.max_tokens: 0 needs prompt_logprobs (scoring)", "sampling_params")
         self.calls.check_top(sp.prompt_logprobs, "sampling_params.prompt_logprobs")
-        params = []
-        if max_tokens:
-            params = [
-                self.calls.sampling(
-                    prompt_len=len(ids),
-                    n=sp.n,
-                    max_tokens=max_tokens,
-                    temperature=sp.temperature,
-                    top_p=sp.top_p,
-                    top_k=sp.top_k,
-                    presence_penalty=sp.presence_penalty,
-                    frequency_penalty=sp.frequency_penalty,
-                    seed=sp.seed,
-                    stop=sp.stop,
-                    stop_token_ids=sp.stop_token_ids,
-                    ignore_eos=sp.ignore_eos,
-                    logprobs=sp.logprobs,
-                )
-            ]
+        params = [self._params(sp, len(ids), max_tokens, sp.logprobs)] if max_tokens else []
         items = (sp.n if max_tokens else 0) + (sp.prompt_logprobs is not None)
         async with self.front.admitted(self.calls.svc, items):
             [(prompt_positions, gen)] = await self.front.run(request, self.complete([ids], params, sp.prompt_logprobs))

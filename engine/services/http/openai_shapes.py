@@ -10,7 +10,7 @@ from starlette.responses import StreamingResponse
 
 from proctor.engine.items import Sample, SamplingParams
 from proctor.engine.services.http.errors import encode
-from proctor.engine.services.http.openai_bodies import ChatCompletionRequest, CompletionRequest
+from proctor.engine.services.http.openai_bodies import ChatCompletionRequest, CompletionRequest, StreamOptions
 from proctor.engine.services.http.teacher_calls import Position, clamp
 from proctor.engine.version import __version__
 
@@ -69,5 +69,9 @@ def stop_params(body: CompletionRequest | ChatCompletionRequest) -> SamplingPara
     return SamplingParams(stop_token_ids=tuple(body.stop_token_ids or ()))
 
 
-def without_nulls(usage: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in usage.items() if v is not None}
+def usage_chunks(head: dict[str, Any], options: StreamOptions | None, usage: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stream's closing usage chunk, when stream_options.include_usage asks for it."""
+    if options is None or not options.include_usage:
+        return []
+    usage = {k: v for k, v in usage.items() if v is not None}
+    return [{**head, "choices": [], "usage": usage, "system_fingerprint": FINGERPRINT}]

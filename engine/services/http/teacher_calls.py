@@ -149,8 +149,8 @@ class TeacherCalls:
         out = await self._call(
             "Score", self.backend.score(ScoreItem(context_ids=ids[:1], target_ids=ids[1:], top_k=max(k, 1)))
         )
-        self._count("Score", 1, scored=len(ids) - 1)
-        self._observe("Score", out.queue_s, out.inference_s)
+        self.svc.metrics.count_tokens(self.svc.name, "Score", prompt=1, scored=len(ids) - 1)
+        self.svc.metrics.observe_times(self.svc.name, "Score", out.queue_s, out.inference_s)
         assert out.top is not None
         top = out.top
         # ~20 entries per position: built off the event loop, like the JSON that carries them
@@ -168,8 +168,9 @@ class TeacherCalls:
 
     async def generate(self, ids: list[int], params: SamplingParams) -> Generation:
         gen = await self._call("Generate", self.backend.generate(GenerateItem(prompt_ids=ids, params=params)))
-        self._count("Generate", len(ids), generated=sum(len(s.token_ids) for s in gen.samples))
-        self._observe("Generate", gen.queue_s, gen.inference_s)
+        generated = sum(len(s.token_ids) for s in gen.samples)
+        self.svc.metrics.count_tokens(self.svc.name, "Generate", prompt=len(ids), generated=generated)
+        self.svc.metrics.observe_times(self.svc.name, "Generate", gen.queue_s, gen.inference_s)
         return gen
 
     async def _call(self, rpc: str, work: Awaitable[T]) -> T:
@@ -178,21 +179,6 @@ class TeacherCalls:
         except ItemError as exc:
             status = {"INVALID_ARGUMENT": 400, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503}.get(exc.code, 500)
             raise ApiError(status, exc.message, exc.field or None, 1 if status in (429, 503) else None) from None
-
-    # ---- metrics (as the gRPC Teacher counts them) -----------------------------------------------------------
-
-    def _observe(self, rpc: str, queue_s: float, inference_s: float) -> None:
-        m = self.svc.metrics
-        m.queue_seconds.labels(self.svc.name, rpc).observe(queue_s)
-        m.inference_seconds.labels(self.svc.name, rpc).observe(inference_s)
-
-    def _count(self, rpc: str, prompt: int, generated: int = 0, scored: int = 0) -> None:
-        tokens = self.svc.metrics.tokens
-        tokens.labels(self.svc.name, rpc, "prompt").inc(prompt)
-        if generated:
-            tokens.labels(self.svc.name, rpc, "generated").inc(generated)
-        if scored:
-            tokens.labels(self.svc.name, rpc, "scored").inc(scored)
 
 
 def _position(actual: int, logprob: float, top_ids: list[int], top_lps: list[float], k: int) -> list[Entry]:
