@@ -19,6 +19,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def call_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """One call's time in ms: between two CUDA events on a GPU (the call's device work), the wall clock elsewhere."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end))
+
+
 def measure(fn: Callable[[], Any], device: torch.device, reps: int) -> tuple[float, float | None, Any]:
     """(median ms, peak extra GiB over what was allocated before, first output). The first call warms up (Triton
     compiles there) and its output is the one checked."""
@@ -27,20 +42,7 @@ def measure(fn: Callable[[], Any], device: torch.device, reps: int) -> tuple[flo
     if device.type == "cuda":
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+    times = [call_ms(fn, device) for _ in range(reps)]
     extra = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else None
     return statistics.median(times), extra, first
 

@@ -12,7 +12,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import time
 from collections.abc import Callable
 
 import torch
@@ -20,7 +19,7 @@ import torch
 from proctor.bench.gpu_check.context import PhaseContext
 from proctor.bench.gpu_check.report import Figure
 from proctor.bench.gpu_wheels import image_packages, unmet_here
-from proctor.bench.kernels_timing import device_tag
+from proctor.bench.kernels_timing import call_ms, device_tag
 
 # The versions the report names (the rest of the machine: image_drift and the requirements check).
 PACKAGES = ("torch", "triton", "transformers", "tokenizers", "grpcio", "protobuf", "fastapi", "numpy")
@@ -36,21 +35,7 @@ def _version(package: str) -> str:
 def _median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 20) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
+    return float(statistics.median(call_ms(fn, device) for _ in range(reps)))
 
 
 def _driver() -> str:
