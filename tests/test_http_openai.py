@@ -236,3 +236,20 @@ async def test_overload_is_429_with_retry_after_and_the_server_stays_healthy(tin
     assert status == 200
     requests = tiny_server.metrics.requests.labels("proctor.v1.Teacher", "/v1/completions", "429")
     assert requests._value.get() >= 1
+
+
+async def test_tokenize_messages_is_the_chat_routes_prompt(tiny_server: ProctorServer) -> None:
+    """/tokenize with messages renders them as /v1/chat/completions does (same template options, same ids)."""
+    url = base(tiny_server)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    for options in (
+        {},
+        {"add_generation_prompt": False},
+        {"continue_final_message": True, "add_generation_prompt": False},
+    ):
+        status, tokenized, _ = await asyncio.to_thread(call, f"{url}/tokenize", {"messages": messages, **options})
+        assert status == 200, tokenized
+        chat = {"messages": messages, "max_tokens": 1, "return_token_ids": True, **options}
+        status, answer, _ = await asyncio.to_thread(call, f"{url}/v1/chat/completions", chat)
+        assert status == 200, answer
+        assert tokenized["tokens"] == answer["prompt_token_ids"] and tokenized["count"] == len(tokenized["tokens"])

@@ -23,6 +23,7 @@ from proctor.engine.services.http.completion_answer import CompletionBuild
 from proctor.engine.services.http.errors import ApiError, encode, json_response
 from proctor.engine.services.http.openai_bodies import (
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     DetokenizeRequest,
     GenerateRequest,
@@ -99,13 +100,7 @@ class OpenAIRoutes:
             ids = await self.vocab.encode(body.prompt, body.add_special_tokens)
         else:
             assert body.messages is not None
-            ids = await self.chat_ids(
-                [m.as_template_input() for m in body.messages],
-                body.add_generation_prompt,
-                body.continue_final_message,
-                body.chat_template,
-                body.chat_template_kwargs,
-            )
+            ids = await self._chat_ids_of(body, body.messages)
         strs = None
         if body.return_token_strs:
             texts = await self.vocab.texts()
@@ -191,13 +186,7 @@ class OpenAIRoutes:
             raise ApiError(400, "top_logprobs: needs logprobs: true", "top_logprobs")
         if body.stream and body.prompt_logprobs is not None:
             raise ApiError(400, "prompt_logprobs: not available with stream: true (as in vLLM)", "prompt_logprobs")
-        ids = await self.chat_ids(
-            [m.as_template_input() for m in body.messages],
-            body.add_generation_prompt,
-            body.continue_final_message,
-            body.chat_template,
-            body.chat_template_kwargs,
-        )
+        ids = await self._chat_ids_of(body, body.messages)
         self.calls.check_prompt(ids, "messages")
         self.calls.check_top(body.prompt_logprobs, "prompt_logprobs")
         field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -304,6 +293,18 @@ class OpenAIRoutes:
             ids = await self.vocab.encode(p, add_special) if isinstance(p, str) else [int(t) for t in p]  # type: ignore[call-overload]
             out.append(self.calls.check_prompt(ids, field))
         return out
+
+    async def _chat_ids_of(
+        self, body: TokenizeRequest | ChatCompletionRequest, messages: list[ChatMessage]
+    ) -> list[int]:
+        """The body's messages through the chat template, with the body's template options."""
+        return await self.chat_ids(
+            [m.as_template_input() for m in messages],
+            body.add_generation_prompt,
+            body.continue_final_message,
+            body.chat_template,
+            body.chat_template_kwargs,
+        )
 
     async def chat_ids(
         self,
