@@ -8,13 +8,10 @@ what it gives, and so must proctor's own rule functions.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 import string
 import struct
-import urllib.error
-import urllib.request
 
 import pytest
 from transformers import TrainerState
@@ -24,6 +21,8 @@ from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.trl import ProctorReward
 from proctor.engine.rewards import outcome, rollout
 from proctor.engine.server.grpc_server import ProctorServer
+
+from .test_adapters import _post
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -163,15 +162,6 @@ async def test_verl_adapter_scores_empty_golds_and_responses(target: str) -> Non
     assert one["score"] == -1.0 and one["format_ok"] == 0.0
     none = await verl.compute_score_async("nq", completions[0], None, extra, target=target)
     assert none["score"] == 0.0 and none["format_ok"] == 1.0
-
-
-def _post(url: str, body: object) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 async def test_openrlhf_endpoint_scores_empty_labels_and_responses(tiny_server: ProctorServer) -> None:
