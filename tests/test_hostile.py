@@ -14,6 +14,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proctor.engine.config import Config, RewardConfig, ServerConfig, ServiceLimits
+from proctor.engine.rewards import rollout
 from proctor.engine.server.grpc_server import ProctorServer
 from proctor.engine.services.metrics import Metrics
 from proctor.engine.services.streams import (
@@ -67,12 +68,20 @@ async def health_latencies(target: str, stop: asyncio.Event) -> list[float]:
 async def test_a_long_tag_soup_rollout_does_not_block_health(rules_server: ProctorServer) -> None:
     """Rule rewards of a long rollout run off the event loop: Health answers while ~1 s of parsing goes on."""
     target = f"127.0.0.1:{rules_server.port}"
-    # The issue's case, grown: a policy stuck repeating one tag (60 kB of it blocked Health for 22 s).
-    soup = "<think>" + "<A>" * 1_000_000 + "</think><answer>paris</answer>"  # 3 MB
+    # The issue's case, grown: a policy stuck repeating one tag (60 kB of it blocked Health for 22 s). Grown until
+    # this machine takes >= 0.6 s to parse it, so the case shows a blocked loop on a fast machine as on a slow one.
+    repeats = 1_000_000
+    while True:
+        soup = "<think>" + "<A>" * repeats + "</think><answer>paris</answer>"
+        parse_started = time.process_time()
+        rollout.parse(soup)
+        if time.process_time() - parse_started >= 0.6 or len(soup) > 40 << 20:
+            break
+        repeats *= 2
     stop = asyncio.Event()
     probing = asyncio.create_task(health_latencies(target, stop))
     await asyncio.sleep(0.05)
-    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
         started = time.perf_counter()
         results = [
             r async for r in reward_pb2_grpc.RewardModelStub(channel).Reward(iter([rollout_request("soup", soup)]))
