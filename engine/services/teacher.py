@@ -15,6 +15,7 @@ from proctor.engine.config import TeacherConfig
 from proctor.engine.errors import ItemError
 from proctor.engine.items import FinishReason, GenerateItem, SamplingParams, ScoreGroupItem, ScoreItem
 from proctor.engine.services import convert
+from proctor.engine.services.sampling_checks import check_top_logprobs, checked_sampling
 from proctor.engine.services.streams import CallMetrics, ServiceContext, StreamSpec, run_stream
 from proctor.engine.skd import prompts as skd
 from proctor.engine.skd import triples
@@ -23,7 +24,6 @@ from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
 SERVICE = "proctor.v1.Teacher"
 _FINISH = {FinishReason.STOP: teacher_pb2.STOP, FinishReason.LENGTH: teacher_pb2.LENGTH}
-_MAX_SEED = 2**63
 # A text prompt longer than this is tokenized in a worker thread (a tokenizer takes ~1 s per MB), and one longer
 # than MAX_CHARS_PER_TOKEN characters per allowed token is refused untokenized: no vocabulary's tokens are longer.
 INLINE_TOKENIZE_CHARS = 4096
@@ -217,7 +217,7 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
     def _score_one(self, req: teacher_pb2.ScoreRequest) -> Coroutine[Any, Any, teacher_pb2.ScoreResult]:
         """Validated here, before the item takes a queue slot; long texts are tokenized off the loop after."""
         received = time.perf_counter()
-        self._check_top_logprobs(req.top_logprobs, "top_logprobs")
+        check_top_logprobs(req.top_logprobs, "top_logprobs", self.config, self.backend.info)
         if req.continuations:
             if req.HasField("target"):
                 raise ItemError("set target or continuations, not both", "target")
@@ -315,58 +315,26 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             raise ItemError(f"{len(ids)} tokens > max_prompt_tokens {limit}; nothing is truncated", field)
         return ids
 
-    def _check_top_logprobs(self, k: int, field: str) -> None:
-        limit = min(self.config.max_top_logprobs, self.backend.info.vocab_size)
-        if k > limit:
-            raise ItemError(f"{k} > {limit} (server limit max_top_logprobs)", field)
-
     def _sampling(
         self, p: teacher_pb2.SamplingParams, prompt_len: int, base: SamplingParams | None = None, at: str = "params"
     ) -> SamplingParams:
         """The request's fields over `base` (a field left at its proto default keeps the base value), checked."""
         base = base or SamplingParams(max_tokens=self.config.default_max_tokens)
-        vocab = self.backend.info.vocab_size
-        n = p.n or base.n
-        if n > self.config.max_n:
-            raise ItemError(f"{n} > {self.config.max_n} (server limit max_n)", f"{at}.n")
-        temperature = p.temperature if p.HasField("temperature") else base.temperature
-        convert.check_range(temperature, f"{at}.temperature", 0.0, 100.0)
-        top_p = p.top_p if p.HasField("top_p") else base.top_p
-        convert.check_range(top_p, f"{at}.top_p", 0.0, 1.0, low_open=True)
-        top_k = p.top_k or base.top_k
-        if not 0 <= top_k <= vocab:
-            raise ItemError(f"{top_k} is outside [0, {vocab}] (0 = off)", f"{at}.top_k")
-        presence = p.presence_penalty or base.presence_penalty
-        frequency = p.frequency_penalty or base.frequency_penalty
-        convert.check_range(presence, f"{at}.presence_penalty", -2.0, 2.0)
-        convert.check_range(frequency, f"{at}.frequency_penalty", -2.0, 2.0)
-        max_tokens = p.max_tokens or base.max_tokens
-        model_len = self.backend.info.max_model_len
-        if prompt_len + max_tokens > model_len:
-            raise ItemError(
-                f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the model's context length "
-                f"{model_len}",
-                f"{at}.max_tokens",
-            )
-        for i, stop in enumerate(p.stop):
-            if not stop:
-                raise ItemError("empty stop string", f"{at}.stop[{i}]")
-        stop_ids = convert.token_ids(list(p.stop_token_ids), f"{at}.stop_token_ids", vocab)
         top_logprobs = p.top_logprobs or base.top_logprobs
-        self._check_top_logprobs(top_logprobs, f"{at}.top_logprobs")
-        return SamplingParams(
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            presence_penalty=presence,
-            frequency_penalty=frequency,
-            seed=p.seed % _MAX_SEED if p.HasField("seed") else base.seed,
-            max_tokens=max_tokens,
+        params = SamplingParams(
+            n=p.n or base.n,
+            temperature=p.temperature if p.HasField("temperature") else base.temperature,
+            top_p=p.top_p if p.HasField("top_p") else base.top_p,
+            top_k=p.top_k or base.top_k,
+            presence_penalty=p.presence_penalty or base.presence_penalty,
+            frequency_penalty=p.frequency_penalty or base.frequency_penalty,
+            seed=p.seed if p.HasField("seed") else base.seed,
+            max_tokens=p.max_tokens or base.max_tokens,
             stop=tuple(p.stop) or base.stop,
-            stop_token_ids=tuple(stop_ids) or base.stop_token_ids,
+            stop_token_ids=tuple(p.stop_token_ids) or base.stop_token_ids,
             logprobs=p.logprobs or base.logprobs or top_logprobs > 0,
             top_logprobs=top_logprobs,
             ignore_eos=p.ignore_eos or base.ignore_eos,
             detokenize=base.detokenize and not p.skip_detokenize,
         )
+        return checked_sampling(params, prompt_len=prompt_len, config=self.config, info=self.backend.info, at=at)

@@ -10,7 +10,6 @@ rank k + 1, a lower bound of its true rank (vLLM counts the whole vocabulary the
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -21,11 +20,11 @@ from proctor.engine.config import TeacherConfig
 from proctor.engine.errors import ItemError
 from proctor.engine.items import GenerateItem, Generation, Sample, SamplingParams, ScoreItem
 from proctor.engine.services.http.errors import ApiError
+from proctor.engine.services.sampling_checks import check_top_logprobs, checked_sampling
 from proctor.engine.services.streams import ServiceContext
 
 T = TypeVar("T")
 
-_MAX_SEED = 2**63
 # JSON has no -inf: vLLM sends -9999.0 for a log-prob of -inf, and so does this server.
 FLOOR = -9999.0
 
@@ -58,9 +57,11 @@ class TeacherCalls:
         return min(self.config.max_prompt_tokens, model_len) if self.config.max_prompt_tokens else model_len
 
     def check_top(self, k: int | None, field: str) -> None:
-        limit = min(self.config.max_top_logprobs, self.backend.info.vocab_size)
-        if k is not None and k > limit:
-            raise ApiError(400, f"{field}: {k} > {limit} (the server's teacher.max_top_logprobs)", field)
+        if k is not None:
+            try:
+                check_top_logprobs(k, field, self.config, self.backend.info)
+            except ItemError as exc:
+                raise ApiError(400, exc.message, exc.field) from None
 
     def check_prompt(self, ids: list[int], field: str) -> list[int]:
         if not ids:
@@ -93,51 +94,32 @@ class TeacherCalls:
         max_tokens_field: str = "max_tokens",
     ) -> SamplingParams:
         """The request's sampling fields, checked; vLLM's defaults where a field is absent."""
-        if n > self.config.max_n:
-            raise ApiError(400, f"n: {n} > {self.config.max_n} (the server's teacher.max_n)", "n")
-        temperature = 1.0 if temperature is None else temperature
-        _range(temperature, "temperature", 0.0, 100.0)
-        top_p = 1.0 if top_p is None else top_p
-        if not 0.0 < top_p <= 1.0:
-            raise ApiError(400, f"top_p: {top_p} is outside (0, 1]", "top_p")
-        vocab = self.backend.info.vocab_size
-        top_k = 0 if top_k is None or top_k == -1 else top_k  # vLLM: -1 or 0 = off
-        if not 0 <= top_k <= vocab:
-            raise ApiError(400, f"top_k: {top_k} is outside [-1, {vocab}] (-1 or 0 = off)", "top_k")
-        presence = presence_penalty or 0.0
-        frequency = frequency_penalty or 0.0
-        _range(presence, "presence_penalty", -2.0, 2.0)
-        _range(frequency, "frequency_penalty", -2.0, 2.0)
-        model_len = self.backend.info.max_model_len
-        if prompt_len + max_tokens > model_len:
-            raise ApiError(
-                400,
-                f"{max_tokens_field}: prompt ({prompt_len} tokens) + {max_tokens_field} ({max_tokens}) exceeds the "
-                f"model's context length {model_len}",
-                max_tokens_field,
-            )
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        for i, s in enumerate(stops):
-            if not s:
-                raise ApiError(400, f"stop[{i}]: empty stop string", "stop")
-        bad = next((t for t in stop_token_ids or [] if t >= vocab), None)
-        if bad is not None:
-            raise ApiError(400, f"stop_token_ids: {bad} is outside the vocabulary [0, {vocab})", "stop_token_ids")
-        self.check_top(logprobs, "logprobs")
-        return SamplingParams(
+        params = SamplingParams(
             n=n,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            presence_penalty=presence,
-            frequency_penalty=frequency,
-            seed=seed % _MAX_SEED if seed is not None else None,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            top_k=0 if top_k is None or top_k == -1 else top_k,  # vLLM: -1 or 0 = off
+            presence_penalty=presence_penalty or 0.0,
+            frequency_penalty=frequency_penalty or 0.0,
+            seed=seed,
             max_tokens=max_tokens,
-            stop=tuple(stops),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
             stop_token_ids=tuple(stop_token_ids or ()),
             logprobs=logprobs is not None,
             top_logprobs=logprobs or 0,
+            ignore_eos=ignore_eos,
         )
+        try:
+            return checked_sampling(
+                params,
+                prompt_len=prompt_len,
+                config=self.config,
+                info=self.backend.info,
+                max_tokens_field=max_tokens_field,
+                top_logprobs_field="logprobs",
+            )
+        except ItemError as exc:
+            raise ApiError(400, exc.message, exc.field) from None
 
     # ---- backend calls ---------------------------------------------------------------------------------------
 
@@ -196,11 +178,6 @@ def sample_steps(sample: Sample, k: int) -> list[Position]:
         _position(token, logprobs[i], top.ids[i] if top else [], top.logprobs[i] if top else [], k)
         for i, token in enumerate(sample.token_ids)
     ]
-
-
-def _range(value: float, field: str, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ApiError(400, f"{field}: {value} is outside [{low:g}, {high:g}]", field)
 
 
 def now() -> int:
