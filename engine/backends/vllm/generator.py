@@ -9,7 +9,6 @@ Python objects; the torch scorer with the fused kernels is the default. vLLM is 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from typing import Any
@@ -24,7 +23,7 @@ from proctor.engine.backends.vllm.mapping import (
     target_scores,
     to_sample,
 )
-from proctor.engine.backends.vllm.requests import final_output
+from proctor.engine.backends.vllm.requests import EngineHolder
 from proctor.engine.items import (
     BackendInfo,
     GenerateItem,
@@ -39,36 +38,14 @@ from proctor.engine.items import (
 log = logging.getLogger(__name__)
 
 
-class VllmGenerator:
+class VllmGenerator(EngineHolder):
     def __init__(self, model: str, dtype: str = "auto", settings: VllmSettings | None = None) -> None:
         """`model`: an HF id, a local folder or a built-in (resolved to its folder on start)."""
-        self._ref = model
-        self._dtype = dtype
-        self._settings = settings or VllmSettings()
-        self._engine: Any = None
+        super().__init__(model, dtype, settings, "proctor")
         self._tokenizer: Any = None
-        self._info: BackendInfo | None = None
-        self._ids = itertools.count()
-        self._in_flight = 0
         self._vllm: Any = None  # the imported modules, so that the rest of the class stays import-free
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
-
-    @property
-    def info(self) -> BackendInfo:
-        if self._info is None:
-            raise RuntimeError("model not loaded yet")
-        return self._info
-
-    def queue_depth(self) -> int:
-        return self._in_flight
-
-    def alive(self) -> bool:
-        """False once vLLM's engine core has died (it does not come back: restart the server)."""
-        return self._engine is None or not self._engine.errored
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
         try:
@@ -108,9 +85,7 @@ class VllmGenerator:
         return str(current_platform.device_type)
 
     async def close(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            engine.shutdown()
+        self._shutdown_engine()
 
     # ---- requests --------------------------------------------------------------------------------------------
 
@@ -123,17 +98,13 @@ class VllmGenerator:
 
     async def _run(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> Any:
         """One vLLM request to its final output (cancelling the caller aborts it in the engine)."""
-        sampling_params, tokens_prompt, final_only = self._vllm
-        if self._engine is None:
-            raise RuntimeError("model not loaded yet")
-        params = sampling_params(**kwargs, output_kind=final_only)
-        request_id = f"proctor-{next(self._ids)}"
-        self._in_flight += 1
-        try:
-            outputs = self._engine.generate(tokens_prompt(prompt_token_ids=prompt_ids), params, request_id)
-            return await final_output(self._engine, outputs, request_id)
-        finally:
-            self._in_flight -= 1
+
+        def submit(request_id: str) -> Any:
+            sampling_params, tokens_prompt, final_only = self._vllm
+            params = sampling_params(**kwargs, output_kind=final_only)
+            return self._engine.generate(tokens_prompt(prompt_token_ids=prompt_ids), params, request_id)
+
+        return await self._request(submit)
 
     async def generate(self, item: GenerateItem) -> Generation:
         started = time.perf_counter()

@@ -29,7 +29,7 @@ from proctor.engine.backends.lm_head_weights import load_lm_head
 from proctor.engine.backends.loading import eos_token_ids, pick_device, pick_dtype
 from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.backends.vllm.mapping import engine_kwargs
-from proctor.engine.backends.vllm.requests import final_output
+from proctor.engine.backends.vllm.requests import EngineHolder
 from proctor.engine.items import (
     BackendInfo,
     GroupOutput,
@@ -44,42 +44,21 @@ from proctor.kernels import lm_head_logprobs, token_logprobs
 log = logging.getLogger(__name__)
 
 
-class VllmHiddenScorer:
+class VllmHiddenScorer(EngineHolder):
     def __init__(
         self, model: str, device: str = "auto", dtype: str = "auto", settings: VllmSettings | None = None
     ) -> None:
         """`model`: an HF id, a local folder or a built-in. `device` holds the lm_head (auto: cuda if available);
         `dtype` is vLLM's for the model (auto: the model's) and pick_dtype's for the lm_head. `settings`: the
         pooling engine's (the config's `scorer_vllm:`), parallelism and memory."""
-        self._ref = model
+        super().__init__(model, dtype, settings, "proctor-hidden")
         self._device = pick_device(device)
-        self._dtype = dtype
-        self._settings = settings or VllmSettings()
-        self._engine: Any = None
         self._weight: torch.Tensor | None = None
-        self._info: BackendInfo | None = None
-        self._ids = itertools.count()
-        self._in_flight = 0
         # The lm_head runs off the event loop, one call at a time: its memory stays that of one call.
         self._lm_head = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proctor-lm-head")
         self._pooling_params_cls: Any = None  # vllm.pooling_params.PoolingParams, once imported
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
-
-    @property
-    def info(self) -> BackendInfo:
-        if self._info is None:
-            raise RuntimeError("model not loaded yet")
-        return self._info
-
-    def queue_depth(self) -> int:
-        return self._in_flight
-
-    def alive(self) -> bool:
-        return self._engine is None or not self._engine.errored
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
         try:
@@ -122,9 +101,7 @@ class VllmHiddenScorer:
         log.info("vLLM pooling engine for %s started in %.1fs", path, time.perf_counter() - t0)
 
     async def close(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            engine.shutdown()
+        self._shutdown_engine()
         self._lm_head.shutdown(wait=False)
 
     # ---- hidden states ---------------------------------------------------------------------------------------
@@ -132,18 +109,14 @@ class VllmHiddenScorer:
     async def _encode(self, ids: list[int], read_cache: bool) -> torch.Tensor:
         """The final hidden states vLLM computed for `ids`: the last [computed, H] rows (all of them without
         reading the prefix cache)."""
-        if self._engine is None:
-            raise RuntimeError("model not loaded yet")
-        request_id = f"proctor-hidden-{next(self._ids)}"
-        self._in_flight += 1
-        try:
+
+        def submit(request_id: str) -> Any:
             params = self._pooling_params_cls(
                 task="token_embed", use_activation=False, skip_reading_prefix_cache=not read_cache
             )
-            outputs = self._engine.encode({"prompt_token_ids": ids}, params, request_id)
-            out = await final_output(self._engine, outputs, request_id)
-        finally:
-            self._in_flight -= 1
+            return self._engine.encode({"prompt_token_ids": ids}, params, request_id)
+
+        out = await self._request(submit)
         data: torch.Tensor = out.outputs.data
         return data
 
