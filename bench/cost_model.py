@@ -18,8 +18,9 @@ Ceilings and where they come from (the first GPU run should re-measure the two l
 - CUDA cores 33.8 T simple fp32/int32 ops/s (128 lanes x 132 SMs x 1.98 GHz, the clock seen under load) and
   exp2 4.2 T/s (16 per SM per clock, the CUDA guide's throughput table for sm_90): datasheet leads.
 - 5 us per kernel launch (torch's own small kernels of the combine included).
-Top-k insertions assume the large logits lie in random order along the vocabulary (K x H_T merge passes over T
-tiles, doubled for the max over a block's rows); an adversarial vocabulary in ascending order costs K per tile.
+Top-k insertions assume the large logits lie in random order along the vocabulary (K x H_U merge passes over U
+merge units, doubled for the max over a block's rows); an adversarial vocabulary in ascending order costs K per
+unit.
 """
 
 from __future__ import annotations
@@ -109,13 +110,17 @@ def lm_head(
     total = Prediction(f"lm_head {rows}x{vocab}x{hidden} top-{top_k}", 0, **zero, bound="")
     extra = 0.0
     for launch in plan.lm_head_launches(rows, vocab, dtype, top_k, SMS, set_size):
-        bn, bv = launch.block_n, launch.block_v
+        bn, bv = launch.block_n, launch.tile_v
         tile_flops = 2.0 * bn * bv * hidden
         waves = -(-launch.programs // SMS)
         mma = waves * launch.tiles_per_split * tile_flops / (ceil.gemm_flops / SMS)
         tile_elems = bn * bv
         per_program_alu = launch.tiles_per_split * tile_elems * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0))
-        per_program_alu += 2 * topk_passes(top_k, launch.tiles_per_split) * TOPK_PASS_OPS * tile_elems
+        # The running top-k merges each accumulator as its even and its odd columns: merge units of a quarter
+        # (two accumulators) or a half of the tile, each a pass per value it inserts.
+        units = 2 * (2 if launch.block_v2 else 1)
+        passes = topk_passes(top_k, launch.tiles_per_split * units)
+        per_program_alu += 2 * passes * TOPK_PASS_OPS * tile_elems / units
         per_program_exp = launch.tiles_per_split * tile_elems
         alu = waves * max(per_program_alu / (ALU_OPS / SMS), per_program_exp / (EXP_OPS / SMS))
         weight_bytes = vocab * hidden * elt
@@ -191,6 +196,14 @@ def issue_targets() -> list[Prediction]:
     return out
 
 
+def needed_rates(p: Prediction) -> tuple[float, float]:
+    """(L2 bytes/s, tensor-core FLOP/s) at which the prediction would just meet its target, the other terms held."""
+    assert p.target_ms is not None
+    rest = p.ms - max(p.mma_ms + p.alu_ms, p.hbm_ms, p.l2_ms)  # launches and the combine
+    budget_s = (p.target_ms - rest) / 1e3
+    return p.l2_bytes / budget_s, p.flops / (budget_s - p.alu_ms / 1e3)
+
+
 def write_report(preds: list[Prediction], stem: Path, command: str) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -198,7 +211,16 @@ def write_report(preds: list[Prediction], stem: Path, command: str) -> None:
         "command": command,
         "device": "H200 (predicted, not measured)",
         "ceilings": asdict(H200) | {"alu_ops": ALU_OPS, "exp_ops": EXP_OPS, "launch_s": LAUNCH_S},
-        "predictions": [asdict(p) | {"meets_target": p.meets_target} for p in preds],
+        "predictions": [
+            asdict(p)
+            | {"meets_target": p.meets_target}
+            | (
+                dict(zip(("needed_l2_bps", "needed_gemm_flops"), needed_rates(p), strict=True))
+                if p.l2_bytes and p.target_ms
+                else {}
+            )
+            for p in preds
+        ],
     }
     stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
@@ -218,10 +240,12 @@ def write_report(preds: list[Prediction], stem: Path, command: str) -> None:
             f"{p.mma_ms:.2f} | {p.alu_ms:.2f} | {p.hbm_ms:.2f} | {p.l2_ms:.2f} | {p.ms:.2f} | {target} | "
             f"{p.bound} | {p.extra_bytes / 2**20:.1f} |"
         )
+    lines += ["", "What each target needs of the two rates a GPU run must confirm (the others as above):", ""]
     for p in preds:
-        if p.l2_bytes and not p.meets_target and p.target_ms is not None:
-            needed = p.l2_bytes / ((p.target_ms - (p.ms - p.l2_ms)) / 1e3)
-            lines += ["", f"{p.case}: meets {p.target_ms:g} ms if L2 delivers >= {needed / 1e12:.1f} TB/s."]
+        if p.l2_bytes and p.target_ms is not None:
+            l2, gemm = needed_rates(p)
+            lines.append(f"- {p.case}: meets {p.target_ms:g} ms while L2 delivers >= {l2 / 1e12:.1f} TB/s and the main "
+                         f"loop >= {gemm / 1e12:.0f} TFLOP/s.")  # fmt: skip
     stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
 
 

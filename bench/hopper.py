@@ -11,8 +11,9 @@ that a launch from the dispatcher would get. The cubin goes through the wheel's 
 its shared memory passes the 227 KB an sm_90 block may use, or when its 16-bit `tl.dot` does not lower to wgmma.
 
 The H200 machines run triton 3.6.0 (torch 2.11): CI compiles with that version in its own `pip --target` folder
-(.ci/run); the report under bench/results is from it. Launches: bf16 / fp16 / fp32; top-k 0, 1, 20, 64; H 576,
-1,536, 4,096, 8,192; Score batches of 16,384 rows (chunks of 8,192 with top-k) and RRM probes of 1, 11 and 256 rows.
+(.ci/run); the report under bench/results is from it. Launches: bf16 / fp16 / fp32; top-k 0 and one per running
+top-k slot count (1, 2, 4, 8, 16, 20 for 32 slots, 64); H 576, 1,536, 4,096, 8,192; Score batches of 16,384 rows
+(in chunks with top-k) and RRM probes of 1, 11 and 256 rows.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ HIDDENS = (576, 1_536, 4_096, 8_192)
 SCORE_ROWS = 16_384
 PROBE_ROWS = (1, 11, 256)
 PROBE_TOKENS = 11  # an RRM's score tokens "0".."10"
-TOP_KS = (0, 1, 20, 64)
+TOP_KS = (0, 1, 2, 4, 8, 16, 20, 64)  # every running top-k slot count (20: 32 slots)
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -176,7 +177,7 @@ def lm_head_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int
                         ints, consts = lm.kernel_arguments(launch, VOCAB, hidden, hidden, hidden, dtype)
                         sig = _specialise(lm._lm_head_kernel, pointers, ints, consts)
                         key = _key("lm_head", name, top_k, launch.num_warps, launch.num_stages, sig)
-                        tile = f"{launch.block_n}x{launch.block_v}x{launch.block_h}"
+                        tile = f"{launch.block_n}x({launch.block_v}+{launch.block_v2})x{launch.block_h}"
                         if key not in out:
                             v = Variant("lm_head", name, top_k, tile, launch.num_warps, launch.num_stages, set_size)
                             out[key] = (v, lm._lm_head_kernel, pointers, ints, consts)

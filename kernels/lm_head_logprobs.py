@@ -8,11 +8,12 @@ partial per row, so the extra memory is O(N * splits), and a small combine over 
 log-probs, entropies and the global top-k.
 
 Launch shapes (`lm_head_launches`, kernels/lm_head_plan.py; also what bench/hopper.py compiles and
-bench/cost_model.py costs): 128 x 128 x 64 tiles on 8 warps (wgmma) for many rows; for a few rows (RRM probes, one
-position per atom, <= 64) all rows in one 64-row block so the weight is read once, the vocabulary split across the
-SMs. The number of splits is the one that fills whole waves of SMs; programs go row block fastest within groups of
-GROUP row blocks, so the programs in flight share their weight tiles and hidden blocks in L2 (the weight comes from
-HBM about once per group).
+bench/cost_model.py costs): 128 x (128 + 128) x 64 tiles on 8 warps (wgmma) for many rows, two accumulators that
+share each hidden block's loads and are folded one after the other (128 + 64 beside a running top-k); for a few rows
+(RRM probes, one position per atom, <= 64) all rows in one 64-row block so the weight is read once, the vocabulary
+split across the SMs. The number of splits is the one that fills whole waves of SMs; programs go row block fastest
+within groups of GROUP row blocks, so the programs in flight share their weight tiles and hidden blocks in L2 (the
+weight comes from HBM about once per group).
 
 With a set of S token ids (an RRM's score tokens, `lm_head_set_logprobs_triton`) the program whose tile holds a
 token also stores that token's logit for its rows, so the probes' log-probs need no second product.
@@ -34,7 +35,7 @@ try:
     import triton
     import triton.language as tl
 
-    from proctor.kernels.topk import topk_init, topk_merge
+    from proctor.kernels.topk import topk_init, topk_merge_pairs
 except ImportError:  # Triton is optional: the reference serves CPU tensors
     triton = None
 HAVE_TRITON = triton is not None
@@ -87,6 +88,33 @@ def lm_head_logprobs_reference(
 if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]
+    def _fold(  # type: ignore[no-untyped-def]
+        acc, col0, vocab, rows, row_ok, targets, stats, ids_ptr, set_ptr,
+        BLOCK_V: tl.constexpr, K_PAD: tl.constexpr, S: tl.constexpr,
+    ):  # fmt: skip
+        """Fold one [rows, BLOCK_V] block of logits (columns col0...) into the rows' online statistics, the set's
+        logits and the running top-k. Clamped columns past the vocabulary repeat the last real logit, so they
+        leave the max alone; only their exp and their top-k candidacy are masked."""
+        run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta = stats
+        cols = col0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < vocab
+        new_max = tl.maximum(run_max, tl.max(acc, axis=1))
+        rescale = tl.exp(run_max - new_max)  # exp(-inf) = 0 on the first tile: new_max is finite
+        e = tl.where(col_ok[None, :], tl.exp(acc - new_max[:, None]), 0.0)
+        sum_exp = sum_exp * rescale + tl.sum(e, axis=1)
+        sum_x_exp = sum_x_exp * rescale + tl.sum(e * acc, axis=1)
+        target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], acc, 0.0), axis=1)
+        for s in tl.static_range(S):  # the set's tokens: each lies in one block, so one program writes it
+            token = tl.load(ids_ptr + s)
+            if (token >= col0) & (token < col0 + BLOCK_V):
+                picked = tl.sum(tl.where(cols[None, :] == token, acc, 0.0), axis=1)
+                tl.store(set_ptr + rows * S + s, picked, row_ok)
+        if K_PAD > 0:
+            x = tl.where(col_ok[None, :], acc, -float("inf"))
+            best_v, best_i, theta = topk_merge_pairs(x, col0, best_v, best_i, theta, K_PAD, BLOCK_V)
+        return new_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta
+
+    @triton.jit  # type: ignore[untyped-decorator]
     def _lm_head_kernel(  # type: ignore[no-untyped-def]
         h_ptr,
         w_ptr,
@@ -105,6 +133,7 @@ if triton is not None:
         tiles_per_split,
         BLOCK_N: tl.constexpr,
         BLOCK_V: tl.constexpr,
+        BLOCK_V2: tl.constexpr,
         BLOCK_H: tl.constexpr,
         GROUP: tl.constexpr,
         EVEN_H: tl.constexpr,
@@ -127,23 +156,29 @@ if triton is not None:
         rows = rb * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < n_rows
         # Out-of-range rows and columns load the last real one (no load masks: plain vector loads); their logits
-        # are dropped below (columns) or never stored (rows).
+        # are masked in _fold (columns) or never stored (rows).
         h_rows = h_ptr + tl.minimum(rows, n_rows - 1).to(tl.int64) * stride_h
         targets = tl.load(t_ptr + rows, row_ok, -1).to(tl.int32)
         run_max = tl.full((BLOCK_N,), -float("inf"), tl.float32)
-        sum_exp = tl.zeros((BLOCK_N,), tl.float32)
-        sum_x_exp = tl.zeros((BLOCK_N,), tl.float32)
-        target_logit = tl.zeros((BLOCK_N,), tl.float32)
+        zero = tl.zeros((BLOCK_N,), tl.float32)
         if K_PAD > 0:
             best_v, best_i, theta = topk_init(BLOCK_N, K, K_PAD)
+        else:
+            best_v, best_i, theta = zero, zero, zero
+        stats = (run_max, zero, zero, zero, best_v, best_i, theta)
+        # A tile is BLOCK_V columns, and BLOCK_V2 more that share its hidden block's loads (a 128 x (128 + 128)
+        # tile in two accumulators: three quarters of a 128 x 128 tiling's operand reads per logit, without the
+        # spills of one 128 x 256 accumulator beside its epilogue).
+        TILE_V: tl.constexpr = BLOCK_V + BLOCK_V2
         first_tile = split * tiles_per_split
-        last_tile = tl.minimum(first_tile + tiles_per_split, tl.cdiv(vocab, BLOCK_V))
+        last_tile = tl.minimum(first_tile + tiles_per_split, tl.cdiv(vocab, TILE_V))
         for tile in range(first_tile, last_tile):
-            col0 = tile * BLOCK_V
-            cols = col0 + tl.arange(0, BLOCK_V)
-            col_ok = cols < vocab
-            w_rows = w_ptr + tl.minimum(cols, vocab - 1).to(tl.int64) * stride_w
+            col0 = tile * TILE_V
+            w_rows = w_ptr + tl.minimum(col0 + tl.arange(0, BLOCK_V), vocab - 1).to(tl.int64) * stride_w
             acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+            if BLOCK_V2 > 0:
+                w2_rows = w_ptr + tl.minimum(col0 + BLOCK_V + tl.arange(0, BLOCK_V2), vocab - 1).to(tl.int64) * stride_w
+                acc2 = tl.zeros((BLOCK_N, BLOCK_V2), dtype=tl.float32)
             for k0 in range(0, hidden, BLOCK_H):
                 ks = k0 + tl.arange(0, BLOCK_H)
                 if EVEN_H:
@@ -159,21 +194,23 @@ if triton is not None:
                     acc += tl.dot(h, tl.trans(w), input_precision="ieee")
                 else:
                     acc += tl.dot(h, tl.trans(w))
-            x = tl.where(col_ok[None, :], acc, -float("inf"))
-            new_max = tl.maximum(run_max, tl.max(x, axis=1))
-            rescale = tl.exp(run_max - new_max)  # exp(-inf) = 0 on the first tile: new_max is finite
-            e = tl.exp(x - new_max[:, None])  # 0 on absent columns
-            sum_exp = sum_exp * rescale + tl.sum(e, axis=1)
-            sum_x_exp = sum_x_exp * rescale + tl.sum(e * tl.where(col_ok[None, :], x, 0.0), axis=1)
-            target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], x, 0.0), axis=1)
-            run_max = new_max
-            for s in tl.static_range(S):  # the set's tokens: each lies in one tile, so one program writes it
-                token = tl.load(ids_ptr + s)
-                if (token >= col0) & (token < col0 + BLOCK_V):
-                    picked = tl.sum(tl.where(cols[None, :] == token, x, 0.0), axis=1)
-                    tl.store(set_ptr + rows * S + s, picked, row_ok)
-            if K_PAD > 0:
-                best_v, best_i, theta = topk_merge(x, col0, best_v, best_i, theta, K_PAD, BLOCK_V)
+                if BLOCK_V2 > 0:
+                    if EVEN_H:
+                        w2 = tl.load(w2_rows[:, None] + ks[None, :])
+                    else:
+                        w2 = tl.load(w2_rows[:, None] + ks[None, :], (ks < hidden)[None, :], 0.0)
+                    if UPCAST:
+                        w2 = w2.to(tl.float32)
+                    if IEEE or UPCAST:
+                        acc2 += tl.dot(h, tl.trans(w2), input_precision="ieee")
+                    else:
+                        acc2 += tl.dot(h, tl.trans(w2))
+            if BLOCK_V2 > 0:  # the narrower block first: the wider one's merge then has nothing beside it
+                stats = _fold(
+                    acc2, col0 + BLOCK_V, vocab, rows, row_ok, targets, stats, ids_ptr, set_ptr, BLOCK_V2, K_PAD, S
+                )
+            stats = _fold(acc, col0, vocab, rows, row_ok, targets, stats, ids_ptr, set_ptr, BLOCK_V, K_PAD, S)
+        run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta = stats
         plane = n_rows * n_splits
         out = rows * n_splits + split
         tl.store(part_ptr + out, run_max, row_ok)
@@ -207,6 +244,7 @@ def kernel_arguments(
     consts: dict[str, object] = {
         "BLOCK_N": launch.block_n,
         "BLOCK_V": launch.block_v,
+        "BLOCK_V2": launch.block_v2,
         "BLOCK_H": launch.block_h,
         "GROUP": launch.group,
         "EVEN_H": hidden % launch.block_h == 0,

@@ -19,7 +19,8 @@ class LmHeadLaunch:
 
     rows: int  # rows in this launch (a chunk of the call's rows)
     block_n: int
-    block_v: int
+    block_v: int  # columns of a tile's first accumulator
+    block_v2: int  # columns of its second accumulator, which shares the hidden block's loads (0: none)
     block_h: int
     num_warps: int
     num_stages: int
@@ -28,6 +29,11 @@ class LmHeadLaunch:
     tiles_per_split: int
     top_k: int
     set_size: int = 0  # tokens whose logits every row also reports (RRM probes' score tokens)
+
+    @property
+    def tile_v(self) -> int:
+        """Vocabulary columns of one tile (both accumulators)."""
+        return self.block_v + self.block_v2
 
     @property
     def row_blocks(self) -> int:
@@ -46,15 +52,18 @@ class LmHeadLaunch:
         return self.rows * self.splits * (16 + 8 * self.top_k)
 
 
-def _tile(rows: int, dtype: torch.dtype, top_k: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_N, BLOCK_V, BLOCK_H, warps, stages): the largest tiles that triton 3.6 compiles for sm_90 without a
-    spill (bench/hopper.py's report; 128 x 256 and 256 x 128 spill 280-2,000 bytes even without top-k)."""
-    if dtype == torch.float32:  # no tensor-core path at 1e-4: FMA tiles (32 x 64 and 32 x 32 spilled 8-16 B)
-        return 64, 32, 32, 4, 3
-    block_v = 64 if top_k > 32 else 128  # a 64-slot running top-k takes the registers of half the tile
-    if rows > 64:
-        return 128, block_v, 64, 8, 3
-    return 64, block_v, 64, 4, 3  # few rows: all in one block, the weight read once
+def _tile(rows: int, dtype: torch.dtype, top_k: int) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_V, BLOCK_V2, BLOCK_H, warps, stages): the largest tiles that triton 3.6 compiles for sm_90
+    without a spill (bench/hopper.py's report, which compiles every top-k slot count). One 128 x 256 accumulator
+    spills 280-2,000 bytes even without top-k; two accumulators, 128 x 128 and 128 x 128 (128 x 64 beside a
+    running top-k), folded one after the other, do not. A 32-slot top-k (top-k 17-32) spills 8 bytes at BLOCK_H 64
+    and none at BLOCK_H 32 (four stages keep as many bytes in flight)."""
+    if dtype == torch.float32:  # no tensor-core path at 1e-4: FMA tiles (32 x 64 and 32 x 32 spilled 8-16 B);
+        return 64, 32, 0, 32, 8 if top_k <= 16 else 4, 3  # a 16-slot top-k spills 8 B on 4 warps, a 32-slot on 8
+    block_n, warps = (128, 8) if rows > 64 else (64, 4)  # few rows: all in one block, the weight read once
+    block_v2 = 64 if top_k else 128
+    block_h, stages = (32, 4) if 16 < top_k <= 32 else (64, 3)
+    return block_n, 128, block_v2, block_h, warps, stages
 
 
 def _splits(row_blocks: int, tiles: int, sms: int) -> tuple[int, int]:
@@ -75,14 +84,16 @@ def lm_head_launches(
     """The launches that score `rows` rows: one, or row chunks when the partials would pass PARTIALS_BUDGET."""
     if rows == 0:
         return []
-    block_n, block_v, block_h, warps, stages = _tile(rows, dtype, top_k)
-    tiles = -(-vocab // block_v)
+    block_n, block_v, block_v2, block_h, warps, stages = _tile(rows, dtype, top_k)
+    tiles = -(-vocab // (block_v + block_v2))
     chunk = rows
     while True:
         row_blocks = -(-chunk // block_n)
         splits, per = _splits(row_blocks, tiles, sms)
         group = min(16, row_blocks)
-        launch = LmHeadLaunch(chunk, block_n, block_v, block_h, warps, stages, group, splits, per, top_k, set_size)
+        launch = LmHeadLaunch(
+            chunk, block_n, block_v, block_v2, block_h, warps, stages, group, splits, per, top_k, set_size
+        )
         if launch.partial_bytes() <= PARTIALS_BUDGET or chunk <= block_n:
             break
         chunk = max(block_n, (chunk // 2 + block_n - 1) // block_n * block_n)

@@ -27,16 +27,16 @@ def test_probes_read_the_weight_once_within_055ms(targets: dict[str, cm.Predicti
     assert p.ms <= 0.55 and p.meets_target
 
 
-def test_lm_head_cost_terms() -> None:
-    """16,384 x 151,936 x 4,096: the tensor-core work plus the epilogue fits 29.5 ms; the L2 term (128 x 128 tiles,
-    the largest that compile without spills) is what the model puts over it, and it may not grow."""
+def test_lm_head_within_29_5ms() -> None:
+    """16,384 x 151,936 x 4,096: the tensor-core work plus the epilogue, and the operand reads from L2 of the
+    128 x (128 + 128) tiles (128 x (128 + 64) beside a top-20), each fit 29.5 ms; none of the terms may grow."""
     for k in (0, 20):
         p = cm.lm_head(16_384, 151_936, 4_096, k)
         assert p.flops <= 1.01 * 2 * 16_384 * 151_936 * 4_096, "padding and wave tails within 1 %"
-        assert p.mma_ms + p.alu_ms <= 29.5
+        assert p.mma_ms + p.alu_ms <= 28.0
         assert p.hbm_bytes <= 12e9, "the weight from HBM about once per group of row blocks"
-        assert p.l2_bytes <= 320e9
-        assert p.ms <= 32.1
+        assert p.l2_bytes <= (240e9 if k == 0 else 267e9), "three quarters (seven eighths) of a 128 x 128 tiling's"
+        assert p.ms <= 29.5 and p.meets_target
         assert p.extra_bytes <= 0.1 * GIB
 
 
@@ -46,9 +46,9 @@ def test_a_worse_launch_costs_more_on_paper(monkeypatch: pytest.MonkeyPatch) -> 
     plan = importlib.import_module("proctor.kernels.lm_head_plan")
     good = cm.lm_head(16_384, 151_936, 4_096, 0)
     real = plan._tile
-    monkeypatch.setattr(plan, "_tile", lambda rows, dtype, top_k: (64, 128, 64, 4, 3))  # the old, smaller tile
+    monkeypatch.setattr(plan, "_tile", lambda rows, dtype, top_k: (128, 128, 0, 64, 8, 3))  # one accumulator
     worse = cm.lm_head(16_384, 151_936, 4_096, 0)
-    assert worse.l2_bytes > 1.3 * good.l2_bytes and worse.ms > good.ms
+    assert worse.l2_bytes > 1.3 * good.l2_bytes and worse.ms > 29.5 > good.ms
     monkeypatch.setattr(plan, "_tile", real)
     monkeypatch.setattr(plan, "_splits", lambda row_blocks, tiles, sms: (1, tiles))  # one split: 128 programs
     assert cm.lm_head(16_384, 151_936, 4_096, 0).mma_ms > 1.02 * good.mma_ms, "4 of 132 SMs idle the whole time"

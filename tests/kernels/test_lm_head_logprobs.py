@@ -36,9 +36,10 @@ def _check(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, top_k: int) -> Non
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     ("n", "vocab", "hidden", "top_k"),
-    # 5 rows: one 64-row block; 70: two 128-row blocks, H a multiple of BLOCK_H (the unmasked GPU path); 3 x 129:
-    # a 64-wide vocabulary tile for top-64 and a ragged last tile.
-    [(5, 300, 48, 0), (70, 600, 64, 20), (3, 129, 16, 64)],
+    # 5 rows: one 64-row block; 70: two 128-row blocks, H a multiple of BLOCK_H (the unmasked GPU path). The last
+    # 16-bit tile of 300 and of 600 words ends inside its first accumulator (the second lies past the vocabulary),
+    # of 400 words (top-0: 128 + 128 columns) and of 129 (top-64: 128 + 64) inside its second.
+    [(5, 300, 48, 0), (6, 400, 64, 0), (70, 600, 64, 20), (3, 129, 16, 64)],
 )
 def test_matches_float64(dtype: torch.dtype, n: int, vocab: int, hidden: int, top_k: int) -> None:
     _check(*_inputs(n, vocab, hidden, dtype, seed=n + vocab), top_k=top_k)
@@ -78,7 +79,7 @@ def test_launches_cover_every_row_once_and_fill_waves(dtype: torch.dtype, top_k:
     launches = lm_head_launches(rows, 151_936, dtype, top_k)
     assert sum(launch.rows for launch in launches) == rows
     for launch in launches:
-        tiles = -(-151_936 // launch.block_v)
+        tiles = -(-151_936 // launch.tile_v)
         assert launch.splits * launch.tiles_per_split >= tiles > (launch.splits - 1) * launch.tiles_per_split
         assert launch.partial_bytes() <= PARTIALS_BUDGET
         if rows == 16_384:  # whole waves of 132 SMs, to within one program in ten
