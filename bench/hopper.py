@@ -110,6 +110,22 @@ def _resources(cubin: bytes, tool: Path) -> dict[str, int]:
     return {k: int(v) for k, v in found.items()}
 
 
+def compile_sm90(
+    fn: Any, pointers: dict[str, str], ints: dict[str, int], consts: dict[str, object], warps: int, stages: int
+) -> Any:
+    """Triton's CompiledKernel of one launch, for sm_90, specialised as the launch would be."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs, attrs = _specialise(fn, pointers, ints, consts)
+    return triton.compile(
+        ASTSource(fn, signature, constexprs, attrs),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": warps, "num_stages": stages},
+    )
+
+
 def compile_variant(
     variant: Variant,
     fn: Any,
@@ -118,16 +134,9 @@ def compile_variant(
     consts: dict[str, object],
 ) -> Variant:
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    signature, constexprs, attrs = _specialise(fn, pointers, ints, consts)
     t0 = time.perf_counter()
-    compiled = triton.compile(
-        ASTSource(fn, signature, constexprs, attrs),
-        target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": variant.num_warps, "num_stages": variant.num_stages},
-    )
+    compiled = compile_sm90(fn, pointers, ints, consts, variant.num_warps, variant.num_stages)
     variant.compile_s = round(time.perf_counter() - t0, 2)
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     res = _resources(compiled.asm["cubin"], tool)

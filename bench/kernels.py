@@ -13,7 +13,9 @@ Time is the median over repetitions (CUDA events), extra memory the peak allocat
 carries the cost model's prediction (proctor.bench.cost_model) so one GPU run confirms or refutes it.
 
 Without --out the report goes to bench/results/YYYY-MM-DD-<gpu>-kernels-check.{json,md} (<gpu> "cpu" when
-rehearsing). The exit status is 1 when any proctor kernel misses its tolerance or writes a NaN.
+rehearsing). On a GPU the report also lists every variant the run compiled, with its registers and spills as the
+driver loaded it (bench/kernels_compiled.py). The exit status is 1 when any proctor kernel misses its tolerance,
+writes a NaN or spills.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 from proctor.bench.kernels_cases import Shapes, run_check
+from proctor.bench.kernels_compiled import compiled_kernels
 from proctor.bench.kernels_report import fmt, write_report
 from proctor.bench.kernels_timing import device_tag
 
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         stem = args.out / "kernels-check"
     else:
         stem = RESULTS / f"{dt.date.today().isoformat()}-{device_tag(device)}-kernels-check"
-    passed = write_report(rows, stem, device, command.strip(), args.rehearse, measured)
+    compiled = compiled_kernels()  # empty under the interpreter
+    passed = write_report(rows, stem, device, command.strip(), args.rehearse, measured, compiled)
     for r in rows:
         print(f"{r.case[:60]:<60} {r.impl[:48]:<48} {fmt(r.ms, '9.3f')} ms  err {fmt(r.max_err, '.1e')}  {r.note}")
     print(f"{'passed' if passed else 'FAILED'} in {time.perf_counter() - t0:.0f} s: {stem}.{{json,md}}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from proctor.bench import cost_model
+from proctor.bench.kernels_compiled import Compiled, markdown
 
 TOLERANCE = 1e-4  # max abs error vs float64, the issue's bar for every proctor kernel
 
@@ -45,9 +46,10 @@ def write_report(
     command: str,
     rehearsal: bool,
     measured: cost_model.Ceilings | None = None,
+    compiled: list[Compiled] | None = None,
 ) -> bool:
-    """Writes stem.json and stem.md; returns whether every gated row passed."""
-    passed = all(r.ok for r in rows)
+    """Writes stem.json and stem.md; returns whether every gated row passed and no compiled variant spills."""
+    passed = all(r.ok for r in rows) and not any(c.problem for c in compiled or [])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     stem.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -60,6 +62,7 @@ def write_report(
         "ceilings_measured": asdict(measured) if measured else None,
         "ceilings_leads": asdict(cost_model.H200),
         "rows": [asdict(r) | {"ok": r.ok} for r in rows],
+        "compiled": [asdict(c) | {"problem": c.problem} for c in compiled or []],
     }
     stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
     what = "rehearsal (tiny shapes, Triton interpreter, CPU: times are not GPU figures)" if rehearsal else name
@@ -90,5 +93,7 @@ def write_report(
             f"{fmt(r.predicted_measured_ms, '.3f')} | "
             f"{fmt(r.extra_gib, '.3f')} | {fmt(r.max_err, '.1e')} | {verdict} |"
         )
+    if compiled:
+        lines += ["", *markdown(compiled)]
     stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
     return passed

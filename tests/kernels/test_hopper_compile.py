@@ -35,12 +35,32 @@ def test_the_committed_report_is_of_the_current_launches_and_clean() -> None:
     assert committed == current, "the launches changed: re-run python -m proctor.bench.hopper with triton 3.6.0"
 
 
-@pytest.mark.skipif(
+TRITON_36 = pytest.mark.skipif(
     triton.__version__ != "3.6.0" or os.environ.get("TRITON_INTERPRET") == "1",
     reason="compiles with triton 3.6.0 and TRITON_INTERPRET=0 (CI's Hopper step)",
 )
-@pytest.mark.timeout(900)  # ~70 compiles of 1-10 s each on CI's two cores
+
+
+@TRITON_36
+@pytest.mark.timeout(900)  # ~130 compiles of 1-10 s each on CI's two cores
 def test_every_launch_compiles_for_sm90_without_spills() -> None:
     variants = hopper.build_all(progress=False)
     assert {f"{v.kernel} {v.dtype} top-{v.top_k} {v.tile}": v.problems for v in variants if v.problems} == {}
     assert all(v.wgmma > 0 for v in variants if v.kernel == "lm_head" and v.dtype != "fp32")
+
+
+@TRITON_36
+def test_the_gpu_check_reads_a_compiled_variant_as_the_report_does() -> None:
+    """The GPU check lists what the GPU's own JIT compiled (bench/kernels_compiled.py): the same object, read here
+    from a CPU compile (registers and spills stay unknown until a driver loads it)."""
+    from proctor.bench.kernels_compiled import describe
+
+    variant, fn, pointers, ints, consts = next(v for v in hopper.lm_head_variants() if v[0].dtype == "bf16")
+    compiled = describe(
+        "_lm_head_kernel", hopper.compile_sm90(fn, pointers, ints, consts, variant.num_warps, variant.num_stages)
+    )
+    assert compiled.constexprs["BLOCK_N"] == consts["BLOCK_N"] and compiled.constexprs["K"] == variant.top_k
+    assert set(compiled.constexprs) == {k for k in consts if k.isupper()}
+    assert (compiled.num_warps, compiled.num_stages) == (variant.num_warps, variant.num_stages)
+    assert compiled.wgmma > 0 and compiled.shared > 0
+    assert compiled.registers is None and compiled.spills is None and compiled.problem == ""
