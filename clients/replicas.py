@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as Counter_
 
-from proctor.clients.streaming import PLAINTEXT, Credentials, MiB, stream_status, unique_ids
+from proctor.clients.streaming import PLAINTEXT, Credentials, MiB, status_behind, stream_status, unique_ids
 from proctor.proto.proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 
 R = TypeVar("R", bound=Message)
@@ -292,8 +292,12 @@ class ReplicaClient(Generic[R]):
                 sent.append(request.id)
 
         stub = self.method.stub(self._channel(target))
-        call = getattr(stub, self.method.rpc)(outgoing(), metadata=self._credentials.metadata())
         timeout = min(self.policy.item_timeout_s, left_s)
+
+        def start(items: Iterator[Any], **deadline: float) -> Any:
+            return getattr(stub, self.method.rpc)(items, metadata=self._credentials.metadata(), **deadline)
+
+        call = start(outgoing())
         failure = None
         try:
             async with asyncio.timeout(timeout):
@@ -305,7 +309,7 @@ class ReplicaClient(Generic[R]):
             failure = StreamFailure(f"{target} did not answer within {timeout:.3g}s")
         except grpc.aio.AioRpcError as exc:
             self._failed(target)
-            code, details = stream_status(exc)
+            code, details = stream_status(await status_behind(exc, lambda none: start(none, timeout=timeout)))
             failure = StreamFailure(f"{target}: {code.name}: {details}", code.value[0])
         written = set(sent)
         sent.extend(i for i in (getattr(a, "id") for a in answers) if i not in written)  # noqa: B009

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -143,16 +143,19 @@ class AsyncClient:
 _AIO_SEND_FAILED = "Internal error from Core"
 
 
+def _send_failed(exc: grpc.RpcError) -> bool:
+    return bool(exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _AIO_SEND_FAILED)
+
+
 def stream_status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     """A broken stream's status as the server meant it: the aio client's failed-send INTERNAL is UNAVAILABLE (the
     sync client, seeing the same event, says UNAVAILABLE too), so a dead server is retryable from every client."""
-    code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.INTERNAL and details == _AIO_SEND_FAILED:
+    if _send_failed(exc):
         return (
             grpc.StatusCode.UNAVAILABLE,
             "the call ended while requests were being sent (the server closed it or died)",
         )
-    return code, details
+    return exc.code(), exc.details() or ""
 
 
 def collect(kind: type[R], sent: list[str], answers: Iterable[R], broke: grpc.RpcError | None = None) -> dict[str, R]:
@@ -226,5 +229,21 @@ async def run_async(
         async for reply in method(outgoing, timeout=client.timeout_s, metadata=client.metadata):
             answers.extend(reply.items if batch is not None else (reply,))
     except grpc.RpcError as exc:
-        broke = exc
+        broke = await status_behind(exc, lambda none: method(none, timeout=client.timeout_s, metadata=client.metadata))
     return collect(kind, sent, answers, broke)
+
+
+async def status_behind(exc: grpc.RpcError, start: Callable[[Iterator[Any]], Any]) -> grpc.RpcError:
+    """`exc`, or the status of a call the server refuses as a whole (UNAUTHENTICATED, UNIMPLEMENTED...) that
+    grpc.aio lost: when the call ends while the client is still sending, it reports INTERNAL "Internal error from
+    Core" instead (grpc/grpc#36066; most of the time with large requests), which would make a refused token look
+    like a dead server: retryable, forever. `start` makes the same call again with no requests, which cannot race;
+    when that one is accepted, the first call ended for another reason and `exc` stands (reported UNAVAILABLE)."""
+    if not _send_failed(exc):
+        return exc
+    try:
+        async for _ in start(iter(())):
+            pass
+    except grpc.RpcError as again:
+        return again
+    return exc
