@@ -18,9 +18,9 @@ Ceilings and where they come from (the first GPU run should re-measure the two l
 - CUDA cores 33.8 T simple fp32/int32 ops/s (128 lanes x 132 SMs x 1.98 GHz, the clock seen under load) and
   exp2 4.2 T/s (16 per SM per clock, the CUDA guide's throughput table for sm_90): datasheet leads.
 - 5 us per kernel launch (torch's own small kernels of the combine included).
-Top-k insertions assume the large logits lie in random order along the vocabulary (K x H_U merge passes over U
-merge units, doubled for the max over a block's rows); an adversarial vocabulary in ascending order costs K per
-unit.
+Top-k insertions assume the large logits lie in random order along the vocabulary (about K x H_U merge passes over
+U merge units, each over its unit's columns, doubled for the max over a block's rows); an adversarial vocabulary in
+ascending order costs K passes per unit.
 """
 
 from __future__ import annotations
@@ -83,13 +83,17 @@ class Prediction:
         return self.target_ms is None or self.ms <= self.target_ms
 
 
-def _harmonic(n: int) -> float:
-    return sum(1.0 / j for j in range(1, n + 1))
-
-
-def topk_passes(k: int, tiles: int) -> float:
-    """Expected merge passes of one row's running top-k over `tiles` tiles (random order): K x H_tiles."""
-    return k * _harmonic(tiles) if k else 0.0
+def topk_pass_columns(k: int, widths: list[int]) -> float:
+    """Expected columns that one row's running top-k sweeps in merge passes over merge units of these widths, in
+    the order merged, the large logits in random order: a unit of w columns after W seen holds w * min(1, K / W) of
+    the best K so far, each a pass over the unit. Equal units of w >= K give K x H_units passes of w columns."""
+    if not k:
+        return 0.0
+    seen, swept = 0, 0.0
+    for w in widths:
+        seen += w
+        swept += w * min(1.0, k / seen) * w
+    return swept
 
 
 def lm_head(
@@ -116,11 +120,10 @@ def lm_head(
         mma = waves * launch.tiles_per_split * tile_flops / (ceil.gemm_flops / SMS)
         tile_elems = bn * bv
         per_program_alu = launch.tiles_per_split * tile_elems * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0))
-        # The running top-k merges each accumulator as its even and its odd columns: merge units of a quarter
-        # (two accumulators) or a half of the tile, each a pass per value it inserts.
-        units = 2 * (2 if launch.block_v2 else 1)
-        passes = topk_passes(top_k, launch.tiles_per_split * units)
-        per_program_alu += 2 * passes * TOPK_PASS_OPS * tile_elems / units
+        # The running top-k merges the second accumulator, then the first, each as its even and then its odd columns.
+        halves = [launch.block_v2 // 2] * 2 * bool(launch.block_v2) + [launch.block_v // 2] * 2
+        swept = topk_pass_columns(top_k, halves * launch.tiles_per_split)
+        per_program_alu += 2 * swept * TOPK_PASS_OPS * bn
         per_program_exp = launch.tiles_per_split * tile_elems
         alu = waves * max(per_program_alu / (ALU_OPS / SMS), per_program_exp / (EXP_OPS / SMS))
         weight_bytes = vocab * hidden * elt
@@ -154,7 +157,7 @@ def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat1
     elt = torch.empty(0, dtype=dtype).element_size()
     tiles = -(-vocab // launch.block_v)
     per_row_alu = tiles * launch.block_v * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0))
-    per_row_alu += topk_passes(top_k, tiles) * TOPK_PASS_OPS * launch.block_v
+    per_row_alu += topk_pass_columns(top_k, [launch.block_v] * tiles) * TOPK_PASS_OPS
     alu_ops = rows * per_row_alu
     exp_ops = float(rows * tiles * launch.block_v)
     alu = max(alu_ops / ALU_OPS, exp_ops / EXP_OPS)

@@ -25,7 +25,7 @@ class Compiled:
     shared: int
     wgmma: int  # wgmma.mma_async instructions in the PTX
     registers: int | None  # known once the driver has loaded the binary (a launch), else None
-    spills: int | None
+    spills: int | None  # bytes of local memory a thread uses (the driver's LOCAL_SIZE_BYTES), None likewise
 
     @property
     def problem(self) -> str:
@@ -45,7 +45,7 @@ def describe(kernel: str, compiled: Any) -> Compiled:
         meta.shared,
         compiled.asm["ptx"].count("wgmma.mma_async") if "ptx" in compiled.asm else -1,
         getattr(compiled, "n_regs", None),
-        getattr(compiled, "n_spills", None),
+        None if getattr(compiled, "n_spills", None) is None else 4 * compiled.n_spills,  # triton 3.6 gives 4-byte words
     )
 
 

@@ -1,11 +1,11 @@
 """hidden [N, H] x lm_head weight [V, H] -> log p(target) [N], entropy [N], optional top-k, float32.
 
 Never materialises the [N, V] logits (the idea of Cut Cross-Entropy, our own code). One Triton program owns a block
-of rows and a contiguous split of the vocabulary: tile by tile it computes the [BLOCK_N, BLOCK_V] logits on the
-tensor cores (float32 accumulation) and folds them at once into per-row online statistics (running max, rescaled
-sum of exp and of x * exp, the target's logit) and a running top-k (kernels/topk.py). Each program writes one
-partial per row, so the extra memory is O(N * splits), and a small combine over the splits gives the log-sum-exp,
-log-probs, entropies and the global top-k.
+of rows and a contiguous split of the vocabulary: tile by tile it computes the [BLOCK_N, BLOCK_V + BLOCK_V2] logits
+on the tensor cores (two float32 accumulators) and folds them at once into per-row online statistics (running max,
+rescaled sum of exp and of x * exp, the target's logit) and a running top-k (kernels/topk.py). Each program writes
+one partial per row, so the extra memory is O(N * splits), and a small combine over the splits gives the
+log-sum-exp, log-probs, entropies and the global top-k.
 
 Launch shapes (`lm_head_launches`, kernels/lm_head_plan.py; also what bench/hopper.py compiles and
 bench/cost_model.py costs): 128 x (128 + 128) x 64 tiles on 8 warps (wgmma) for many rows, two accumulators that
@@ -166,9 +166,9 @@ if triton is not None:
         else:
             best_v, best_i, theta = zero, zero, zero
         stats = (run_max, zero, zero, zero, best_v, best_i, theta)
-        # A tile is BLOCK_V columns, and BLOCK_V2 more that share its hidden block's loads (a 128 x (128 + 128)
-        # tile in two accumulators: three quarters of a 128 x 128 tiling's operand reads per logit, without the
-        # spills of one 128 x 256 accumulator beside its epilogue).
+        # A tile is BLOCK_V columns, and BLOCK_V2 more that share its hidden block's loads (128 x (128 + 128): three
+        # quarters of a 128 x 128 tiling's operand reads per logit, 128 x (128 + 64) five sixths, without the spills
+        # of one 128 x 256 accumulator beside its epilogue).
         TILE_V: tl.constexpr = BLOCK_V + BLOCK_V2
         first_tile = split * tiles_per_split
         last_tile = tl.minimum(first_tile + tiles_per_split, tl.cdiv(vocab, TILE_V))
@@ -291,6 +291,13 @@ def combine(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return row_max + torch.log(total), (sum_x_exp * scale).sum(dim=1) / total
 
 
+def _check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    # One host sync a call, against a clamped load that would give an out-of-range target the last word's logit.
+    bad = ((targets < 0) | (targets >= vocab)) & (targets != ignore_index)
+    if bool(bad.any()):
+        raise ValueError(f"targets must lie in [0, {vocab}) or be ignore_index ({ignore_index}): got {targets[bad][0]}")
+
+
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, top_k: int) -> None:
     if triton is None:
         raise RuntimeError("Triton is not installed")
@@ -315,6 +322,7 @@ def lm_head_logprobs_triton(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100
 ) -> Result:
     _check_inputs(hidden, weight, top_k)
+    _check_targets(targets, weight.shape[0], ignore_index)
     lps, ents, vals, ids = [], [], [], []
     start = 0
     for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, top_k, _sms(hidden.device)):

@@ -3,7 +3,8 @@
 Each row keeps its best K values (and their column ids) in K_PAD slots; the slots past K hold +inf so they are
 never the row's minimum and never replaced. A tile only touches the slots through the values above the row's
 current K-th best (theta): once a few tiles have been seen, most tiles have none, and the merge loop runs zero
-times. Worst case (a vocabulary in ascending logit order) every tile inserts K values: K passes over the tile.
+times. Worst case (a vocabulary in ascending logit order) every merge inserts K values: K passes over what it merges
+(a tile, or each half of one with `topk_merge_pairs`).
 Columns are int32 (a vocabulary under 2^31), and no [rows, tile] integer mask is ever built.
 
 `topk_merge_pairs` merges a tile as its even and its odd columns, one after the other: on a tensor-core
@@ -56,7 +57,8 @@ if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]
     def topk_merge_pairs(x, col0, best_v, best_i, theta, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):  # type: ignore[no-untyped-def]
-        """topk_merge, the even columns first and then the odd ones (the same result: a top-k is order-free)."""
+        """topk_merge, the even columns first and then the odd ones: the same values (among equal values the id kept may
+        differ; torch.topk promises no order among ties either)."""
         cand = tl.where(x > theta[:, None], x, -float("inf"))
         if tl.max(tl.max(cand, axis=1), axis=0) > -float("inf"):
             even, odd = tl.split(tl.reshape(cand, (cand.shape[0], BLOCK_V // 2, 2)))

@@ -93,3 +93,13 @@ def test_top_k_past_the_vocabulary_is_refused() -> None:
     h, w, t = _inputs(2, 10, 16, torch.float32, seed=1)
     with pytest.raises(ValueError, match=r"top_k 20 exceeds the vocabulary \(10\)"):
         lm_head_logprobs_triton(h, w, t, top_k=20)
+
+
+def test_a_target_outside_the_vocabulary_is_refused() -> None:
+    """A clamped weight load would give it the last word's logit, silently."""
+    h, w, t = _inputs(3, 300, 16, torch.bfloat16, seed=2)
+    t[1] = 300
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 300\) or be ignore_index \(-100\): got 300"):
+        lm_head_logprobs_triton(h, w, t)
+    t[1] = -100
+    assert lm_head_logprobs_triton(h, w, t)[0][1] == 0.0
