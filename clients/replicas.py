@@ -112,17 +112,26 @@ class Stats:
     replica_failures: Counter[str] = field(default_factory=Counter)
 
 
-def expand(targets: Sequence[str]) -> list[str]:
-    """A `dns:host:port` entry becomes one target per address it resolves to (re-resolved every round)."""
+async def expand(targets: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(targets, why an entry gave none): a `dns:host:port` entry becomes one target per address it resolves to,
+    re-resolved every round in the loop's resolver thread (a slow DNS server must not stall the caller's loop); a
+    name that does not resolve gives none this round, and says why."""
+    loop = asyncio.get_running_loop()
     out: list[str] = []
+    unresolved: list[str] = []
     for target in targets:
         if not target.startswith("dns:"):
             out.append(target)
             continue
         host, port = target[4:].rsplit(":", 1)
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)}
+        try:
+            infos = await loop.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)
+        except OSError as exc:  # socket.gaierror: the name may resolve next round
+            unresolved.append(f"{target} did not resolve: {exc}")
+            continue
+        addresses = {info[4][0] for info in infos}
         out.extend(f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in sorted(str(a) for a in addresses))
-    return out
+    return out, unresolved
 
 
 class ReplicaClient(Generic[R]):
@@ -159,8 +168,9 @@ class ReplicaClient(Generic[R]):
             await channel.close(grace=None)
         self._channels.clear()
 
-    async def _serving(self) -> list[str]:
-        targets = expand(self.targets)
+    async def _serving(self) -> tuple[list[str], list[str]]:
+        """(the targets that report SERVING, why a `dns:` entry gave no target this round)."""
+        targets, unresolved = await expand(self.targets)
 
         async def check(target: str) -> bool:
             try:
@@ -172,7 +182,7 @@ class ReplicaClient(Generic[R]):
                 return False
 
         verdicts = await asyncio.gather(*(check(t) for t in targets))
-        return [t for t, ok in zip(targets, verdicts, strict=True) if ok]
+        return [t for t, ok in zip(targets, verdicts, strict=True) if ok], unresolved
 
     async def run(self, requests: Iterable[Any]) -> dict[str, R]:
         requests = list(requests)
@@ -205,10 +215,11 @@ class ReplicaClient(Generic[R]):
                 break
             rounds += 1
             self.stats.rounds += 1
-            replicas = await self._serving()
+            replicas, unresolved = await self._serving()
             if not replicas:
+                why = "; ".join(["no replica reports SERVING", *unresolved])
                 for item_id in pending:
-                    last_error[item_id] = "no replica reports SERVING"
+                    last_error[item_id] = why
             else:
                 shares = self._split(list(pending), replicas)
                 outcomes = await asyncio.gather(

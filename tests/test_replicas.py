@@ -172,3 +172,20 @@ async def test_deterministic_work_is_the_same_on_every_replica() -> None:
     finally:
         for server in servers:
             await server.drain(grace_s=1)
+
+
+async def test_dns_entries_resolve_off_the_loop_and_a_name_that_does_not_says_so() -> None:
+    server = await started(_rules_server(0))
+    policy = RetryPolicy(max_attempts=1, backoff_s=0.01, deadline_s=1.0)
+    client = ReplicaClient([f"dns:localhost:{server.port}", "dns:no-such-replica.invalid:50051"], REWARD, policy)
+    lost = ReplicaClient(["dns:no-such-replica.invalid:50051"], REWARD, policy)
+    try:
+        results = await client.run(_requests(3))
+        gone = await lost.run(_requests(1))
+    finally:
+        await client.close()
+        await lost.close()
+        await server.drain(grace_s=1)
+    assert not [r for r in results.values() if r.HasField("error")], results
+    message = gone["r0"].error.message
+    assert "no replica reports SERVING; dns:no-such-replica.invalid:50051 did not resolve" in message, message
