@@ -88,6 +88,24 @@ def lm_head_logprobs_reference(
 if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]
+    def _operand(row_ptrs, ks, hidden, EVEN_H: tl.constexpr, UPCAST: tl.constexpr):  # type: ignore[no-untyped-def]
+        """The [rows, BLOCK_H] block at columns ks of the rows that row_ptrs point at (zeros past H)."""
+        if EVEN_H:
+            x = tl.load(row_ptrs[:, None] + ks[None, :])
+        else:
+            x = tl.load(row_ptrs[:, None] + ks[None, :], (ks < hidden)[None, :], 0.0)
+        if UPCAST:
+            x = x.to(tl.float32)
+        return x
+
+    @triton.jit  # type: ignore[untyped-decorator]
+    def _dot(acc, h, w, IEEE: tl.constexpr):  # type: ignore[no-untyped-def]
+        """acc + h @ w.T: full float32 products for float32 operands (IEEE), tensor-core precision otherwise."""
+        if IEEE:
+            return acc + tl.dot(h, tl.trans(w), input_precision="ieee")
+        return acc + tl.dot(h, tl.trans(w))
+
+    @triton.jit  # type: ignore[untyped-decorator]
     def _fold(  # type: ignore[no-untyped-def]
         acc, col0, vocab, rows, row_ok, targets, stats, ids_ptr, set_ptr,
         BLOCK_V: tl.constexpr, K_PAD: tl.constexpr, S: tl.constexpr,
@@ -181,30 +199,10 @@ if triton is not None:
                 acc2 = tl.zeros((BLOCK_N, BLOCK_V2), dtype=tl.float32)
             for k0 in range(0, hidden, BLOCK_H):
                 ks = k0 + tl.arange(0, BLOCK_H)
-                if EVEN_H:
-                    h = tl.load(h_rows[:, None] + ks[None, :])
-                    w = tl.load(w_rows[:, None] + ks[None, :])
-                else:
-                    h = tl.load(h_rows[:, None] + ks[None, :], (ks < hidden)[None, :], 0.0)
-                    w = tl.load(w_rows[:, None] + ks[None, :], (ks < hidden)[None, :], 0.0)
-                if UPCAST:
-                    h = h.to(tl.float32)
-                    w = w.to(tl.float32)
-                if IEEE or UPCAST:
-                    acc += tl.dot(h, tl.trans(w), input_precision="ieee")
-                else:
-                    acc += tl.dot(h, tl.trans(w))
+                h = _operand(h_rows, ks, hidden, EVEN_H, UPCAST)
+                acc = _dot(acc, h, _operand(w_rows, ks, hidden, EVEN_H, UPCAST), IEEE or UPCAST)
                 if BLOCK_V2 > 0:
-                    if EVEN_H:
-                        w2 = tl.load(w2_rows[:, None] + ks[None, :])
-                    else:
-                        w2 = tl.load(w2_rows[:, None] + ks[None, :], (ks < hidden)[None, :], 0.0)
-                    if UPCAST:
-                        w2 = w2.to(tl.float32)
-                    if IEEE or UPCAST:
-                        acc2 += tl.dot(h, tl.trans(w2), input_precision="ieee")
-                    else:
-                        acc2 += tl.dot(h, tl.trans(w2))
+                    acc2 = _dot(acc2, h, _operand(w2_rows, ks, hidden, EVEN_H, UPCAST), IEEE or UPCAST)
             if BLOCK_V2 > 0:  # the narrower block first: the wider one's merge then has nothing beside it
                 stats = _fold(
                     acc2, col0 + BLOCK_V, vocab, rows, row_ok, targets, stats, ids_ptr, set_ptr, BLOCK_V2, K_PAD, S
