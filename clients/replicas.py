@@ -305,8 +305,8 @@ class ReplicaClient(Generic[R]):
         stub = self.method.stub(self._channel(target))
         timeout = min(self.policy.item_timeout_s, left_s)
 
-        def start(items: Iterator[Any], **deadline: float) -> Any:
-            return getattr(stub, self.method.rpc)(items, metadata=self._credentials.metadata(), **deadline)
+        def start(items: Iterator[Any], deadline_s: float | None = None) -> Any:
+            return getattr(stub, self.method.rpc)(items, metadata=self._credentials.metadata(), timeout=deadline_s)
 
         call = start(outgoing())
         failure = None
@@ -320,7 +320,7 @@ class ReplicaClient(Generic[R]):
             failure = StreamFailure(f"{target} did not answer within {timeout:.3g}s")
         except grpc.aio.AioRpcError as exc:
             self._failed(target)
-            code, details = stream_status(await status_behind(exc, lambda none: start(none, timeout=timeout)))
+            code, details = stream_status(await status_behind(exc, start))
             failure = StreamFailure(f"{target}: {code.name}: {details}", code.value[0])
         written = set(sent)
         sent.extend(i for i in (getattr(a, "id") for a in answers) if i not in written)  # noqa: B009

@@ -148,8 +148,8 @@ def _send_failed(exc: grpc.RpcError) -> bool:
 
 
 def stream_status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
-    """A broken stream's status as the server meant it: the aio client's failed-send INTERNAL is UNAVAILABLE (the
-    sync client, seeing the same event, says UNAVAILABLE too), so a dead server is retryable from every client."""
+    """A broken stream's status as the server meant it: grpc.aio's failed-send INTERNAL, when `status_behind` found
+    no refusal behind it, is UNAVAILABLE (the server closed the call or died), so retrying can help."""
     if _send_failed(exc):
         return (
             grpc.StatusCode.UNAVAILABLE,
@@ -229,21 +229,27 @@ async def run_async(
         async for reply in method(outgoing, timeout=client.timeout_s, metadata=client.metadata):
             answers.extend(reply.items if batch is not None else (reply,))
     except grpc.RpcError as exc:
-        broke = await status_behind(exc, lambda none: method(none, timeout=client.timeout_s, metadata=client.metadata))
+        broke = await status_behind(
+            exc, lambda none, deadline_s: method(none, timeout=deadline_s, metadata=client.metadata)
+        )
     return collect(kind, sent, answers, broke)
 
 
-async def status_behind(exc: grpc.RpcError, start: Callable[[Iterator[Any]], Any]) -> grpc.RpcError:
+REFUSAL_PROBE_S = 10.0  # a refusal is one round trip; the probe must not hold a caller whose call already failed
+
+
+async def status_behind(exc: grpc.RpcError, start: Callable[[Iterator[Any], float], Any]) -> grpc.RpcError:
     """`exc`, or the status of a call the server refuses as a whole (UNAUTHENTICATED, UNIMPLEMENTED...) that
     grpc.aio lost: when the call ends while the client is still sending, it reports INTERNAL "Internal error from
     Core" instead (grpc/grpc#36066; most of the time with large requests), which would make a refused token look
-    like a dead server: retryable, forever. `start` makes the same call again with no requests, which cannot race;
-    when that one is accepted, the first call ended for another reason and `exc` stands (reported UNAVAILABLE)."""
+    like a dead server: retryable, forever. `start(requests, deadline_s)` makes the same call again with no
+    requests, which cannot race; when that one is accepted, or does not end within REFUSAL_PROBE_S, the first call
+    ended for another reason and `exc` stands (reported UNAVAILABLE)."""
     if not _send_failed(exc):
         return exc
     try:
-        async for _ in start(iter(())):
+        async for _ in start(iter(()), REFUSAL_PROBE_S):
             pass
     except grpc.RpcError as again:
-        return again
+        return exc if again.code() == grpc.StatusCode.DEADLINE_EXCEEDED else again
     return exc
