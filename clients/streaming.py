@@ -252,4 +252,9 @@ async def status_behind(exc: grpc.RpcError, start: Callable[[Iterator[Any], floa
             pass
     except grpc.RpcError as again:
         return exc if again.code() == grpc.StatusCode.DEADLINE_EXCEEDED else again
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the caller's own cancellation
+        return exc  # grpc.aio cancels, locally, a call it cannot start on a channel whose server just died
     return exc
