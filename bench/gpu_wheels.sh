@@ -26,7 +26,7 @@ echo "proctor needs there, beyond the image: ${want[*]}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$PY" -m pip download -q -d "$work" "${target[@]}" "${want[@]}" pytest-asyncio "grpcio==$grpcio" "protobuf==$protobuf"
-"$PY" -m pip download -q -d "$work" "${target[@]}" --no-deps liger-kernel cut-cross-entropy
+"$PY" -m pip download -q -d "$work" "${target[@]}" --no-deps liger-kernel==0.8.5 cut-cross-entropy==25.1.1
 "$PY" -m proctor.bench.gpu_wheels drop "$work"
 rm -rf "$OUT"
 mkdir -p "$OUT"
