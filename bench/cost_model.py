@@ -58,6 +58,7 @@ LAUNCH_S = 5e-6
 EPILOGUE_OPS = 10
 TOPK_PRUNE_OPS = 2  # compare with the row's k-th best, select
 TOPK_PASS_OPS = 6  # one merge pass over a tile: max, compare, select-min of the lane, mask, compare, select
+RANK_OPS = 4  # compare with the row's threshold, two masks, add
 
 
 @dataclass
@@ -104,22 +105,32 @@ def lm_head(
     dtype: torch.dtype = torch.bfloat16,
     set_size: int = 0,
     ceil: Ceilings = H200,
+    rank: bool = False,
 ) -> Prediction:
     """The fused kernel's launches and their combines; set_size > 0 is the RRM probes' path (token_logprobs),
-    which also picks that many tokens' logits out of the tiles and subtracts the log-sum-exp (one more launch)."""
+    which also picks that many tokens' logits out of the tiles and subtracts the log-sum-exp (one more launch);
+    rank (the HTTP front's prompt log-probs) first gathers each row's target row of the weight for its threshold
+    (a few torch launches), then counts in the tiles."""
     plan = importlib.import_module("proctor.kernels.lm_head_plan")
     elt = torch.empty(0, dtype=dtype).element_size()
     zero = dict.fromkeys(("flops", "hbm_bytes", "l2_bytes", "alu_ops", "exp_ops", "mma_ms", "alu_ms"), 0.0)
     zero |= dict.fromkeys(("hbm_ms", "l2_ms", "ms", "extra_bytes"), 0.0)
-    total = Prediction(f"lm_head {rows}x{vocab}x{hidden} top-{top_k}", 0, **zero, bound="")
+    total = Prediction(f"lm_head {rows}x{vocab}x{hidden} top-{top_k}{' + rank' if rank else ''}", 0, **zero, bound="")
     extra = 0.0
-    for launch in plan.lm_head_launches(rows, vocab, dtype, top_k, SMS, set_size):
+    if rank:  # the thresholds: each row and its target's weight row read once, in float32 temporaries
+        gathered = rows * hidden * elt * 2 + rows * hidden * 4 * 3
+        total.hbm_bytes += gathered
+        total.hbm_ms += gathered / ceil.hbm_bps * 1e3
+        total.ms += (gathered / ceil.hbm_bps + 5 * LAUNCH_S) * 1e3
+        extra = rows * 4 + min(rows, 1024) * hidden * 4 * 2  # thresholds, and a row chunk's float32 temporaries
+    for launch in plan.lm_head_launches(rows, vocab, dtype, top_k, SMS, set_size, rank):
         bn, bv = launch.block_n, launch.tile_v
         tile_flops = 2.0 * bn * bv * hidden
         waves = -(-launch.programs // SMS)
         mma = waves * launch.tiles_per_split * tile_flops / (ceil.gemm_flops / SMS)
         tile_elems = bn * bv
-        per_program_alu = launch.tiles_per_split * tile_elems * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0))
+        ops = EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0) + (RANK_OPS if rank else 0)
+        per_program_alu = launch.tiles_per_split * tile_elems * ops
         # The running top-k merges the second accumulator, then the first, each as its even and then its odd columns.
         halves = [launch.block_v2 // 2] * 2 * bool(launch.block_v2) + [launch.block_v // 2] * 2
         swept = topk_pass_columns(top_k, halves * launch.tiles_per_split)
@@ -258,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     preds = issue_targets()
     preds += [lm_head(rows, 151_936, 4_096, 0) for rows in (1, 11)]
+    preds += [lm_head(rows, 151_936, 4_096, 20, rank=True) for rows in (16_384, 11)]  # HTTP prompt log-probs
     stem = args.out / "cost-model" if args.out else RESULTS / f"{dt.date.today().isoformat()}-cpu-cost-model"
     command = "python -m proctor.bench.cost_model " + " ".join(sys.argv[1:] if argv is None else argv)
     write_report(preds, stem, command.strip())

@@ -13,7 +13,8 @@ its shared memory passes the 227 KB an sm_90 block may use, or when its 16-bit `
 The H200 machines run triton 3.6.0 (torch 2.11): CI compiles with that version in its own `pip --target` folder
 (.ci/run); the report under bench/results is from it. Launches: bf16 / fp16 / fp32; top-k 0 and one per running
 top-k slot count (1, 2, 4, 8, 16, 20 for 32 slots, 64); H 576, 1,536, 4,096, 8,192; Score batches of 16,384 rows
-(in chunks with top-k) and RRM probes of 1, 11 and 256 rows.
+(in chunks with top-k) and RRM probes of 1, 11 and 256 rows; with a rank (the HTTP front's prompt log-probs, top-k
+or not) at the same rows.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Variant:
     num_warps: int
     num_stages: int
     tokens: int = 0  # the set of tokens whose logits the launch also picks (RRM probes), 0 for Score
+    rank: bool = False  # also counts the logits at or above each row's target's (prompt-logprob ranks)
     launches: list[str] = field(default_factory=list)
     hiddens: list[int] = field(default_factory=list)  # H values of those launches (a runtime argument)
     registers: int = -1
@@ -173,25 +175,34 @@ def lm_head_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int
     out: dict[Key, tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]] = {}
     for dtype, name in DTYPES.items():
         pointers = dict(
-            zip(lm.POINTERS, [f"*{name}", f"*{name}", "*i64", "*fp32", "*fp32", "*i32", "*i32", "*fp32"], strict=True),
+            zip(
+                lm.POINTERS,
+                [f"*{name}", f"*{name}", "*i64", "*fp32", "*fp32", "*fp32", "*i32", "*i32", "*fp32"],
+                strict=True,
+            ),
         )
         for top_k in TOP_KS:
-            # Score (one target a row, top-k) at a batch's and at a few rows; RRM probes (a set of score tokens).
-            uses = [(rows, 0) for rows in (SCORE_ROWS, *PROBE_ROWS)]
-            uses += [(rows, PROBE_TOKENS) for rows in PROBE_ROWS] if top_k == 0 else []
-            for rows, set_size in uses:
+            # Score (one target a row, top-k) at a batch's and at a few rows, with and without a rank (the HTTP
+            # front's prompt log-probs); RRM probes (a set of score tokens).
+            rows_used = (SCORE_ROWS, *PROBE_ROWS)
+            uses = [(rows, 0, rank) for rows in rows_used for rank in (False, True)]
+            uses += [(rows, PROBE_TOKENS, False) for rows in PROBE_ROWS] if top_k == 0 else []
+            for rows, set_size, rank in uses:
                 for hidden in HIDDENS:
-                    launches = plan.lm_head_launches(rows, VOCAB, dtype, top_k, plan.H200_SMS, set_size)
+                    launches = plan.lm_head_launches(rows, VOCAB, dtype, top_k, plan.H200_SMS, set_size, rank)
                     for launch in dict.fromkeys(launches):
                         ints, consts = lm.kernel_arguments(launch, VOCAB, hidden, hidden, hidden, dtype)
                         sig = _specialise(lm._lm_head_kernel, pointers, ints, consts)
                         key = _key("lm_head", name, top_k, launch.num_warps, launch.num_stages, sig)
                         tile = f"{launch.block_n}x({launch.block_v}+{launch.block_v2})x{launch.block_h}"
                         if key not in out:
-                            v = Variant("lm_head", name, top_k, tile, launch.num_warps, launch.num_stages, set_size)
+                            v = Variant(
+                                "lm_head", name, top_k, tile, launch.num_warps, launch.num_stages, set_size, rank
+                            )
                             out[key] = (v, lm._lm_head_kernel, pointers, ints, consts)
                         chunks = f", launches of {launch.rows}" if launch.rows != rows else ""
                         tokens = f", {set_size} probe tokens" if set_size else ""
+                        tokens += ", rank" if rank else ""
                         what = f"{rows} rows ({launch.programs} programs{chunks}{tokens})"
                         variant = out[key][0]
                         variant.launches += [] if what in variant.launches else [what]
@@ -222,7 +233,7 @@ def build_all(progress: bool = True) -> list[Variant]:
         done.append(compile_variant(v, fn, pointers, ints, consts))
         if progress:
             print(
-                f"{v.kernel:<8} {v.dtype} top-{v.top_k:<3} set-{v.tokens:<2} {v.tile:<11} "
+                f"{v.kernel:<8} {v.dtype} top-{v.top_k:<3} set-{v.tokens:<2} {'rank ' if v.rank else ''}{v.tile:<11} "
                 f"w{v.num_warps} s{v.num_stages}: "
                 f"{v.registers} regs, stack {v.stack}, smem {v.shared}, wgmma {v.wgmma}, tma {v.tma} "
                 f"({v.compile_s:.1f} s) {'; '.join(v.problems)}",
@@ -253,14 +264,15 @@ def write_report(variants: list[Variant], stem: Path, command: str) -> None:
         f"Verdict: **{'passed' if record['passed'] else 'FAILED'}** (no stack, shared <= 227 KB, 16-bit dots on "
         "wgmma).",
         "",
-        "| kernel | dtype | top-k | set | tile | warps | stages | regs | stack B | shared KB | wgmma | TMA | launches "
-        "| problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | dtype | top-k | set | rank | tile | warps | stages | regs | stack B | shared KB | wgmma | TMA "
+        "| launches | problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         launches = "; ".join(v.launches) + (f"; H {', '.join(map(str, v.hiddens))}" if v.hiddens else "")
         lines.append(
-            f"| {v.kernel} | {v.dtype} | {v.top_k} | {v.tokens} | {v.tile} | {v.num_warps} | {v.num_stages} | "
+            f"| {v.kernel} | {v.dtype} | {v.top_k} | {v.tokens} | {'yes' if v.rank else ''} | {v.tile} | "
+            f"{v.num_warps} | {v.num_stages} | "
             f"{v.registers} | "
             f"{v.stack} | {v.shared / 1024:.1f} | {v.wgmma} | {v.tma} | {launches} | {'; '.join(v.problems) or 'ok'} |"
         )

@@ -18,6 +18,10 @@ weight comes from HBM about once per group).
 With a set of S token ids (an RRM's score tokens, `lm_head_set_logprobs_triton`) the program whose tile holds a
 token also stores that token's logit for its rows, so the probes' log-probs need no second product.
 
+With `rank_out` (vLLM's ranks: the tokens at least as likely as the target, itself included) each row's target logit
+is computed first, one row of the weight per row (a gather, not a product), and the tiles count the other logits at
+or above it; a logit within float32 rounding of the target's may count either way.
+
 Ignore-index rows (target == ignore_index) get 0.0 log-prob and entropy.
 """
 
@@ -29,7 +33,7 @@ import torch
 
 from proctor.kernels.buffers import poisoned
 from proctor.kernels.lm_head_plan import H200_SMS, LmHeadLaunch, lm_head_launches
-from proctor.kernels.target_logprobs import target_logprobs_reference
+from proctor.kernels.target_logprobs import target_logprobs_reference, target_ranks_reference
 
 try:
     import triton
@@ -56,21 +60,23 @@ def lm_head_logprobs_reference(
     targets: torch.Tensor,
     top_k: int = 0,
     ignore_index: int = -100,
+    rank_out: torch.Tensor | None = None,
     chunk_rows: int = 1024,
 ) -> Result:
-    """(target log-probs [N], entropy [N], top-k log-probs [N, k] or None, top-k ids [N, k] or None).
+    """(target log-probs [N], entropy [N], top-k log-probs [N, k] or None, top-k ids [N, k] or None); with
+    `rank_out` [N] (int64) also each target's rank, the tokens at least as likely as it (0 on ignore-index rows).
 
     The logits reference applied to row chunks, so it never holds more than `chunk_rows x V` logits at once.
     float64 inputs are computed in float64 (a ground truth for tests), anything else in float32.
     """
     compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     w = weight.to(compute)
-    parts = [
-        target_logprobs_reference(
-            hidden[s : s + chunk_rows].to(compute) @ w.T, targets[s : s + chunk_rows], top_k, ignore_index
-        )
-        for s in range(0, hidden.shape[0], chunk_rows)
-    ]
+    parts = []
+    for s in range(0, hidden.shape[0], chunk_rows):
+        logits, t = hidden[s : s + chunk_rows].to(compute) @ w.T, targets[s : s + chunk_rows]
+        parts.append(target_logprobs_reference(logits, t, top_k, ignore_index))
+        if rank_out is not None:
+            rank_out[s : s + chunk_rows] = target_ranks_reference(logits, t, ignore_index)
     if not parts:
         empty = torch.empty(0, dtype=compute, device=hidden.device)
         return empty, empty, None, None
@@ -107,13 +113,14 @@ if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]
     def _fold(  # type: ignore[no-untyped-def]
-        acc, col0, vocab, rows, row_ok, targets, stats, ids_ptr, set_ptr,
-        BLOCK_V: tl.constexpr, K_PAD: tl.constexpr, S: tl.constexpr,
+        acc, col0, vocab, rows, row_ok, targets, thresholds, stats, ids_ptr, set_ptr,
+        BLOCK_V: tl.constexpr, K_PAD: tl.constexpr, S: tl.constexpr, RANK: tl.constexpr,
     ):  # fmt: skip
         """Fold one [rows, BLOCK_V] block of logits (columns col0...) into the rows' online statistics, the set's
-        logits and the running top-k. Clamped columns past the vocabulary repeat the last real logit, so they
-        leave the max alone; only their exp and their top-k candidacy are masked."""
-        run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta = stats
+        logits, the running top-k and (RANK) the count of other logits at or above each row's threshold. Clamped
+        columns past the vocabulary repeat the last real logit, so they leave the max alone; only their exp, their
+        top-k candidacy and their count are masked."""
+        run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta, above = stats
         cols = col0 + tl.arange(0, BLOCK_V)
         col_ok = cols < vocab
         new_max = tl.maximum(run_max, tl.max(acc, axis=1))
@@ -122,6 +129,9 @@ if triton is not None:
         sum_exp = sum_exp * rescale + tl.sum(e, axis=1)
         sum_x_exp = sum_x_exp * rescale + tl.sum(e * acc, axis=1)
         target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], acc, 0.0), axis=1)
+        if RANK:
+            counted = (acc >= thresholds[:, None]) & col_ok[None, :] & (cols[None, :] != targets[:, None])
+            above += tl.sum(counted.to(tl.float32), axis=1)  # exact: counts stay far below 2**24
         for s in tl.static_range(S):  # the set's tokens: each lies in one block, so one program writes it
             token = tl.load(ids_ptr + s)
             if (token >= col0) & (token < col0 + BLOCK_V):
@@ -130,13 +140,14 @@ if triton is not None:
         if K_PAD > 0:
             x = tl.where(col_ok[None, :], acc, -float("inf"))
             best_v, best_i, theta = topk_merge_pairs(x, col0, best_v, best_i, theta, K_PAD, BLOCK_V)
-        return new_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta
+        return new_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta, above
 
     @triton.jit  # type: ignore[untyped-decorator]
     def _lm_head_kernel(  # type: ignore[no-untyped-def]
         h_ptr,
         w_ptr,
         t_ptr,
+        thr_ptr,
         part_ptr,
         topv_ptr,
         topi_ptr,
@@ -158,6 +169,7 @@ if triton is not None:
         K: tl.constexpr,
         K_PAD: tl.constexpr,
         S: tl.constexpr,
+        RANK: tl.constexpr,
         IEEE: tl.constexpr,
         UPCAST: tl.constexpr,
     ):
@@ -183,7 +195,8 @@ if triton is not None:
             best_v, best_i, theta = topk_init(BLOCK_N, K, K_PAD)
         else:
             best_v, best_i, theta = zero, zero, zero
-        stats = (run_max, zero, zero, zero, best_v, best_i, theta)
+        thresholds = tl.load(thr_ptr + rows, row_ok, float("inf")) if RANK else zero
+        stats = (run_max, zero, zero, zero, best_v, best_i, theta, zero)
         # A tile is BLOCK_V columns, and BLOCK_V2 more that share its hidden block's loads (128 x (128 + 128): three
         # quarters of a 128 x 128 tiling's operand reads per logit, 128 x (128 + 64) five sixths, without the spills
         # of one 128 x 256 accumulator beside its epilogue).
@@ -205,16 +218,21 @@ if triton is not None:
                     acc2 = _dot(acc2, h, _operand(w2_rows, ks, hidden, EVEN_H, UPCAST), IEEE or UPCAST)
             if BLOCK_V2 > 0:  # the narrower block first: the wider one's merge then has nothing beside it
                 stats = _fold(
-                    acc2, col0 + BLOCK_V, vocab, rows, row_ok, targets, stats, ids_ptr, set_ptr, BLOCK_V2, K_PAD, S
-                )
-            stats = _fold(acc, col0, vocab, rows, row_ok, targets, stats, ids_ptr, set_ptr, BLOCK_V, K_PAD, S)
-        run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta = stats
+                    acc2, col0 + BLOCK_V, vocab, rows, row_ok, targets, thresholds, stats, ids_ptr, set_ptr,
+                    BLOCK_V2, K_PAD, S, RANK,
+                )  # fmt: skip
+            stats = _fold(
+                acc, col0, vocab, rows, row_ok, targets, thresholds, stats, ids_ptr, set_ptr, BLOCK_V, K_PAD, S, RANK
+            )
+        run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta, above = stats
         plane = n_rows * n_splits
         out = rows * n_splits + split
         tl.store(part_ptr + out, run_max, row_ok)
         tl.store(part_ptr + plane + out, sum_exp, row_ok)
         tl.store(part_ptr + 2 * plane + out, sum_x_exp, row_ok)
         tl.store(part_ptr + 3 * plane + out, target_logit, row_ok)
+        if RANK:
+            tl.store(part_ptr + 4 * plane + out, above, row_ok)
         if K_PAD > 0:
             slots = tl.arange(0, K_PAD)
             cand = out[:, None] * K + slots[None, :]
@@ -223,7 +241,17 @@ if triton is not None:
             tl.store(topi_ptr + cand, best_i, keep)
 
 
-POINTERS = ("h_ptr", "w_ptr", "t_ptr", "part_ptr", "topv_ptr", "topi_ptr", "ids_ptr", "set_ptr")  # tensor arguments
+POINTERS = (
+    "h_ptr",
+    "w_ptr",
+    "t_ptr",
+    "thr_ptr",
+    "part_ptr",
+    "topv_ptr",
+    "topi_ptr",
+    "ids_ptr",
+    "set_ptr",
+)  # tensor arguments
 
 
 def kernel_arguments(
@@ -249,6 +277,7 @@ def kernel_arguments(
         "K": launch.top_k,
         "K_PAD": launch.k_pad,
         "S": launch.set_size,
+        "RANK": launch.rank,
         "IEEE": dtype == torch.float32,
         "UPCAST": _INTERPRETER_BF16_DOT and dtype == torch.bfloat16,
     }
@@ -261,20 +290,22 @@ def _launch(
     targets: torch.Tensor,
     launch: LmHeadLaunch,
     token_ids: torch.Tensor | None = None,
+    thresholds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run one launch: (partials [4, rows, splits], top-k values [rows, splits * k], ids [rows, splits * k],
-    the set's logits [rows, S])."""
+    """Run one launch: (partials [4, rows, splits] and with a rank the count at or above `thresholds` [rows] as a
+    fifth plane, top-k values [rows, splits * k], ids [rows, splits * k], the set's logits [rows, S])."""
     n, h = hidden.shape
     dev = hidden.device
-    part = poisoned(4, n, launch.splits, device=dev)
+    part = poisoned(4 + launch.rank, n, launch.splits, device=dev)
     k = launch.top_k
     top_v = poisoned(n, launch.splits * max(k, 1), device=dev)
     top_i = poisoned(n, launch.splits * max(k, 1), device=dev, dtype=torch.int32)
     ids = token_ids.to(torch.int32) if token_ids is not None else torch.zeros(1, dtype=torch.int32, device=dev)
     set_logits = poisoned(n, max(launch.set_size, 1), device=dev)
     ints, consts = kernel_arguments(launch, weight.shape[0], h, hidden.stride(0), weight.stride(0), hidden.dtype)
+    thr = thresholds if thresholds is not None else set_logits  # not read without a rank
     _lm_head_kernel[(launch.programs,)](
-        hidden, weight, targets, part, top_v, top_i, ids, set_logits, **ints, **consts,
+        hidden, weight, targets, thr, part, top_v, top_i, ids, set_logits, **ints, **consts,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
     return part, top_v, top_i, set_logits
@@ -282,11 +313,26 @@ def _launch(
 
 def combine(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-sum-exp [rows], sum over the splits of x * p) from the per-split partials."""
-    run_max, sum_exp, sum_x_exp, _ = part.unbind(0)
+    run_max, sum_exp, sum_x_exp = part[0], part[1], part[2]
     row_max = run_max.max(dim=1).values
     scale = torch.exp(run_max - row_max[:, None])
     total = (sum_exp * scale).sum(dim=1)
     return row_max + torch.log(total), (sum_x_exp * scale).sum(dim=1) / total
+
+
+def target_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int = 1024
+) -> torch.Tensor:
+    """Each row's target logit [N] in float32 (+inf on ignore-index rows), one weight row gathered per row: the
+    thresholds of a rank count."""
+    out = torch.full((hidden.shape[0],), float("inf"), dtype=torch.float32, device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk_rows):
+        t = targets[s : s + chunk_rows]
+        keep = t != ignore_index
+        rows = weight[torch.where(keep, t, 0)].float()
+        logit = (hidden[s : s + chunk_rows].float() * rows).sum(dim=1)
+        out[s : s + chunk_rows] = torch.where(keep, logit, float("inf"))
+    return out
 
 
 def _check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
@@ -294,6 +340,13 @@ def _check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> None
     bad = ((targets < 0) | (targets >= vocab)) & (targets != ignore_index)
     if bool(bad.any()):
         raise ValueError(f"targets must lie in [0, {vocab}) or be ignore_index ({ignore_index}): got {targets[bad][0]}")
+
+
+def _check_rank_out(rank_out: torch.Tensor | None, hidden: torch.Tensor) -> None:
+    if rank_out is not None and (rank_out.shape != (hidden.shape[0],) or rank_out.dtype != torch.int64):
+        raise ValueError(
+            f"rank_out must be an int64 [{hidden.shape[0]}] tensor, got {rank_out.dtype} {tuple(rank_out.shape)}"
+        )
 
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, top_k: int) -> None:
@@ -317,18 +370,33 @@ def _sms(device: torch.device) -> int:
 
 
 def lm_head_logprobs_triton(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    top_k: int = 0,
+    ignore_index: int = -100,
+    rank_out: torch.Tensor | None = None,
 ) -> Result:
     _check_inputs(hidden, weight, top_k)
     _check_targets(targets, weight.shape[0], ignore_index)
+    _check_rank_out(rank_out, hidden)
+    thresholds = target_logits(hidden, weight, targets, ignore_index) if rank_out is not None else None
     lps, ents, vals, ids = [], [], [], []
     start = 0
-    for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, top_k, _sms(hidden.device)):
-        h, t = hidden[start : start + launch.rows], targets[start : start + launch.rows]
+    launches = lm_head_launches(
+        hidden.shape[0], weight.shape[0], hidden.dtype, top_k, _sms(hidden.device), rank=rank_out is not None
+    )
+    for launch in launches:
+        span = slice(start, start + launch.rows)
         start += launch.rows
-        part, top_v, top_i, _ = _launch(h, weight, t, launch)
+        h, t = hidden[span], targets[span]
+        part, top_v, top_i, _ = _launch(
+            h, weight, t, launch, thresholds=None if thresholds is None else thresholds[span]
+        )
         lse, mean_x = combine(part)
         keep = t != ignore_index
+        if rank_out is not None:
+            rank_out[span] = torch.where(keep, part[4].sum(dim=1) + 1, 0).long()
         lps.append(torch.where(keep, part[3].sum(dim=1) - lse, 0.0))
         ents.append(torch.where(keep, lse - mean_x, 0.0))
         if top_k:
@@ -364,9 +432,15 @@ def lm_head_set_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, toke
 
 
 def lm_head_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    top_k: int = 0,
+    ignore_index: int = -100,
+    rank_out: torch.Tensor | None = None,
 ) -> Result:
-    """Dispatcher: the Triton kernel on CUDA tensors, the reference elsewhere."""
+    """Dispatcher: the Triton kernel on CUDA tensors, the reference elsewhere. With `rank_out` (int64 [N]) each
+    target's rank is written there: the tokens at least as likely as it, itself included, as vLLM ranks a token."""
     if hidden.is_cuda and triton is not None:
-        return lm_head_logprobs_triton(hidden, weight, targets, top_k, ignore_index)
-    return lm_head_logprobs_reference(hidden, weight, targets, top_k, ignore_index)
+        return lm_head_logprobs_triton(hidden, weight, targets, top_k, ignore_index, rank_out)
+    return lm_head_logprobs_reference(hidden, weight, targets, top_k, ignore_index, rank_out)

@@ -29,6 +29,7 @@ class LmHeadLaunch:
     tiles_per_split: int
     top_k: int
     set_size: int = 0  # tokens whose logits every row also reports (RRM probes' score tokens)
+    rank: bool = False  # also count each row's logits at or above its target's (prompt-logprob ranks)
 
     @property
     def tile_v(self) -> int:
@@ -48,20 +49,25 @@ class LmHeadLaunch:
         return 1 << (self.top_k - 1).bit_length() if self.top_k else 0
 
     def partial_bytes(self) -> int:
-        """The per-split partials (4 float32) and top-k candidates (float32 value, int32 id) of this launch."""
-        return self.rows * self.splits * (16 + 8 * self.top_k)
+        """The per-split partials (4 float32, 5 with a rank) and top-k candidates (float32 value, int32 id)."""
+        return self.rows * self.splits * (16 + 4 * self.rank + 8 * self.top_k)
 
 
-def _tile(rows: int, dtype: torch.dtype, top_k: int) -> tuple[int, int, int, int, int, int]:
+def _tile(rows: int, dtype: torch.dtype, top_k: int, rank: bool = False) -> tuple[int, int, int, int, int, int]:
     """(BLOCK_N, BLOCK_V, BLOCK_V2, BLOCK_H, warps, stages): the largest tiles that triton 3.6 compiles for sm_90
     without a spill (bench/hopper.py's report, which compiles every top-k slot count). One 128 x 256 accumulator
     spills 280-2,000 bytes even without top-k; two accumulators, 128 x 128 and 128 x 128 (128 x 64 beside a
     running top-k), folded one after the other, do not. A 32-slot top-k (top-k 17-32) spills 8 bytes at BLOCK_H 64
-    and none at BLOCK_H 32 (four stages keep as many bytes in flight)."""
+    and none at BLOCK_H 32 (four stages keep as many bytes in flight). A rank's threshold and count take the top-k
+    tiles (128 x (128 + 128) spills 8-32 bytes with them), and beside a 32- or 64-slot top-k, which spill 8-32
+    bytes at any of those, a 32-column second block at BLOCK_H 32 (the HTTP front's prompt log-probs, the only
+    launches with a rank, pay ~10 % more operand reads for it)."""
     if dtype == torch.float32:  # no tensor-core path at 1e-4: FMA tiles (32 x 64 and 32 x 32 spilled 8-16 B);
         return 64, 32, 0, 32, 8 if top_k <= 16 else 4, 3  # a 16-slot top-k spills 8 B on 4 warps, a 32-slot on 8
+    if rank and top_k > 16:
+        return 128, 128, 32, 32, 8, 4
     block_n, warps = (128, 8) if rows > 64 else (64, 4)  # few rows: all in one block, the weight read once
-    block_v2 = 64 if top_k else 128
+    block_v2 = 64 if top_k or rank else 128
     block_h, stages = (32, 4) if 16 < top_k <= 32 else (64, 3)
     return block_n, 128, block_v2, block_h, warps, stages
 
@@ -79,12 +85,18 @@ def _splits(row_blocks: int, tiles: int, sms: int) -> tuple[int, int]:
 
 
 def lm_head_launches(
-    rows: int, vocab: int, dtype: torch.dtype, top_k: int = 0, sms: int = H200_SMS, set_size: int = 0
+    rows: int,
+    vocab: int,
+    dtype: torch.dtype,
+    top_k: int = 0,
+    sms: int = H200_SMS,
+    set_size: int = 0,
+    rank: bool = False,
 ) -> list[LmHeadLaunch]:
     """The launches that score `rows` rows: one, or row chunks when the partials would pass PARTIALS_BUDGET."""
     if rows == 0:
         return []
-    block_n, block_v, block_v2, block_h, warps, stages = _tile(rows, dtype, top_k)
+    block_n, block_v, block_v2, block_h, warps, stages = _tile(rows, dtype, top_k, rank)
     tiles = -(-vocab // (block_v + block_v2))
     chunk = rows
     while True:
@@ -92,7 +104,7 @@ def lm_head_launches(
         splits, per = _splits(row_blocks, tiles, sms)
         group = min(16, row_blocks)
         launch = LmHeadLaunch(
-            chunk, block_n, block_v, block_v2, block_h, warps, stages, group, splits, per, top_k, set_size
+            chunk, block_n, block_v, block_v2, block_h, warps, stages, group, splits, per, top_k, set_size, rank
         )
         if launch.partial_bytes() <= PARTIALS_BUDGET or chunk <= block_n:
             break
@@ -100,5 +112,5 @@ def lm_head_launches(
     full, rest = divmod(rows, chunk)
     out = [launch] * full
     if rest:
-        out += lm_head_launches(rest, vocab, dtype, top_k, sms, set_size)
+        out += lm_head_launches(rest, vocab, dtype, top_k, sms, set_size, rank)
     return out

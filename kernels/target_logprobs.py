@@ -42,6 +42,14 @@ def target_logprobs_reference(
     return torch.where(keep, picked, zero), torch.where(keep, entropy, zero), vals, ids
 
 
+def target_ranks_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Each target's rank [N] (int64): the logits at or above its own, itself included, as vLLM v1 ranks a token
+    (`batched_count_greater_than`); 0 on ignore-index rows."""
+    keep = targets != ignore_index
+    own = logits.gather(1, torch.where(keep, targets, 0).long().unsqueeze(1))
+    return torch.where(keep, (logits >= own).sum(dim=1), 0)
+
+
 if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]

@@ -46,12 +46,20 @@ def test_a_worse_launch_costs_more_on_paper(monkeypatch: pytest.MonkeyPatch) -> 
     plan = importlib.import_module("proctor.kernels.lm_head_plan")
     good = cm.lm_head(16_384, 151_936, 4_096, 0)
     real = plan._tile
-    monkeypatch.setattr(plan, "_tile", lambda rows, dtype, top_k: (128, 128, 0, 64, 8, 3))  # one accumulator
+    monkeypatch.setattr(plan, "_tile", lambda rows, dtype, top_k, rank: (128, 128, 0, 64, 8, 3))  # one accumulator
     worse = cm.lm_head(16_384, 151_936, 4_096, 0)
     assert worse.l2_bytes > 1.3 * good.l2_bytes and worse.ms > 29.5 > good.ms
     monkeypatch.setattr(plan, "_tile", real)
     monkeypatch.setattr(plan, "_splits", lambda row_blocks, tiles, sms: (1, tiles))  # one split: 128 programs
     assert cm.lm_head(16_384, 151_936, 4_096, 0).mma_ms > 1.02 * good.mma_ms, "4 of 132 SMs idle the whole time"
+
+
+def test_a_rank_costs_its_gather_and_count_not_a_second_product() -> None:
+    """The HTTP front's prompt log-probs (top-20 + rank): thresholds gathered first, counts in the same tiles."""
+    plain, ranked = cm.lm_head(16_384, 151_936, 4_096, 20), cm.lm_head(16_384, 151_936, 4_096, 20, rank=True)
+    assert ranked.flops <= 1.01 * plain.flops
+    assert plain.ms < ranked.ms <= 1.08 * plain.ms
+    assert ranked.extra_bytes <= 0.1 * GIB
 
 
 def test_top_k_merge_passes_grow_with_k_and_log_tiles() -> None:

@@ -103,3 +103,52 @@ def test_a_target_outside_the_vocabulary_is_refused() -> None:
         lm_head_logprobs_triton(h, w, t)
     t[1] = -100
     assert lm_head_logprobs_triton(h, w, t)[0][1] == 0.0
+
+
+def _ranks(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the kernel's ranks, float64 ranks on the same rounded inputs), every other output still checked."""
+    got = torch.full((h.shape[0],), -1, dtype=torch.long)
+    lp, ent, vals, _ = lm_head_logprobs_triton(h, w, t, top_k=top_k, rank_out=got)
+    ref = torch.full_like(got, -1)
+    ref_lp, ref_ent, ref_vals, _ = lm_head_logprobs_reference(h.double(), w.double(), t, top_k=top_k, rank_out=ref)
+    assert (lp.double() - ref_lp).abs().max() <= 1e-4, "a rank leaves the log-probs as they were"
+    assert (ent.double() - ref_ent).abs().max() <= 1e-4
+    if top_k:
+        assert vals is not None and ref_vals is not None and (vals.double() - ref_vals).abs().max() <= 1e-4
+    return got, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("n", "vocab", "hidden", "top_k"),
+    # ragged last tiles as in test_matches_float64; 3,001 words: many splits, each counting its own columns
+    [(5, 300, 48, 1), (70, 600, 64, 20), (3, 129, 16, 64), (4, 3_001, 32, 0)],
+)
+def test_ranks_match_float64(dtype: torch.dtype, n: int, vocab: int, hidden: int, top_k: int) -> None:
+    h, w, t = _inputs(n, vocab, hidden, dtype, seed=n * vocab)
+    logits = h.double() @ w.double().T
+    t[0] = int(logits[0].argmax())  # rank 1
+    t[-1] = int(logits[-1].argmin())  # rank V (no ties in random logits)
+    if n > 2:
+        t[1] = -100
+    got, ref = _ranks(h, w, t, top_k)
+    assert got[0] == ref[0] == 1 and got[-1] == ref[-1] == vocab, "ranks count the target itself, as vLLM's"
+    if n > 2:
+        assert got[1] == ref[1] == 0, "an ignore-index row has no rank"
+    # A logit within float32 rounding of the target's may count either way: rows differ by at most those.
+    own = logits.gather(1, t.clamp(min=0)[:, None])
+    near = ((logits - own).abs() < 1e-4).sum(dim=1) - 1
+    assert ((got - ref).abs() <= near).all(), (got, ref, near)
+    assert (got == ref).float().mean() >= 0.95
+
+
+def test_ranks_with_row_chunks_and_a_wrong_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    h, w, t = _inputs(150, 200, 32, torch.float32, seed=5)
+    whole, ref = _ranks(h, w, t, top_k=4)
+    assert torch.equal(whole, ref)
+    monkeypatch.setattr(lm_head_plan, "PARTIALS_BUDGET", 1)
+    assert [launch.rows for launch in lm_head_launches(150, 200, torch.float32, 4, rank=True)] == [64, 64, 22]
+    chunked, _ = _ranks(h, w, t, top_k=4)
+    assert torch.equal(chunked, ref)
+    with pytest.raises(ValueError, match=r"rank_out must be an int64 \[150\] tensor, got torch.int32 \(150,\)"):
+        lm_head_logprobs_triton(h, w, t, rank_out=torch.zeros(150, dtype=torch.int32))
