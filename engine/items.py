@@ -53,6 +53,7 @@ class Sample:
     cumulative_logprob: float | None  # when log-probs were asked for
     logprobs: list[float] | None = None
     top: TopK | None = None
+    ranks: list[int] | None = None  # with the log-probs: each token's rank (the tokens at least as likely)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ScoreItem:
     context_ids: list[int]
     target_ids: list[int]
     top_k: int = 0
+    rank: bool = False  # also each target's rank: the tokens at least as likely as it, itself included (vLLM's)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class GroupOutput:
 class ScoreOutput:
     logprobs: list[float]
     top: TopK | None = None
+    ranks: list[int] | None = None  # when the item asked for them
     queue_s: float = 0.0
     inference_s: float = 0.0
 

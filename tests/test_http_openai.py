@@ -120,6 +120,14 @@ async def test_prime_rl_arctic_and_swift_shapes(tiny_server: ProctorServer, refe
     prime = [0.0 if lp is None else next(iter(lp.values()))["logprob"] for lp in out["prompt_logprobs"]]
     assert prime[0] == 0.0 and prime[1:] == pytest.approx(expected, abs=1e-4)
     assert len(out["choices"]) == 1 and len(out["choices"][0]["token_ids"]) == 1
+    # a generated token's rank counts the whole vocabulary too (vLLM's: ties in)
+    body["sampling_params"] |= {"max_tokens": 3, "logprobs": 2, "prompt_logprobs": None}
+    status, out, _ = await asyncio.to_thread(call, url + "/inference/v1/generate", body)
+    assert status == 200, out
+    generated = out["choices"][0]["token_ids"]
+    rows = reference(seq + generated)[len(seq) - 1 : -1]
+    for step, token, row in zip(out["choices"][0]["logprobs"]["content"], generated, rows, strict=True):
+        assert step["token_id"] == token and step["rank"] == int((row >= row[token]).sum()), step
 
     # ArcticTraining: no model, max_tokens 0, echo, logprobs 1; reads the legacy token_logprobs
     status, out, _ = await asyncio.to_thread(
@@ -168,14 +176,23 @@ async def test_prompt_logprobs_vllm_entry_order_and_ranks(tiny_server: ProctorSe
         assert int(entries[0][0]) == seq[p], "the actual token's entry comes first"
         row = ref[p - 1]
         assert entries[0][1]["logprob"] == pytest.approx(row[seq[p]].item(), abs=1e-4)
-        true_rank = int((row >= row[seq[p]]).sum())  # vLLM counts ties in
-        assert entries[0][1]["rank"] == true_rank if true_rank <= 3 else entries[0][1]["rank"] == 4
+        assert entries[0][1]["rank"] == int((row >= row[seq[p]]).sum()), "the whole vocabulary, ties in, as vLLM"
         top = row.topk(3)
         rest = {int(k): v for k, v in entries if int(k) != seq[p]}
         for rank, (value, token) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True), 1):
             if token != seq[p]:
                 assert rest[token]["rank"] == rank and rest[token]["logprob"] == pytest.approx(value, abs=1e-4)
         assert all(not math.isnan(e["logprob"]) for _, e in entries)
+    # prompt_logprobs 0: the actual token alone, still ranked in the whole vocabulary
+    status, out, _ = await asyncio.to_thread(
+        call,
+        base(tiny_server) + "/v1/completions",
+        {"prompt": seq, "max_tokens": 0, "prompt_logprobs": 0, "echo": True},
+    )
+    assert status == 200, out
+    for p, position in enumerate(out["choices"][0]["prompt_logprobs"][1:], 1):
+        row = ref[p - 1]
+        assert list(position) == [str(seq[p])] and position[str(seq[p])]["rank"] == int((row >= row[seq[p]]).sum())
 
 
 async def test_bad_bodies_name_the_field(tiny_server: ProctorServer) -> None:

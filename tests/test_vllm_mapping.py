@@ -101,12 +101,13 @@ def test_top_of_drops_the_lower_ranked_chosen_token() -> None:
 
 def test_to_sample_maps_a_completion() -> None:
     params = SamplingParams(max_tokens=2, top_logprobs=1)
-    logprobs = [{5: Lp(-1.0), 6: Lp(-0.1)}, {2: Lp(-0.2)}]
+    logprobs = [{5: Lp(-1.0, 2), 6: Lp(-0.1, 1)}, {2: Lp(-0.2, 1)}]
     sample = to_sample(1, [5, 2], "ab", "stop", 2, logprobs, params)
     assert sample.index == 1 and sample.token_ids == [5, 2] and sample.text == "ab"
     assert sample.finish_reason is FinishReason.STOP and sample.stop_reason == "2"
     assert sample.logprobs == [-1.0, -0.2] and sample.cumulative_logprob == pytest.approx(-1.2)
     assert sample.top is not None and sample.top.ids == [[6], [2]]
+    assert sample.ranks == [2, 1], "vLLM's own ranks"
     plain = to_sample(0, [5], "a", "length", None, None, SamplingParams(detokenize=False))
     assert plain.finish_reason is FinishReason.LENGTH and plain.stop_reason == ""
     assert plain.logprobs is None and plain.top is None and plain.text == ""
@@ -121,7 +122,10 @@ def test_target_scores_read_the_target_positions() -> None:
     out = target_scores(prompt, prompt_logprobs, 2, top_k=1)
     assert out.logprobs == [-3.0, -0.4]
     assert out.top is not None and out.top.ids == [[8], [4]] and out.top.logprobs == [[-0.1], [-0.4]]
+    assert out.ranks is None, "asked for none"
     assert target_scores(prompt, prompt_logprobs, 1, top_k=0).top is None
+    ranked = [None, {2: Lp(-2.0, 7)}, {3: Lp(-3.0, 40), 8: Lp(-0.1, 1)}, {4: Lp(-0.4, 1), 8: Lp(-1.0, 2)}]
+    assert target_scores(prompt, ranked, 1, top_k=0, rank=True).ranks == [7, 40, 1], "vLLM's own ranks"
     with pytest.raises(ValueError, match="context token"):
         target_scores(prompt, prompt_logprobs, 0, top_k=0)
 

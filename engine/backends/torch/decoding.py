@@ -25,6 +25,7 @@ class Seq:
     generator: torch.Generator
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
     top: TopK = field(default_factory=TopK)
     text: str | None = None  # set when a stop string cut it
     finish: FinishReason | None = None
@@ -70,15 +71,18 @@ class Decoding:
         )
 
     def record(self, seqs: list[Seq], logits: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Append each row's sampled token with its raw log-prob, then check the stop conditions."""
+        """Append each row's sampled token with its raw log-prob and rank, then check the stop conditions."""
         raw = torch.log_softmax(logits, dim=-1)
-        chosen = raw.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        picked = raw.gather(1, tokens.unsqueeze(1))
+        chosen = picked.squeeze(1).tolist()
+        ranks = (raw >= picked).sum(dim=1).tolist()  # vLLM's rank: the tokens at least as likely, itself included
         max_k = max(s.job.item.params.top_logprobs for s in seqs)
         top_vals, top_ids = raw.topk(max_k, dim=-1) if max_k else (None, None)
-        for row, (s, token, lp) in enumerate(zip(seqs, tokens.tolist(), chosen, strict=True)):
+        for row, (s, token, lp, rank) in enumerate(zip(seqs, tokens.tolist(), chosen, ranks, strict=True)):
             p = s.job.item.params
             s.tokens.append(token)
             s.logprobs.append(lp)
+            s.ranks.append(rank)
             if p.top_logprobs and top_vals is not None and top_ids is not None:
                 s.top.ids.append(top_ids[row, : p.top_logprobs].tolist())
                 s.top.logprobs.append(top_vals[row, : p.top_logprobs].tolist())
@@ -116,6 +120,7 @@ class Decoding:
             cumulative_logprob=float(sum(s.logprobs)) if p.logprobs or p.top_logprobs else None,
             logprobs=s.logprobs if p.logprobs or p.top_logprobs else None,
             top=s.top if p.top_logprobs else None,
+            ranks=s.ranks if p.logprobs or p.top_logprobs else None,
         )
         if all(slot is not None for slot in slots):
             now = time.perf_counter()

@@ -188,9 +188,12 @@ class ForwardPasses:
             targets.extend(it.target_ids)
         picked = hidden[torch.tensor(rows, device=self._device), torch.tensor(cols, device=self._device)]
         top_k = max(it.top_k for it in items.values())
+        want_ranks = any(it.rank for it in items.values())
+        ranks = torch.empty(len(targets), dtype=torch.long, device=self._device) if want_ranks else None
         logprobs, _, top_vals, top_ids = lm_head_logprobs(
-            picked, weight, torch.tensor(targets, device=self._device), top_k=top_k
+            picked, weight, torch.tensor(targets, device=self._device), top_k=top_k, rank_out=ranks
         )
+        ranks_l = ranks.cpu().tolist() if ranks is not None else None
         logprobs_l = logprobs.cpu().tolist()
         top_vals_l = top_vals.cpu().tolist() if top_vals is not None else None
         top_ids_l = top_ids.cpu().tolist() if top_ids is not None else None
@@ -203,7 +206,9 @@ class ForwardPasses:
             if it.top_k and top_vals_l is not None and top_ids_l is not None:
                 k = it.top_k
                 top = TopK(ids=[r[:k] for r in top_ids_l[span]], logprobs=[r[:k] for r in top_vals_l[span]])
-            out[b] = ScoreOutput(logprobs=logprobs_l[span], top=top)
+            out[b] = ScoreOutput(
+                logprobs=logprobs_l[span], top=top, ranks=ranks_l[span] if it.rank and ranks_l is not None else None
+            )
         return out
 
     def generate_wave(self, jobs: list[GenerateJob]) -> None:

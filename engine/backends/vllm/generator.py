@@ -119,13 +119,14 @@ class VllmGenerator(EngineHolder):
         # Submitted together, so vLLM's scheduler takes them into the same steps.
         return list(await asyncio.gather(*(self.generate(item) for item in items)))
 
-    async def _prompt_scores(self, prompt_ids: list[int], first: int, top_k: int) -> ScoreOutput:
+    async def _prompt_scores(self, prompt_ids: list[int], first: int, top_k: int, rank: bool = False) -> ScoreOutput:
         out = await self._run(prompt_ids, score_kwargs(top_k))
-        return target_scores(prompt_ids, out.prompt_logprobs, first, top_k)
+        return target_scores(prompt_ids, out.prompt_logprobs, first, top_k, rank)
 
     async def score(self, item: ScoreItem) -> ScoreOutput:
         started = time.perf_counter()
-        result = await self._prompt_scores(item.context_ids + item.target_ids, len(item.context_ids), item.top_k)
+        ids = item.context_ids + item.target_ids
+        result = await self._prompt_scores(ids, len(item.context_ids), item.top_k, item.rank)
         result.inference_s = time.perf_counter() - started
         return result
 

@@ -134,12 +134,16 @@ class VllmHiddenScorer(EngineHolder):
 
     # ---- the lm_head (executor thread) -----------------------------------------------------------------------
 
-    def _target_logprobs(self, rows: list[torch.Tensor], targets: list[list[int]], top_k: int) -> list[ScoreOutput]:
+    def _target_logprobs(
+        self, rows: list[torch.Tensor], targets: list[list[int]], top_k: int, rank: bool = False
+    ) -> list[ScoreOutput]:
         """Sequence i's hidden rows `rows[i]` predict its `targets[i]` (one row per target): one kernel call."""
         assert self._weight is not None
         hidden = torch.cat(rows).to(self._device, self._weight.dtype)
         flat = torch.tensor(list(itertools.chain.from_iterable(targets)), device=self._device)
-        logprobs, _, top_vals, top_ids = lm_head_logprobs(hidden, self._weight, flat, top_k=top_k)
+        ranks = torch.empty(len(flat), dtype=torch.long, device=self._device) if rank else None
+        logprobs, _, top_vals, top_ids = lm_head_logprobs(hidden, self._weight, flat, top_k=top_k, rank_out=ranks)
+        rk = ranks.cpu().tolist() if ranks is not None else None
         lp = logprobs.cpu().tolist()
         tv = top_vals.cpu().tolist() if top_vals is not None else None
         ti = top_ids.cpu().tolist() if top_ids is not None else None
@@ -149,7 +153,7 @@ class VllmHiddenScorer(EngineHolder):
             span = slice(offset, offset + len(t))
             offset += len(t)
             top = TopK(ids=ti[span], logprobs=tv[span]) if tv is not None and ti is not None else None
-            out.append(ScoreOutput(logprobs=lp[span], top=top))
+            out.append(ScoreOutput(logprobs=lp[span], top=top, ranks=rk[span] if rk is not None else None))
         return out
 
     def _probe_logprobs(self, last: torch.Tensor, token_ids: list[list[int]]) -> list[ScoreOutput]:
@@ -175,7 +179,7 @@ class VllmHiddenScorer(EngineHolder):
         hidden = await self._hidden(item.context_ids + item.target_ids, first)
         result: ScoreOutput
         (result,) = await self._run(
-            self._target_logprobs, [hidden[: len(item.target_ids)]], [item.target_ids], item.top_k
+            self._target_logprobs, [hidden[: len(item.target_ids)]], [item.target_ids], item.top_k, item.rank
         )
         result.inference_s = time.perf_counter() - started
         return result

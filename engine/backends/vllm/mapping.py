@@ -17,9 +17,16 @@ class LogprobLike(Protocol):
     """What vLLM's `Logprob` carries that proctor reads."""
 
     logprob: float
+    rank: int | None  # the tokens at least as likely, itself included (vLLM v1 always fills it)
 
 
 PositionLogprobs = Mapping[int, LogprobLike]
+
+
+def rank_of(entry: LogprobLike) -> int:
+    if entry.rank is None:
+        raise ValueError("vLLM returned a log-prob without its rank")
+    return int(entry.rank)
 
 
 def engine_kwargs(model: str, dtype: str, settings: VllmSettings) -> dict[str, Any]:
@@ -94,9 +101,10 @@ def to_sample(
     params: SamplingParams,
 ) -> Sample:
     """One vLLM `CompletionOutput` (asked with `sampling_kwargs`: log-probs are there when the caller asked)."""
-    chosen = None
+    chosen = ranks = None
     if logprobs is not None:
         chosen = [float(pos[token].logprob) for token, pos in zip(token_ids, logprobs, strict=True)]
+        ranks = [rank_of(pos[token]) for token, pos in zip(token_ids, logprobs, strict=True)]
     top: TopK | None = None
     if params.top_logprobs and logprobs is not None:
         top = TopK()
@@ -113,26 +121,35 @@ def to_sample(
         cumulative_logprob=float(sum(chosen)) if chosen is not None else None,
         logprobs=chosen,
         top=top,
+        ranks=ranks,
     )
 
 
 def target_scores(
-    prompt_ids: Sequence[int], prompt_logprobs: Sequence[PositionLogprobs | None], first: int, top_k: int
+    prompt_ids: Sequence[int],
+    prompt_logprobs: Sequence[PositionLogprobs | None],
+    first: int,
+    top_k: int,
+    rank: bool = False,
 ) -> ScoreOutput:
-    """Log-probs of `prompt_ids[first:]` from vLLM's prompt log-probs (position 0 has none: `first` >= 1)."""
+    """Log-probs of `prompt_ids[first:]` from vLLM's prompt log-probs (position 0 has none: `first` >= 1), with
+    vLLM's ranks when asked."""
     if first < 1:
         raise ValueError("the first scored position needs a context token before it")
     positions: Iterable[tuple[int, PositionLogprobs | None]] = zip(
         prompt_ids[first:], prompt_logprobs[first:], strict=True
     )
     logprobs: list[float] = []
+    ranks: list[int] | None = [] if rank else None
     top = TopK() if top_k else None
     for token, pos in positions:
         if pos is None:
             raise ValueError("vLLM returned no log-probs for a scored position")
         logprobs.append(float(pos[token].logprob))
+        if ranks is not None:
+            ranks.append(rank_of(pos[token]))
         if top is not None:
             ids, lps = top_of(pos, top_k)
             top.ids.append(ids)
             top.logprobs.append(lps)
-    return ScoreOutput(logprobs=logprobs, top=top)
+    return ScoreOutput(logprobs=logprobs, top=top, ranks=ranks)

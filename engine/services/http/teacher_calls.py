@@ -3,8 +3,8 @@ the fused Score path (never a [tokens, vocab] tensor) and completions from the G
 
 Prompt log-probs are vLLM's: per prompt position the actual token's entry first, then the top-k, each with its
 log-prob and rank; position 0 has none. They are the model's raw log-probs (vLLM's default `logprobs_mode`),
-whatever the request's temperature. The Score path ranks its top-k only: an actual token outside the top-k gets
-rank k + 1, a lower bound of its true rank (vLLM counts the whole vocabulary there).
+whatever the request's temperature. Ranks count the whole vocabulary, ties in, as vLLM's do: the Score path counts
+the logits at or above each prompt token's in the same pass, and the Generate path each sampled token's.
 """
 
 from __future__ import annotations
@@ -127,22 +127,23 @@ class TeacherCalls:
         """Per position of `ids`: None at 0, then the actual token's entry and the top-k (Score's fused path)."""
         if len(ids) < 2:
             return [None] * len(ids)
-        # top-1 at least, so that an actual token of rank 1 is known to be rank 1
         out = await self._call(
-            "Score", self.backend.score(ScoreItem(context_ids=ids[:1], target_ids=ids[1:], top_k=max(k, 1)))
+            "Score", self.backend.score(ScoreItem(context_ids=ids[:1], target_ids=ids[1:], top_k=k, rank=True))
         )
         self.svc.metrics.count_tokens(self.svc.name, "Score", prompt=1, scored=len(ids) - 1)
         self.svc.metrics.observe_times(self.svc.name, "Score", out.queue_s, out.inference_s)
-        assert out.top is not None
-        top = out.top
+        assert out.ranks is not None
+        ranks = out.ranks
+        top_ids: list[list[int]] = out.top.ids if out.top else [[] for _ in ranks]
+        top_lps: list[list[float]] = out.top.logprobs if out.top else [[] for _ in ranks]
         # ~20 entries per position: built off the event loop, like the JSON that carries them
         return await asyncio.to_thread(
             lambda: (
                 [None]
                 + [
-                    _position(actual, logprob, top_ids, top_lps, k)
-                    for actual, logprob, top_ids, top_lps in zip(
-                        ids[1:], out.logprobs, top.ids, top.logprobs, strict=True
+                    _position(actual, logprob, top_i, top_lp, k, rank)
+                    for actual, logprob, top_i, top_lp, rank in zip(
+                        ids[1:], out.logprobs, top_ids, top_lps, ranks, strict=True
                     )
                 ]
             )
@@ -163,19 +164,17 @@ class TeacherCalls:
             raise ApiError(status, exc.message, exc.field or None, 1 if status in (429, 503) else None) from None
 
 
-def _position(actual: int, logprob: float, top_ids: list[int], top_lps: list[float], k: int) -> list[Entry]:
-    """The actual token's entry (ranked within `top_ids`, else one past them), then the first k of the top."""
-    rank = top_ids.index(actual) + 1 if actual in top_ids else len(top_ids) + 1
+def _position(actual: int, logprob: float, top_ids: list[int], top_lps: list[float], k: int, rank: int) -> list[Entry]:
+    """The actual token's entry, then the first k of the top."""
     rest = [Entry(t, lp, r) for r, (t, lp) in enumerate(zip(top_ids[:k], top_lps[:k], strict=True), 1) if t != actual]
     return [Entry(actual, logprob, rank), *rest]
 
 
 def sample_steps(sample: Sample, k: int) -> list[Position]:
     """A generated sample's tokens as positions: the sampled token first, then its step's top-k."""
-    logprobs = sample.logprobs or []
-    top = sample.top
+    logprobs, ranks, top = sample.logprobs or [], sample.ranks or [], sample.top
     return [
-        _position(token, logprobs[i], top.ids[i] if top else [], top.logprobs[i] if top else [], k)
+        _position(token, logprobs[i], top.ids[i] if top else [], top.logprobs[i] if top else [], k, ranks[i])
         for i, token in enumerate(sample.token_ids)
     ]
 
