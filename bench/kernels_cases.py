@@ -68,8 +68,10 @@ def torch_logprobs(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> O
     return lsm.gather(1, targets[:, None])[:, 0], -(lsm.exp() * lsm).sum(dim=-1), vals, ids
 
 
-def lm_head_ms(rows: int, vocab: int, hidden: int, top_k: int, set_size: int, ceil: cost_model.Ceilings) -> float:
-    return cost_model.lm_head(rows, vocab, hidden, top_k, set_size=set_size, ceil=ceil).ms
+def lm_head_ms(
+    rows: int, vocab: int, hidden: int, top_k: int, set_size: int, ceil: cost_model.Ceilings, rank: bool = False
+) -> float:
+    return cost_model.lm_head(rows, vocab, hidden, top_k, set_size=set_size, ceil=ceil, rank=rank).ms
 
 
 def torch_lm_head(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, top_k: int) -> Outputs:
@@ -195,6 +197,43 @@ def check_lm_head(c: Check, shapes: Shapes) -> None:
         c.timed(case, "torch bf16 GEMM + fp32 log_softmax", functools.partial(torch_lm_head, h, w, targets, k), err)
         if not k:  # the fused baselines give the target's log-prob only
             fused_baselines(c, case, h, w, targets, err)
+    check_ranks(c, shapes, h, w, targets, rows, ref, err)
+
+
+def check_ranks(
+    c: Check,
+    shapes: Shapes,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor,
+    ref: torch.Tensor,
+    err: Callable[[Outputs], float],
+) -> None:
+    """The HTTP front's prompt log-probs: top-k and each target's rank in one pass. A rank off from float64's
+    (beyond the logits within float32 rounding of the target's) is an infinite error."""
+    from proctor.kernels.lm_head_logprobs import lm_head_logprobs_triton
+
+    n, vocab, hidden = shapes.lm_head
+    k = shapes.lm_head_top_k[-1]
+    case = f"hidden -> lm_head -> log-prob + entropy + top-{k} + rank, {n}x{vocab}x{hidden} bf16"
+    ranks = torch.empty(n, dtype=torch.long, device=c.device)
+    own = ref.gather(1, targets.cpu()[rows.cpu()].long()[:, None])
+    ref_ranks = (ref >= own).sum(dim=1)
+    near = ((ref - own).abs() < 1e-4).sum(dim=1) - 1
+
+    def rank_err(out: Outputs) -> float:
+        off = (ranks.cpu()[rows.cpu()] - ref_ranks).abs()
+        return err(out) if bool((off <= near).all()) else float("inf")
+
+    c.timed(
+        case,
+        "proctor fused lm_head + rank",
+        functools.partial(lm_head_logprobs_triton, h, w, targets, k, rank_out=ranks),
+        rank_err,
+        True,
+        functools.partial(lm_head_ms, n, vocab, hidden, k, 0, rank=True),
+    )
 
 
 def fused_baselines(

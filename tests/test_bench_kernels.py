@@ -23,10 +23,11 @@ def test_rehearsal_passes_and_writes_its_report(tmp_path: Path) -> None:
     assert {r["impl"] for r in gated} == {
         "proctor target_logprobs, one pass",
         "proctor fused lm_head",
+        "proctor fused lm_head + rank",
         "proctor token_logprobs, fused lm_head",
         "proctor token_logprobs from bf16 logits",
     }
-    assert len(gated) == 5 and all(r["ok"] and r["max_err"] <= 1e-4 for r in gated)
+    assert len(gated) == 6 and all(r["ok"] and r["max_err"] <= 1e-4 for r in gated)
     # Liger-Kernel's own kernels, called as the GPU run calls them (bf16 in, so not held to 1e-4 here)
     liger = [r for r in record["rows"] if r["impl"].startswith("Liger")]
     assert {r["impl"] for r in liger} == {"Liger cross-entropy (log-prob only)", "Liger fused linear cross-entropy"}
@@ -48,6 +49,22 @@ def test_a_wrong_kernel_fails_the_check(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(module, "target_logprobs_triton", off_by_a_little)
     assert kernels.main(["--check", "--rehearse", "--out", str(tmp_path)]) == 1
     assert "FAILED" in (tmp_path / "kernels-check.md").read_text()
+
+
+def test_a_rank_off_by_one_fails_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module("proctor.kernels.lm_head_logprobs")
+    real = module.lm_head_logprobs_triton
+
+    def one_too_many(*args: object, rank_out: torch.Tensor | None = None, **kw: object) -> object:
+        out = real(*args, rank_out=rank_out, **kw)
+        if rank_out is not None:
+            rank_out += 1
+        return out
+
+    monkeypatch.setattr(module, "lm_head_logprobs_triton", one_too_many)
+    assert kernels.main(["--check", "--rehearse", "--out", str(tmp_path)]) == 1
+    rows = json.loads((tmp_path / "kernels-check.json").read_text())["rows"]
+    assert [r["ok"] for r in rows if r["tolerance"] is not None and not r["ok"]] == [False]
 
 
 def test_ceilings_are_measured_as_rates() -> None:
