@@ -241,17 +241,8 @@ if triton is not None:
             tl.store(topi_ptr + cand, best_i, keep)
 
 
-POINTERS = (
-    "h_ptr",
-    "w_ptr",
-    "t_ptr",
-    "thr_ptr",
-    "part_ptr",
-    "topv_ptr",
-    "topi_ptr",
-    "ids_ptr",
-    "set_ptr",
-)  # tensor arguments
+# the tensor arguments
+POINTERS = ("h_ptr", "w_ptr", "t_ptr", "thr_ptr", "part_ptr", "topv_ptr", "topi_ptr", "ids_ptr", "set_ptr")
 
 
 def kernel_arguments(
