@@ -117,12 +117,14 @@ def lm_head(
     zero |= dict.fromkeys(("hbm_ms", "l2_ms", "ms", "extra_bytes"), 0.0)
     total = Prediction(f"lm_head {rows}x{vocab}x{hidden} top-{top_k}{' + rank' if rank else ''}", 0, **zero, bound="")
     extra = 0.0
-    if rank:  # the thresholds: each row and its target's weight row read once, in float32 temporaries
-        gathered = rows * hidden * elt * 2 + rows * hidden * 4 * 3
+    if rank:  # the thresholds (target_logits): per 4,096-row chunk the target rows gathered (read, written, read
+        # again by a batched dot beside the hidden rows), in ~6 torch launches
+        chunks = -(-rows // 4_096)
+        gathered = rows * hidden * elt * 4
         total.hbm_bytes += gathered
         total.hbm_ms += gathered / ceil.hbm_bps * 1e3
-        total.ms += (gathered / ceil.hbm_bps + 5 * LAUNCH_S) * 1e3
-        extra = rows * 4 + min(rows, 1024) * hidden * 4 * 2  # thresholds, and a row chunk's float32 temporaries
+        total.ms += (gathered / ceil.hbm_bps + 6 * chunks * LAUNCH_S) * 1e3
+        extra = rows * 4 + min(rows, 4_096) * hidden * elt  # thresholds, and a chunk's gathered rows
     for launch in plan.lm_head_launches(rows, vocab, dtype, top_k, SMS, set_size, rank):
         bn, bv = launch.block_n, launch.tile_v
         tile_flops = 2.0 * bn * bv * hidden

@@ -20,7 +20,11 @@ token also stores that token's logit for its rows, so the probes' log-probs need
 
 With `rank_out` (vLLM's ranks: the tokens at least as likely as the target, itself included) each row's target logit
 is computed first, one row of the weight per row (a gather, not a product), and the tiles count the other logits at
-or above it; a logit within float32 rounding of the target's may count either way.
+or above it. Like vLLM, which ranks the logits its lm_head gives in the model's dtype, a 16-bit model's logits count
+as rounded to that dtype, so its ties count in: the threshold is the least float32 that rounds to the target's
+rounded logit or above (`rank_threshold`), and the kernel compares its float32 logits with it, at no cost per
+logit. A logit within float32 accumulation error of that boundary (in float32, of the target's) may count either
+way.
 
 Ignore-index rows (target == ignore_index) get 0.0 log-prob and entropy.
 """
@@ -75,8 +79,8 @@ def lm_head_logprobs_reference(
     for s in range(0, hidden.shape[0], chunk_rows):
         logits, t = hidden[s : s + chunk_rows].to(compute) @ w.T, targets[s : s + chunk_rows]
         parts.append(target_logprobs_reference(logits, t, top_k, ignore_index))
-        if rank_out is not None:
-            rank_out[s : s + chunk_rows] = target_ranks_reference(logits, t, ignore_index)
+        if rank_out is not None:  # ranked as the inputs' dtype gives the logits (vLLM's lm_head does)
+            rank_out[s : s + chunk_rows] = target_ranks_reference(logits.to(hidden.dtype), t, ignore_index)
     if not parts:
         empty = torch.empty(0, dtype=compute, device=hidden.device)
         return empty, empty, None, None
@@ -311,18 +315,33 @@ def combine(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return row_max + torch.log(total), (sum_x_exp * scale).sum(dim=1) / total
 
 
+def rank_threshold(logit: torch.Tensor) -> torch.Tensor:
+    """The least float32 x that rounds (to nearest, ties to even) to `logit`, a 16-bit value, or above: a float32
+    x >= it exactly when x in that dtype >= `logit`. float32 logits are their own threshold."""
+    if logit.dtype == torch.float32:
+        return logit
+    bits = logit.view(torch.int16).int()
+    magnitude_zero = (bits & 0x7FFF) == 0
+    # the next value down: -0 and +0 step to the least negative subnormal; negatives grow in magnitude
+    below = torch.where(magnitude_zero, torch.full_like(bits, -0x7FFF), torch.where(bits < 0, bits + 1, bits - 1))
+    mid = ((below.to(torch.int16).view(logit.dtype).double() + logit.double()) / 2).float()  # exact in float32
+    odd = (bits & 1) == 1  # a tie at mid rounds to the even one of the two: to `logit` only if it is even
+    return torch.where(odd, torch.nextafter(mid, torch.full_like(mid, float("inf"))), mid)
+
+
 def target_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int = 1024
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int = 4096
 ) -> torch.Tensor:
-    """Each row's target logit [N] in float32 (+inf on ignore-index rows), one weight row gathered per row: the
-    thresholds of a rank count."""
+    """Each row's rank threshold [N] (float32; +inf on ignore-index rows): its target logit as the inputs' dtype
+    gives it (a batched dot with float32 accumulation, rounded as a 16-bit lm_head rounds its logits), through
+    `rank_threshold`. One weight row gathered per row, in chunks (4,096 rows x H = 32 MiB at H 4,096 in 16 bits)."""
     out = torch.full((hidden.shape[0],), float("inf"), dtype=torch.float32, device=hidden.device)
     for s in range(0, hidden.shape[0], chunk_rows):
         t = targets[s : s + chunk_rows]
         keep = t != ignore_index
-        rows = weight[torch.where(keep, t, 0)].float()
-        logit = (hidden[s : s + chunk_rows].float() * rows).sum(dim=1)
-        out[s : s + chunk_rows] = torch.where(keep, logit, float("inf"))
+        rows = weight[torch.where(keep, t, 0)]
+        logit = torch.bmm(hidden[s : s + chunk_rows, None, :], rows[:, :, None])[:, 0, 0]
+        out[s : s + chunk_rows] = torch.where(keep, rank_threshold(logit), float("inf"))
     return out
 
 

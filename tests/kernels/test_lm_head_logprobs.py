@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from proctor.kernels import lm_head_plan
-from proctor.kernels.lm_head_logprobs import lm_head_logprobs_reference, lm_head_logprobs_triton
+from proctor.kernels.lm_head_logprobs import lm_head_logprobs_reference, lm_head_logprobs_triton, rank_threshold
 from proctor.kernels.lm_head_plan import H200_SMS, PARTIALS_BUDGET, lm_head_launches
 
 pytest.importorskip("triton")
@@ -106,16 +106,36 @@ def test_a_target_outside_the_vocabulary_is_refused() -> None:
 
 
 def _ranks(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the kernel's ranks, float64 ranks on the same rounded inputs), every other output still checked."""
+    """(the kernel's ranks, float64's), every other output still checked against float64 and the ranks bounded.
+
+    float64's: the logits rounded to the inputs' dtype, as the kernel (and vLLM's lm_head) ranks them. Bounds: a
+    logit within float32 accumulation error (1e-5) of a rounding boundary may round either way; the torch
+    reference (the CPU path) must fall within them too."""
     got = torch.full((h.shape[0],), -1, dtype=torch.long)
     lp, ent, vals, _ = lm_head_logprobs_triton(h, w, t, top_k=top_k, rank_out=got)
-    ref = torch.full_like(got, -1)
-    ref_lp, ref_ent, ref_vals, _ = lm_head_logprobs_reference(h.double(), w.double(), t, top_k=top_k, rank_out=ref)
+    ref_lp, ref_ent, ref_vals, _ = lm_head_logprobs_reference(h.double(), w.double(), t, top_k=top_k)
     assert (lp.double() - ref_lp).abs().max() <= 1e-4, "a rank leaves the log-probs as they were"
     assert (ent.double() - ref_ent).abs().max() <= 1e-4
     if top_k:
         assert vals is not None and ref_vals is not None and (vals.double() - ref_vals).abs().max() <= 1e-4
-    return got, ref
+    logits = h.double() @ w.double().T
+    keep = t != -100
+    at = t.clamp(min=0)[:, None]
+
+    def rnd(x: torch.Tensor) -> torch.Tensor:
+        return x.to(h.dtype).double()
+
+    others = torch.ones_like(logits, dtype=torch.bool).scatter(1, at, False)
+    own = logits.gather(1, at)
+    exact = ((rnd(logits) >= rnd(own)) & others).sum(dim=1) + 1
+    low = ((rnd(logits - 1e-5) >= rnd(own + 1e-5)) & others).sum(dim=1) + 1
+    high = ((rnd(logits + 1e-5) >= rnd(own - 1e-5)) & others).sum(dim=1) + 1
+    exact, low, high = (torch.where(keep, x, 0) for x in (exact, low, high))
+    cpu = torch.full_like(got, -1)
+    lm_head_logprobs_reference(h, w, t, top_k=top_k, rank_out=cpu)
+    for ranks in (got, cpu):
+        assert ((low <= ranks) & (ranks <= high)).all(), (ranks, low, high)
+    return got, exact
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -127,28 +147,47 @@ def _ranks(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, top_k: int) -> tup
 def test_ranks_match_float64(dtype: torch.dtype, n: int, vocab: int, hidden: int, top_k: int) -> None:
     h, w, t = _inputs(n, vocab, hidden, dtype, seed=n * vocab)
     logits = h.double() @ w.double().T
-    t[0] = int(logits[0].argmax())  # rank 1
-    t[-1] = int(logits[-1].argmin())  # rank V (no ties in random logits)
+    t[0] = int(logits[0].argmax())  # rank 1, unless another logit rounds to the same value
+    t[-1] = int(logits[-1].argmin())
     if n > 2:
         t[1] = -100
-    got, ref = _ranks(h, w, t, top_k)
-    assert got[0] == ref[0] == 1 and got[-1] == ref[-1] == vocab, "ranks count the target itself, as vLLM's"
+    got, exact = _ranks(h, w, t, top_k)
     if n > 2:
-        assert got[1] == ref[1] == 0, "an ignore-index row has no rank"
-    # A logit within float32 rounding of the target's may count either way: rows differ by at most those.
-    own = logits.gather(1, t.clamp(min=0)[:, None])
-    near = ((logits - own).abs() < 1e-4).sum(dim=1) - 1
-    assert ((got - ref).abs() <= near).all(), (got, ref, near)
-    assert (got == ref).float().mean() >= 0.95
+        assert got[1] == 0, "an ignore-index row has no rank"
+    assert (got == exact).float().mean() >= 0.95, (got, exact)
+
+
+def test_tied_logits_count_in_as_vllm_counts_them() -> None:
+    """Reserved tokens often share one weight row: a 16-bit model's equal logits all count (vLLM: x >= value)."""
+    h, w, t = _inputs(8, 300, 32, torch.bfloat16, seed=11)
+    w[[3, 150, 299]] = w[7].clone()
+    t[:4] = 7
+    got, exact = _ranks(h, w, t, top_k=0)
+    assert torch.equal(got, exact), (got, exact)
+    logits = (h.double() @ w.double().T).to(torch.bfloat16)
+    assert all(int((logits[i] >= logits[i, 7]).sum()) == got[i] for i in range(4))
 
 
 def test_ranks_with_row_chunks_and_a_wrong_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     h, w, t = _inputs(150, 200, 32, torch.float32, seed=5)
-    whole, ref = _ranks(h, w, t, top_k=4)
-    assert torch.equal(whole, ref)
+    whole, _ = _ranks(h, w, t, top_k=4)
     monkeypatch.setattr(lm_head_plan, "PARTIALS_BUDGET", 1)
     assert [launch.rows for launch in lm_head_launches(150, 200, torch.float32, 4, rank=True)] == [64, 64, 22]
     chunked, _ = _ranks(h, w, t, top_k=4)
-    assert torch.equal(chunked, ref)
+    assert torch.equal(chunked, whole)
     with pytest.raises(ValueError, match=r"rank_out must be an int64 \[150\] tensor, got torch.int32 \(150,\)"):
         lm_head_logprobs_triton(h, w, t, rank_out=torch.zeros(150, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rank_threshold_is_the_rounding_boundary(dtype: torch.dtype) -> None:
+    """x >= rank_threshold(r) exactly when x rounded to the dtype >= r: at random values, at zeros of both signs,
+    and at each boundary and the float32 values either side of it."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20_000, generator=gen) * s for s in (1e-6, 1e-3, 1.0, 30.0)])
+    r = torch.cat([x[:300].to(dtype), torch.tensor([0.0, -0.0, 1.0, -1.0, 0.5], dtype=dtype)])
+    edge = rank_threshold(r)
+    inf = torch.tensor(float("inf"))
+    xs = torch.cat([x, edge, torch.nextafter(edge, -inf), torch.nextafter(edge, inf)])
+    for value, threshold in zip(r, edge, strict=True):
+        assert torch.equal(xs.to(dtype) >= value, xs >= threshold), (value, threshold)

@@ -75,7 +75,9 @@ class Decoding:
         raw = torch.log_softmax(logits, dim=-1)
         picked = raw.gather(1, tokens.unsqueeze(1))
         chosen = picked.squeeze(1).tolist()
-        ranks = (raw >= picked).sum(dim=1).tolist()  # vLLM's rank: the tokens at least as likely, itself included
+        # vLLM's rank: the tokens at least as likely, itself included (counted only when someone reads it)
+        wanted = any(s.job.item.params.logprobs or s.job.item.params.top_logprobs for s in seqs)
+        ranks = (raw >= picked).sum(dim=1).tolist() if wanted else [0] * len(seqs)
         max_k = max(s.job.item.params.top_logprobs for s in seqs)
         top_vals, top_ids = raw.topk(max_k, dim=-1) if max_k else (None, None)
         for row, (s, token, lp, rank) in enumerate(zip(seqs, tokens.tolist(), chosen, ranks, strict=True)):

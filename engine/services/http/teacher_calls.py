@@ -3,8 +3,10 @@ the fused Score path (never a [tokens, vocab] tensor) and completions from the G
 
 Prompt log-probs are vLLM's: per prompt position the actual token's entry first, then the top-k, each with its
 log-prob and rank; position 0 has none. They are the model's raw log-probs (vLLM's default `logprobs_mode`),
-whatever the request's temperature. Ranks count the whole vocabulary, ties in, as vLLM's do: the Score path counts
-the logits at or above each prompt token's in the same pass, and the Generate path each sampled token's.
+whatever the request's temperature. Ranks are vLLM's: a token inside the top-k has its place there, one outside it
+the count of tokens at least as likely over the whole vocabulary, itself included, with the logits as the model's
+dtype gives them (so a 16-bit model's ties count in). The Score path counts in the same pass as the log-probs, the
+Generate path over each step's log-probs.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ class TeacherCalls:
         )
         self.svc.metrics.count_tokens(self.svc.name, "Score", prompt=1, scored=len(ids) - 1)
         self.svc.metrics.observe_times(self.svc.name, "Score", out.queue_s, out.inference_s)
-        assert out.ranks is not None
+        if out.ranks is None:
+            raise RuntimeError(f"{type(self.backend).__name__}.score gave no ranks for an item that asked for them")
         ranks = out.ranks
         top_ids: list[list[int]] = out.top.ids if out.top else [[] for _ in ranks]
         top_lps: list[list[float]] = out.top.logprobs if out.top else [[] for _ in ranks]
@@ -165,9 +168,11 @@ class TeacherCalls:
 
 
 def _position(actual: int, logprob: float, top_ids: list[int], top_lps: list[float], k: int, rank: int) -> list[Entry]:
-    """The actual token's entry, then the first k of the top."""
-    rest = [Entry(t, lp, r) for r, (t, lp) in enumerate(zip(top_ids[:k], top_lps[:k], strict=True), 1) if t != actual]
-    return [Entry(actual, logprob, rank), *rest]
+    """The actual token's entry, then the first k of the top. Inside the top k the actual token takes its place
+    there as its rank, as in vLLM (whose top-k entries overwrite the counted one: tied tokens keep distinct ranks)."""
+    top = list(zip(top_ids[:k], top_lps[:k], strict=True))
+    rank = next((r for r, (t, _) in enumerate(top, 1) if t == actual), rank)
+    return [Entry(actual, logprob, rank), *(Entry(t, lp, r) for r, (t, lp) in enumerate(top, 1) if t != actual)]
 
 
 def sample_steps(sample: Sample, k: int) -> list[Position]:
