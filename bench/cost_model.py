@@ -117,7 +117,7 @@ def lm_head(
     zero |= dict.fromkeys(("hbm_ms", "l2_ms", "ms", "extra_bytes"), 0.0)
     total = Prediction(f"lm_head {rows}x{vocab}x{hidden} top-{top_k}{' + rank' if rank else ''}", 0, **zero, bound="")
     extra = 0.0
-    if rank:  # the thresholds (target_logits): per 4,096-row chunk the target rows gathered (read, written, read
+    if rank:  # the thresholds (rank_thresholds): per 4,096-row chunk the target rows gathered (read, written, read
         # again by a batched dot beside the hidden rows), in ~6 torch launches
         chunks = -(-rows // 4_096)
         gathered = rows * hidden * elt * 4

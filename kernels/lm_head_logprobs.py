@@ -329,7 +329,7 @@ def rank_threshold(logit: torch.Tensor) -> torch.Tensor:
     return torch.where(odd, torch.nextafter(mid, torch.full_like(mid, float("inf"))), mid)
 
 
-def target_logits(
+def rank_thresholds(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int = 4096
 ) -> torch.Tensor:
     """Each row's rank threshold [N] (float32; +inf on ignore-index rows): its target logit as the inputs' dtype
@@ -390,7 +390,7 @@ def lm_head_logprobs_triton(
     _check_inputs(hidden, weight, top_k)
     _check_targets(targets, weight.shape[0], ignore_index)
     _check_rank_out(rank_out, hidden)
-    thresholds = target_logits(hidden, weight, targets, ignore_index) if rank_out is not None else None
+    thresholds = rank_thresholds(hidden, weight, targets, ignore_index) if rank_out is not None else None
     lps, ents, vals, ids = [], [], [], []
     start = 0
     launches = lm_head_launches(

@@ -209,7 +209,7 @@ async def test_same_shapes_and_prompt_logprobs_as_vllm(proctor_url: str, vllm_ur
         differences = keys(a, b)
         assert differences == [], (path, body, differences)
         for pa, pb in _prompt_logprobs(a, b):
-            _same_position(pa, pb, k=_k(body))
+            _same_position(pa, pb)
         if body and body.get("echo") and body.get("logprobs") is not None:
             la, lb = a["choices"][0]["logprobs"], b["choices"][0]["logprobs"]
             assert la["tokens"] == lb["tokens"] and la["text_offset"] == lb["text_offset"]
@@ -217,13 +217,6 @@ async def test_same_shapes_and_prompt_logprobs_as_vllm(proctor_url: str, vllm_ur
             sa, sb = la["token_logprobs"][:prompt_len], lb["token_logprobs"][:prompt_len]
             assert [x is None for x in sa] == [x is None for x in sb]
             assert [x for x in sa if x is not None] == pytest.approx([x for x in sb if x is not None], abs=1e-3)
-
-
-def _k(body: dict[str, Any] | None) -> int:
-    """The k of a request's prompt log-probs (echo with logprobs scores the prompt with that k)."""
-    body = body or {}
-    echoed = body.get("logprobs") if body.get("echo") else None
-    return int(body.get("prompt_logprobs") or echoed or body.get("sampling_params", {}).get("prompt_logprobs") or 0)
 
 
 def _prompt_logprobs(a: Any, b: Any) -> Iterator[tuple[Any, Any]]:
@@ -238,7 +231,7 @@ def _prompt_logprobs(a: Any, b: Any) -> Iterator[tuple[Any, Any]]:
             yield from zip(ca["prompt_logprobs"], cb["prompt_logprobs"], strict=True)
 
 
-def _same_position(a: dict[str, Any] | None, b: dict[str, Any] | None, k: int) -> None:
+def _same_position(a: dict[str, Any] | None, b: dict[str, Any] | None) -> None:
     assert (a is None) == (b is None)
     if a is None or b is None:
         return

@@ -103,8 +103,9 @@ def to_sample(
     """One vLLM `CompletionOutput` (asked with `sampling_kwargs`: log-probs are there when the caller asked)."""
     chosen = ranks = None
     if logprobs is not None:
-        chosen = [float(pos[token].logprob) for token, pos in zip(token_ids, logprobs, strict=True)]
-        ranks = [rank_of(pos[token]) for token, pos in zip(token_ids, logprobs, strict=True)]
+        entries = [pos[token] for token, pos in zip(token_ids, logprobs, strict=True)]
+        chosen = [float(e.logprob) for e in entries]
+        ranks = [rank_of(e) for e in entries]
     top: TopK | None = None
     if params.top_logprobs and logprobs is not None:
         top = TopK()
