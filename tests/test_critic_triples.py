@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc, teacher_pb2, teacher_pb2_grpc
+from proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proctor.proto.proctor.v1 import (
+from proctor.v1 import (
     common_pb2,
     critic_pb2,
     critic_pb2_grpc,

@@ -25,7 +25,7 @@ from proctor.engine.services.streams import (
     run_batched_stream,
     run_stream,
 )
-from proctor.proto.proctor.v1 import reward_pb2, reward_pb2_grpc
+from proctor.v1 import reward_pb2, reward_pb2_grpc
 
 from .conftest import started
 
@@ -251,7 +251,7 @@ async def test_a_duplicate_id_is_refused_at_the_door(rules_server: ProctorServer
 
 async def test_a_huge_text_prompt_is_refused_before_any_tokenizer_work(target: str) -> None:
     """8 MB of text used to be tokenized on the event loop (8 s with Health blocked) before the length check."""
-    from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+    from proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
     huge = teacher_pb2.GenerateRequest(id="huge", prompt=common_pb2.Prompt(text="word " * 1_600_000))
     long = teacher_pb2.GenerateRequest(id="long", prompt=common_pb2.Prompt(text="word " * 20_000))  # off the loop

@@ -56,7 +56,7 @@ async def test_the_stream_window_bounds_the_items_in_flight_and_inline_items_tak
     handler answers at once pass through without waiting, whatever the window holds."""
     from proctor.engine.services.metrics import Metrics
     from proctor.engine.services.streams import Admission, Lifecycle, ServiceContext, StreamSpec, run_stream
-    from proctor.proto.proctor.v1 import reward_pb2
+    from proctor.v1 import reward_pb2
 
     running, peak = 0, 0
 

@@ -1,4 +1,4 @@
-from proctor.proto import generate
+from proctor.v1 import generate
 
 
 def test_regenerating_the_contract_is_byte_identical() -> None:
@@ -6,7 +6,7 @@ def test_regenerating_the_contract_is_byte_identical() -> None:
 
 
 def test_every_service_of_the_design_is_in_the_contract() -> None:
-    from proctor.proto.proctor.v1 import critic_pb2, reward_pb2, teacher_pb2
+    from proctor.v1 import critic_pb2, reward_pb2, teacher_pb2
 
     methods = {
         s.full_name: sorted(m.name for m in s.methods)

@@ -140,7 +140,7 @@ async def test_deterministic_work_is_the_same_on_every_replica() -> None:
     """Score, expected-mode rewards and seeded sampling give the same answer on two independent servers."""
     from proctor.clients.replicas import GENERATE, SCORE
     from proctor.clients.teacher import generate_request, score_request
-    from proctor.proto.proctor.v1 import reward_pb2
+    from proctor.v1 import reward_pb2
 
     from .conftest import tiny_config
 

@@ -11,7 +11,7 @@ import pytest
 from proctor.engine.errors import ItemError
 from proctor.engine.items import BackendInfo, FinishReason, GenerateItem, Generation, Sample
 from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings, RolloutInput
-from proctor.proto.proctor.v1 import reward_pb2, reward_pb2_grpc
+from proctor.v1 import reward_pb2, reward_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

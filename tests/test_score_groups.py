@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from proctor.clients.teacher import AsyncTeacherClient, score_group_request, score_request
-from proctor.proto.proctor.v1 import common_pb2, teacher_pb2
+from proctor.v1 import common_pb2, teacher_pb2
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

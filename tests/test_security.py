@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.streaming import Credentials
 from proctor.engine.config import Config, ConfigError, RewardConfig, ServerConfig, TlsConfig
-from proctor.proto.proctor.v1 import common_pb2, reward_pb2_grpc
+from proctor.v1 import common_pb2, reward_pb2_grpc
 
 from .conftest import started
 from .test_reward_service import GOOD

@@ -45,7 +45,7 @@ async def test_generate_triples_is_recorded_like_every_stream(tiny_server: Proct
     """GenerateTriples used to bypass the stream metrics: no requests counter, no item seconds."""
     import grpc
 
-    from proctor.proto.proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+    from proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
     request = teacher_pb2.TriplesRequest(
         events=["PersonX goes to the store"],
@@ -70,7 +70,7 @@ async def test_the_critic_counts_the_tokens_of_the_pairs_it_classified(tiny_serv
 
     from proctor.engine.backends.builtin_models import resolve_model
     from proctor.engine.skd.critic_input import triple_pairs
-    from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
+    from proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:tiny-critic"))
     assert tiny_server.config.critic is not None

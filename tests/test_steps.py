@@ -11,7 +11,7 @@ import pytest
 
 from proctor.engine.errors import ItemError
 from proctor.engine.rewards.steps import StepRun, StepTracker
-from proctor.proto.proctor.v1 import reward_pb2, reward_pb2_grpc
+from proctor.v1 import reward_pb2, reward_pb2_grpc
 
 from .test_reward_service import GOOD, NO_ATOMS
 

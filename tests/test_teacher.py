@@ -15,7 +15,7 @@ from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.config import ServiceLimits
 from proctor.engine.server.grpc_server import ProctorServer
-from proctor.proto.proctor.v1 import teacher_pb2
+from proctor.v1 import teacher_pb2
 
 from .conftest import TINY, started, tiny_config
 

@@ -86,7 +86,7 @@ async def test_skd_recipe_trains_saves_serves_and_averages_validation_and_test_c
     from proctor.engine.config import Config, CriticConfig, ServerConfig
     from proctor.engine.jobs.train_critic import score
     from proctor.engine.skd import cutoffs
-    from proctor.proto.proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
+    from proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
     from .conftest import started
 

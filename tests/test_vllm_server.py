@@ -18,7 +18,7 @@ from proctor.engine.config import Config, RewardConfig, ServerConfig, TeacherCon
 from proctor.engine.errors import ItemError
 from proctor.engine.items import ScoreItem
 from proctor.engine.server.grpc_server import ProctorServer
-from proctor.proto.proctor.v1 import teacher_pb2
+from proctor.v1 import teacher_pb2
 
 from .conftest import TINY, started
 from .test_generator_contract import CPU_VLLM, HAVE_VLLM, vllm_generator

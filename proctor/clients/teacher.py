@@ -1,0 +1,112 @@
+"""Teacher clients for trainers: send many items on one stream, get exactly one result per id back.
+
+    with TeacherClient("localhost:50051") as teacher:
+        results = teacher.generate([generate_request("a", "Once upon a time", n=4, logprobs=True)])
+        results["a"].completions[0].text
+
+Results come back as the proto messages (`GenerateResult`, `ScoreResult`), keyed by id. A failed item is a result
+with `error` set (see `raise_for_error`); an item the server never answered (the stream broke, the server drained)
+gets a client-made UNAVAILABLE error, so every id you sent has exactly one result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+from proctor.clients.streaming import AsyncClient, SyncClient, run_async, run_sync
+from proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+
+
+def _prompt(value: str | list[int]) -> common_pb2.Prompt:
+    if isinstance(value, str):
+        return common_pb2.Prompt(text=value)
+    return common_pb2.Prompt(token_ids=common_pb2.TokenIds(ids=value))
+
+
+def generate_request(
+    id: str, prompt: str | list[int], *, timeout_ms: int = 0, **params: Any
+) -> teacher_pb2.GenerateRequest:
+    """`params` are SamplingParams fields: n, temperature, top_p, top_k, seed, max_tokens, stop, logprobs, ..."""
+    return teacher_pb2.GenerateRequest(
+        id=id, prompt=_prompt(prompt), params=teacher_pb2.SamplingParams(**params), timeout_ms=timeout_ms
+    )
+
+
+def score_request(
+    id: str, context: str | list[int], target: str | list[int], *, top_logprobs: int = 0, timeout_ms: int = 0
+) -> teacher_pb2.ScoreRequest:
+    return teacher_pb2.ScoreRequest(
+        id=id, context=_prompt(context), target=_prompt(target), top_logprobs=top_logprobs, timeout_ms=timeout_ms
+    )
+
+
+def score_group_request(
+    id: str,
+    context: str | list[int],
+    continuations: list[str] | list[list[int]],
+    *,
+    top_logprobs: int = 0,
+    timeout_ms: int = 0,
+) -> teacher_pb2.ScoreRequest:
+    """One prompt and its n sampled completions: the server computes the shared prompt once."""
+    return teacher_pb2.ScoreRequest(
+        id=id,
+        context=_prompt(context),
+        continuations=[_prompt(c) for c in continuations],
+        top_logprobs=top_logprobs,
+        timeout_ms=timeout_ms,
+    )
+
+
+class TeacherClient(SyncClient):
+    """Blocking Teacher client (one channel; safe to share across threads)."""
+
+    def __init__(self, target: str, **options: Any) -> None:
+        """`options`: timeout_s, credentials (TLS / mTLS / bearer token), max_message_bytes."""
+        super().__init__(target, **options)
+        self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
+
+    def info(self) -> common_pb2.ModelInfo:
+        info: common_pb2.ModelInfo = self.stub.Info(
+            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
+        return info
+
+    def generate_stream(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> Iterator[teacher_pb2.GenerateResult]:
+        """Results as they finish, in completion order."""
+        yield from self.stub.Generate(iter(requests), timeout=self.timeout_s, metadata=self.metadata)
+
+    def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
+        return run_sync(self, teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
+
+    def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
+        return run_sync(self, teacher_pb2.ScoreResult, self.stub.Score, list(requests))
+
+
+class AsyncTeacherClient(AsyncClient):
+    """asyncio Teacher client; create it inside the running loop."""
+
+    def __init__(self, target: str, **options: Any) -> None:
+        super().__init__(target, **options)
+        self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
+
+    async def info(self) -> common_pb2.ModelInfo:
+        info: common_pb2.ModelInfo = await self.stub.Info(
+            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
+        return info
+
+    async def generate_stream(
+        self, requests: Iterator[teacher_pb2.GenerateRequest] | AsyncIterator[teacher_pb2.GenerateRequest]
+    ) -> AsyncIterator[teacher_pb2.GenerateResult]:
+        """Results as they finish; `requests` may be an async iterator that keeps producing items."""
+        call = self.stub.Generate(requests, timeout=self.timeout_s, metadata=self.metadata)
+        async for result in call:
+            yield result
+
+    async def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
+        return await run_async(self, teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
+
+    async def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
+        return await run_async(self, teacher_pb2.ScoreResult, self.stub.Score, list(requests))

@@ -1,0 +1,239 @@
+"""`proctor demo`: a real server on free ports, a short session over gRPC (the generated stubs, as a trainer in
+any language would call them), results printed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from proctor.engine.backends.builtin_models import builtin_available
+from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
+from proctor.engine.jobs import distill
+from proctor.engine.server.grpc_server import ProctorServer
+from proctor.v1 import (
+    common_pb2,
+    critic_pb2,
+    critic_pb2_grpc,
+    reward_pb2,
+    reward_pb2_grpc,
+    teacher_pb2,
+    teacher_pb2_grpc,
+)
+
+_PROMPTS = {
+    "store": "PersonX goes to the store. As a result, PersonX",
+    "rain": "It started to rain, so the children",
+}
+
+
+async def _call(method: Any, requests: list[Any]) -> dict[str, Any]:
+    """One bidirectional stream: every request sent, every result read, keyed by id."""
+    return {result.id: result async for result in method(iter(requests))}
+
+
+def _check(result: Any) -> None:
+    if result.HasField("error"):
+        raise RuntimeError(f"item {result.id}: {result.error.message} (field {result.error.field!r})")
+
+
+def _prompt(text: str) -> common_pb2.Prompt:
+    return common_pb2.Prompt(text=text)
+
+
+def _rule(title: str) -> None:
+    print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
+
+
+_QUESTION = "Which city is the capital of Australia?"
+_ROLLOUTS = {
+    "well-formed": (
+        "<think><PLAN>I should search for the capital of Australia rather than guess Sydney.</PLAN></think>"
+        '<tool_call>{"name": "search", "arguments": {"query": "capital of Australia"}}</tool_call>'
+        "<tool_response>Canberra is the capital city of Australia.</tool_response>"
+        "<think><OBSERVATION>The search result names Canberra.</OBSERVATION>"
+        "<VERIFICATION>Canberra, not Sydney, is the seat of government, so the result is right.</VERIFICATION></think>"
+        "<answer>Canberra</answer>"
+    ),
+    "no atoms": "<think>It is probably Sydney, the biggest city.</think><answer>Sydney, Australia</answer>",
+    "malformed": "<think><PLAN>Answer directly.</PLAN><answer>Canberra</answer>",
+}
+
+
+async def _reward_session(target: str) -> None:
+    _rule("RewardModel.Reward: T = 250 of T_MAX = 1000 -> alpha = 0.375")
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = reward_pb2_grpc.RewardModelStub(channel)
+        for mode in (reward_pb2.EXPECTED, reward_pb2.RULES):
+            requests = [
+                reward_pb2.RewardRequest(
+                    id=key,
+                    question=_QUESTION,
+                    response=text,
+                    gold_answers=["Canberra"],
+                    training_step=250,
+                    total_steps=1000,
+                    mode=mode,
+                )
+                for key, text in _ROLLOUTS.items()
+            ]
+            results = await _call(stub.Reward, requests)
+            print(f"-- mode {reward_pb2.RrmMode.Name(mode).lower()}")
+            for key, r in results.items():
+                _check(r)
+                r_atom = f"{r.r_atom:.3f}" if r.HasField("r_atom") else "-"
+                verdict = "ok" if r.format_ok else f"malformed ({r.format_reason})"
+                print(
+                    f"[{key}] reward {r.reward:+.3f} = alpha {r.alpha:.3f} * R_atom {r_atom} + "
+                    f"(1 - alpha) * R_f1 {r.r_f1:.3f}; format {verdict}{'; no atoms' if r.no_atoms else ''}"
+                )
+                for a in r.atoms:
+                    score = f"{a.score:.2f}/10" if a.HasField("score") else "not scored"
+                    print(f"     turn {a.turn} <{a.type}> {score}: {a.text[:60]!r}")
+    print("(the expected-mode RRM here is the small demo model; its atom scores show the plumbing, not judgement)")
+
+
+async def _skd_session(target: str) -> None:
+    _rule("Critic.Classify: P(valid) of SKD triples (mean over 5 name draws)")
+    triples = [
+        ("PersonX adopts a puppy from the shelter", common_pb2.X_WANT, "to buy dog food"),
+        ("PersonX adopts a puppy from the shelter", common_pb2.X_REACT, "the the the"),
+        ("PersonX misses the last train home", common_pb2.X_ATTR, "unlucky"),
+        ("PersonX misses the last train home", common_pb2.X_ATTR, "to call a taxi"),
+    ]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = critic_pb2_grpc.CriticStub(channel)
+        requests = [
+            critic_pb2.ClassifyRequest(id=str(i), triple=critic_pb2.Triple(head=h, relation=r, tail=t))
+            for i, (h, r, t) in enumerate(triples)
+        ]
+        results = {r.id: r async for r in stub.Classify(iter(requests))}
+    for i, (h, r, t) in enumerate(triples):
+        res = results[str(i)]
+        _check(res)
+        verdict = "accept" if res.accepted else "reject"
+        print(f"{verdict} {res.score:.3f} (cut-off {res.cutoff:.3f}): {h} | {common_pb2.Relation.Name(r)} | {t}")
+
+    _rule("proctor distill: 2 events x 3 relations -> inferences -> critic -> JSONL")
+    with tempfile.TemporaryDirectory() as folder:
+        events = Path(folder) / "events.txt"
+        events.write_text("PersonX forgets the umbrella at home\nPersonX helps PersonY move house\n")
+        job = distill.DistillJob(
+            seed=1, events_file=str(events), relations=("xWant", "xReact", "HinderedBy"), chunk_events=1, inference_n=5
+        )
+        output = Path(folder) / "corpus"
+        summary = await asyncio.to_thread(distill.run, target, output, job)
+        for line in (output / "corpus.jsonl").read_text().splitlines()[:8]:
+            row = json.loads(line)
+            kept = ",".join(k for k, v in row["kept"].items() if v) or "-"
+            print(f"  {row['relation']:<10} {row['tail']!r:<40} critic {row['critic_score']:.3f} kept: {kept}")
+        distill.print_summary(summary)
+
+
+async def run_demo(model: str, device: str) -> int:
+    config = Config(
+        server=ServerConfig(port=0, metrics_port=0),
+        teacher=TeacherConfig(model=model, device=device, default_max_tokens=24),
+        critic=CriticConfig(model="builtin:critic", device=device) if builtin_available("critic") else None,
+        reward=RewardConfig(model=model, device=device),
+    )
+    server = ProctorServer(config)
+    print(
+        f"starting proctor with teacher {model} (a first run converts SmolLM2 once, ~30 s, and trains the demo "
+        "critic once, ~3 min on 2 CPU cores; both are cached) ...",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    await server.start()
+    await server.wait_until_ready()
+    target = f"127.0.0.1:{server.port}"
+    print(f"server ready on {target} in {time.perf_counter() - t0:.1f}s")
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = teacher_pb2_grpc.TeacherStub(channel)
+            info = await stub.Info(common_pb2.InfoRequest())
+            _rule("Teacher.Info")
+            print(
+                f"model {info.model}\nbackend {info.backend} on {info.device} ({info.dtype}), vocab {info.vocab_size}"
+            )
+
+            _rule("Teacher.Generate: 2 prompts x n=3, seed 7, stop at '.', log-probs + top-2")
+            params = teacher_pb2.SamplingParams(
+                n=3, seed=7, temperature=0.8, top_p=0.95, max_tokens=24, stop=["."], top_logprobs=2
+            )
+            requests = [
+                teacher_pb2.GenerateRequest(id=key, prompt=_prompt(prompt), params=params)
+                for key, prompt in _PROMPTS.items()
+            ]
+            t0 = time.perf_counter()
+            results = await _call(stub.Generate, requests)
+            print(f"({time.perf_counter() - t0:.2f}s for {len(requests)} prompts in one stream)")
+            for key, result in results.items():
+                _check(result)
+                print(f"\n[{key}] {_PROMPTS[key]!r}  (prompt {len(result.prompt_token_ids)} tokens)")
+                for c in result.completions:
+                    reason = c.stop_reason or ("length" if c.finish_reason == 2 else "eos")
+                    print(f"  #{c.index} {c.text!r}")
+                    print(
+                        f"     {len(c.token_ids)} tokens, stopped by {reason!r}, "
+                        f"log p = {c.cumulative_logprob:.2f}, first token ids {list(c.token_ids[:4])}, "
+                        f"log-probs {[round(x, 2) for x in c.logprobs[:4]]}"
+                    )
+            _rule("Teacher.Score: log p(target | context), per token")
+            context = _prompt("The capital of France is")
+            scored = await _call(
+                stub.Score,
+                [
+                    teacher_pb2.ScoreRequest(id="plain", context=context, target=_prompt(" Paris"), top_logprobs=3),
+                    teacher_pb2.ScoreRequest(id="odd", context=context, target=_prompt(" a banana"), top_logprobs=3),
+                ],
+            )
+            for key, score in scored.items():
+                _check(score)
+                total = sum(score.logprobs)
+                print(
+                    f"[{key}] target ids {list(score.target_token_ids)}: log-probs "
+                    f"{[round(x, 3) for x in score.logprobs]} (sum {total:.2f}, p = {math.exp(total):.2e}); "
+                    f"top-3 at the first position {list(score.top.token_ids[:3])}"
+                )
+
+            _rule("a bad item fails alone")
+            mixed = await _call(
+                stub.Generate,
+                [
+                    teacher_pb2.GenerateRequest(
+                        id="ok", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(max_tokens=4)
+                    ),
+                    teacher_pb2.GenerateRequest(
+                        id="bad", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(top_p=1.5)
+                    ),
+                ],
+            )
+            for key, result in mixed.items():
+                status = (
+                    f"error in field {result.error.field!r}: {result.error.message}"
+                    if result.HasField("error")
+                    else "ok"
+                )
+                print(f"[{key}] {status}")
+        await _reward_session(target)
+        if config.critic is not None:
+            await _skd_session(target)
+        metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        _rule("Prometheus")
+        print(f"metrics at {metrics_url} (while the server runs); a sample:")
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(("proctor_items_total", "proctor_tokens_total")):
+                    print(f"  {line}")
+    finally:
+        await server.drain(grace_s=5)
+    print("\ndemo finished; `proctor serve` runs the server on its own (see README).")
+    return 0
