@@ -1,4 +1,4 @@
-"""docs/conformance.md: every function and test it names exists, and every section of PAPERS.md it covers has rows."""
+"""docs/conformance.md: every function and test it names exists; every section of the paper rules it covers has rows."""
 
 from __future__ import annotations
 

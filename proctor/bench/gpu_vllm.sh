@@ -50,7 +50,7 @@ check() {
   # vLLM's site first: its pins of the packages both bring (fastapi, pydantic, ...) are the ones it was built with.
   export PYTHONPATH=$PYTHONPATH:/tmp/site:$PWD
   step vllm-tests 170 env PROCTOR_REQUIRE_VLLM=1 python3 -m pytest -q -p no:cacheprovider \
-    tests/test_generator_contract.py tests/test_vllm_server.py
+    tests/engine/backends/test_generator_contract.py tests/engine/server/test_vllm_server.py
   python3 -m proctor.bench.gpu_check.models --config-only /tmp/qwen-1.5b-shape || failed+=(model)
   step vllm-throughput 170 python3 -m proctor.bench.vllm_throughput --model /tmp/qwen-1.5b-shape \
     --load-format dummy --prompts 1024 --prompt-len 64 --max-tokens 256 --max-model-len 2048 \

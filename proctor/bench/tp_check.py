@@ -10,7 +10,8 @@ and every log-prob within 1e-4. Rates at TP 2: Generate tokens/s and Score token
 log-probs from proctor's lm_head), beside the torch scorer's Score tokens/s on one device.
 
 Writes DIR/tp-check.json and DIR/tp-check.md; exits 1 when a check fails. The gpu-check command runs it as its `tp`
-phase when two or more GPUs are visible; tests/test_vllm_parallel.py holds a TP 2 server to the same checks.
+phase when two or more GPUs are visible; tests/engine/backends/test_vllm_parallel.py holds a TP 2 server to the
+same checks.
 """
 
 from __future__ import annotations

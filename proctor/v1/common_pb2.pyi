@@ -39,7 +39,7 @@ class _RelationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Relation.Val
     HINDERED_BY: _Relation.ValueType  # 7
 
 class Relation(_Relation, metaclass=_RelationEnumTypeWrapper):
-    """The seven ATOMIC relations of Symbolic Knowledge Distillation (PAPERS.md §1.2)."""
+    """The seven ATOMIC relations of Symbolic Knowledge Distillation (docs/paper-rules.md §1.2)."""
 
 RELATION_UNSPECIFIED: Relation.ValueType  # 0
 X_WANT: Relation.ValueType  # 1

@@ -22,10 +22,9 @@ import torch
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.config import Config, HttpConfig, RewardConfig, ServerConfig, StepsConfig
 from proctor.engine.server.grpc_server import ProctorServer
-
-from ..conftest import started
-from ..test_reward_service import GOOD, MALFORMED, NO_ATOMS
-from .conftest import require
+from tests.conftest import started
+from tests.engine.services.test_reward_service import GOOD, MALFORMED, NO_ATOMS
+from tests.trainers.conftest import require
 
 require("openrlhf")
 from openrlhf.utils.agent import SingleTurnAgentExecutor  # noqa: E402

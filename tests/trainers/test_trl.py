@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from proctor.engine.backends.builtin_models import resolve_model
-
-from .conftest import require
+from tests.trainers.conftest import require
 
 trl = require("trl")
 from datasets import Dataset  # noqa: E402

@@ -18,9 +18,8 @@ import pytest
 import torch
 
 from proctor.engine.backends.builtin_models import resolve_model
-
-from ..test_reward_service import GOOD, MALFORMED, NO_ATOMS
-from .conftest import require
+from tests.engine.services.test_reward_service import GOOD, MALFORMED, NO_ATOMS
+from tests.trainers.conftest import require
 
 verl = require("verl")
 from hydra import compose, initialize_config_dir  # noqa: E402  (after the package check)

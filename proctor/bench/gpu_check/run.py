@@ -45,7 +45,7 @@ from proctor.engine.cli import Command
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 TOTAL_BUDGET_S = 480.0  # the issue: the whole check in <= 8 minutes on one H200
-REHEARSAL_BUDGET_S = 420.0  # 2 CPU cores; a CI run takes far less (tests/test_gpu_check.py)
+REHEARSAL_BUDGET_S = 420.0  # 2 CPU cores; a CI run takes far less (tests/bench/test_gpu_check.py)
 LEAST_S = 5.0  # a phase left less than this is not started
 
 

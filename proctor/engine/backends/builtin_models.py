@@ -28,7 +28,7 @@ _DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 # Bump when the recipe of a built model changes, so stale caches are rebuilt.
 _TINY_VERSION = "v2"
 _SMOLLM2_VERSION = "v1"
-_CRITIC_VERSION = "v2"  # v2: cut-offs by the authors' rule, ftfy on the input (PAPERS.md §1.4)
+_CRITIC_VERSION = "v2"  # v2: cut-offs by the authors' rule, ftfy on the input (paper rules §1.4)
 
 
 class ModelUnavailable(RuntimeError):

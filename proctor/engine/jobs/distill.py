@@ -60,7 +60,7 @@ LEVELS = ("high", "medium")
 
 
 def comet_input(head: str, relation: str) -> str:
-    """COMET-distil's input (PAPERS.md §1.3): the event stripped, the relation's name, then [GEN] and a space."""
+    """COMET-distil's input (paper rules §1.3): the event stripped, the relation's name, then [GEN] and a space."""
     return f"<head> {head.strip()} </head> <relation> {relation} </relation> [GEN] "
 
 

@@ -1,4 +1,4 @@
-"""`proctor train-critic`: fine-tune a critic on labelled triples (PAPERS.md §1.3-1.4).
+"""`proctor train-critic`: fine-tune a critic on labelled triples (paper rules §1.3-1.4).
 
 Two recipes. `skd` is the authors' (their purification code): the encoder's pooled output -> Dense(512) -> GELU ->
 Dense(1) -> sigmoid (engine/backends/torch/skd_critic.py), the last bias at the log-odds of the training set's share of

@@ -1,4 +1,4 @@
-"""The outcome reward R_f1 (PAPERS.md §2.2): token-set F1 of the first answer against the best gold."""
+"""The outcome reward R_f1 (paper rules §2.2): token-set F1 of the first answer against the best gold."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from proctor.engine.rewards.steps import StepRun, StepTracker
 
 
 class RewardMode(StrEnum):
-    """How R_atom is had (PAPERS.md §2): the RRM writes scores, its expected score is read off the score tokens'
+    """How R_atom is had (paper rules §2): the RRM writes scores, its expected score is read off the score tokens'
     probabilities, or there is no R_atom (the reward is R_f1)."""
 
     GENERATE = "generate"
@@ -138,7 +138,7 @@ class RewardScorer:
             return result
         if not item.question.strip():
             raise ItemError(f"required: the question, which the RRM reads in {mode} mode", "question")
-        # The first gold with any text: an empty gold list (or empty golds) is scored, not refused (PAPERS.md §2.2).
+        # The first gold with any text: an empty gold list (or empty golds) is scored, not refused (paper rules §2.2).
         golds = (g for g in outcome.split_golds(item.golds) if g.strip())
         gold = next(golds, None) if self.settings.include_gold else None
         prompt = rrm.render_prompt(self.settings.prompt_template, item.question, atoms, gold)

@@ -1,4 +1,4 @@
-"""Atom-Searcher rollouts as text: the format check, the answer, and the atomic thoughts (PAPERS.md §2.1-2.2).
+"""Atom-Searcher rollouts as text: the format check, the answer, and the atomic thoughts (paper rules §2.1-2.2).
 
 One scan finds every format tag; the format check, the answer and the think blocks are all read off that list,
 and atoms are matched only inside the think blocks. DeepResearcher lowercases the rollout before looking for tags;

@@ -1,6 +1,6 @@
 """The reasoning reward model (RRM): its prompt, the parser of its judgement, and the expected-score reading.
 
-None of this is published by Atom-Searcher (PAPERS.md §2.2); these are proctor's documented choices: the RRM sees
+None of this is published by Atom-Searcher (paper rules §2.2); these are proctor's documented choices: the RRM sees
 the question, the numbered atoms with their types and (optionally) the gold answer, and gives one integer 0-10 per
 atom as lines `Atom <i>: <score>`; R_atom = aggregate(scores) / 10.
 """

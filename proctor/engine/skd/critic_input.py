@@ -1,4 +1,4 @@
-"""The critic's view of a triple (PAPERS.md §1.3-1.4): a sentence pair with two different names drawn for PersonX /
+"""The critic's view of a triple (paper rules §1.3-1.4): a sentence pair with two different names drawn for PersonX /
 PersonY, the text then passed through `ftfy.fix_text` (default settings), as the authors' critic reads it."""
 
 from __future__ import annotations

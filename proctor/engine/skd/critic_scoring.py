@@ -1,4 +1,4 @@
-"""The Critic's policy (PAPERS.md §1.3-1.4): a triple's score is the mean P(valid) over seeded name draws, kept when
+"""The Critic's policy (paper rules §1.3-1.4): a triple's score is the mean P(valid) over seeded name draws, kept when
 it exceeds the cut-off that applies (configured per relation, configured for all, or a level read from the file
 `proctor train-critic` wrote beside the model). Shared by Classify and GenerateTriples."""
 

@@ -1,4 +1,4 @@
-"""Critic cut-offs by the authors' rule (PAPERS.md §1.3-1.4). A triple is kept when its score is > the cut-off.
+"""Critic cut-offs by the authors' rule (paper rules §1.3-1.4). A triple is kept when its score is > the cut-off.
 
 The precision-recall curve is the one the authors read (scikit-learn's `precision_recall_curve`): thresholds are the
 distinct scores in ascending order, and the recall at a threshold counts the positives scoring >= it. The cut-off

@@ -1,4 +1,4 @@
-"""The teacher's events for one run (PAPERS.md §1.1, §1.4): event prompts sampled round by round into one pool,
+"""The teacher's events for one run (paper rules §1.1, §1.4): event prompts sampled round by round into one pool,
 the paper's filters taken over the whole pool, until it holds the events asked for or the prompt budget is spent.
 
 Pure Python: whoever samples (the Teacher service on its backend, `proctor distill` over gRPC) drives it with

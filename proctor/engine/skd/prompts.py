@@ -1,6 +1,6 @@
-"""Symbolic Knowledge Distillation: the teacher's prompts and the filters on what it writes (PAPERS.md §1.1-1.2).
+"""Symbolic Knowledge Distillation: the teacher's prompts and the filters on what it writes (paper rules §1.1-1.2).
 
-Pure Python on strings. The templates below are byte-exact copies of PAPERS.md §1.2; the seed events and worked
+Pure Python on strings. The templates below are byte-exact copies of paper rules §1.2; the seed events and worked
 examples are proctor's own (engine/data/), not the authors'.
 """
 
@@ -31,7 +31,7 @@ MAX_SHORT_TAIL = 2  # a raw tail of this many characters or fewer is dropped
 @dataclass(frozen=True)
 class NameChoices:
     """How names stand in for PersonX / PersonY in the inference prompts. The defaults are the authors' rule
-    (PAPERS.md §1.4); each field set true is proctor's own choice, documented as ours (PAPERS.md §1.4, last
+    (paper rules §1.4); each field set true is proctor's own choice, documented as ours (paper rules §1.4, last
     paragraph)."""
 
     distinct_example_names: bool = False
@@ -43,7 +43,7 @@ class NameChoices:
 AUTHORS_NAMES = NameChoices()
 
 
-# The paper's sampling (PAPERS.md §1.1, §1.2); a request may override any field.
+# The paper's sampling (paper rules §1.1, §1.2); a request may override any field.
 EVENT_SAMPLING = SamplingParams(
     n=100,
     temperature=1.0,
@@ -168,7 +168,7 @@ def event_characters_ok(text: str) -> bool:
 
 
 def filter_events(samples: Sequence[Candidate]) -> tuple[list[Candidate], EventFilterCounts]:
-    """The paper's event filters over the whole pool of one run, in its order (PAPERS.md §1.1, §1.4): stopped
+    """The paper's event filters over the whole pool of one run, in its order (paper rules §1.1, §1.4): stopped
     samples starting with PersonX; duplicates removed (each keeps its first position and the log-prob of its last
     occurrence); the int(0.8 N) most likely kept; then the character and length test. The kept events (stripped
     text) come in sampling order."""

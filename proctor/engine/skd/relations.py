@@ -1,4 +1,4 @@
-"""The seven relations of SKD (PAPERS.md §1.2-1.3), one row each: the name, the wire's enum, the inference
+"""The seven relations of SKD (paper rules §1.2-1.3), one row each: the name, the wire's enum, the inference
 prompt's template and the critic's phrase. Every place that speaks of relations (the prompts, the critic input, the
 services' proto mapping, `proctor distill`, the config) reads this table."""
 
@@ -14,11 +14,11 @@ class Relation:
     enum: str
     """the wire's name of it (`proctor.v1.Relation`, X_WANT); services map it to the proto value"""
     prefix: str
-    """the inference prompt's first line (PAPERS.md §1.2)"""
+    """the inference prompt's first line (paper rules §1.2)"""
     example: str
     """a worked example of the inference prompt; placeholders {n}, {head}, {tail}"""
     critic_phrase: str
-    """what joins head and tail in the critic's sentence pair (PAPERS.md §1.3)"""
+    """what joins head and tail in the critic's sentence pair (paper rules §1.3)"""
 
     def open_slot(self, n: int, head: str) -> str:
         """The example cut just before ` {tail}`: the teacher writes the tail from here."""

@@ -1,4 +1,4 @@
-"""The authors' critic architecture (PAPERS.md §1.4): an encoder's pooled output -> Dense(512) -> GELU -> Dense(1).
+"""The authors' critic architecture (paper rules §1.4): an encoder's pooled output -> Dense(512) -> GELU -> Dense(1).
 
 A transformers model of its own type (`proctor_skd_critic`), registered with the Auto classes so that a folder
 `proctor train-critic --recipe skd` wrote loads like any sequence classifier: AutoModelForSequenceClassification
