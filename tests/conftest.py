@@ -15,7 +15,7 @@ from proctor.engine.config import (
     ServiceLimits,
     TeacherConfig,
 )
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 
 TINY = "builtin:tiny"
 # The tiny tokenizer has no chat template of its own: the server's (http.chat_template) stands in.

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from proctor.engine.config import Config
-from proctor.engine.services.metrics import Metrics
+from proctor.engine.cores.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

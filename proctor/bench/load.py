@@ -41,8 +41,8 @@ from proctor.bench.server import cpu_seconds, histogram_totals, peak_in, scrape,
 from proctor.clients.reward import ATOM_DETAILS
 from proctor.clients.streaming import CODE_NAMES
 from proctor.engine.cli import Command
+from proctor.engine.doors.grpc.reward import rollout_input
 from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings
-from proctor.engine.services.reward import rollout_input
 from proctor.engine.skd import prompts as skd
 from proctor.v1 import (
     common_pb2,

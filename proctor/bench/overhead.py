@@ -38,8 +38,8 @@ from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.torch.classifier import TorchClassifier
 from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.config import CriticConfig
+from proctor.engine.doors.grpc.convert import RELATIONS
 from proctor.engine.items import ScoreItem
-from proctor.engine.services.convert import RELATIONS
 from proctor.engine.skd.critic_scoring import CriticScorer
 from proctor.v1 import critic_pb2, critic_pb2_grpc
 

@@ -23,7 +23,7 @@ from proctor.clients import verl
 from proctor.clients.coalesce import coalescer_for_loop
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.engine.config import Config, RewardConfig, ServerConfig
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROLLOUT = "<think><PLAN>look it up</PLAN></think><answer>the city of Paris</answer>"

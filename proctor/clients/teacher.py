@@ -83,6 +83,10 @@ class TeacherClient(SyncClient):
     def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
         return run_sync(self, teacher_pb2.ScoreResult, self.stub.Score, list(requests))
 
+    def generate_triples(self, request: teacher_pb2.TriplesRequest) -> Iterator[teacher_pb2.TripleResult]:
+        """SKD triples as each event's are ready; a failed event is a result with `error` (and its head)."""
+        yield from self.stub.GenerateTriples(request, timeout=self.timeout_s, metadata=self.metadata)
+
 
 class AsyncTeacherClient(AsyncClient):
     """asyncio Teacher client; create it inside the running loop."""

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from proctor.clients.streaming import Credentials
 from proctor.engine.backends.builtin_models import builtin_available
 from proctor.engine.config import Config, ConfigError, load_config
 from proctor.engine.skd.relations import RELATIONS
@@ -49,6 +51,8 @@ def _config(args: argparse.Namespace) -> Config:
         value = getattr(args, flag)
         if value is not None:
             setattr(server, attr, value)
+    if args.http_port is not None:
+        config.http.port = args.http_port
     if config.teacher is not None:
         if args.teacher_model:
             config.teacher.model = args.teacher_model
@@ -58,7 +62,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def serve(config: Config) -> int:
-    from proctor.engine.server.grpc_server import ProctorServer
+    from proctor.engine.server.lifecycle import ProctorServer
 
     server = ProctorServer(config)
     await server.start()
@@ -111,6 +115,7 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="bind address [127.0.0.1]")
     p.add_argument("--port", type=int, help="gRPC port [50051]; 0 = any free port")
     p.add_argument("--metrics-port", type=int, help="Prometheus port [9400]; 0 = any free port, -1 = off")
+    p.add_argument("--http-port", type=int, help="the HTTP front's port (OpenAI / trainer routes) [-1 = off]; 0 = any")
     p.add_argument("--teacher-model", help="HF id, local folder, builtin:smollm2 or builtin:tiny")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
 
@@ -160,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", required=True, help="output folder (corpus.jsonl, student-comet-*.jsonl, statistics.json, ...)"
     )
     p_distill.add_argument("--server", help="host:port of a proctor server with Teacher and Critic; default: embedded")
+    p_distill.add_argument("--ca-file", help="with --server: the CA of its TLS certificate (turns TLS on)")
+    p_distill.add_argument("--cert-file", help="with --server: a client certificate, for mutual TLS")
+    p_distill.add_argument("--key-file", help="with --server: the client certificate's key")
+    p_distill.add_argument("--token-env", help="with --server: an environment variable holding its bearer token")
     p_distill.add_argument("--events", help="file of PersonX events, one per line; default: the teacher writes them")
     p_distill.add_argument("--num-events", type=int, default=8, help="events the teacher writes [8]")
     p_distill.add_argument("--relations", help="comma-separated subset of: " + ", ".join(RELATIONS))
@@ -231,7 +240,8 @@ def _distill(args: argparse.Namespace) -> int:
         student_format=args.student_format,
     )
     if args.server:
-        summary = distill.run(args.server, Path(args.output), job, cutoffs)
+        credentials = _credentials(args)
+        summary = distill.run(args.server, Path(args.output), job, cutoffs, credentials=credentials)
     else:
         with embedded_server(load_config(None, default_services())) as target:
             summary = distill.run(target, Path(args.output), job, cutoffs)
@@ -239,10 +249,24 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credentials(args: argparse.Namespace) -> Credentials:
+    """--ca-file, --cert-file, --key-file and --token-env as the client library's credentials."""
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise ConfigError(f"--token-env: ${args.token_env} is not set")
+    if bool(args.cert_file) != bool(args.key_file):
+        raise ConfigError("--cert-file and --key-file go together")
+    if args.cert_file and not args.ca_file:
+        raise ConfigError("--cert-file: mutual TLS needs --ca-file too")
+    return Credentials(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file, token=token)
+
+
 @contextlib.contextmanager
 def embedded_server(config: Config) -> Iterator[str]:
     """A server on free ports in a background thread (for commands that are gRPC clients)."""
-    from proctor.engine.server.grpc_server import ProctorServer
+    from proctor.engine.server.lifecycle import ProctorServer
 
     config.server.port = 0
     config.server.metrics_port = -1

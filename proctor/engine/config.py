@@ -145,6 +145,30 @@ def _check_backend_settings(section: str, settings: BackendSettings) -> None:
 
 
 @dataclass
+class RemoteCriticConfig:
+    """How GenerateTriples reaches a Critic in another proctor server (`teacher.critic` an address)."""
+
+    ca_file: str = ""
+    """PEM of the CA that signed the critic server's certificate; "" = plaintext"""
+    cert_file: str = ""
+    """this server's client certificate, for a critic server that requires mutual TLS"""
+    key_file: str = ""
+    """the key of cert_file"""
+    token_env: str = ""
+    """an environment variable holding the bearer token the critic server accepts; "" = none"""
+    timeout_s: float = 600.0
+    """one event's triples, scored on one stream, within this"""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("teacher.remote_critic: cert_file and key_file go together")
+        if (self.cert_file or self.key_file) and not self.ca_file:
+            raise ConfigError("teacher.remote_critic.ca_file: mutual TLS needs the server's CA too")
+        if self.timeout_s <= 0:
+            raise ConfigError("teacher.remote_critic.timeout_s: must be > 0")
+
+
+@dataclass
 class TeacherConfig(BackendSettings):
     """The Teacher service: Generate, Score and GenerateTriples on a causal LM."""
 
@@ -160,6 +184,8 @@ class TeacherConfig(BackendSettings):
     """continuations per Score group"""
     critic: str = "local"
     """GenerateTriples' critic: "local" (this server's Critic), an address, or "" (none)"""
+    remote_critic: RemoteCriticConfig = field(default_factory=RemoteCriticConfig)
+    """TLS and token for a critic at an address"""
     max_triples_events: int = 1000
     """most events one GenerateTriples call may ask for"""
     skd_names: NameChoices = field(default_factory=NameChoices)

@@ -20,10 +20,11 @@ from transformers import TrainerState
 from proctor.clients import verl
 from proctor.clients.streaming import ItemFailed
 from proctor.clients.trl import AsyncProctorReward, ProctorReward
+from proctor.engine.cores.reward import RewardCore
+from proctor.engine.doors.http import openrlhf
 from proctor.engine.rewards.pipeline import RewardScorer, RewardSettings
-from proctor.engine.server.grpc_server import ProctorServer
-from proctor.engine.services.http import openrlhf
-from tests.engine.services.test_reward_service import GOOD, MALFORMED, NO_ATOMS
+from proctor.engine.server.lifecycle import ProctorServer
+from tests.engine.doors.grpc.test_reward_service import GOOD, MALFORMED, NO_ATOMS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -159,7 +160,8 @@ async def test_openrlhf_on_error_fail_answers_422(tiny_server: ProctorServer) ->
     """reward.openrlhf.on_error: fail — the route itself, with a rules-only scorer and the server's reward service."""
     assert tiny_server.http is not None
     svc = tiny_server.http.contexts["proctor.v1.RewardModel"]
-    route = openrlhf.OpenRLHFRoute(RewardScorer(RewardSettings(mode="rules", total_steps=10), None), svc, "fail", -1.0)
+    core = RewardCore(RewardScorer(RewardSettings(mode="rules", total_steps=10), None), None, svc)
+    route = openrlhf.OpenRLHFRoute(core, "fail", -1.0)
     body = {"query": ["Q? " + NO_ATOMS, "Q? " + NO_ATOMS], "prompts": ["Q? "] * 2, "labels": ["Paris"] * 2}
     parsed = openrlhf.parse_body(json.dumps({**body, "training_step": 11}).encode(), {})
     status, out = await route.answer(*parsed)

@@ -14,8 +14,8 @@ from proctor.clients.replicas import REWARD, ClientMetrics, ReplicaClient, Retry
 from proctor.clients.reward import reward_request
 from proctor.engine.config import Config, RewardConfig, ServerConfig
 from tests.conftest import started
+from tests.engine.doors.grpc.test_reward_service import GOOD, MALFORMED, NO_ATOMS
 from tests.engine.server.test_process import ServerProcess
-from tests.engine.services.test_reward_service import GOOD, MALFORMED, NO_ATOMS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -7,9 +7,9 @@ import pytest
 
 from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.config import Config, ConfigError, RewardConfig, TeacherConfig, load_config
+from proctor.engine.cores.metrics import Metrics
 from proctor.engine.rewards.pipeline import RewardSettings
 from proctor.engine.server.wiring import BackendSet
-from proctor.engine.services.metrics import Metrics
 
 
 def _torch_backend(backends: BackendSet, section: str, cfg: TeacherConfig | RewardConfig) -> TorchGenerator:

@@ -16,7 +16,7 @@ import pytest
 
 from proctor.engine.items import FinishReason, GenerateItem, Generation
 from proctor.engine.jobs import distill
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 from proctor.engine.skd import critic_input, cutoffs, triples
 from proctor.engine.skd import prompts as skd
 from proctor.engine.skd.event_pool import EventPool

@@ -21,9 +21,9 @@ import torch
 
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.config import Config, HttpConfig, RewardConfig, ServerConfig, StepsConfig
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 from tests.conftest import started
-from tests.engine.services.test_reward_service import GOOD, MALFORMED, NO_ATOMS
+from tests.engine.doors.grpc.test_reward_service import GOOD, MALFORMED, NO_ATOMS
 from tests.trainers.conftest import require
 
 require("openrlhf")

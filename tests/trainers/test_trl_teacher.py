@@ -14,9 +14,9 @@ import torch
 
 from proctor.clients.teacher import AsyncTeacherClient, score_request
 from proctor.engine.backends.builtin_models import resolve_model
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 from tests.conftest import TINY
-from tests.engine.services.http.test_http_openai import PROMPT_LENGTHS, SEQUENCES, base, reference  # noqa: F401 (a fixture)
+from tests.engine.doors.http.test_http_openai import PROMPT_LENGTHS, SEQUENCES, base, reference  # noqa: F401 (a fixture)
 from tests.trainers.conftest import require
 
 trl = require("trl")

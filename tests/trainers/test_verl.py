@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from proctor.engine.backends.builtin_models import resolve_model
-from tests.engine.services.test_reward_service import GOOD, MALFORMED, NO_ATOMS
+from tests.engine.doors.grpc.test_reward_service import GOOD, MALFORMED, NO_ATOMS
 from tests.trainers.conftest import require
 
 verl = require("verl")

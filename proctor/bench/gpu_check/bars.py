@@ -41,8 +41,8 @@ from proctor.bench.gpu_check.report import Figure
 from proctor.bench.gpu_check.scale import Scale
 from proctor.clients.teacher import TeacherClient, score_group_request, score_request
 from proctor.engine.backends.torch.generator import TorchGenerator
+from proctor.engine.doors.grpc.convert import RELATIONS
 from proctor.engine.items import ScoreItem
-from proctor.engine.services.convert import RELATIONS
 from proctor.engine.skd.critic_input import triple_pairs
 from proctor.v1 import teacher_pb2, teacher_pb2_grpc
 

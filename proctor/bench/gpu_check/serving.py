@@ -24,7 +24,7 @@ from proctor.bench.gpu_check.context import PhaseContext
 from proctor.bench.gpu_check.report import Figure
 from proctor.clients.reward import RewardClient, reward_request
 from proctor.clients.teacher import TeacherClient, generate_request, score_group_request, score_request
-from proctor.engine.services.convert import RELATIONS
+from proctor.engine.doors.grpc.convert import RELATIONS
 from proctor.engine.skd.critic_input import triple_pairs
 from proctor.v1 import critic_pb2, critic_pb2_grpc, reward_pb2, teacher_pb2
 

@@ -17,7 +17,7 @@ import grpc
 from proctor.engine.backends.builtin_models import builtin_available
 from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
 from proctor.engine.jobs import distill
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 from proctor.v1 import (
     common_pb2,
     critic_pb2,

@@ -29,14 +29,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from tqdm import tqdm
 
+from proctor.clients.critic import CriticClient, cutoff_levels
+from proctor.clients.streaming import PLAINTEXT, Credentials
+from proctor.clients.teacher import TeacherClient, generate_request
 from proctor.engine.items import FinishReason, SamplingParams
 from proctor.engine.skd import prompts as skd
 from proctor.engine.skd.event_pool import EventPool
 from proctor.engine.skd.relations import RELATIONS
-from proctor.v1 import common_pb2, critic_pb2_grpc, teacher_pb2, teacher_pb2_grpc
+from proctor.v1 import common_pb2, teacher_pb2
 
 _ENUMS = {r.name: common_pb2.Relation.Value(r.enum) for r in RELATIONS.values()}
 _NAMES = {value: name for name, value in _ENUMS.items()}
@@ -73,13 +75,10 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _critic_cutoffs(channel: grpc.Channel, given: dict[str, float]) -> dict[str, float]:
+def _critic_cutoffs(critic: CriticClient, given: dict[str, float]) -> dict[str, float]:
     if given:
         return given
-    info = critic_pb2_grpc.CriticStub(channel).Info(common_pb2.InfoRequest(), timeout=60)
-    found = {
-        level: float(info.extra[f"cutoff_{level}"]) for level in ("high", "medium") if f"cutoff_{level}" in info.extra
-    }
+    found = {level: cut for level, cut in cutoff_levels(critic.info()).items() if level in LEVELS}
     if len(found) != 2:
         raise SystemExit("the server's critic publishes no high/medium cut-offs; pass --cutoffs high=X,medium=Y")
     return found
@@ -96,7 +95,7 @@ def _prepare(output: Path, job: DistillJob) -> None:
         _write_atomic(job_file, spec)
 
 
-def _events(stub: teacher_pb2_grpc.TeacherStub, output: Path, job: DistillJob) -> list[str]:
+def _events(teacher: TeacherClient, output: Path, job: DistillJob) -> list[str]:
     path = output / "events.jsonl"
     if path.exists():
         return [json.loads(line)["event"] for line in path.read_text().splitlines()]
@@ -104,7 +103,7 @@ def _events(stub: teacher_pb2_grpc.TeacherStub, output: Path, job: DistillJob) -
         events = [e.strip() for e in Path(job.events_file).read_text().splitlines() if e.strip()]
     else:
         print(f"writing {job.num_events} events with the teacher ...", flush=True)
-        pool = _teacher_events(stub, job)
+        pool = _teacher_events(teacher, job)
         _write_atomic(output / "event_filter.json", json.dumps({"prompts": pool.prompts, **asdict(pool.counts)}))
         if pool.shortfall():
             raise SystemExit(
@@ -115,17 +114,14 @@ def _events(stub: teacher_pb2_grpc.TeacherStub, output: Path, job: DistillJob) -
     return events
 
 
-def _teacher_events(stub: teacher_pb2_grpc.TeacherStub, job: DistillJob) -> EventPool:
+def _teacher_events(teacher: TeacherClient, job: DistillJob) -> EventPool:
     """The run's event pool, sampled over Generate round by round."""
     pool = EventPool(
         job.num_events, job.seed, dataclasses.replace(skd.EVENT_SAMPLING, n=job.event_n), job.max_event_prompts
     )
     while prompts := pool.next_round():
-        requests = [
-            teacher_pb2.GenerateRequest(id=str(i), prompt=common_pb2.Prompt(text=text), params=_wire_params(params))
-            for i, (text, params) in enumerate(prompts)
-        ]
-        results = {r.id: r for r in stub.Generate(iter(requests))}
+        requests = [generate_request(str(i), text, **_wire_params(params)) for i, (text, params) in enumerate(prompts)]
+        results = teacher.generate(requests)
         samples = []
         for i in range(len(prompts)):
             result = results[str(i)]
@@ -136,18 +132,11 @@ def _teacher_events(stub: teacher_pb2_grpc.TeacherStub, job: DistillJob) -> Even
     return pool
 
 
-def _wire_params(p: SamplingParams) -> teacher_pb2.SamplingParams:
-    return teacher_pb2.SamplingParams(
-        n=p.n,
-        temperature=p.temperature,
-        top_p=p.top_p,
-        presence_penalty=p.presence_penalty,
-        frequency_penalty=p.frequency_penalty,
-        seed=p.seed,
-        max_tokens=p.max_tokens,
-        stop=list(p.stop),
-        logprobs=p.logprobs,
-    )
+def _wire_params(p: SamplingParams) -> dict[str, Any]:
+    """The sampling fields the wire's SamplingParams shares with the engine's, as generate_request takes them."""
+    wire = teacher_pb2.SamplingParams.DESCRIPTOR.fields_by_name
+    values = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name in wire}
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items() if v is not None}
 
 
 def _candidate(c: teacher_pb2.Completion) -> skd.Candidate:
@@ -174,13 +163,17 @@ def run(
     job: DistillJob,
     cutoffs: dict[str, float] | None = None,
     after_chunk: Callable[[int], None] | None = None,
+    credentials: Credentials = PLAINTEXT,
 ) -> dict[str, Any]:
-    """Run (or resume) the job against a server; returns the summary it also writes to summary.json."""
+    """Run (or resume) the job against a server (TLS and a bearer token as `credentials` say); returns the summary it
+    also writes to summary.json."""
     _prepare(output, job)
-    with grpc.insecure_channel(target) as channel:
-        stub = teacher_pb2_grpc.TeacherStub(channel)
-        levels = _critic_cutoffs(channel, cutoffs or {})
-        events = _events(stub, output, job)
+    with (
+        TeacherClient(target, credentials=credentials) as teacher,
+        CriticClient(target, credentials=credentials, timeout_s=60) as critic,
+    ):
+        levels = _critic_cutoffs(critic, cutoffs or {})
+        events = _events(teacher, output, job)
         chunks = [events[i : i + job.chunk_events] for i in range(0, len(events), job.chunk_events)]
         done, length = _resume(output)
         if done:
@@ -198,7 +191,7 @@ def run(
                     cutoff=min(levels.values()),
                 )
                 lines = []
-                for r in stub.GenerateTriples(request):
+                for r in teacher.generate_triples(request):
                     if r.HasField("error"):
                         raise SystemExit(f"event {r.head!r} failed: {r.error.message}")
                     row = {

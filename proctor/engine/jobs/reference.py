@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from proctor.engine import config as config_module
-from proctor.engine.services.metrics import Metrics
+from proctor.engine.cores.metrics import Metrics
 
 DOC = Path(__file__).resolve().parents[3] / "deploy" / "OPERATIONS.md"
 _SECTIONS = {

@@ -11,7 +11,7 @@ from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.backends.vllm.generator import VllmGenerator
 from proctor.engine.backends.vllm.hidden_scorer import VllmHiddenScorer
 from proctor.engine.config import ConfigError, CriticConfig
-from proctor.engine.services.metrics import Metrics
+from proctor.engine.cores.metrics import Metrics
 
 
 def resolve_backend(backend: str) -> str:

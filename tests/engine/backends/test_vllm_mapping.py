@@ -164,7 +164,7 @@ def test_vllm_settings_come_from_yaml(tmp_path: Path) -> None:
 @pytest.mark.asyncio(loop_scope="session")
 async def test_one_engine_per_model_so_settings_must_agree() -> None:
     from proctor.engine.config import Config, RewardConfig, ServerConfig
-    from proctor.engine.server.grpc_server import ProctorServer
+    from proctor.engine.server.lifecycle import ProctorServer
 
     config = Config(
         server=ServerConfig(port=0, metrics_port=-1),

@@ -26,7 +26,7 @@ from proctor.engine.backends.vllm.generator import VllmGenerator
 from proctor.engine.backends.vllm.hidden_scorer import VllmHiddenScorer
 from proctor.engine.config import Config, RewardConfig, ServerConfig, TeacherConfig
 from proctor.engine.items import ScoreItem
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 from tests.conftest import TINY, started
 from tests.engine.backends.test_generator_contract import HAVE_VLLM
 

@@ -20,7 +20,7 @@ from proctor.clients import verl
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.trl import ProctorReward
 from proctor.engine.rewards import outcome, rollout
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 from tests.clients.test_adapters import _post
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

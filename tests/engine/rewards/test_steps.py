@@ -12,7 +12,7 @@ import pytest
 from proctor.engine.errors import ItemError
 from proctor.engine.rewards.steps import StepRun, StepTracker
 from proctor.v1 import reward_pb2, reward_pb2_grpc
-from tests.engine.services.test_reward_service import GOOD, NO_ATOMS
+from tests.engine.doors.grpc.test_reward_service import GOOD, NO_ATOMS
 
 
 def test_t_advances_every_rollouts_per_step() -> None:

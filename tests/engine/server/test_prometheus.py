@@ -15,8 +15,8 @@ import pytest
 
 from proctor.clients.reward import AsyncRewardClient, reward_request
 from proctor.clients.teacher import AsyncTeacherClient, generate_request
-from proctor.engine.server.grpc_server import ProctorServer
-from tests.engine.services.test_reward_service import GOOD
+from proctor.engine.server.lifecycle import ProctorServer
+from tests.engine.doors.grpc.test_reward_service import GOOD
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),

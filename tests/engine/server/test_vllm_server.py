@@ -17,7 +17,7 @@ from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_
 from proctor.engine.config import Config, RewardConfig, ServerConfig, TeacherConfig
 from proctor.engine.errors import ItemError
 from proctor.engine.items import ScoreItem
-from proctor.engine.server.grpc_server import ProctorServer
+from proctor.engine.server.lifecycle import ProctorServer
 from proctor.v1 import teacher_pb2
 from tests.conftest import TINY, started
 from tests.engine.backends.test_generator_contract import CPU_VLLM, HAVE_VLLM, vllm_generator

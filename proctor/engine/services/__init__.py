@@ -1,1 +1,0 @@
-"""The gRPC services: proto <-> dataclasses, validation, errors, metrics, admission. Nothing below sees a proto."""
