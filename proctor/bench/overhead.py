@@ -5,8 +5,9 @@
 Workloads: rule-only rewards (no model: the overhead *is* the cost) on ~6 KB multi-turn rollouts, one item per
 message (Reward) and 256 per message (RewardBatched, with full atoms and with `atom_detail: NONE`, what the trainer
 adapters send); SKD triples on the tiny critic (5 name draws each, 256 per ClassifyBatched message); and Score with
-the tiny model. The server runs as its own process (as in production); the client streams every item on one call.
-The rule-reward variants run in interleaved rounds, as this machine's speed drifts: each figure is the median over
+the tiny model, one item per message (Score) and 64 per message (ScoreBatched). The server runs as its own process
+(as in production); the client streams every item on one call. The rule-reward and the Score variants run in
+interleaved rounds with their in-process baseline, as this machine's speed drifts: each figure is the median over
 rounds, and the overhead the median of each round's difference. Besides wall time per item, the server's own CPU
 time per item is read from /proc: its inverse is the throughput per server core. Writes
 bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
@@ -63,16 +64,14 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
         for i in range(items // 20)
     ]
 
-    async def direct_scores() -> float:
-        backend = TorchGenerator("builtin:tiny", device="cpu")
-        await backend.start()
-        batch = [ScoreItem(list(s.context.token_ids.ids), list(s.target.token_ids.ids)) for s in scores]
-        await asyncio.gather(*(backend.score(x) for x in batch[:50]))  # warm-up
-        t0 = time.perf_counter()
-        await asyncio.gather(*(backend.score(x) for x in batch))
-        seconds = time.perf_counter() - t0
-        await backend.close()
-        return seconds
+    # The in-process Score runs in rounds with the gRPC ones (the machine's speed drifts): one loop keeps the backend.
+    score_loop = asyncio.Runner()
+    score_backend = TorchGenerator("builtin:tiny", device="cpu")
+    score_loop.run(score_backend.start())
+    score_items = [ScoreItem(list(s.context.token_ids.ids), list(s.target.token_ids.ids)) for s in scores]
+
+    async def score_all(batch: list[ScoreItem]) -> None:
+        await asyncio.gather(*(score_backend.score(x) for x in batch))
 
     classify = [load.workloads(2048)["skd"].make(rng, i) for i in range(items // 5)]
     triples = [(c.triple.head, RELATIONS[c.triple.relation], c.triple.tail, None) for c in classify]
@@ -89,10 +88,12 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
         await backend.close()
         return seconds
 
-    score_direct = asyncio.run(direct_scores())
+    score_loop.run(score_all(score_items[:50]))  # warm-up
     triples_direct = asyncio.run(direct_triples())
     wall: dict[str, list[float]] = {}
     server_cpu: dict[str, list[float]] = {}
+    score_wall: dict[str, list[float]] = {}
+    score_cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         proc, target, _ = serve(Path(folder), CONFIG)
         try:
@@ -130,14 +131,33 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
                 triples_cpu = cpu_seconds(proc.pid) - cpu0
                 assert len(answered) == len(triples) and not any(r.HasField("error") for r in answered)
             with TeacherClient(target) as teacher:
-                teacher.score(scores[:50])
-                t0 = time.perf_counter()
-                scored = teacher.score(scores)
-                score_grpc = time.perf_counter() - t0
-                assert not any(r.HasField("error") for r in scored.values())
+
+                def score_over_grpc(batch_size: int) -> Callable[[], None]:
+                    def run() -> None:
+                        out = teacher.score(scores, batch_size=batch_size)
+                        assert len(out) == len(scores) and not any(r.HasField("error") for r in out.values())
+
+                    return run
+
+                score_variants: dict[str, Callable[[], None]] = {
+                    "in_process": lambda: score_loop.run(score_all(score_items)),
+                    "grpc_per_message": score_over_grpc(0),
+                    "grpc_batched": score_over_grpc(64),
+                }
+                teacher.score(scores[:50], batch_size=0)  # warm-up
+                teacher.score(scores[:50], batch_size=64)
+                for _ in range(rounds):
+                    for name, run in score_variants.items():
+                        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+                        run()
+                        score_wall.setdefault(name, []).append((time.perf_counter() - t0) / len(scores))
+                        if name != "in_process":
+                            score_cpu.setdefault(name, []).append((cpu_seconds(proc.pid) - cpu0) / len(scores))
         finally:
             proc.terminate()
             proc.wait()
+            score_loop.run(score_backend.close())
+            score_loop.close()
     us = 1e6
     median = {name: statistics.median(values) * us for name, values in wall.items()}
     cpu = {name: statistics.median(values) * us for name, values in server_cpu.items()}
@@ -166,11 +186,17 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
             "critic_overhead_us_per_triple": (triples_grpc - triples_direct) / len(triples) * us,
             "critic_grpc_server_cpu_us_per_triple": triples_cpu / len(triples) * us,
             "score_items": len(scores),
-            "score_in_process_us_per_item": score_direct / len(scores) * us,
-            "score_grpc_us_per_item": score_grpc / len(scores) * us,
-            "score_overhead_us_per_item": (score_grpc - score_direct) / len(scores) * us,
+            "score_in_process_us_per_item": statistics.median(score_wall["in_process"]) * us,
         }
     )
+    for name in ("grpc_per_message", "grpc_batched"):
+        paired = [(v - a) * us for v, a in zip(score_wall[name], score_wall["in_process"], strict=True)]
+        ratios = [v / a - 1 for v, a in zip(score_wall[name], score_wall["in_process"], strict=True)]
+        report[f"score_{name}_us_per_item"] = statistics.median(score_wall[name]) * us
+        report[f"score_{name}_overhead_us_per_item"] = statistics.median(paired)
+        report[f"score_{name}_overhead_fraction"] = statistics.median(ratios)
+        report[f"score_{name}_server_cpu_us_per_item"] = statistics.median(score_cpu[name]) * us
+    report["score_wall_us_per_item_every_round"] = {n: [round(v * us, 1) for v in w] for n, w in score_wall.items()}
     return report
 
 

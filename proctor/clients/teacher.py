@@ -59,6 +59,11 @@ def score_group_request(
     )
 
 
+def _score_rpc(stub: Any, batch_size: int) -> tuple[Any, type[teacher_pb2.ScoreBatch] | None]:
+    """ScoreBatched for batch_size > 0 (Python gRPC's cost per message, not per item, dominates), else Score."""
+    return (stub.ScoreBatched, teacher_pb2.ScoreBatch) if batch_size > 0 else (stub.Score, None)
+
+
 class TeacherClient(SyncClient):
     """Blocking Teacher client (one channel; safe to share across threads)."""
 
@@ -80,8 +85,12 @@ class TeacherClient(SyncClient):
     def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
         return run_sync(self, teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
 
-    def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
-        return run_sync(self, teacher_pb2.ScoreResult, self.stub.Score, list(requests))
+    def score(
+        self, requests: Iterable[teacher_pb2.ScoreRequest], batch_size: int = 64
+    ) -> dict[str, teacher_pb2.ScoreResult]:
+        """One call for all requests, `batch_size` per message (ScoreBatched); 0 = one per message (Score)."""
+        method, batch = _score_rpc(self.stub, batch_size)
+        return run_sync(self, teacher_pb2.ScoreResult, method, list(requests), batch, batch_size)
 
     def generate_triples(self, request: teacher_pb2.TriplesRequest) -> Iterator[teacher_pb2.TripleResult]:
         """SKD triples as each event's are ready; a failed event is a result with `error` (and its head)."""
@@ -112,5 +121,9 @@ class AsyncTeacherClient(AsyncClient):
     async def generate(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> dict[str, teacher_pb2.GenerateResult]:
         return await run_async(self, teacher_pb2.GenerateResult, self.stub.Generate, list(requests))
 
-    async def score(self, requests: Iterable[teacher_pb2.ScoreRequest]) -> dict[str, teacher_pb2.ScoreResult]:
-        return await run_async(self, teacher_pb2.ScoreResult, self.stub.Score, list(requests))
+    async def score(
+        self, requests: Iterable[teacher_pb2.ScoreRequest], batch_size: int = 64
+    ) -> dict[str, teacher_pb2.ScoreResult]:
+        """See TeacherClient.score."""
+        method, batch = _score_rpc(self.stub, batch_size)
+        return await run_async(self, teacher_pb2.ScoreResult, method, list(requests), batch, batch_size)

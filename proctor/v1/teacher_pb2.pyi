@@ -376,6 +376,46 @@ class ScoreResult(_message.Message):
 Global___ScoreResult: _TypeAlias = ScoreResult  # noqa: Y015
 
 @_typing.final
+class ScoreBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreRequest]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ScoreRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreBatch: _TypeAlias = ScoreBatch  # noqa: Y015
+
+@_typing.final
+class ScoreResults(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreResult]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ScoreResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreResults: _TypeAlias = ScoreResults  # noqa: Y015
+
+@_typing.final
 class TriplesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

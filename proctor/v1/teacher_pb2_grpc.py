@@ -45,6 +45,11 @@ class TeacherStub:
                 request_serializer=proctor_dot_v1_dot_teacher__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=proctor_dot_v1_dot_teacher__pb2.ScoreResult.FromString,
                 _registered_method=True)
+        self.ScoreBatched = channel.stream_stream(
+                '/proctor.v1.Teacher/ScoreBatched',
+                request_serializer=proctor_dot_v1_dot_teacher__pb2.ScoreBatch.SerializeToString,
+                response_deserializer=proctor_dot_v1_dot_teacher__pb2.ScoreResults.FromString,
+                _registered_method=True)
         self.GenerateTriples = channel.unary_stream(
                 '/proctor.v1.Teacher/GenerateTriples',
                 request_serializer=proctor_dot_v1_dot_teacher__pb2.TriplesRequest.SerializeToString,
@@ -69,6 +74,14 @@ class TeacherServicer:
 
     def Score(self, request_iterator, context):
         """Log-probs of given target tokens after a context (distillation losses, on-policy distillation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScoreBatched(self, request_iterator, context):
+        """Score with many items per message: the same per-item semantics (ids, per-item errors, admission, deadlines),
+        a fraction of the per-message cost. Each reply carries the results ready at that moment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +112,11 @@ def add_TeacherServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=proctor_dot_v1_dot_teacher__pb2.ScoreRequest.FromString,
                     response_serializer=proctor_dot_v1_dot_teacher__pb2.ScoreResult.SerializeToString,
+            ),
+            'ScoreBatched': grpc.stream_stream_rpc_method_handler(
+                    servicer.ScoreBatched,
+                    request_deserializer=proctor_dot_v1_dot_teacher__pb2.ScoreBatch.FromString,
+                    response_serializer=proctor_dot_v1_dot_teacher__pb2.ScoreResults.SerializeToString,
             ),
             'GenerateTriples': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateTriples,
@@ -165,6 +183,33 @@ class Teacher:
             '/proctor.v1.Teacher/Score',
             proctor_dot_v1_dot_teacher__pb2.ScoreRequest.SerializeToString,
             proctor_dot_v1_dot_teacher__pb2.ScoreResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreBatched(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/proctor.v1.Teacher/ScoreBatched',
+            proctor_dot_v1_dot_teacher__pb2.ScoreBatch.SerializeToString,
+            proctor_dot_v1_dot_teacher__pb2.ScoreResults.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,10 @@ class TeacherStub:
     """Many prompts in, one result per prompt out, each sent as soon as all its `n` samples finish."""
     Score: _grpc.StreamStreamMultiCallable[_teacher_pb2.ScoreRequest, _teacher_pb2.ScoreResult]
     """Log-probs of given target tokens after a context (distillation losses, on-policy distillation)."""
+    ScoreBatched: _grpc.StreamStreamMultiCallable[_teacher_pb2.ScoreBatch, _teacher_pb2.ScoreResults]
+    """Score with many items per message: the same per-item semantics (ids, per-item errors, admission, deadlines),
+    a fraction of the per-message cost. Each reply carries the results ready at that moment.
+    """
     GenerateTriples: _grpc.UnaryStreamMultiCallable[_teacher_pb2.TriplesRequest, _teacher_pb2.TripleResult]
     """Symbolic Knowledge Distillation: events -> inferences per relation -> critic score."""
     Info: _grpc.UnaryUnaryMultiCallable[_common_pb2.InfoRequest, _common_pb2.ModelInfo]
@@ -47,6 +51,10 @@ class TeacherAsyncStub(TeacherStub):
     """Many prompts in, one result per prompt out, each sent as soon as all its `n` samples finish."""
     Score: _aio.StreamStreamMultiCallable[_teacher_pb2.ScoreRequest, _teacher_pb2.ScoreResult]  # type: ignore[assignment]
     """Log-probs of given target tokens after a context (distillation losses, on-policy distillation)."""
+    ScoreBatched: _aio.StreamStreamMultiCallable[_teacher_pb2.ScoreBatch, _teacher_pb2.ScoreResults]  # type: ignore[assignment]
+    """Score with many items per message: the same per-item semantics (ids, per-item errors, admission, deadlines),
+    a fraction of the per-message cost. Each reply carries the results ready at that moment.
+    """
     GenerateTriples: _aio.UnaryStreamMultiCallable[_teacher_pb2.TriplesRequest, _teacher_pb2.TripleResult]  # type: ignore[assignment]
     """Symbolic Knowledge Distillation: events -> inferences per relation -> critic score."""
     Info: _aio.UnaryUnaryMultiCallable[_common_pb2.InfoRequest, _common_pb2.ModelInfo]  # type: ignore[assignment]
@@ -67,6 +75,16 @@ class TeacherServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_teacher_pb2.ScoreResult], _abc.AsyncIterator[_teacher_pb2.ScoreResult]]:
         """Log-probs of given target tokens after a context (distillation losses, on-policy distillation)."""
+
+    @_abc_1.abstractmethod
+    def ScoreBatched(
+        self,
+        request_iterator: _MaybeAsyncIterator[_teacher_pb2.ScoreBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_teacher_pb2.ScoreResults], _abc.AsyncIterator[_teacher_pb2.ScoreResults]]:
+        """Score with many items per message: the same per-item semantics (ids, per-item errors, admission, deadlines),
+        a fraction of the per-message cost. Each reply carries the results ready at that moment.
+        """
 
     @_abc_1.abstractmethod
     def GenerateTriples(

@@ -14,7 +14,7 @@ def test_every_service_of_the_design_is_in_the_contract() -> None:
         for s in f.DESCRIPTOR.services_by_name.values()
     }
     assert methods == {
-        "proctor.v1.Teacher": ["Generate", "GenerateTriples", "Info", "Score"],
+        "proctor.v1.Teacher": ["Generate", "GenerateTriples", "Info", "Score", "ScoreBatched"],
         "proctor.v1.Critic": ["Classify", "ClassifyBatched", "Info"],  # *Batched: many items per message
         "proctor.v1.RewardModel": ["Info", "Reward", "RewardBatched"],
     }

@@ -11,7 +11,7 @@ import grpc
 from proctor.engine.cores.context import CallMetrics
 from proctor.engine.cores.teacher import EventFailed, PromptInput, TeacherCore, TriplesJob
 from proctor.engine.doors.grpc import convert
-from proctor.engine.doors.grpc.streams import StreamSpec, run_stream
+from proctor.engine.doors.grpc.streams import StreamSpec, run_batched_stream, run_stream
 from proctor.engine.errors import ItemError
 from proctor.engine.items import FinishReason, SamplingParams
 from proctor.engine.skd import prompts as skd
@@ -39,9 +39,9 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             teacher_pb2.GenerateResult,
             "params.n, params.max_tokens or params.top_logprobs",
         )
-        self._score = StreamSpec(
-            "Score", self._score_one, teacher_pb2.ScoreResult, "top_logprobs, a shorter target or fewer continuations"
-        )
+        shrink = "top_logprobs, a shorter target or fewer continuations"
+        self._score = StreamSpec("Score", self._score_one, teacher_pb2.ScoreResult, shrink)
+        self._score_batched = StreamSpec("ScoreBatched", self._score_one, teacher_pb2.ScoreResult, shrink)
 
     # ---- RPCs ------------------------------------------------------------------------------------------------
 
@@ -56,6 +56,13 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
     ) -> AsyncIterator[teacher_pb2.ScoreResult]:
         async for result in run_stream(self.svc, self._score, request_iterator):
             yield result
+
+    async def ScoreBatched(
+        self, request_iterator: AsyncIterator[teacher_pb2.ScoreBatch], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[teacher_pb2.ScoreResults]:
+        results = teacher_pb2.ScoreResults
+        async for message in run_batched_stream(self.svc, self._score_batched, request_iterator, results):
+            yield message
 
     async def GenerateTriples(
         self, request: teacher_pb2.TriplesRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -132,6 +132,21 @@ async def test_score_equals_a_float64_reference(target: str) -> None:
         assert torch.allclose(top_vals, ref.topk(4, dim=-1).values, atol=1e-4)
 
 
+async def test_score_batched_answers_each_item_as_score_does(target: str) -> None:
+    """Many items per message (ScoreBatched), one per message (Score): the same results, a bad item failing alone."""
+    requests = [score_request(f"s{i}", [3, 7 + i], [11, 13, 17 + i], top_logprobs=3) for i in range(5)]
+    requests.insert(2, score_request("bad", [1, 10**6], [2]))
+    async with AsyncTeacherClient(target) as client:
+        one_by_one = await client.score(requests, batch_size=0)
+        batched = await client.score(requests, batch_size=2)
+    assert batched.keys() == one_by_one.keys() == {r.id for r in requests}
+    assert batched["bad"].error.code == INVALID_ARGUMENT and batched["bad"].error.field == "context.token_ids.ids[1]"
+    for key, result in one_by_one.items():
+        assert batched[key].error == result.error
+        assert list(batched[key].logprobs) == pytest.approx(list(result.logprobs), abs=1e-6), key
+        assert list(batched[key].top.token_ids) == list(result.top.token_ids), key
+
+
 async def test_a_malformed_item_fails_only_itself(target: str) -> None:
     bad = {
         "top_p": (generate_request("top_p", "Hi", top_p=1.5), "params.top_p"),
