@@ -50,6 +50,8 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
+            # gRPC's default SO_REUSEPORT lets a second server share a port in use and take half its callers.
+            ("grpc.so_reuseport", 0),
         ],
     )
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
@@ -71,9 +73,15 @@ def bind(server: grpc.aio.Server, cfg: ServerConfig) -> int:
     """Open the server's port (TLS when configured); the port it got."""
     credentials = server_credentials(cfg.tls)
     address = f"{cfg.host}:{cfg.port}"
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises this where older versions returned 0
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
+        raise ConfigError(
+            f"server.port: cannot listen on {address} (in use, or not an address of this machine); "
+            "choose a free port, or 0 for any"
+        )
     return port
 
 
