@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from proctor.engine.backends.base import Generator
 from proctor.engine.cores.context import ServiceContext
 from proctor.engine.rewards.pipeline import PendingJudgement, RewardOutcome, RewardScorer, RolloutInput
+from proctor.engine.rewards.steps import StepRun
 
 T = TypeVar("T")
 
@@ -48,6 +49,11 @@ class RewardCore:
         if isinstance(decided, PendingJudgement):
             return self._judged(decided)
         return decided
+
+    def count_unscored(self, run: StepRun) -> None:
+        """A rollout of `run` that could not be scored (the door could not read it) still counts toward its step:
+        the trainer sent it."""
+        self.scorer.steps.step(run)
 
     async def _off_loop(self, item: RolloutInput) -> RewardOutcome:
         decided = await off_loop(self.scorer.apply_rules, item)

@@ -195,8 +195,8 @@ class OpenRLHFRoute:
             else:  # a long cut prompt: the character-by-character match would hold up the event loop
                 response = await off_loop(response_of, prompt, query)
         except ItemError:
-            if run is not None:  # the trainer sent this rollout: it counts, scored or not
-                self.core.scorer.steps.step(run)
+            if run is not None:
+                self.core.count_unscored(run)
             raise
         decided = self.core.reward(RolloutInput(prompt, response, golds(body.labels[i]), step, total, run=run))
         return decided if isinstance(decided, RewardOutcome) else await decided
