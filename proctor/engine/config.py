@@ -250,6 +250,8 @@ class RewardConfig(BackendSettings, RewardSettings):
             raise ConfigError(f"reward.aggregation: {self.aggregation!r} is not one of {', '.join(rrm.aggregations())}")
         if self.total_steps < 0:
             raise ConfigError("reward.total_steps: must be >= 0")
+        if self.max_rollout_chars < 1:
+            raise ConfigError("reward.max_rollout_chars: must be >= 1")
 
 
 @dataclass

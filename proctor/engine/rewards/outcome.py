@@ -7,12 +7,22 @@ import string
 
 ANSWER_SPLIT = "<|answer_split|>"
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")  # ASCII only: “ ” — … stay
+# Where a text may be cut without cutting a token: whitespace (`\s` is str.split's whitespace) or punctuation.
+_BOUNDARY = re.compile(rf"[\s{re.escape(string.punctuation)}]")
+SLICE_CHARS = 64 * 1024  # one substitution and split per slice: no call over a whole long text holds the GIL
 
 
 def tokens(text: str) -> set[str]:
     """The token set of the normalised text: ASCII punctuation -> space, then split on whitespace (which is what
-    collapsing whitespace runs, stripping and splitting on one space give)."""
-    return set(_PUNCTUATION.sub(" ", text).split())
+    collapsing whitespace runs, stripping and splitting on one space give), a slice at a time."""
+    found: set[str] = set()
+    pos = 0
+    while pos < len(text):
+        cut = _BOUNDARY.search(text, min(pos + SLICE_CHARS, len(text)))
+        stop = cut.end() if cut else len(text)
+        found.update(_PUNCTUATION.sub(" ", text[pos:stop]).split())
+        pos = stop
+    return found
 
 
 def f1(prediction: str, gold: str) -> float:

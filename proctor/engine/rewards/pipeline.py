@@ -53,6 +53,9 @@ class RewardSettings:
     """0 = 8 per atom + 16"""
     renormalize: bool = True
     """expected mode: renormalise over the score tokens"""
+    max_rollout_chars: int = 1024 * 1024
+    """the most characters one rollout may carry in its question, response and gold answers together; a longer one
+    fails alone with INVALID_ARGUMENT (the rules cost ~0.3 us a character of tag soup, on a thread of their own)"""
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class RewardScorer:
         """Everything that needs no model: the final outcome (rules mode, a malformed rollout, no atoms), or what
         is left for the RRM."""
         step = self.training_step(item)  # first: a rollout the trainer sent is counted even when it fails below
+        self._check_size(item)
         mode = item.mode or RewardMode(self.settings.mode)
         if mode != RewardMode.RULES and self.judge is None:
             raise ItemError(
@@ -143,6 +147,17 @@ class RewardScorer:
         gold = next(golds, None) if self.settings.include_gold else None
         prompt = rrm.render_prompt(self.settings.prompt_template, item.question, atoms, gold)
         return PendingJudgement(item, result, prompt, mode)
+
+    def _check_size(self, item: RolloutInput) -> None:
+        sizes = {"question": len(item.question), "response": len(item.response)}
+        sizes["gold_answers"] = sum(len(g) for g in item.golds)
+        limit = self.settings.max_rollout_chars
+        if sum(sizes.values()) > limit:
+            parts = ", ".join(f"{name} {size}" for name, size in sizes.items())
+            raise ItemError(
+                f"{sum(sizes.values())} characters ({parts}) > reward.max_rollout_chars {limit}",
+                max(sizes, key=lambda name: sizes[name]),
+            )
 
     def training_step(self, item: RolloutInput) -> int:
         """T: the trainer's when it sent one (it always wins), else the run's count (engine.rewards.steps)."""

@@ -5,11 +5,15 @@ and atoms are matched only inside the think blocks. DeepResearcher lowercases th
 matching the tag names caselessly on the original text finds exactly the same tags (the Kelvin sign is the one
 non-ASCII character that lowercases to a letter of theirs; U+0130 lowercases to two characters and cannot form a
 tag) and keeps offsets and atom texts in the original.
+
+The scans run in slices of SLICE_CHARS characters: one call into the regex engine holds the GIL, so one scan over
+a whole rollout would stall every other thread (the event loop's too) for as long as the rollout is long.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import NamedTuple
 
 FORMAT_TAGS = ("tool_call", "think", "answer")
@@ -27,10 +31,15 @@ _TAG = re.compile(
     "<(?:" + "|".join([f"({_caseless(t)})" for t in FORMAT_TAGS] + [f"/({_caseless(t)})" for t in FORMAT_TAGS]) + ")>"
 )
 _CLOSING = len(FORMAT_TAGS)
+# What a format tag cut at a slice's end can begin with (the longest tag is `</tool_call>`, 12 characters).
+_TAG_HEAD = re.compile(f"</?[a-zA-Z_\u212a]{{0,{max(map(len, FORMAT_TAGS))}}}")
 # An atom is a well-formed upper-case tag pair; the set of names is open: what `<([A-Z][A-Z0-9_]*)>(.*?)</\1>`
 # (across newlines) finds scanning left to right. That pattern is quadratic on unclosed tags (`<A>` * n: every
 # opening tag scans to the end for its close), so the tags are found once and paired in one pass instead.
 _ATOM_TAG = re.compile(r"<(/?)([A-Z][A-Z0-9_]*)>")
+_ATOM_HEAD = re.compile(r"</?(?:[A-Z][A-Z0-9_]*)?")
+# About 1.6 ms of the slowest scan (`<` after `<`, each one a failed tag: ~100 ns a character) per call.
+SLICE_CHARS = 16 * 1024
 
 
 class Atom(NamedTuple):
@@ -57,7 +66,7 @@ def parse(response: str) -> ParsedRollout:
     # after that close: the rule's scan. An opening left without a close is where the rule fails.
     unclosed: list[tuple[int, int] | None] = [None] * len(FORMAT_TAGS)  # the pending opening tag's span
     pairs: list[list[tuple[int, int]]] = [[] for _ in FORMAT_TAGS]  # the content span of each pair
-    for m in _TAG.finditer(response):
+    for m in _sliced(_TAG, _TAG_HEAD, response, 0, len(response)):
         tag = m.lastindex - 1  # type: ignore[operator]  # a match always has one group
         if tag < _CLOSING:
             counts[tag][0] += 1
@@ -74,6 +83,28 @@ def parse(response: str) -> ParsedRollout:
     return ParsedRollout(_verdict(response, counts, unclosed, pairs[_ANSWER]), atoms)
 
 
+def _sliced(tag: re.Pattern[str], head: re.Pattern[str], text: str, start: int, end: int) -> Iterator[re.Match[str]]:
+    """`tag.finditer(text, start, end)` in slices of about SLICE_CHARS. A tag holds one `<`, its first character, so
+    a tag cut by a slice's end begins at the slice's last `<`, and the next slice starts there when what follows it
+    is a tag's beginning (`head`); a tag longer than a slice (an atom name may be) widens the slice until it fits."""
+    pos, size = start, SLICE_CHARS
+    while pos < end:
+        stop = min(end, pos + size)
+        resume = pos
+        for m in tag.finditer(text, pos, stop):
+            yield m
+            resume = m.end()
+        if stop == end:
+            return
+        cut = text.rfind("<", resume, stop)
+        if cut < 0 or not head.fullmatch(text, cut, stop):
+            pos, size = stop, SLICE_CHARS
+        elif cut > pos:
+            pos, size = cut, SLICE_CHARS
+        else:  # one tag's beginning fills the slice: no match was cut off yet, so nothing is found twice
+            size *= 2
+
+
 def _atoms_in(response: str, start: int, end: int, turn: int) -> list[Atom]:
     """The atoms of one think block, in linear time: an opening tag pairs with the first closing tag of its name
     after it, and the scan goes on after that close (an opening tag inside a taken pair starts nothing)."""
@@ -83,7 +114,7 @@ def _atoms_in(response: str, start: int, end: int, turn: int) -> list[Atom]:
     content: list[int] = []
     names: list[str] = []
     closings: dict[str, list[int]] = {}  # name -> the starts of its closing tags, in order
-    for m in _ATOM_TAG.finditer(response, start, end):
+    for m in _sliced(_ATOM_TAG, _ATOM_HEAD, response, start, end):
         if m.group(1):
             closings.setdefault(m.group(2), []).append(m.start())
         else:
