@@ -137,6 +137,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "kills": kills,
         "outage_of_every_replica": outage or "none",
         "policy_deadline_s": policy.deadline_s,
+        "policy_max_attempts": policy.max_attempts,
+        "client_window": client.window,
         "lost": lost,
         "results_for_ids_not_sent": unexpected,
         "duplicates_dropped": client.stats.duplicates_dropped,

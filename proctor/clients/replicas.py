@@ -4,14 +4,18 @@
     results = await client.run(requests)          # dict id -> RewardResult, one per id
 
 Each round splits the unanswered items round-robin over the replicas whose `grpc.health.v1` says SERVING and sends
-each share on one stream. An item comes back for another round when its answer is retryable (UNAVAILABLE,
-RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED), when its stream broke before answering it, or when its stream ran
-past `item_timeout_s` (the stream is then cancelled, so no late answer can arrive). Rounds back off exponentially
-with jitter. Only an item actually sent to a replica spends an attempt, and only its resending spends the call's
-retry budget: items a broken stream never transmitted, and rounds in which no replica was SERVING, cost nothing.
-While no replica is SERVING the client waits for one, bounded by the call's `deadline_s`, not by a count of rounds.
-An item gets a final error (UNAVAILABLE) only when its attempts, the retry budget or the deadline are spent. Any
-answer after an id's first final answer is dropped and counted in `stats.duplicates_dropped`.
+each share on one stream, at most `window` items sent and not yet answered at a time. An item comes back for another
+round when its answer is retryable (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED), when its stream
+broke before answering it, or when its stream ran past `item_timeout_s` (the stream is then cancelled, so no late
+answer can arrive). Rounds back off exponentially with jitter. The retry budget is per item: an item is tried at
+most `max_attempts` times within the call's `deadline_s`, and only a try that actually sent it to a replica counts;
+items a broken stream never transmitted (the window keeps those the rest of a share), and rounds in which no replica
+was SERVING, cost nothing. So a replica that dies charges one try to at most `window` items, however large the
+call. While no replica is SERVING the client waits for one, bounded by the deadline, not by a count of rounds.
+A request whose encoded size passes the channel's send limit (`max_message_bytes`) fails alone, INVALID_ARGUMENT,
+before anything is sent: gRPC would otherwise fail the whole stream at it. An item gets a final error
+(UNAVAILABLE) only when its attempts or the deadline are spent. Any answer after an id's first final answer is
+dropped and counted in `stats.duplicates_dropped`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import random
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -68,8 +72,7 @@ GENERATE = Method("proctor.v1.Teacher", teacher_pb2_grpc.TeacherStub, "Generate"
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 6  # per item
-    budget_fraction: float = 1.0  # retries across the call: at most this fraction of the items (and >= 100)
+    max_attempts: int = 6  # per item: tries that sent it to a replica, within deadline_s
     backoff_s: float = 0.05
     backoff_max_s: float = 2.0
     item_timeout_s: float = 120.0  # a stream that runs longer is abandoned and its unanswered items resent
@@ -152,9 +155,15 @@ class ReplicaClient(Generic[R]):
         max_message_bytes: int = 64 * MiB,
         seed: int | None = None,
         metrics: ClientMetrics | None = None,
+        window: int = 1024,
     ) -> None:
+        """`window`: the most items one stream has sent and not had answered (the server's default
+        stream_window); a replica that dies mid-stream costs at most this many items a try."""
         if not targets:
             raise ValueError("at least one target")
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.window = window
         self.targets = list(targets)
         self.method = method
         self.policy = policy
@@ -199,7 +208,17 @@ class ReplicaClient(Generic[R]):
         results: dict[str, R] = {}
         sends: Counter[str] = Counter()  # how often each item was actually sent to a replica
         last_error: dict[str, str] = {}
-        budget = max(100, int(len(pending) * self.policy.budget_fraction))
+        limit = self._max_message_bytes
+        for request in requests:
+            if (size := request.ByteSize()) > limit:
+                del pending[request.id]
+                results[request.id] = error_result(
+                    self.method.result_type,
+                    request.id,
+                    grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                    f"the request is {size} bytes encoded, over the channel's send limit max_message_bytes {limit}: "
+                    "gRPC would fail the whole stream at it; nothing was sent",
+                )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.deadline_s
         rounds = 0
@@ -247,10 +266,7 @@ class ReplicaClient(Generic[R]):
                         continue  # never transmitted: free to send again
                     if sends[item_id] >= self.policy.max_attempts:
                         give_up(item_id, "attempts spent")
-                    elif budget <= 0:
-                        give_up(item_id, "the call's retry budget spent")
                     else:
-                        budget -= 1
                         resent += 1
                 self.stats.resent += resent
                 if self.metrics is not None and resent:
@@ -299,19 +315,27 @@ class ReplicaClient(Generic[R]):
         """The answers one replica gave, the ids its stream transmitted, and why it ended early (None if it did not).
 
         gRPC takes the next request from the iterator only once the previous one is written, so an id counts as
-        sent when the one after it is asked for (or the iterator is finished), or when it is answered."""
+        sent when the one after it is asked for (or the iterator is finished), or when it is answered. The next
+        request waits while `window` sent ones are unanswered."""
         answers: list[R] = []
         sent: list[str] = []
+        room = asyncio.Event()
+        ended = False
 
-        def outgoing() -> Iterator[Any]:
+        async def outgoing() -> AsyncIterator[Any]:
             for request in requests:
+                while not ended and len(sent) - len(answers) >= self.window:
+                    room.clear()
+                    await room.wait()
+                if ended:  # the stream broke while the window was full: nothing more to send
+                    return
                 yield request
                 sent.append(request.id)
 
         stub = self.method.stub(self._channel(target))
         timeout = min(self.policy.item_timeout_s, left_s)
 
-        def start(items: Iterator[Any], deadline_s: float | None = None) -> Any:
+        def start(items: AsyncIterator[Any] | Iterator[Any], deadline_s: float | None = None) -> Any:
             return getattr(stub, self.method.rpc)(items, metadata=self._credentials.metadata(), timeout=deadline_s)
 
         call = start(outgoing())
@@ -320,6 +344,7 @@ class ReplicaClient(Generic[R]):
             async with asyncio.timeout(timeout):
                 async for answer in call:
                     answers.append(answer)
+                    room.set()
         except TimeoutError:
             call.cancel()
             self._failed(target)
@@ -328,6 +353,9 @@ class ReplicaClient(Generic[R]):
             self._failed(target)
             code, details = stream_status(await status_behind(exc, start))
             failure = StreamFailure(f"{target}: {code.name}: {details}", code.value[0])
+        finally:
+            ended = True
+            room.set()
         written = set(sent)
         sent.extend(i for i in (getattr(a, "id") for a in answers) if i not in written)  # noqa: B009
         return answers, sent, failure
