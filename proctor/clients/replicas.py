@@ -13,7 +13,9 @@ items a broken stream never transmitted (the window keeps those the rest of a sh
 was SERVING, cost nothing. So a replica that dies charges one try to at most `window` items, however large the
 call. While no replica is SERVING the client waits for one, bounded by the deadline, not by a count of rounds.
 A request whose encoded size passes the channel's send limit (`max_message_bytes`) fails alone, INVALID_ARGUMENT,
-before anything is sent: gRPC would otherwise fail the whole stream at it. An item gets a final error
+before anything is sent: gRPC would otherwise fail the whole stream at it. A replica whose receive limit is lower
+breaks the stream at such a request (gRPC lets it answer nothing else); its RESOURCE_EXHAUSTED names the limit,
+and from then on the requests over it fail alone the same way. An item gets a final error
 (UNAVAILABLE) only when its attempts or the deadline are spent. Any answer after an id's first final answer is
 dropped and counted in `stats.duplicates_dropped`.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -109,10 +112,15 @@ REFUSED = {
 }
 
 
+# How gRPC core words a receive limit's refusal; the server sends it as the stream's RESOURCE_EXHAUSTED status.
+_TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+
+
 @dataclass(frozen=True)
 class StreamFailure:
     why: str
     code: int = grpc.StatusCode.UNAVAILABLE.value[0]
+    server_limit: int = 0  # the replica's receive limit, when a request over it broke the stream
 
 
 @dataclass
@@ -208,17 +216,20 @@ class ReplicaClient(Generic[R]):
         results: dict[str, R] = {}
         sends: Counter[str] = Counter()  # how often each item was actually sent to a replica
         last_error: dict[str, str] = {}
-        limit = self._max_message_bytes
-        for request in requests:
-            if (size := request.ByteSize()) > limit:
-                del pending[request.id]
-                results[request.id] = error_result(
+        sizes = {r.id: r.ByteSize() for r in requests}
+
+        def too_large(limit: int, whose: str) -> None:
+            for item_id in [i for i in pending if sizes[i] > limit]:
+                del pending[item_id]
+                results[item_id] = error_result(
                     self.method.result_type,
-                    request.id,
+                    item_id,
                     grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                    f"the request is {size} bytes encoded, over the channel's send limit max_message_bytes {limit}: "
-                    "gRPC would fail the whole stream at it; nothing was sent",
+                    f"the request is {sizes[item_id]} bytes encoded, over {whose} {limit}: gRPC fails the whole "
+                    "stream at a larger message, so it is not sent",
                 )
+
+        too_large(self._max_message_bytes, "the channel's send limit max_message_bytes")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.deadline_s
         rounds = 0
@@ -260,6 +271,8 @@ class ReplicaClient(Generic[R]):
                         if failure.code in REFUSED:  # no replica will take this call: retrying cannot help
                             for item_id in unanswered:
                                 give_up(item_id, "the replica refused the call", failure.code)
+                        if failure.server_limit:  # a replica takes less than this channel sends: fail those alone
+                            too_large(failure.server_limit, "the replica's receive limit (max_message_bytes)")
                 resent = 0
                 for item_id in list(pending):
                     if not sends[item_id]:
@@ -352,7 +365,8 @@ class ReplicaClient(Generic[R]):
         except grpc.aio.AioRpcError as exc:
             self._failed(target)
             code, details = stream_status(await status_behind(exc, start))
-            failure = StreamFailure(f"{target}: {code.name}: {details}", code.value[0])
+            over = _TOO_LARGE.search(details) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+            failure = StreamFailure(f"{target}: {code.name}: {details}", code.value[0], int(over[2]) if over else 0)
         finally:
             ended = True
             room.set()

@@ -75,3 +75,23 @@ async def test_a_replica_killed_mid_stream_charges_at_most_window_items(tmp_path
     assert failures >= 1
     assert 0 < client.stats.resent <= 16 * failures, client.stats
     assert len(results) == 3000 and not [r for r in results.values() if r.HasField("error")]
+
+
+async def test_a_request_over_the_replicas_lower_limit_fails_alone() -> None:
+    """The channel sends up to 64 MiB, the replica takes 1 MiB: the 1.1 MB request breaks its stream once (gRPC
+    lets the server answer nothing else), the replica's RESOURCE_EXHAUSTED names its limit, and from then on that
+    request fails alone; the items the broken stream held are resent and succeed."""
+    server = await started(_server(max_message_bytes=MiB))
+    client = ReplicaClient([f"127.0.0.1:{server.port}"], REWARD, RetryPolicy(deadline_s=60, max_attempts=2))
+    requests = _requests(2000)
+    requests.insert(1000, reward_request("big", "q", "<answer>" + "x" * 1_100_000 + "</answer>", "x", 1))
+    try:
+        results = await client.run(requests)
+    finally:
+        await client.close()
+        await server.drain(grace_s=1)
+    failed = {i: r.error for i, r in results.items() if r.HasField("error")}
+    assert list(failed) == ["big"], list(failed)[:5]
+    assert failed["big"].code == 3
+    assert f"over the replica's receive limit (max_message_bytes) {MiB}" in failed["big"].message
+    assert client.stats.replica_failures.total() == 1
