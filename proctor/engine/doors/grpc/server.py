@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proctor.engine.config import ConfigError, ServerConfig, TlsConfig
-from proctor.engine.cores.bearer import bearer_authorized
+from proctor.engine.cores.bearer import authorization_values, bearer_authorized
 from proctor.engine.cores.context import CRITIC, REWARD, TEACHER, Lifecycle
 from proctor.engine.cores.critic import CriticCore
 from proctor.engine.cores.metrics import Metrics
@@ -107,11 +107,7 @@ class _Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.metrics = metrics
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
-        header = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                header = value.encode() if isinstance(value, str) else value
-        return bearer_authorized(header, self.tokens)
+        return bearer_authorized(authorization_values(details.invocation_metadata or ()), self.tokens)
 
     async def intercept_service(
         self,

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proctor.engine.config import HttpConfig, TlsConfig
-from proctor.engine.cores.bearer import bearer_authorized
+from proctor.engine.cores.bearer import authorization_values, bearer_authorized
 from proctor.engine.cores.context import Lifecycle, ServiceContext
 from proctor.engine.cores.metrics import Metrics
 from proctor.engine.doors.http.errors import ApiError, error_response, validation_error
@@ -174,7 +174,7 @@ class HttpFront:
         if (
             self.tokens
             and path not in OPEN_ROUTES
-            and not bearer_authorized(headers.get(b"authorization", b""), self.tokens)
+            and not bearer_authorized(authorization_values(scope["headers"]), self.tokens)
         ):
             client = scope.get("client") or ("?", 0)
             log.warning(

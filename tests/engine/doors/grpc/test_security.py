@@ -180,3 +180,68 @@ async def test_bad_security_config_is_refused(tmp_path: Path) -> None:
         from proctor.engine.server.lifecycle import load_tokens
 
         load_tokens(ServerConfig(auth_tokens_file=str(tmp_path / "empty")))
+
+
+# (authorization fields as sent, whether they pass): one rule on both doors (engine/services/bearer.py).
+BEARER_CASES = [
+    (["Bearer s3cret-one"], True),
+    (["bearer s3cret-one"], True),  # the scheme in any case
+    (["BEARER s3cret-one"], True),
+    (["Bearer s3cret-one "], True),  # spaces around the value are not part of it (HTTP strips them itself)
+    (["Bearer S3CRET-ONE"], False),  # the token exactly
+    (["Bearer  s3cret-one"], False),  # one space after the scheme
+    (["Bearer s3cret-one x"], False),
+    (["s3cret-one"], False),
+    (["Basic s3cret-one"], False),
+    (["Bearer"], False),
+    ([], False),
+    (["Bearer s3cret-one", "Bearer s3cret-one"], False),  # exactly one field
+    (["Bearer wrong", "Bearer s3cret-one"], False),
+    (["Bearer s3cret-one", "Bearer wrong"], False),
+]
+
+
+async def test_one_bearer_rule_on_both_doors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each case passes or fails alike over gRPC and HTTP, and every refusal counts once on its door's counter."""
+    import asyncio
+
+    from proctor.engine.config import HttpConfig
+    from tests.engine.doors.http.test_http_front import raw
+
+    monkeypatch.setenv("PROCTOR_TOKENS", "s3cret-one")
+    server = await started(
+        Config(
+            server=ServerConfig(port=0, metrics_port=-1, auth_tokens_env="PROCTOR_TOKENS"),
+            http=HttpConfig(port=0),
+            reward=RewardConfig(model="", mode="rules", total_steps=10),
+        )
+    )
+    assert server.http is not None
+    counters = {door: server.metrics.auth_failures.labels(door) for door in ("grpc", "http")}
+    before = {door: c._value.get() for door, c in counters.items()}
+    body = b'{"query": ["q<answer>x</answer>"], "prompts": ["q"], "labels": ["x"]}'
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            info = reward_pb2_grpc.RewardModelStub(channel).Info
+            for fields, passes in BEARER_CASES:
+                try:
+                    await info(common_pb2.InfoRequest(), metadata=[("authorization", f) for f in fields], timeout=10)
+                    grpc_passed = True
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc
+                    grpc_passed = False
+                head = "".join(f"Authorization: {f}\r\n" for f in fields).encode()
+                request = (
+                    b"POST /reward?training_step=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    + head
+                    + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    + body
+                )
+                reply = await asyncio.to_thread(raw, server.http.port, request)
+                assert reply.startswith((b"HTTP/1.1 200", b"HTTP/1.1 401")), reply[:200]
+                http_passed = reply.startswith(b"HTTP/1.1 200")
+                assert (grpc_passed, http_passed) == (passes, passes), fields
+    finally:
+        await server.drain(grace_s=1)
+    refused = sum(1 for _, passes in BEARER_CASES if not passes)
+    assert {door: c._value.get() - before[door] for door, c in counters.items()} == {"grpc": refused, "http": refused}
