@@ -1,13 +1,16 @@
-"""Hostile input and hard faults against one real server, measured: nothing may freeze it, grow without bound, or
-hurt the other clients (issue 22).
+"""Hostile input and hard faults against real servers, measured: nothing may freeze them, grow without bound, or
+hurt the other clients (issues 22 and 31).
 
     python -m proctor.bench.hostile [--check] [--out DIR]
 
 Starts `proctor serve` as a process on 127.0.0.1 (a rules-only RewardModel and the tiny Teacher, a 256 KiB message
-limit, 16 concurrent calls, a window of 64), then runs each case while probing Health every 10 ms and running an
-innocent client (one small Reward call every 50 ms), and samples the server's RSS. Per case: what the attacker got,
-Health latency p50 / p99 / max, RSS before / peak / after, and what the innocent client saw. `--check` exits 1 when
-a Health p99 passes 100 ms or the RSS after a case stays 200 MB over its start. Bounded: ~1 minute on 2 cores.
+limit, 16 concurrent calls, a window of 64) for the first cases, then a second one at the default limits (a 64 MiB
+message, a 16 MiB HTTP body, reward.max_rollout_chars 1 Mi) with the HTTP front on, for the largest inputs those
+admit: each rollout shape at full size over gRPC and over OpenRLHF's /reward, a 64 MiB batch of them, and rollouts
+over the limit. Each case runs while Health is probed every 10 ms and an innocent client makes one small Reward
+call every 50 ms, and the server's RSS is sampled. Per case: what the attacker got, Health latency p50 / p99 / max,
+RSS before / peak / after, and what the innocent client saw. `--check` exits 1 when a Health p99 passes 100 ms, a
+Health max 250 ms, or the RSS after a case stays 200 MB over its start. Bounded: ~3 minutes on 2 cores.
 Writes bench/results/YYYY-MM-DD-cpu-hostile.{json,md} (or into --out).
 """
 
@@ -23,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,16 @@ server: {{port: 0, metrics_port: -1, max_message_bytes: {LIMIT}, max_concurrent_
 teacher: {{model: builtin:tiny, device: cpu, limits: {{stream_window: 64}}}}
 reward: {{model: '', mode: rules, total_steps: 1000, limits: {{stream_window: 64}}}}
 """
+# The defaults, but for the HTTP front (off by default) and rules-only rewards.
+DEFAULTS_CONFIG = """
+server: {port: 0, metrics_port: -1, drain_grace_s: 2}
+http: {port: 0}
+reward: {model: '', mode: rules, total_steps: 1000}
+"""
+MiB = 1024 * 1024
+MAX_ROLLOUT_CHARS = MiB  # reward.max_rollout_chars's default: the question, response and golds together
 HEALTH_P99_MS = 100.0
+HEALTH_MAX_MS = 250.0
 RSS_GROWTH_MB = 200.0
 
 
@@ -57,9 +71,9 @@ def _codes(results: list[Any]) -> dict[str, int]:
 
 
 class Server:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, text: str = CONFIG) -> None:
         config = folder / "hostile.yaml"
-        config.write_text(CONFIG)
+        config.write_text(text)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proctor.engine.cli", "--log-level", "ERROR", "serve", "--config", str(config)],
             stdout=subprocess.PIPE,
@@ -68,10 +82,13 @@ class Server:
         )
         assert self.proc.stdout is not None
         self.port = 0
+        self.http = ""
         for line in self.proc.stdout:
             found = re.search(r"listening on [\d.]+:(\d+)", line)
             if found:
                 self.port = int(found.group(1))
+                http = re.search(r"http: ([\d.]+:\d+)", line)
+                self.http = f"http://{http.group(1)}" if http else ""
             if "proctor: ready" in line:
                 break
         if not self.port:
@@ -142,7 +159,10 @@ async def watch(target: str) -> None:
     print(json.dumps({"health": health, "innocent": innocent, "codes": codes}), flush=True)
 
 
-async def measure(server: Server, name: str, case: Callable[[str], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+Case = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+async def measure(server: Server, name: str, case: Case) -> dict[str, Any]:
     stop = asyncio.Event()
     before = server.rss_mb()
     peak = [before]
@@ -153,7 +173,7 @@ async def measure(server: Server, name: str, case: Callable[[str], Awaitable[dic
     sampling = asyncio.create_task(_rss(server, stop, peak))
     await asyncio.sleep(1.5)  # the watcher imports grpc and starts probing
     began = time.perf_counter()
-    outcome = await case(server.target)
+    outcome = await case(server.http if name.startswith("HTTP") else server.target)
     seconds = time.perf_counter() - began
     # at least 3 s watched per case (~250 probes), so that a p99 is not one stall of a shared machine
     await asyncio.sleep(max(0.5, 3.0 - seconds))
@@ -308,7 +328,7 @@ async def nothing(target: str) -> dict[str, Any]:
     return {}
 
 
-CASES: dict[str, Callable[[str], Awaitable[dict[str, Any]]]] = {
+CASES: dict[str, Case] = {
     "no attack (the anchor)": nothing,
     "unclosed tag soup, 60 kB": _soup(20_000),
     "unclosed tag soup, 200 kB": _soup(66_000),
@@ -322,12 +342,102 @@ CASES: dict[str, Callable[[str], Awaitable[dict[str, Any]]]] = {
 }
 
 
-async def run() -> list[dict[str, Any]]:
-    server = Server(Path(tempfile.mkdtemp(prefix="proctor-hostile-")))
-    try:
-        return [await measure(server, name, case) for name, case in CASES.items()]
-    finally:
-        server.stop()
+# ---- at the default limits ------------------------------------------------------------------------------------
+
+
+def _fill(head: str, unit: str, tail: str, chars: int) -> str:
+    """`head`, `unit` repeated (the last one cut), `tail`: exactly `chars` characters."""
+    body = chars - len(head) - len(tail)
+    return head + (unit * (body // len(unit) + 1))[:body] + tail
+
+
+def shapes(chars: int) -> dict[str, str]:
+    """Each shape a degenerate policy (or an attacker) can produce, `chars` characters long."""
+    return {
+        "'<' repeated": _fill("", "<", "", chars),
+        "'\u2039' repeated": _fill("", "\u2039", "", chars),
+        "unclosed <A> in a think block": _fill("<think>", "<A>", "</think><answer>paris</answer>", chars),
+        "<think> repeated": _fill("", "<think>", "", chars),
+        "</think> repeated": _fill("", "</think>", "", chars),
+        "closed atoms <A>x</A>": _fill("<think>", "<A>x</A>", "</think><answer>paris</answer>", chars),
+        "one atom name as long as the rollout": _fill("<think><", "A", "></think><answer>paris</answer>", chars),
+    }
+
+
+PROMPT = "Q:"  # the HTTP cases' prompt: OpenRLHF's query is the prompt and the response
+# The largest rollouts the defaults admit: the question (gRPC: none; HTTP: the prompt), the response and the gold
+# "paris" together at reward.max_rollout_chars.
+GRPC_SHAPES = shapes(MAX_ROLLOUT_CHARS - len("paris"))
+HTTP_SHAPES = shapes(MAX_ROLLOUT_CHARS - len("paris") - len(PROMPT))
+
+
+def _grpc_rollouts(texts: list[str], batched: bool = False) -> Case:
+    async def case(target: str) -> dict[str, Any]:
+        requests = [_reward(f"big{i}", text) for i, text in enumerate(texts)]
+        options = [("grpc.max_send_message_length", 64 * MiB), ("grpc.max_receive_message_length", 64 * MiB)]
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
+            stub = reward_pb2_grpc.RewardModelStub(channel)
+            if batched:
+                batch = reward_pb2.RewardBatch(items=requests)
+                results = [r async for m in stub.RewardBatched(iter([batch]), timeout=120) for r in m.items]
+            else:
+                results = [r async for r in stub.Reward(iter(requests), timeout=120)]
+        errors = sorted({r.error.message[:120] for r in results if r.HasField("error")})
+        return {"items": len(texts), "chars_each": len(texts[0]), "codes": _codes(results), "errors": errors}
+
+    return case
+
+
+def _http_rollouts(texts: list[str]) -> Case:
+    """OpenRLHF's POST: one query per rollout (prompt + response), UTF-8 JSON."""
+
+    def post(url: str) -> tuple[int, dict[str, Any]]:
+        body = json.dumps(
+            {"query": [PROMPT + t for t in texts], "prompts": [PROMPT] * len(texts), "labels": ["paris"] * len(texts)},
+            ensure_ascii=False,
+        ).encode()
+        request = urllib.request.Request(
+            f"{url}/reward?training_step=1&total_steps=1000", body, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as reply:
+                return int(reply.status), json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    async def case(url: str) -> dict[str, Any]:
+        status, payload = await asyncio.to_thread(post, url)
+        errors = sorted({str(e.get("message", e))[:120] for e in payload.get("errors", payload.get("items", []))})
+        return {"items": len(texts), "status": status, "rewards": payload.get("rewards", [])[:3], "errors": errors}
+
+    return case
+
+
+DEFAULT_CASES: dict[str, Case] = {"no attack (the anchor, default limits)": nothing}
+DEFAULT_CASES |= {f"gRPC: {name}, {len(text):,} chars": _grpc_rollouts([text]) for name, text in GRPC_SHAPES.items()}
+DEFAULT_CASES |= {
+    "gRPC: a 64 MiB batch of 60 rollouts of '<' at the limit": _grpc_rollouts([GRPC_SHAPES["'<' repeated"]] * 60, True),
+    "gRPC: '<' x 60,000,000 (a 64 MiB message; over the rollout limit)": _grpc_rollouts(["<" * 60_000_000]),
+}
+DEFAULT_CASES |= {f"HTTP: {name}, {len(text):,} chars": _http_rollouts([text]) for name, text in HTTP_SHAPES.items()}
+DEFAULT_CASES |= {
+    "HTTP: 15 rollouts of '<' at the limit in one body": _http_rollouts([HTTP_SHAPES["'<' repeated"]] * 15),
+    "HTTP: '<' x 15,000,000 (a 16 MiB body; over the rollout limit)": _http_rollouts(["<" * 15_000_000]),
+}
+
+
+async def run(only: str = "") -> list[dict[str, Any]]:
+    report = []
+    for config, cases in ((CONFIG, CASES), (DEFAULTS_CONFIG, DEFAULT_CASES)):
+        chosen = {name: case for name, case in cases.items() if only in name}
+        if not chosen:
+            continue
+        server = Server(Path(tempfile.mkdtemp(prefix="proctor-hostile-")), config)
+        try:
+            report += [await measure(server, name, case) for name, case in chosen.items()]
+        finally:
+            server.stop()
+    return report
 
 
 def failures(report: list[dict[str, Any]]) -> list[str]:
@@ -335,18 +445,33 @@ def failures(report: list[dict[str, Any]]) -> list[str]:
     for case in report:
         if case["health_ms"]["p99"] > HEALTH_P99_MS:
             out.append(f"{case['case']}: Health p99 {case['health_ms']['p99']} ms > {HEALTH_P99_MS}")
+        if case["health_ms"]["max"] > HEALTH_MAX_MS:
+            out.append(f"{case['case']}: Health max {case['health_ms']['max']} ms > {HEALTH_MAX_MS}")
         if case["rss_mb"]["after"] - case["rss_mb"]["before"] > RSS_GROWTH_MB:
             out.append(f"{case['case']}: RSS {case['rss_mb']} grew past {RSS_GROWTH_MB} MB")
     return out
 
 
-def markdown(report: list[dict[str, Any]], command: str) -> str:
+def copy_ms() -> float:
+    """The baseline: how long this machine takes to copy 64 MiB into new memory (the median of 5), what gRPC does
+    at least once, holding the GIL, with every message it hands to Python."""
+    data = b"<" * (64 * MiB)
+    times = []
+    for _ in range(5):
+        began = time.perf_counter()
+        bytearray(data)
+        times.append((time.perf_counter() - began) * 1e3)
+    return round(sorted(times)[2], 1)
+
+
+def markdown(report: list[dict[str, Any]], command: str, baseline: dict[str, float]) -> str:
     lines = [
         "# Hostile input against one server (CPU, 127.0.0.1)",
         "",
         f"Command: `{command}`. Device: CPU ({os.cpu_count()} cores). Each case with Health probed every 10 ms and an "
         "innocent client making one small Reward call every 50 ms (both from a watcher process of their own), and the "
-        "server's RSS sampled every 50 ms.",
+        "server's RSS sampled every 50 ms. Baseline, in the same run: copying 64 MiB into new memory took "
+        f"{baseline['copy_64mib_ms_before']} ms before the cases and {baseline['copy_64mib_ms_after']} ms after.",
         "",
         "| case | s | Health p50 / p99 / max ms | RSS before / peak / after MB | innocent client | attacker saw |",
         "|---|---|---|---|---|---|",
@@ -360,7 +485,8 @@ def markdown(report: list[dict[str, Any]], command: str) -> str:
             f"{m['before']} / {m['peak']} / {m['after']} | {innocent} | {saw} |"
         )
     problems = failures(report)
-    lines += ["", f"Bounds (Health p99 <= {HEALTH_P99_MS} ms, RSS back within {RSS_GROWTH_MB} MB): "]
+    lines += ["", f"Bounds (Health p99 <= {HEALTH_P99_MS} ms, max <= {HEALTH_MAX_MS} ms, RSS back within "]
+    lines[-1] += f"{RSS_GROWTH_MB} MB): "
     lines[-1] += "all held." if not problems else "; ".join(problems)
     return "\n".join(lines) + "\n"
 
@@ -369,17 +495,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="exit 1 when a bound fails")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results [bench/results]")
+    p.add_argument("--only", default="", metavar="TEXT", help="only the cases whose name holds TEXT")
     p.add_argument("--watch", metavar="TARGET", help=argparse.SUPPRESS)  # the watcher process (see watch)
     args = p.parse_args()
     if args.watch:
         asyncio.run(watch(args.watch))
         return
     command = "python -m proctor.bench.hostile " + " ".join(sys.argv[1:])
-    report = asyncio.run(run())
+    before = copy_ms()
+    report = asyncio.run(run(args.only))
+    baseline = {"copy_64mib_ms_before": before, "copy_64mib_ms_after": copy_ms()}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{dt.date.today().isoformat()}-cpu-hostile"
-    stem.with_suffix(".json").write_text(json.dumps({"device": "CPU", "command": command, "cases": report}, indent=2))
-    text = markdown(report, command)
+    out = {"device": "CPU", "command": command, "baseline": baseline, "cases": report}
+    stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
+    text = markdown(report, command, baseline)
     stem.with_suffix(".md").write_text(text)
     print(text)
     problems = failures(report)
