@@ -4,9 +4,9 @@ hurt the other clients (issues 22 and 31).
     python -m proctor.bench.hostile [--check] [--out DIR]
 
 Starts `proctor serve` as a process on 127.0.0.1 (a rules-only RewardModel and the tiny Teacher, a 256 KiB message
-limit, 16 concurrent calls, a window of 64) for the first cases, then a second one at the default limits (a 64 MiB
+limit, 16 concurrent calls, a window of 64) for the first cases, then a second one at the default limits (a 16 MiB
 message, a 16 MiB HTTP body, reward.max_rollout_chars 1 Mi) with the HTTP front on, for the largest inputs those
-admit: each rollout shape at full size over gRPC and over OpenRLHF's /reward, a 64 MiB batch of them, and rollouts
+admit: each rollout shape at full size over gRPC and over OpenRLHF's /reward, a 16 MiB batch of them, and rollouts
 over the limit. Each case runs while Health is probed every 10 ms and an innocent client makes one small Reward
 call every 50 ms, and the server's RSS is sampled. Per case: what the attacker got, Health latency p50 / p99 / max,
 RSS before / peak / after, and what the innocent client saw. `--check` exits 1 when a Health p99 passes 100 ms, a
@@ -416,8 +416,8 @@ def _http_rollouts(texts: list[str]) -> Case:
 DEFAULT_CASES: dict[str, Case] = {"no attack (the anchor, default limits)": nothing}
 DEFAULT_CASES |= {f"gRPC: {name}, {len(text):,} chars": _grpc_rollouts([text]) for name, text in GRPC_SHAPES.items()}
 DEFAULT_CASES |= {
-    "gRPC: a 64 MiB batch of 60 rollouts of '<' at the limit": _grpc_rollouts([GRPC_SHAPES["'<' repeated"]] * 60, True),
-    "gRPC: '<' x 60,000,000 (a 64 MiB message; over the rollout limit)": _grpc_rollouts(["<" * 60_000_000]),
+    "gRPC: a 16 MiB batch of 15 rollouts of '<' at the limit": _grpc_rollouts([GRPC_SHAPES["'<' repeated"]] * 15, True),
+    "gRPC: '<' x 16,000,000 (a 16 MiB message; over the rollout limit)": _grpc_rollouts(["<" * 16_000_000]),
 }
 DEFAULT_CASES |= {f"HTTP: {name}, {len(text):,} chars": _http_rollouts([text]) for name, text in HTTP_SHAPES.items()}
 DEFAULT_CASES |= {
