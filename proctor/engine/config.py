@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -204,6 +205,8 @@ class StepsConfig:
     """a run's default (prompts per step x samples); 0 = each run must say"""
     state_dir: str = ""
     """where the counts live: survive restarts, shared by replicas on it; "" = memory only"""
+    store: str = ""
+    """redis://host:port/db (or rediss://, unix://): replicas on several machines share each run's count; "" = none"""
     max_runs: int = 1024
     """runs tracked at once; a new key past it is refused"""
 
@@ -212,6 +215,14 @@ class StepsConfig:
             raise ConfigError("reward.steps.rollouts_per_step: must be >= 0")
         if self.max_runs < 1:
             raise ConfigError("reward.steps.max_runs: must be >= 1")
+        if self.store:
+            url = urlsplit(self.store)
+            if not ((url.scheme in ("redis", "rediss") and url.hostname) or (url.scheme == "unix" and url.path)):
+                raise ConfigError(
+                    f"reward.steps.store: {self.store!r} is not a redis://host:port/db, rediss:// or unix:// URL"
+                )
+            if self.state_dir:
+                raise ConfigError("reward.steps: set store or state_dir, not both (the count lives in one place)")
 
 
 @dataclass

@@ -15,6 +15,9 @@ run's rollouts that came before it, divided by rollouts_per_step: T = 0 on the f
   for every rollout: the count survives a restart of the server, and replicas that share the directory (one host,
   or a volume with working POSIX locks) share one count, so T is exact whichever replica a rollout reaches. Without
   one the count is in this process's memory: exact for one server, lost on restart.
+- With a store (a `StepStore`: Redis, engine/stores/redis_steps.py), each run's count lives there, read, checked
+  and moved in one atomic step: replicas on several machines share one count. A store that fails fails the item
+  (UNAVAILABLE): a rollout is never given a T that was not counted.
 - What the count cannot see: a rollout the trainer sends twice (a client retry after the server counted it)
   counts twice, and rollouts of another kind on the same key (an evaluation pass that is not marked
   observe_only) move T forward. Give evaluation its own key or mark it.
@@ -27,6 +30,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 from proctor.engine.errors import ItemError
@@ -42,19 +46,37 @@ class StepRun:
     observe_only: bool = False
 
 
+class StepStore(Protocol):
+    """A count shared by replicas on several machines, kept outside the process (engine/stores)."""
+
+    def take(self, key: str, per_step: int, observe_only: bool) -> tuple[int, int]:
+        """In one atomic step: the run's count before this rollout and its stored rollouts_per_step (0 for a new
+        run). Counts the rollout unless observe_only, and records per_step on a new run; with a stored
+        rollouts_per_step other than per_step it changes nothing. An unreachable store is an ItemError."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class StepTracker:
     """Counts the rollouts of each run; `step(run)` is the T of the rollout that is arriving now."""
 
-    def __init__(self, rollouts_per_step: int = 0, state_dir: str = "", max_runs: int = 1024) -> None:
+    def __init__(
+        self, rollouts_per_step: int = 0, state_dir: str = "", max_runs: int = 1024, store: StepStore | None = None
+    ) -> None:
         if rollouts_per_step < 0:
             raise ValueError("rollouts_per_step must be >= 0")
+        if state_dir and store is not None:
+            raise ValueError("a state directory or a store, not both")
         self.rollouts_per_step = rollouts_per_step
         self.max_runs = max_runs
         self._dir = Path(state_dir) if state_dir else None
         if self._dir is not None:
             self._dir.mkdir(parents=True, exist_ok=True)
+        self._store = store
         self._memory: dict[str, list[int]] = {}  # key -> [count, rollouts_per_step], without a state directory
         self._files: dict[str, int] = {}  # key -> open descriptor of its state file
+        self._stored: set[str] = set()  # keys this process counted in the store
         self._lock = threading.Lock()  # the HTTP front and the gRPC loop may count on different threads
 
     def step(self, run: StepRun) -> int:
@@ -69,11 +91,14 @@ class StepTracker:
                 "or as reward.steps.rollouts_per_step",
                 "run.rollouts_per_step",
             )
-        with self._lock:
-            if self._dir is None:
-                count = self._count_in_memory(key, per_step, run.observe_only)
-            else:
-                count = self._count_on_disk(key, per_step, run.observe_only)
+        if self._store is not None:
+            count = self._count_in_store(self._store, key, per_step, run.observe_only)
+        else:
+            with self._lock:
+                if self._dir is None:
+                    count = self._count_in_memory(key, per_step, run.observe_only)
+                else:
+                    count = self._count_on_disk(key, per_step, run.observe_only)
         if run.observe_only:
             count = max(count - 1, 0)  # the latest counted rollout's
         return count // per_step
@@ -83,10 +108,22 @@ class StepTracker:
             for fd in self._files.values():
                 os.close(fd)
             self._files.clear()
+            if self._store is not None:
+                self._store.close()
 
     def _admit(self, known: bool) -> None:
-        if not known and len(self._memory) + len(self._files) >= self.max_runs:
+        if not known and len(self._memory) + len(self._files) + len(self._stored) >= self.max_runs:
             raise ItemError(f"this server already tracks {self.max_runs} runs (reward.steps.max_runs)", "run.key")
+
+    def _count_in_store(self, store: StepStore, key: str, per_step: int, observe_only: bool) -> int:
+        with self._lock:  # only the admission: the store's own step is atomic, and may wait on the network
+            if key not in self._stored:
+                self._admit(False)
+                self._stored.add(key)
+        count, stored_rate = store.take(key, per_step, observe_only)
+        if stored_rate:
+            _check_same_rate(key, stored_rate, per_step)
+        return count
 
     def _count_in_memory(self, key: str, per_step: int, observe_only: bool) -> int:
         state = self._memory.get(key)
