@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +43,74 @@ def test_grafana_dashboard_queries_name_exported_metrics() -> None:
         assert topic in titles
 
 
-def test_kubernetes_manifests_validate() -> None:
+def _version() -> str:
+    return str(tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["version"])
+
+
+def _proctor_containers(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every container that runs the image, in Deployments and a LeaderWorkerSet's templates."""
+    specs = [d["spec"]["template"]["spec"] for d in documents if d["kind"] == "Deployment"]
+    for group in (d["spec"]["leaderWorkerTemplate"] for d in documents if d["kind"] == "LeaderWorkerSet"):
+        specs += [group["leaderTemplate"]["spec"], group["workerTemplate"]["spec"]]
+    return [c for spec in specs for c in spec["containers"] if c["image"].startswith("localhost/proctor")]
+
+
+@pytest.mark.parametrize("name", ["proctor.yaml", "proctor-tp.yaml", "proctor-multinode.yaml"])
+def test_manifests_run_the_image_the_build_names(name: str) -> None:
+    """The Containerfile's GPU build, tagged as deploy/OPERATIONS.md builds it; `proctor serve` is its entrypoint,
+    so a container's args are serve's (a command of its own replaces the entrypoint)."""
+    containers = _proctor_containers(_documents(name))
+    assert containers
+    for container in containers:
+        assert container["image"] == f"localhost/proctor:{_version()}-cuda", container["image"]
+        assert "command" in container or container["args"][0] == "--config", container["args"]
+    operations = (DEPLOY / "OPERATIONS.md").read_text()
+    assert f"-t localhost/proctor:{_version()}-cuda" in operations, "OPERATIONS.md builds the name the manifests run"
+
+
+def test_kubernetes_manifests_validate(tmp_path: Path) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    documents = [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / "proctor.yaml").read_text()) if d]
+    documents = _documents("proctor.yaml")
     kinds = [d["kind"] for d in documents]
-    assert kinds.count("Deployment") == 3 and kinds.count("Service") == 3
+    assert kinds.count("Deployment") == 4 and kinds.count("Service") == 4  # teacher, critic, reward; Redis
     for document in documents:
         kubernetes_validate.validate(document, "1.30", strict=True)
-    for deployment in (d for d in documents if d["kind"] == "Deployment"):
+    deployments = [d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("proctor")]
+    assert len(deployments) == 3
+    for deployment in deployments:
         spec = deployment["spec"]["template"]["spec"]
         container = spec["containers"][0]
-        assert container["readinessProbe"]["grpc"]["service"].startswith("proctor.v1.")
-        assert container["livenessProbe"]["grpc"]["port"] == 50051
+        config = _config(documents, container, tmp_path)
+        # gRPC's own health protocol; the HTTP front's /health where the front is on.
+        if config.http.port == -1:
+            assert container["readinessProbe"]["grpc"]["service"].startswith("proctor.v1.")
+        else:
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert container["readinessProbe"]["httpGet"] == {"port": "http", "path": "/health"}
+            assert ports["http"] == config.http.port and config.http.host == "0.0.0.0"
+        assert container["startupProbe"]["grpc"]["service"].startswith("proctor.v1.")
+        assert container["livenessProbe"]["grpc"]["port"] == config.server.port == 50051
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        config_name = container["args"][-1].rsplit("/", 1)[-1]
-        config = yaml.safe_load(next(d for d in documents if d["kind"] == "ConfigMap")["data"][config_name])
         # the pod's grace outlasts the server's drain plus the preStop pause
-        assert spec["terminationGracePeriodSeconds"] > config["server"]["drain_grace_s"] + 10
-        assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(
-            config["server"]["metrics_port"]
-        )
-    for service in (d for d in documents if d["kind"] == "Service"):
+        assert spec["terminationGracePeriodSeconds"] > config.server.drain_grace_s + 10
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(config.server.metrics_port)
+        if config.reward is not None and deployment["spec"]["replicas"] > 1:
+            # replicas on several nodes count a run's steps in one shared store, the Redis Service here
+            store = config.reward.steps.store
+            assert store.startswith("redis://"), "reward replicas need a shared step store"
+            host = store.removeprefix("redis://").split(":")[0]
+            assert any(d["kind"] == "Service" and d["metadata"]["name"] == host for d in documents)
+    for service in (d for d in documents if d["kind"] == "Service" and d["metadata"]["name"].startswith("proctor")):
         assert service["spec"]["clusterIP"] == "None", "headless, for client-side balancing"
+
+
+def test_the_image_default_config_loads() -> None:
+    from proctor.engine.config import load_config
+
+    config = load_config(DEPLOY / "image" / "proctor.yaml")
+    assert config.server.host == config.server.metrics_host == config.http.host == "0.0.0.0"
+    assert config.teacher is not None and config.teacher.model == "/models/teacher"
 
 
 def test_kubernetes_configs_load(tmp_path: Path) -> None:
