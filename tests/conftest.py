@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -16,6 +19,7 @@ from proctor.engine.config import (
     TeacherConfig,
 )
 from proctor.engine.server.lifecycle import ProctorServer
+from tests.redis_server import RedisServer
 
 TINY = "builtin:tiny"
 # The tiny tokenizer has no chat template of its own: the server's (http.chat_template) stands in.
@@ -64,3 +68,17 @@ def tiny_server_thread() -> Iterator[str]:
 
     with embedded_server(tiny_config(default_max_tokens=8)) as target:
         yield target
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    pytest.importorskip("redis", reason="the Redis client: pip install 'proctor[redis]'")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("PROCTOR_REQUIRE_REDIS") == "1":
+            pytest.fail("PROCTOR_REQUIRE_REDIS=1 and no redis-server on PATH")
+        pytest.skip("no redis-server on PATH (Debian: apt-get install redis-server); CI sets PROCTOR_REQUIRE_REDIS=1")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    yield server
+    server.kill()

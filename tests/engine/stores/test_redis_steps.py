@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,59 +18,9 @@ from proctor.engine.config import ConfigError, RewardConfig, StepsConfig
 from proctor.engine.errors import ItemError
 from proctor.engine.rewards.steps import StepRun, StepTracker
 from proctor.engine.stores.redis_steps import RedisStepStore
+from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """redis-server on a free port, its append-only file fsynced at every write (as deploy/kubernetes runs it)."""
-
-    def __init__(self, binary: str, folder: Path) -> None:
-        self.binary, self.folder, self.port = binary, folder, _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    pytest.importorskip("redis", reason="the Redis client: pip install 'proctor[redis]'")
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("PROCTOR_REQUIRE_REDIS") == "1":
-            pytest.fail("PROCTOR_REQUIRE_REDIS=1 and no redis-server on PATH")
-        pytest.skip("no redis-server on PATH (Debian: apt-get install redis-server); CI sets PROCTOR_REQUIRE_REDIS=1")
-    server = RedisServer(binary, tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def test_t_in_redis_is_the_t_of_the_state_directory(redis_server: RedisServer) -> None:
@@ -166,7 +113,7 @@ def test_redis_down_fails_items_and_counting_resumes_when_it_is_back(redis_serve
 
 def test_redis_not_there_at_start_is_a_config_error_without_the_password() -> None:
     pytest.importorskip("redis", reason="the Redis client: pip install 'proctor[redis]'")
-    url = f"redis://:hunter2@127.0.0.1:{_free_port()}/0"
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     with pytest.raises(
         ConfigError, match=r"reward\.steps\.store: Redis at redis://:\*\*\*@127\.0\.0\.1:\d+/0 does not"
     ) as err:
