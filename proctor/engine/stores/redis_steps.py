@@ -4,12 +4,15 @@ replicas on several machines share each run's count.
 A run is one hash, `proctor:steps:run:<key>` = {count, rate}; one Lua script reads it, checks the rate and moves the
 count, atomically in Redis. The client retries a call whose reply was lost (a timeout, a restarted Redis); so that a
 retried call counts once, each counting call names an attempt key that keeps its answer for a minute, and the retry
-gets that answer back. When Redis stays unreachable the item fails with UNAVAILABLE, never with an uncounted T.
+gets that answer back. When Redis stays unreachable the item fails with UNAVAILABLE, never with an uncounted T;
+for a second after such a failure items fail at once, so an outage does not hold every rollout for the client's
+timeouts and retries (they run on the thread the rules run on).
 Counts live as long as Redis keeps them: run it with an append-only file fsynced on every write (deploy/kubernetes).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -51,13 +54,16 @@ def _shown(url: str) -> str:
 class RedisStepStore:
     """A StepStore in Redis. `connect` checks Redis answers before the server starts."""
 
-    def __init__(self, client: Any, url: str) -> None:
+    def __init__(self, client: Any, url: str, cooldown_s: float = 1.0) -> None:
         self._client = client
         self._take = client.register_script(_TAKE)
         self.url = _shown(url)
+        self._cooldown_s = cooldown_s
+        self._failed_at = -cooldown_s
+        self._failure = ""
 
     @classmethod
-    def connect(cls, url: str, timeout_s: float = 2.0) -> RedisStepStore:
+    def connect(cls, url: str, timeout_s: float = 2.0, cooldown_s: float = 1.0) -> RedisStepStore:
         try:
             import redis
             from redis.backoff import ExponentialBackoff
@@ -75,24 +81,30 @@ class RedisStepStore:
         except redis.RedisError as exc:
             client.close()
             raise ConfigError(f"reward.steps.store: Redis at {_shown(url)} does not answer ({exc})") from None
-        return cls(client, url)
+        return cls(client, url, cooldown_s)
 
     def take(self, key: str, per_step: int, observe_only: bool) -> tuple[int, int]:
         import redis
 
+        if time.monotonic() - self._failed_at < self._cooldown_s:
+            raise self._unavailable(self._failure)
         attempt = f"{_PREFIX}attempt:{uuid.uuid4().hex}"
         try:
             count, rate = self._take(
                 keys=[f"{_PREFIX}run:{key}", attempt], args=[per_step, 0 if observe_only else 1, _ATTEMPT_TTL_S]
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise ItemError(
-                f"the step store (Redis at {self.url}) does not answer ({exc}); this rollout got no training step",
-                code="UNAVAILABLE",
-            ) from None
+            self._failure, self._failed_at = str(exc), time.monotonic()
+            raise self._unavailable(self._failure) from None
         except redis.RedisError as exc:
             raise ItemError(f"the step store (Redis at {self.url}) failed: {exc}", code="INTERNAL") from None
         return int(count), int(rate)
 
     def close(self) -> None:
         self._client.close()
+
+    def _unavailable(self, failure: str) -> ItemError:
+        return ItemError(
+            f"the step store (Redis at {self.url}) does not answer ({failure}); this rollout got no training step",
+            code="UNAVAILABLE",
+        )

@@ -97,16 +97,22 @@ def test_two_processes_sharing_one_redis_give_one_exact_count(redis_server: Redi
 
 
 def test_redis_down_fails_items_and_counting_resumes_when_it_is_back(redis_server: RedisServer) -> None:
-    tracker = StepTracker(rollouts_per_step=2, store=RedisStepStore.connect(redis_server.url, timeout_s=0.5))
+    store = RedisStepStore.connect(redis_server.url, timeout_s=0.5, cooldown_s=0.5)
+    tracker = StepTracker(rollouts_per_step=2, store=store)
     assert [tracker.step(StepRun("run")) for _ in range(3)] == [0, 0, 1]
     redis_server.kill()
-    for _ in range(2):
+    failed_in = []
+    for _ in range(3):
+        began = time.monotonic()
         with pytest.raises(
             ItemError, match=r"the step store \(Redis at redis://127\.0\.0\.1:\d+/0\) does not answer"
         ) as err:
             tracker.step(StepRun("run"))
+        failed_in.append(time.monotonic() - began)
         assert err.value.code == "UNAVAILABLE"
+    assert max(failed_in[1:]) < 0.05, failed_in  # within the cool-down: at once, not after the client's retries
     redis_server.start()  # the same port and append-only file: the count is where it was
+    time.sleep(0.5)  # the cool-down
     assert [tracker.step(StepRun("run")) for _ in range(3)] == [1, 2, 2]
     tracker.close()
 
