@@ -79,6 +79,12 @@ class StepTracker:
         self._stored: set[str] = set()  # keys this process counted in the store
         self._lock = threading.Lock()  # the HTTP front and the gRPC loop may count on different threads
 
+    @property
+    def waits(self) -> bool:
+        """Counting may wait on I/O (another replica's file lock, or the network to the store): a caller on an
+        event loop counts off it."""
+        return self._dir is not None or self._store is not None
+
     def step(self, run: StepRun) -> int:
         """T of this rollout of `run`; counts it unless observe_only. Errors name the request field at fault."""
         key = run.key

@@ -5,8 +5,8 @@ A run is one hash, `proctor:steps:run:<key>` = {count, rate}; one Lua script rea
 count, atomically in Redis. The client retries a call whose reply was lost (a timeout, a restarted Redis); so that a
 retried call counts once, each counting call names an attempt key that keeps its answer for a minute, and the retry
 gets that answer back. When Redis stays unreachable the item fails with UNAVAILABLE, never with an uncounted T;
-for a second after such a failure items fail at once, so an outage does not hold every rollout for the client's
-timeouts and retries (they run on the thread the rules run on).
+for two seconds after such a failure items fail at once, so an outage does not hold every rollout for the client's
+timeouts and retries in turn.
 Counts live as long as Redis keeps them: run it with an append-only file fsynced on every write (deploy/kubernetes).
 """
 
@@ -54,7 +54,7 @@ def _shown(url: str) -> str:
 class RedisStepStore:
     """A StepStore in Redis. `connect` checks Redis answers before the server starts."""
 
-    def __init__(self, client: Any, url: str, cooldown_s: float = 1.0) -> None:
+    def __init__(self, client: Any, url: str, cooldown_s: float = 2.0) -> None:
         self._client = client
         self._take = client.register_script(_TAKE)
         self.url = _shown(url)
@@ -63,7 +63,7 @@ class RedisStepStore:
         self._failure = ""
 
     @classmethod
-    def connect(cls, url: str, timeout_s: float = 2.0, cooldown_s: float = 1.0) -> RedisStepStore:
+    def connect(cls, url: str, timeout_s: float = 1.0, cooldown_s: float = 2.0) -> RedisStepStore:
         try:
             import redis
             from redis.backoff import ExponentialBackoff
@@ -74,7 +74,9 @@ class RedisStepStore:
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+            # Worst case on a partition: 3 tries of timeout_s, then the cool-down (a lost reply is retried, once
+            # counted: the attempt key).
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2),
         )
         try:
             client.ping()

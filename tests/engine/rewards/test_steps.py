@@ -123,3 +123,8 @@ async def test_a_restarted_server_continues_the_count(tmp_path: Path) -> None:
         seen += [out[str(i)].training_step for i in range(3)]
         await server.drain(grace_s=1)
     assert seen == [0, 0, 1, 1, 2, 2]
+
+
+def test_only_a_count_in_memory_is_safe_on_an_event_loop(tmp_path: Path) -> None:
+    assert not StepTracker().waits
+    assert StepTracker(state_dir=str(tmp_path)).waits  # another replica may hold the file's lock

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def test_t_in_redis_is_the_t_of_the_state_directory(redis_server: RedisServer) -> None:
     tracker = StepTracker(rollouts_per_step=3, store=RedisStepStore.connect(redis_server.url))
+    assert tracker.waits  # a network round trip: off the event loop
     assert [tracker.step(StepRun("a")) for _ in range(7)] == [0, 0, 0, 1, 1, 1, 2]
     assert tracker.step(StepRun("b", rollouts_per_step=2)) == 0  # another run has its own count
     assert tracker.step(StepRun("a", observe_only=True)) == 2  # validation: the latest T, not counted
