@@ -43,17 +43,21 @@ class RewardCore:
     def reward(self, item: RolloutInput) -> RewardOutcome | Coroutine[Any, Any, RewardOutcome]:
         """The outcome at once when the rules decide it inline; else a coroutine that computes it (the rules off
         the loop for a long rollout, then the RRM where the mode needs it). A bad item raises ItemError now."""
-        if len(item.response) > RULES_INLINE_CHARS:
+        # A long rollout's rules, or a count that may wait on a file lock or the network, run off the loop.
+        if len(item.response) > RULES_INLINE_CHARS or (item.step is None and self.scorer.steps.waits):
             return self._off_loop(item)
         decided = self.scorer.apply_rules(item)
         if isinstance(decided, PendingJudgement):
             return self._judged(decided)
         return decided
 
-    def count_unscored(self, run: StepRun) -> None:
+    async def count_unscored(self, run: StepRun) -> None:
         """A rollout of `run` that could not be scored (the door could not read it) still counts toward its step:
         the trainer sent it."""
-        self.scorer.steps.step(run)
+        if self.scorer.steps.waits:
+            await off_loop(self.scorer.steps.step, run)
+        else:
+            self.scorer.steps.step(run)
 
     async def _off_loop(self, item: RolloutInput) -> RewardOutcome:
         decided = await off_loop(self.scorer.apply_rules, item)

@@ -19,6 +19,7 @@ from proctor.engine.rewards.steps import StepTracker
 from proctor.engine.server.wiring import BackendSet
 from proctor.engine.skd.critic_scoring import CriticScorer
 from proctor.engine.skd.triples import Critic
+from proctor.engine.stores.redis_steps import RedisStepStore
 
 
 @dataclass
@@ -78,6 +79,7 @@ def build_cores(config: Config, backends: BackendSet, metrics: Metrics, lifecycl
             judge, cores.needs[REWARD] = backends.generator("reward", rc)
         # the judge's queue; a rules-only service has none, and says so with a 0 rather than no series
         metrics.watch_queue(REWARD, judge.queue_depth if judge is not None else lambda: 0)
-        cores.steps = StepTracker(rc.steps.rollouts_per_step, rc.steps.state_dir, rc.steps.max_runs)
+        store = RedisStepStore.connect(rc.steps.store) if rc.steps.store else None
+        cores.steps = StepTracker(rc.steps.rollouts_per_step, rc.steps.state_dir, rc.steps.max_runs, store)
         cores.reward = RewardCore(RewardScorer(rc, judge, cores.steps), judge, context(REWARD, rc.limits))
     return cores

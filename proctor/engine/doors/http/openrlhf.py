@@ -196,7 +196,7 @@ class OpenRLHFRoute:
                 response = await off_loop(response_of, prompt, query)
         except ItemError:
             if run is not None:
-                self.core.count_unscored(run)
+                await self.core.count_unscored(run)
             raise
         decided = self.core.reward(RolloutInput(prompt, response, golds(body.labels[i]), step, total, run=run))
         return decided if isinstance(decided, RewardOutcome) else await decided
