@@ -1,30 +1,29 @@
 #!/usr/bin/env bash
-# vLLM on the GPU machine: a prepared run of its own, apart from gpu-check (proctor/bench/README.md, "On a GPU machine").
+# vLLM on a GPU machine: a run of its own, apart from gpu-check (proctor/bench/README.md, "On a GPU machine").
 #
-# HERE (a machine that reaches PyPI; in the checkout the device tool sends; after proctor/bench/gpu_wheels.sh):
-#     bash proctor/bench/gpu_vllm.sh prepare     # 5-7 min: vLLM 0.26.0 and what the image lacks, in ~60 MiB parts
-# It copies ../shared/gpu-vllm (prepare.sh, device-step.sh, smoke_vllm.py, requirements-carry.txt) into the
-# git-ignored .gpu/vllm/ of this checkout (the device gets the checkout only) and builds .gpu/vllm/parts/partNN there.
-#
-# THERE, one call per part, each within 30 s of the last (a machine that idles longer loses the parts: exit 3):
-#     carry [".gpu/vllm/parts/part01"]          bash .gpu/vllm/parts/part01/device-step.sh
-#     carry [".gpu/vllm/parts/part02"]          bash .gpu/vllm/parts/part02/device-step.sh
-#     carry [".gpu/vllm/parts/part03", ".whl"]  SMOKE=0 bash .gpu/vllm/parts/part03/device-step.sh && bash proctor/bench/gpu_vllm.sh check
+#     bash proctor/bench/gpu_vllm.sh check          # on the GPU machine, vLLM 0.26.0 installed
 # `check` runs, each under its own time limit, 6 minutes in all: the vLLM backend's contract and server tests
 # (PROCTOR_REQUIRE_VLLM=1), then bench.vllm_throughput on a Qwen2.5-1.5B-shaped model with dummy weights, 1,024
 # prompts x 256 new tokens, proctor's gRPC against AsyncLLM called directly (target >= 97 %). Logs and the
-# throughput report go to $OUT.
+# throughput report go to $OUT. It needs the wheels of proctor/bench/gpu_wheels.sh in .whl/.
+#
+# A GPU machine without network gets vLLM from a packing kit, run where pip reaches PyPI:
+#     bash proctor/bench/gpu_vllm.sh prepare DIR    # 5-7 min: vLLM 0.26.0 and what the image lacks, in ~60 MiB parts
+# DIR is the kit: a folder whose prepare.sh builds parts/partNN/, each with a device-step.sh; the last part's
+# unpacks vLLM and writes /root/vl/env.sh, which `check` sources. DIR is copied into the git-ignored .gpu/vllm/
+# and run there, so the parts travel with the checkout: on the GPU machine run each part's device-step.sh in
+# order, then `check`.
 set -uo pipefail
-cd "$(git rev-parse --show-toplevel 2>/dev/null || dirname "$(dirname "$(readlink -f "$0")")")"
+kit=${2:+$(readlink -f -- "$2")}  # prepare's DIR, as given from where the script was called
+cd "$(dirname "$(readlink -f "$0")")/../.."  # the checkout's root
 
 prepare() {
   set -e
-  local src=${GPU_VLLM:-$(cd .. && pwd)/shared/gpu-vllm}
-  [ -f "$src/prepare.sh" ] || { echo "no $src/prepare.sh (set GPU_VLLM to the gpu-vllm folder)" >&2; exit 1; }
+  [ -n "$kit" ] && [ -f "$kit/prepare.sh" ] || { echo "usage: bash proctor/bench/gpu_vllm.sh prepare DIR   (DIR: the kit, with its prepare.sh)" >&2; exit 2; }
   git check-ignore -q .gpu/vllm/x || { echo ".gpu/ is not git-ignored here" >&2; exit 1; }
-  [ -n "$(ls .whl/*.whl 2>/dev/null)" ] || echo "note: no .whl/ yet; run proctor/bench/gpu_wheels.sh too (the last call carries it)"
+  [ -n "$(ls .whl/*.whl 2>/dev/null)" ] || echo "note: no .whl/ yet; run proctor/bench/gpu_wheels.sh too (check installs them)"
   mkdir -p .gpu/vllm
-  cp "$src"/prepare.sh "$src"/device-step.sh "$src"/smoke_vllm.py "$src"/requirements-carry.txt .gpu/vllm/
+  cp -r "$kit"/. .gpu/vllm/
   bash .gpu/vllm/prepare.sh
 }
 
@@ -42,10 +41,14 @@ step() {
 }
 
 check() {
-  out=${OUT:-bench/results}
+  out=${OUT:-proctor/bench/results}
   mkdir -p "$out"
-  # shellcheck disable=SC1091
-  . /root/vl/env.sh || { echo "no /root/vl/env.sh: the parts' device-step.sh did not finish on this machine" >&2; exit 3; }
+  # The packing kit's environment where its parts were unpacked; else vLLM installed with pip.
+  if [ -f /root/vl/env.sh ]; then
+    # shellcheck disable=SC1091
+    . /root/vl/env.sh
+  fi
+  python3 -c "import vllm" || { echo "vLLM does not import here: pip install vllm==0.26.0, or the kit's parts first" >&2; exit 3; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 4
   # vLLM's site first: its pins of the packages both bring (fastapi, pydantic, ...) are the ones it was built with.
   export PYTHONPATH=$PYTHONPATH:/tmp/site:$PWD
@@ -63,5 +66,5 @@ check() {
 case "${1:-}" in
   prepare) prepare ;;
   check) check ;;
-  *) echo "usage: bash proctor/bench/gpu_vllm.sh prepare|check   (see the top of this file)" >&2; exit 2 ;;
+  *) echo "usage: bash proctor/bench/gpu_vllm.sh prepare DIR | check   (see the top of this file)" >&2; exit 2 ;;
 esac

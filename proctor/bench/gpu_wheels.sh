@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The wheels the GPU machine lacks, into the checkout's git-ignored .whl/ (proctor/bench/README.md, "On a GPU machine").
-# Run HERE, on a machine that reaches PyPI, in the checkout the device tool sends (the session's own), in its venv:
+# Run on a machine that reaches PyPI, in the checkout's venv; then copy the checkout with .whl/ to the GPU machine:
 #     bash proctor/bench/gpu_wheels.sh
 # What: proctor's run-time requirements that proctor/bench/gpu_image_packages.txt (the image) lacks, resolved for CPython
 # 3.12 manylinux x86-64 with the image's grpcio and protobuf held fixed (grpcio-health-checking / -reflection must not
@@ -38,7 +38,8 @@ awk -v b="$size" -v l="$LIMIT_MIB" 'BEGIN { printf "%s: %.1f MiB (limit %d MiB)\
 
 cat <<EOF
 
-Ready. On the GPU machine, one call (proctor/bench/README.md, "On a GPU machine"):
-  carry:   [".whl"]
-  command: python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1 || exit; python3 -m proctor.bench.gpu_check --out \$OUT
+Ready. On the GPU machine, in a copy of this checkout with its .whl/ (proctor/bench/README.md, "On a GPU machine"):
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:\$PWD PYTHONUNBUFFERED=1
+  python3 -m proctor.bench.gpu_check --out DIR
 EOF
