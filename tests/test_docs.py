@@ -5,11 +5,13 @@
 - Every fenced block names its language: a fence closed too early leaves a bare fence behind (README's config block
   once did, and its last sections rendered as prose).
 - Every relative link of the docs resolves to a file of the repository, and its #anchor to a heading there.
+- No tracked file points outside the repository, at files a clone does not have.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ LINKED_DOCS = sorted(
     for p in [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("deploy/*.md"), ROOT / "proctor/bench/README.md"]
 )
 PLACEHOLDERS = {"...", "…", "TODO", "<fill in>"}
+# Names of files that live beside a checkout, never in it: a clone has none of them.
+OUTSIDE = ["../shared", "PAPERS.md", "DESIGN.md", "KINDS.md", "/.library/"]
 _MD = MarkdownIt("commonmark").enable("table")
 
 
@@ -119,3 +123,19 @@ def test_every_relative_link_resolves_inside_the_repository(doc: str) -> None:
         elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
             broken.append(f"{link}: no heading #{anchor} in {path.relative_to(ROOT)}")
     assert not broken, f"{doc}: {broken}"
+
+
+def test_no_tracked_file_points_outside_the_repository() -> None:
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, text=True)
+    this = Path(__file__).resolve().relative_to(ROOT).as_posix()
+    found = []
+    for name in tracked.stdout.split("\0"):
+        path = ROOT / name
+        if not name or name == this or not path.is_file() or any(name.endswith(n) for n in OUTSIDE):
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        found += [f"{name}: {outside}" for outside in OUTSIDE if outside in text]
+    assert not found, f"files a clone does not have are named in: {found}"

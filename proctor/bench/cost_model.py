@@ -12,7 +12,7 @@ and the CUDA-core work of the epilogue (exp, reductions, the running top-k), and
 
 Ceilings and where they come from (the first GPU run should re-measure the two leads):
 - bf16 tensor cores 790 TFLOP/s: an 8192^3 bf16 torch matmul on random data on this project's H200s (769-798,
-  /work/.library/device/KINDS.md, 2026-10-28 and 2026-11-04). A Triton wgmma main loop is assumed to reach it.
+  measured there on 2026-10-28 and 2026-11-04). A Triton wgmma main loop is assumed to reach it.
 - HBM 4.3 TB/s: a device-to-device copy there, bytes read plus written (same page).
 - L2 -> SM 10 TB/s: a LEAD, not measured here (H100 SXM's L2 is commonly quoted near 12 TB/s; 10 is a margin).
 - CUDA cores 33.8 T simple fp32/int32 ops/s (128 lanes x 132 SMs x 1.98 GHz, the clock seen under load) and

@@ -3,7 +3,7 @@
 isort:skip_file
 Messages shared by the Teacher, Critic and RewardModel services.
 
-Rules of this contract (see DESIGN.md): fields are added, never renumbered; removed fields are `reserved`.
+Rules of this contract (docs/architecture.md): fields are added, never renumbered; removed fields are `reserved`.
 Every request item carries a caller-chosen `id` and every result echoes it; streams answer out of order.
 """
 

@@ -1,5 +1,5 @@
-"""The backend interfaces of DESIGN.md (Scorer, Generator, Classifier). Services and domain code depend on these,
-never on a model."""
+"""The backend interfaces (Scorer, Generator, Classifier; docs/architecture.md). Services and domain code depend
+on these, never on a model."""
 
 from __future__ import annotations
 
