@@ -203,6 +203,134 @@ def _report(c: cutoffs.Cutoff) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Sets:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example] | None
+
+
+def _sets(data: Path, settings: TrainSettings, validation_file: Path | None, test_file: Path | None) -> _Sets:
+    """The training, validation and test sets; the last two must hold both labels (the cut-offs need both)."""
+    examples = load_examples(data)
+    if validation_file is not None:
+        train, validation = examples, load_examples(validation_file)
+    else:
+        train, validation = split(examples, settings.validation_fraction, settings.seed)
+    test = load_examples(test_file) if test_file is not None else None
+    for name, part in (("validation", validation), ("test", test or [])):
+        if part and (all(e.label for e in part) or not any(e.label for e in part)):
+            raise ValueError(f"the {name} set needs both valid and invalid triples")
+    if not validation:
+        raise ValueError("the validation set is empty")
+    return _Sets(train, validation, test)
+
+
+def _model_at_prior(settings: TrainSettings, base: str, prior: float) -> Any:
+    """The recipe's model, its output bias at the log-odds of the training set's share of valid triples."""
+    model = _model(settings, base)
+    with torch.no_grad():
+        _output_layer(model).bias.fill_(math.log(prior / (1 - prior)))
+    return model
+
+
+class _Trainer:
+    """One run's optimiser, schedule and name draws, an epoch at a time."""
+
+    def __init__(self, settings: TrainSettings, model: Any, tokenizer: Any, train: list[Example]) -> None:
+        self.settings, self.model, self.tokenizer, self.train = settings, model, tokenizer, train
+        if settings.recipe == "skd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                model.parameters(), lr=settings.learning_rate, eps=1e-7
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+        self.schedule = Schedule(settings, settings.epochs * math.ceil(len(train) / settings.batch_size))
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.rng = random.Random(settings.seed)
+        self.step = 0
+
+    def epoch(self) -> float:
+        """One pass over the shuffled training set; the mean loss of its batches."""
+        self.model.train()
+        order = self.train[:]
+        self.rng.shuffle(order)
+        losses = []
+        for start in range(0, len(order), self.settings.batch_size):
+            losses.append(self._batch(order[start : start + self.settings.batch_size]))
+        return statistics.fmean(losses)
+
+    def _batch(self, chunk: list[Example]) -> float:
+        # One fresh name draw per example per epoch: the critic learns the pattern, not the names.
+        pairs = [triple_pairs(e.head, e.relation, e.tail, self.rng.randrange(2**31), draws=1)[0] for e in chunk]
+        enc = self.tokenizer([p.first for p in pairs], [p.second for p in pairs], padding=True, return_tensors="pt")
+        target = torch.tensor([float(e.label) for e in chunk])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.rate(self.step)
+        loss = self.loss_fn(self.model(**enc).logits[:, 0], target)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.item())
+
+
+def _fit(trainer: _Trainer, validation: list[Example]) -> tuple[float, list[dict[str, Any]]]:
+    """Epochs until early stopping; the model left at its best epoch. The best validation precision at 80 % recall,
+    and each epoch's record."""
+    settings, model, tokenizer = trainer.settings, trainer.model, trainer.tokenizer
+    labels = [e.label for e in validation]
+    best, best_state, stale, history = -1.0, None, 0, []
+    for epoch in range(1, settings.epochs + 1):
+        t0 = time.perf_counter()
+        loss = trainer.epoch()
+        scores = score(model, tokenizer, validation, settings.seed)
+        metric = cutoffs.best_precision_at_recall(scores, labels, EARLY_STOPPING_RECALL)
+        validation_loss = _bce(scores, labels)
+        trainer.schedule.end_epoch(validation_loss)
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "validation_loss": validation_loss,
+                "precision_at_recall_0.8": metric,
+                "learning_rate": trainer.schedule.rate(trainer.step),
+            }
+        )
+        print(
+            f"epoch {epoch}/{settings.epochs}: loss {loss:.4f}, validation loss "
+            f"{validation_loss:.4f}, precision@recall0.8 {metric:.3f} ({time.perf_counter() - t0:.1f}s)",
+            flush=True,
+        )
+        if metric > best:
+            best, stale = metric, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                print(f"early stop: no improvement for {settings.patience} epochs")
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    return best, history
+
+
+def _cutoff_levels(model: Any, tokenizer: Any, sets: _Sets, seed: int) -> tuple[list[float], dict[str, cutoffs.Cutoff]]:
+    """The validation scores, and the cut-offs from them (averaged with the test set's when there is one)."""
+    scores = score(model, tokenizer, sets.validation, seed)
+    tested = (score(model, tokenizer, sets.test, seed), [e.label for e in sets.test]) if sets.test else None
+    return scores, cutoffs.cutoffs(scores, [e.label for e in sets.validation], tested)
+
+
+def _print_results(summary: dict[str, Any], levels: dict[str, cutoffs.Cutoff]) -> None:
+    print(f"validation ROC AUC {summary['validation_roc_auc']:.3f} (chance 0.5)")
+    for name, c in levels.items():
+        v = c.validation
+        print(
+            f"cut-off {name}: {c.threshold:.4f} (validation point: recall {v.recall:.2f}, precision {v.precision:.2f})"
+        )
+
+
 def train_critic(
     data: Path,
     output: Path,
@@ -217,101 +345,30 @@ def train_critic(
     if settings.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {settings.recipe!r}; known: {', '.join(RECIPES)}")
     torch.manual_seed(settings.seed)
-    examples = load_examples(data)
-    if validation_file is not None:
-        train, validation = examples, load_examples(validation_file)
-    else:
-        train, validation = split(examples, settings.validation_fraction, settings.seed)
-    test = load_examples(test_file) if test_file is not None else None
-    for name, part in (("validation", validation), ("test", test or [])):
-        if part and (all(e.label for e in part) or not any(e.label for e in part)):
-            raise ValueError(f"the {name} set needs both valid and invalid triples")
-    if not validation:
-        raise ValueError("the validation set is empty")
+    sets = _sets(data, settings, validation_file, test_file)
     base = resolve_model(settings.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = _model(settings, base)
-    prior = sum(e.label for e in train) / len(train)
-    with torch.no_grad():
-        _output_layer(model).bias.fill_(math.log(prior / (1 - prior)))
-    if settings.recipe == "skd":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, eps=1e-7)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
-    schedule = Schedule(settings, settings.epochs * math.ceil(len(train) / settings.batch_size))
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    rng = random.Random(settings.seed)
-    labels = [e.label for e in validation]
-    best, best_state, stale, history, step = -1.0, None, 0, [], 0
+    prior = sum(e.label for e in sets.train) / len(sets.train)
+    model = _model_at_prior(settings, base, prior)
     print(
-        f"train-critic ({settings.recipe} recipe): {len(train)} train / {len(validation)} validation"
-        f"{f' / {len(test)} test' if test else ''} triples, prior {prior:.2f}, {base}"
+        f"train-critic ({settings.recipe} recipe): {len(sets.train)} train / {len(sets.validation)} validation"
+        f"{f' / {len(sets.test)} test' if sets.test else ''} triples, prior {prior:.2f}, {base}"
     )
-    for epoch in range(1, settings.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        order = train[:]
-        rng.shuffle(order)
-        losses = []
-        for start in range(0, len(order), settings.batch_size):
-            chunk = order[start : start + settings.batch_size]
-            # One fresh name draw per example per epoch: the critic learns the pattern, not the names.
-            pairs = [triple_pairs(e.head, e.relation, e.tail, rng.randrange(2**31), draws=1)[0] for e in chunk]
-            enc = tokenizer([p.first for p in pairs], [p.second for p in pairs], padding=True, return_tensors="pt")
-            target = torch.tensor([float(e.label) for e in chunk])
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.rate(step)
-            loss = loss_fn(model(**enc).logits[:, 0], target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            losses.append(loss.item())
-        scores = score(model, tokenizer, validation, settings.seed)
-        metric = cutoffs.best_precision_at_recall(scores, labels, EARLY_STOPPING_RECALL)
-        validation_loss = _bce(scores, labels)
-        schedule.end_epoch(validation_loss)
-        history.append(
-            {
-                "epoch": epoch,
-                "loss": statistics.fmean(losses),
-                "validation_loss": validation_loss,
-                "precision_at_recall_0.8": metric,
-                "learning_rate": schedule.rate(step),
-            }
-        )
-        print(
-            f"epoch {epoch}/{settings.epochs}: loss {statistics.fmean(losses):.4f}, validation loss "
-            f"{validation_loss:.4f}, precision@recall0.8 {metric:.3f} ({time.perf_counter() - t0:.1f}s)",
-            flush=True,
-        )
-        if metric > best:
-            best, stale = metric, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= settings.patience:
-                print(f"early stop: no improvement for {settings.patience} epochs")
-                break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    scores = score(model, tokenizer, validation, settings.seed)
-    tested = None
-    if test:
-        tested = (score(model, tokenizer, test, settings.seed), [e.label for e in test])
-    levels = cutoffs.cutoffs(scores, labels, tested)
+    best, history = _fit(_Trainer(settings, model, tokenizer, sets.train), sets.validation)
+    scores, levels = _cutoff_levels(model, tokenizer, sets, settings.seed)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
     report = {name: _report(c) for name, c in levels.items()}
     (output / cutoffs.CUTOFFS_FILE).write_text(json.dumps(report, indent=2))
+    labels = [e.label for e in sets.validation]
     summary = {
         "data": str(data),
         "recipe": settings.recipe,
         "settings": dataclasses.asdict(settings),
-        "train": len(train),
-        "validation": len(validation),
-        "test": len(test) if test else 0,
+        "train": len(sets.train),
+        "validation": len(sets.validation),
+        "test": len(sets.test) if sets.test else 0,
         "validation_prior": sum(labels) / len(labels),
         "validation_roc_auc": roc_auc(scores, labels),
         "best_precision_at_recall_0.8": best,
@@ -319,12 +376,7 @@ def train_critic(
         "history": history,
     }
     (output / "proctor_training.json").write_text(json.dumps(summary, indent=2))
-    print(f"validation ROC AUC {summary['validation_roc_auc']:.3f} (chance 0.5)")
-    for name, c in levels.items():
-        v = c.validation
-        print(
-            f"cut-off {name}: {c.threshold:.4f} (validation point: recall {v.recall:.2f}, precision {v.precision:.2f})"
-        )
+    _print_results(summary, levels)
     return summary
 
 
