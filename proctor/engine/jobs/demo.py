@@ -100,7 +100,7 @@ async def _reward_session(target: str) -> None:
     print("(the expected-mode RRM here is the small demo model; its atom scores show the plumbing, not judgement)")
 
 
-async def _skd_session(target: str) -> None:
+async def _critic_session(target: str) -> None:
     _rule("Critic.Classify: P(valid) of SKD triples (mean over 5 name draws)")
     triples = [
         ("PersonX adopts a puppy from the shelter", common_pb2.X_WANT, "to buy dog food"),
@@ -121,6 +121,8 @@ async def _skd_session(target: str) -> None:
         verdict = "accept" if res.accepted else "reject"
         print(f"{verdict} {res.score:.3f} (cut-off {res.cutoff:.3f}): {h} | {common_pb2.Relation.Name(r)} | {t}")
 
+
+async def _distill_session(target: str) -> None:
     _rule("proctor distill: 2 events x 3 relations -> inferences -> critic -> JSONL")
     with tempfile.TemporaryDirectory() as folder:
         events = Path(folder) / "events.txt"
@@ -137,17 +139,111 @@ async def _skd_session(target: str) -> None:
         distill.print_summary(summary)
 
 
-async def run_demo(model: str, device: str) -> int:
-    config = Config(
+async def _info(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
+    info = await stub.Info(common_pb2.InfoRequest())
+    _rule("Teacher.Info")
+    print(f"model {info.model}\nbackend {info.backend} on {info.device} ({info.dtype}), vocab {info.vocab_size}")
+
+
+async def _generate(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
+    _rule("Teacher.Generate: 2 prompts x n=3, seed 7, stop at '.', log-probs + top-2")
+    params = teacher_pb2.SamplingParams(
+        n=3, seed=7, temperature=0.8, top_p=0.95, max_tokens=24, stop=["."], top_logprobs=2
+    )
+    requests = [
+        teacher_pb2.GenerateRequest(id=key, prompt=_prompt(prompt), params=params) for key, prompt in _PROMPTS.items()
+    ]
+    t0 = time.perf_counter()
+    results = await _call(stub.Generate, requests)
+    print(f"({time.perf_counter() - t0:.2f}s for {len(requests)} prompts in one stream)")
+    for key, result in results.items():
+        _check(result)
+        print(f"\n[{key}] {_PROMPTS[key]!r}  (prompt {len(result.prompt_token_ids)} tokens)")
+        for c in result.completions:
+            reason = c.stop_reason or ("length" if c.finish_reason == 2 else "eos")
+            print(f"  #{c.index} {c.text!r}")
+            print(
+                f"     {len(c.token_ids)} tokens, stopped by {reason!r}, "
+                f"log p = {c.cumulative_logprob:.2f}, first token ids {list(c.token_ids[:4])}, "
+                f"log-probs {[round(x, 2) for x in c.logprobs[:4]]}"
+            )
+
+
+async def _score(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
+    _rule("Teacher.Score: log p(target | context), per token")
+    context = _prompt("The capital of France is")
+    scored = await _call(
+        stub.Score,
+        [
+            teacher_pb2.ScoreRequest(id="plain", context=context, target=_prompt(" Paris"), top_logprobs=3),
+            teacher_pb2.ScoreRequest(id="odd", context=context, target=_prompt(" a banana"), top_logprobs=3),
+        ],
+    )
+    for key, score in scored.items():
+        _check(score)
+        total = sum(score.logprobs)
+        print(
+            f"[{key}] target ids {list(score.target_token_ids)}: log-probs "
+            f"{[round(x, 3) for x in score.logprobs]} (sum {total:.2f}, p = {math.exp(total):.2e}); "
+            f"top-3 at the first position {list(score.top.token_ids[:3])}"
+        )
+
+
+async def _bad_item(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
+    _rule("a bad item fails alone")
+    mixed = await _call(
+        stub.Generate,
+        [
+            teacher_pb2.GenerateRequest(
+                id="ok", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(max_tokens=4)
+            ),
+            teacher_pb2.GenerateRequest(
+                id="bad", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(top_p=1.5)
+            ),
+        ],
+    )
+    for key, result in mixed.items():
+        status = f"error in field {result.error.field!r}: {result.error.message}" if result.HasField("error") else "ok"
+        print(f"[{key}] {status}")
+
+
+async def _teacher_session(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = teacher_pb2_grpc.TeacherStub(channel)
+        await _info(stub)
+        await _generate(stub)
+        await _score(stub)
+        await _bad_item(stub)
+
+
+def _metrics_sample(port: int) -> None:
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    _rule("Prometheus")
+    print(f"metrics at {metrics_url} (while the server runs); a sample:")
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(("proctor_items_total", "proctor_tokens_total")):
+                print(f"  {line}")
+
+
+def demo_config(model: str, device: str) -> Config:
+    """Every service on free ports; the Critic only where its built-in model can be built here."""
+    return Config(
         server=ServerConfig(port=0, metrics_port=0),
         teacher=TeacherConfig(model=model, device=device, default_max_tokens=24),
         critic=CriticConfig(model="builtin:critic", device=device) if builtin_available("critic") else None,
         reward=RewardConfig(model=model, device=device),
     )
+
+
+async def show(config: Config) -> int:
+    """Start a server with `config`, run the session against every service it hosts, drain it."""
+    if config.teacher is None or config.reward is None:
+        raise ValueError("the demo's session calls the Teacher and the RewardModel: host both")
     server = ProctorServer(config)
     print(
-        f"starting proctor with teacher {model} (a first run converts SmolLM2 once, ~30 s, and trains the demo "
-        "critic once, ~3 min on 2 CPU cores; both are cached) ...",
+        f"starting proctor with teacher {config.teacher.model} (a first run converts SmolLM2 once, ~30 s, and trains "
+        "the demo critic once, ~3 min on 2 CPU cores; both are cached) ...",
         flush=True,
     )
     t0 = time.perf_counter()
@@ -156,84 +252,17 @@ async def run_demo(model: str, device: str) -> int:
     target = f"127.0.0.1:{server.port}"
     print(f"server ready on {target} in {time.perf_counter() - t0:.1f}s")
     try:
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = teacher_pb2_grpc.TeacherStub(channel)
-            info = await stub.Info(common_pb2.InfoRequest())
-            _rule("Teacher.Info")
-            print(
-                f"model {info.model}\nbackend {info.backend} on {info.device} ({info.dtype}), vocab {info.vocab_size}"
-            )
-
-            _rule("Teacher.Generate: 2 prompts x n=3, seed 7, stop at '.', log-probs + top-2")
-            params = teacher_pb2.SamplingParams(
-                n=3, seed=7, temperature=0.8, top_p=0.95, max_tokens=24, stop=["."], top_logprobs=2
-            )
-            requests = [
-                teacher_pb2.GenerateRequest(id=key, prompt=_prompt(prompt), params=params)
-                for key, prompt in _PROMPTS.items()
-            ]
-            t0 = time.perf_counter()
-            results = await _call(stub.Generate, requests)
-            print(f"({time.perf_counter() - t0:.2f}s for {len(requests)} prompts in one stream)")
-            for key, result in results.items():
-                _check(result)
-                print(f"\n[{key}] {_PROMPTS[key]!r}  (prompt {len(result.prompt_token_ids)} tokens)")
-                for c in result.completions:
-                    reason = c.stop_reason or ("length" if c.finish_reason == 2 else "eos")
-                    print(f"  #{c.index} {c.text!r}")
-                    print(
-                        f"     {len(c.token_ids)} tokens, stopped by {reason!r}, "
-                        f"log p = {c.cumulative_logprob:.2f}, first token ids {list(c.token_ids[:4])}, "
-                        f"log-probs {[round(x, 2) for x in c.logprobs[:4]]}"
-                    )
-            _rule("Teacher.Score: log p(target | context), per token")
-            context = _prompt("The capital of France is")
-            scored = await _call(
-                stub.Score,
-                [
-                    teacher_pb2.ScoreRequest(id="plain", context=context, target=_prompt(" Paris"), top_logprobs=3),
-                    teacher_pb2.ScoreRequest(id="odd", context=context, target=_prompt(" a banana"), top_logprobs=3),
-                ],
-            )
-            for key, score in scored.items():
-                _check(score)
-                total = sum(score.logprobs)
-                print(
-                    f"[{key}] target ids {list(score.target_token_ids)}: log-probs "
-                    f"{[round(x, 3) for x in score.logprobs]} (sum {total:.2f}, p = {math.exp(total):.2e}); "
-                    f"top-3 at the first position {list(score.top.token_ids[:3])}"
-                )
-
-            _rule("a bad item fails alone")
-            mixed = await _call(
-                stub.Generate,
-                [
-                    teacher_pb2.GenerateRequest(
-                        id="ok", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(max_tokens=4)
-                    ),
-                    teacher_pb2.GenerateRequest(
-                        id="bad", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(top_p=1.5)
-                    ),
-                ],
-            )
-            for key, result in mixed.items():
-                status = (
-                    f"error in field {result.error.field!r}: {result.error.message}"
-                    if result.HasField("error")
-                    else "ok"
-                )
-                print(f"[{key}] {status}")
+        await _teacher_session(target)
         await _reward_session(target)
         if config.critic is not None:
-            await _skd_session(target)
-        metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-        _rule("Prometheus")
-        print(f"metrics at {metrics_url} (while the server runs); a sample:")
-        with urllib.request.urlopen(metrics_url, timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(("proctor_items_total", "proctor_tokens_total")):
-                    print(f"  {line}")
+            await _critic_session(target)
+            await _distill_session(target)
+        _metrics_sample(server.metrics_port)
     finally:
         await server.drain(grace_s=5)
     print("\ndemo finished; `proctor serve` runs the server on its own (see README).")
     return 0
+
+
+async def run_demo(model: str, device: str) -> int:
+    return await show(demo_config(model, device))
