@@ -4,7 +4,8 @@
   (sections and keys a block leaves out keep their defaults, as in a user's file), and no value is a placeholder.
 - Every fenced block names its language: a fence closed too early leaves a bare fence behind (README's config block
   once did, and its last sections rendered as prose).
-- Every relative link of the docs resolves to a file of the repository, and its #anchor to a heading there.
+- Every relative link of the docs resolves to a file of the repository, and its #anchor to a heading there; every
+  path they name in a code span exists.
 - No tracked file points outside the repository, at files a clone does not have.
 """
 
@@ -123,6 +124,31 @@ def test_every_relative_link_resolves_inside_the_repository(doc: str) -> None:
         elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
             broken.append(f"{link}: no heading #{anchor} in {path.relative_to(ROOT)}")
     assert not broken, f"{doc}: {broken}"
+
+
+def _named_paths(doc: str) -> list[str]:
+    """Code spans that name a path of the repository (`proctor/engine/...`, `deploy/...`), without a pattern in it
+    (`<device>`, `{json,md}`, `*`, `YYYY`); a `path::test` or `path:line` names the path before the colon."""
+    top = {p.name for p in ROOT.iterdir() if not p.name.startswith(".git")}
+    found = []
+    for token in _tokens(doc):
+        for child in token.children or []:
+            span = child.content.strip()
+            if (
+                child.type == "code_inline"
+                and span.split("/")[0] in top
+                and "/" in span
+                and not re.search(r"[\s<>{}*]|YYYY|DATE", span)
+            ):
+                found.append(span.split(":")[0])
+    return found
+
+
+@pytest.mark.parametrize("doc", LINKED_DOCS)
+def test_every_path_the_docs_name_exists(doc: str) -> None:
+    """README's "where do I change X" table and the docs' other paths follow the files when they move."""
+    missing = sorted({path for path in _named_paths(doc) if not (ROOT / path).exists()})
+    assert not missing, f"{doc} names paths the repository does not have: {missing}"
 
 
 def test_no_tracked_file_points_outside_the_repository() -> None:
