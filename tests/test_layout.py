@@ -73,3 +73,17 @@ def test_transformers_imports_from_the_root() -> None:
     code = "from transformers import LlamaConfig; LlamaConfig(); import proctor.kernels, proctor.engine.cli"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_engine_opens_no_grpc_channel_of_its_own() -> None:
+    """The engine's own callers (distill --server, the remote critic, the demo) reach a server through the client
+    library, which carries TLS, tokens and the per-item error handling; a bare channel would bypass all three."""
+    import ast
+
+    openers = {"insecure_channel", "secure_channel"}
+    found = []
+    for path in sorted((ROOT / "proctor" / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in openers:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []

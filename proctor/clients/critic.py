@@ -29,8 +29,8 @@ def triple_request(
 
 def cutoff_levels(info: common_pb2.ModelInfo) -> dict[str, float]:
     """The cut-off levels (high, medium) the server's critic publishes in its Info."""
-    prefix = "cutoff_"
-    return {key[len(prefix) :]: float(value) for key, value in info.extra.items() if key.startswith(prefix)}
+    keys = {level: f"cutoff_{level}" for level in ("high", "medium")}  # not cutoff_level, the level in force
+    return {level: float(info.extra[key]) for level, key in keys.items() if key in info.extra}
 
 
 class CriticClient(SyncClient):

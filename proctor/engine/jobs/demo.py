@@ -1,5 +1,5 @@
-"""`proctor demo`: a real server on free ports, a short session over gRPC (the generated stubs, as a trainer in
-any language would call them), results printed."""
+"""`proctor demo`: a real server on free ports, a short session over gRPC through the client library (as a trainer
+in Python calls it: one stream per call, a result per id), results printed."""
 
 from __future__ import annotations
 
@@ -12,21 +12,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import grpc
-
+from proctor.clients.critic import AsyncCriticClient, triple_request
+from proctor.clients.reward import AsyncRewardClient, reward_request
+from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
 from proctor.engine.backends.builtin_models import builtin_available
 from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
 from proctor.engine.jobs import distill
 from proctor.engine.server.lifecycle import ProctorServer
-from proctor.v1 import (
-    common_pb2,
-    critic_pb2,
-    critic_pb2_grpc,
-    reward_pb2,
-    reward_pb2_grpc,
-    teacher_pb2,
-    teacher_pb2_grpc,
-)
 
 _PROMPTS = {
     "store": "PersonX goes to the store. As a result, PersonX",
@@ -34,18 +26,9 @@ _PROMPTS = {
 }
 
 
-async def _call(method: Any, requests: list[Any]) -> dict[str, Any]:
-    """One bidirectional stream: every request sent, every result read, keyed by id."""
-    return {result.id: result async for result in method(iter(requests))}
-
-
 def _check(result: Any) -> None:
     if result.HasField("error"):
         raise RuntimeError(f"item {result.id}: {result.error.message} (field {result.error.field!r})")
-
-
-def _prompt(text: str) -> common_pb2.Prompt:
-    return common_pb2.Prompt(text=text)
 
 
 def _rule(title: str) -> None:
@@ -69,23 +52,14 @@ _ROLLOUTS = {
 
 async def _reward_session(target: str) -> None:
     _rule("RewardModel.Reward: T = 250 of T_MAX = 1000 -> alpha = 0.375")
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = reward_pb2_grpc.RewardModelStub(channel)
-        for mode in (reward_pb2.EXPECTED, reward_pb2.RULES):
+    async with AsyncRewardClient(target) as client:
+        for mode in ("expected", "rules"):
             requests = [
-                reward_pb2.RewardRequest(
-                    id=key,
-                    question=_QUESTION,
-                    response=text,
-                    gold_answers=["Canberra"],
-                    training_step=250,
-                    total_steps=1000,
-                    mode=mode,
-                )
+                reward_request(key, _QUESTION, text, "Canberra", 250, total_steps=1000, mode=mode)
                 for key, text in _ROLLOUTS.items()
             ]
-            results = await _call(stub.Reward, requests)
-            print(f"-- mode {reward_pb2.RrmMode.Name(mode).lower()}")
+            results = await client.reward(requests)
+            print(f"-- mode {mode}")
             for key, r in results.items():
                 _check(r)
                 r_atom = f"{r.r_atom:.3f}" if r.HasField("r_atom") else "-"
@@ -103,23 +77,18 @@ async def _reward_session(target: str) -> None:
 async def _critic_session(target: str) -> None:
     _rule("Critic.Classify: P(valid) of SKD triples (mean over 5 name draws)")
     triples = [
-        ("PersonX adopts a puppy from the shelter", common_pb2.X_WANT, "to buy dog food"),
-        ("PersonX adopts a puppy from the shelter", common_pb2.X_REACT, "the the the"),
-        ("PersonX misses the last train home", common_pb2.X_ATTR, "unlucky"),
-        ("PersonX misses the last train home", common_pb2.X_ATTR, "to call a taxi"),
+        ("PersonX adopts a puppy from the shelter", "X_WANT", "to buy dog food"),
+        ("PersonX adopts a puppy from the shelter", "X_REACT", "the the the"),
+        ("PersonX misses the last train home", "X_ATTR", "unlucky"),
+        ("PersonX misses the last train home", "X_ATTR", "to call a taxi"),
     ]
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = critic_pb2_grpc.CriticStub(channel)
-        requests = [
-            critic_pb2.ClassifyRequest(id=str(i), triple=critic_pb2.Triple(head=h, relation=r, tail=t))
-            for i, (h, r, t) in enumerate(triples)
-        ]
-        results = {r.id: r async for r in stub.Classify(iter(requests))}
+    async with AsyncCriticClient(target) as client:
+        results = await client.classify([triple_request(str(i), h, r, t) for i, (h, r, t) in enumerate(triples)])
     for i, (h, r, t) in enumerate(triples):
         res = results[str(i)]
         _check(res)
         verdict = "accept" if res.accepted else "reject"
-        print(f"{verdict} {res.score:.3f} (cut-off {res.cutoff:.3f}): {h} | {common_pb2.Relation.Name(r)} | {t}")
+        print(f"{verdict} {res.score:.3f} (cut-off {res.cutoff:.3f}): {h} | {r} | {t}")
 
 
 async def _distill_session(target: str) -> None:
@@ -139,22 +108,18 @@ async def _distill_session(target: str) -> None:
         distill.print_summary(summary)
 
 
-async def _info(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
-    info = await stub.Info(common_pb2.InfoRequest())
+async def _info(client: AsyncTeacherClient) -> None:
+    info = await client.info()
     _rule("Teacher.Info")
     print(f"model {info.model}\nbackend {info.backend} on {info.device} ({info.dtype}), vocab {info.vocab_size}")
 
 
-async def _generate(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
+async def _generate(client: AsyncTeacherClient) -> None:
     _rule("Teacher.Generate: 2 prompts x n=3, seed 7, stop at '.', log-probs + top-2")
-    params = teacher_pb2.SamplingParams(
-        n=3, seed=7, temperature=0.8, top_p=0.95, max_tokens=24, stop=["."], top_logprobs=2
-    )
-    requests = [
-        teacher_pb2.GenerateRequest(id=key, prompt=_prompt(prompt), params=params) for key, prompt in _PROMPTS.items()
-    ]
+    params: dict[str, Any] = {"n": 3, "seed": 7, "temperature": 0.8, "top_p": 0.95, "max_tokens": 24}
+    requests = [generate_request(key, prompt, stop=["."], top_logprobs=2, **params) for key, prompt in _PROMPTS.items()]
     t0 = time.perf_counter()
-    results = await _call(stub.Generate, requests)
+    results = await client.generate(requests)
     print(f"({time.perf_counter() - t0:.2f}s for {len(requests)} prompts in one stream)")
     for key, result in results.items():
         _check(result)
@@ -169,15 +134,14 @@ async def _generate(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
             )
 
 
-async def _score(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
+async def _score(client: AsyncTeacherClient) -> None:
     _rule("Teacher.Score: log p(target | context), per token")
-    context = _prompt("The capital of France is")
-    scored = await _call(
-        stub.Score,
+    context = "The capital of France is"
+    scored = await client.score(
         [
-            teacher_pb2.ScoreRequest(id="plain", context=context, target=_prompt(" Paris"), top_logprobs=3),
-            teacher_pb2.ScoreRequest(id="odd", context=context, target=_prompt(" a banana"), top_logprobs=3),
-        ],
+            score_request("plain", context, " Paris", top_logprobs=3),
+            score_request("odd", context, " a banana", top_logprobs=3),
+        ]
     )
     for key, score in scored.items():
         _check(score)
@@ -189,18 +153,10 @@ async def _score(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
         )
 
 
-async def _bad_item(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
+async def _bad_item(client: AsyncTeacherClient) -> None:
     _rule("a bad item fails alone")
-    mixed = await _call(
-        stub.Generate,
-        [
-            teacher_pb2.GenerateRequest(
-                id="ok", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(max_tokens=4)
-            ),
-            teacher_pb2.GenerateRequest(
-                id="bad", prompt=_prompt("Hello"), params=teacher_pb2.SamplingParams(top_p=1.5)
-            ),
-        ],
+    mixed = await client.generate(
+        [generate_request("ok", "Hello", max_tokens=4), generate_request("bad", "Hello", top_p=1.5)]
     )
     for key, result in mixed.items():
         status = f"error in field {result.error.field!r}: {result.error.message}" if result.HasField("error") else "ok"
@@ -208,12 +164,11 @@ async def _bad_item(stub: teacher_pb2_grpc.TeacherAsyncStub) -> None:
 
 
 async def _teacher_session(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = teacher_pb2_grpc.TeacherStub(channel)
-        await _info(stub)
-        await _generate(stub)
-        await _score(stub)
-        await _bad_item(stub)
+    async with AsyncTeacherClient(target) as client:
+        await _info(client)
+        await _generate(client)
+        await _score(client)
+        await _bad_item(client)
 
 
 def _metrics_sample(port: int) -> None:
