@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from proctor.engine.cores.metrics import Metrics
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Later(Generic[T]):
+    """Work a core defers: nothing runs (no coroutine exists) until a door awaits `run()`, so an item refused before
+    its turn leaves nothing behind."""
+
+    run: Callable[[], Awaitable[T]]
+
 
 # The three services' names: their gRPC service names, also the `service` label of every metric and the name each
 # is known by in health checks, whichever door a call came through.

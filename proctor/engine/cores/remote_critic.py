@@ -13,8 +13,17 @@ from proctor.engine.errors import ItemError
 from proctor.engine.skd.relations import RELATIONS
 from proctor.engine.skd.triples import Judgement
 
+# A remote status that retrying can help keeps its code; any other (a refused token, a refused item) is a
+# precondition of this server's configuration, not retryable.
+_RETRYABLE = {4: "DEADLINE_EXCEEDED", 8: "RESOURCE_EXHAUSTED", 14: "UNAVAILABLE"}
+
 
 def credentials(config: RemoteCriticConfig) -> Credentials:
+    """The client library's credentials, every file read now: a wrong path is a start-up error, not every event's."""
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(config, name)
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"teacher.remote_critic.{name}: cannot read {path}")
     token = None
     if config.token_env:
         token = os.environ.get(config.token_env, "").strip()
@@ -54,7 +63,8 @@ class RemoteCritic:
             result = results[request.id]  # the client answers every id, a failed call's with its status
             if result.HasField("error"):
                 raise ItemError(
-                    f"the critic at {self.target} could not score a triple: {result.error.message}", code="UNAVAILABLE"
+                    f"the critic at {self.target} could not score a triple: {result.error.message}",
+                    code=_RETRYABLE.get(result.error.code, "FAILED_PRECONDITION"),
                 )
             out.append(Judgement(result.score, result.cutoff))
         return out

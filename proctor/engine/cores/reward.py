@@ -11,12 +11,12 @@ event loop more often.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from proctor.engine.backends.base import Generator
-from proctor.engine.cores.context import ServiceContext
+from proctor.engine.cores.context import Later, ServiceContext
 from proctor.engine.rewards.pipeline import PendingJudgement, RewardOutcome, RewardScorer, RolloutInput
 from proctor.engine.rewards.steps import StepRun
 
@@ -40,15 +40,15 @@ class RewardCore:
         self._queue_seconds = svc.metrics.queue_seconds.labels(svc.name, "Reward")
         self._inference_seconds = svc.metrics.inference_seconds.labels(svc.name, "Reward")
 
-    def reward(self, item: RolloutInput) -> RewardOutcome | Coroutine[Any, Any, RewardOutcome]:
-        """The outcome at once when the rules decide it inline; else a coroutine that computes it (the rules off
-        the loop for a long rollout, then the RRM where the mode needs it). A bad item raises ItemError now."""
+    def reward(self, item: RolloutInput) -> RewardOutcome | Later[RewardOutcome]:
+        """The outcome at once when the rules decide it inline; else a `Later` that computes it (the rules off the
+        loop for a long rollout, then the RRM where the mode needs it). A bad item raises ItemError now."""
         # A long rollout's rules, or a count that may wait on a file lock or the network, run off the loop.
         if len(item.response) > RULES_INLINE_CHARS or (item.step is None and self.scorer.steps.waits):
-            return self._off_loop(item)
+            return Later(lambda: self._off_loop(item))
         decided = self.scorer.apply_rules(item)
         if isinstance(decided, PendingJudgement):
-            return self._judged(decided)
+            return Later(lambda: self._judged(decided))
         return decided
 
     async def count_unscored(self, run: StepRun) -> None:

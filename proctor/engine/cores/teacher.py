@@ -1,23 +1,24 @@
 """The Teacher's core: prompts checked and tokenized, sampling checked, Generate / Score / score groups /
-GenerateTriples run on the Generator backend, and their metrics recorded — once, for the gRPC and the HTTP door.
+GenerateTriples run on the Generator backend, and Generate's and Score's metrics recorded — once, for the gRPC and the
+HTTP door (GenerateTriples records its items and its call; its backend work is not yet in the token counts).
 
-Where work runs: a text prompt is tokenized on the event loop when it is short and in a worker thread when it is
-long (a tokenizer takes ~1 s a MB); a text that cannot fit the prompt limit at `MAX_CHARS_PER_TOKEN` characters a
-token is refused before any tokenizer work, which is what bounds it.
+Where work runs: a request's text prompts are tokenized on the event loop when they are short together and in a
+worker thread when they are long (a tokenizer takes ~1 s a MB); a text that cannot fit the prompt limit at
+`MAX_CHARS_PER_TOKEN` characters a token is refused before any tokenizer work, which is what bounds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from proctor.engine.backends.base import Generator
 from proctor.engine.config import TeacherConfig
 from proctor.engine.cores import checks
-from proctor.engine.cores.context import CallMetrics, ServiceContext
+from proctor.engine.cores.context import CallMetrics, Later, ServiceContext
 from proctor.engine.cores.sampling_checks import check_top_logprobs, checked_sampling
 from proctor.engine.errors import ItemError
 from proctor.engine.items import (
@@ -49,10 +50,6 @@ class PromptInput:
     field: str = "prompt"
     text_field: str = ""
     ids_field: str = ""
-
-    @property
-    def long(self) -> bool:
-        return self.text is not None and len(self.text) > INLINE_TOKENIZE_CHARS
 
 
 @dataclass(frozen=True)
@@ -143,11 +140,12 @@ class TeacherCore:
             raise ItemError(f"{len(ids)} tokens > max_prompt_tokens {limit}; nothing is truncated", prompt.field)
         return ids
 
-    def tokenized(self, work: Callable[[], T], *prompts: PromptInput) -> T | Awaitable[T]:
-        """`work` (which tokenizes `prompts`) now when every prompt is short, else in a worker thread: the one
-        policy of where tokenizing runs, for both doors."""
-        if any(p.long for p in prompts):
-            return asyncio.to_thread(work)
+    def tokenized(self, work: Callable[[], T], *prompts: PromptInput) -> T | Later[T]:
+        """`work` (which tokenizes `prompts`) done now when their texts are short together, else deferred: a `Later`
+        that runs it in a worker thread once awaited. The one policy of where tokenizing runs, for both doors; the
+        budget is the request's, so many short prompts in one request go to the thread together."""
+        if sum(len(p.text) for p in prompts if p.text is not None) > INLINE_TOKENIZE_CHARS:
+            return Later(lambda: asyncio.to_thread(work))
         return work()
 
     def check_group(self, continuations: int, has_target: bool) -> None:

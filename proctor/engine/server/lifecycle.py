@@ -24,7 +24,7 @@ from proctor.engine.config import Config, ConfigError, ServerConfig
 from proctor.engine.cores.context import Lifecycle
 from proctor.engine.cores.metrics import Metrics
 from proctor.engine.doors.grpc.call_gate import CallLimit
-from proctor.engine.doors.grpc.server import bind, build_server
+from proctor.engine.doors.grpc.server import bind, build_server, server_credentials
 from proctor.engine.doors.http.app import HttpFront
 from proctor.engine.doors.http.mount import mount
 from proctor.engine.server.cores import Cores, build_cores
@@ -79,8 +79,9 @@ class ProctorServer:
         """Open the ports at once with every service NOT_SERVING, then load the models in the background."""
         cfg = self.config.server
         tokens = load_tokens(cfg)
-        self._start_metrics_endpoint()
+        server_credentials(cfg.tls)  # every file and connection a config names is checked before a port opens
         self.cores = cores = build_cores(self.config, self.backends, self.metrics, self.lifecycle)
+        self._start_metrics_endpoint()
         if self.config.http.port >= 0:
             self.http = HttpFront(self.config.http, cfg.tls, tokens, self.lifecycle, self.metrics)
             mount(self.http, cores.teacher, cores.reward, self.config.reward)

@@ -15,6 +15,7 @@ import pytest
 
 from proctor.clients import reward_request, score_request
 from proctor.engine.cores.context import REWARD
+from proctor.engine.rewards.pipeline import PendingJudgement, RewardMode, RolloutInput
 from proctor.engine.server.lifecycle import ProctorServer
 from proctor.v1 import reward_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 from tests.engine.doors.grpc.test_reward_service import GOOD
@@ -113,21 +114,88 @@ async def test_a_long_rollout_is_ruled_on_the_one_rules_thread_through_both_door
 
 
 async def test_the_rrm_is_recorded_once_whichever_door(tiny_server: ProctorServer, target: str) -> None:
-    """The judge's token counts grow the same for one expected-mode rollout through either door."""
+    """One expected-mode rollout through either door adds the judge's own prompt tokens once, and one observation
+    to the queue and inference histograms (the HTTP door recorded none of it before the cores)."""
+    core = tiny_server.cores.reward
+    assert core is not None
     registry = tiny_server.metrics.registry
+    labels = {"service": REWARD, "rpc": "Reward"}
 
-    def judged() -> float:
-        value = registry.get_sample_value(
-            "proctor_tokens_total", {"service": REWARD, "rpc": "Reward", "kind": "prompt"}
+    def recorded() -> tuple[float, float, float]:
+        def get(name: str, extra: dict[str, str] | None = None) -> float:
+            return registry.get_sample_value(name, {**labels, **(extra or {})}) or 0.0
+
+        return (
+            get("proctor_tokens_total", {"kind": "prompt"}),
+            get("proctor_queue_seconds_count"),
+            get("proctor_inference_seconds_count"),
         )
-        return value or 0.0
 
-    request = reward_request("a", "What is the capital?", GOOD, ["Paris"], 10, mode="expected")
-    before = judged()
+    question = "What is the capital?"
+    item = RolloutInput(question, GOOD, ["Paris"], 10, None, RewardMode.EXPECTED)
+    pending = core.scorer.apply_rules(item)
+    assert isinstance(pending, PendingJudgement)
+    judge_tokens = (await core.scorer.judge_atoms(pending)).prompt_tokens  # the scorer alone records nothing
+    assert judge_tokens > 0
+
+    before = recorded()
+    request = reward_request("a", question, GOOD, ["Paris"], 10, mode="expected")
     async with grpc.aio.insecure_channel(target) as channel:
         [r async for r in reward_pb2_grpc.RewardModelStub(channel).Reward(iter([request]))]
-    by_grpc = judged() - before
-    body = {"query": ["What is the capital?" + GOOD], "prompts": ["What is the capital?"], "labels": ["Paris"]}
+    after_grpc = recorded()
+    body = {"query": [question + GOOD], "prompts": [question], "labels": ["Paris"]}
     status, out, _ = await asyncio.to_thread(call, base(tiny_server) + "/reward?training_step=10", body)
     assert status == 200, out
-    assert by_grpc > 0 and judged() - before == 2 * by_grpc
+    after_http = recorded()
+    assert [a - b for a, b in zip(after_grpc, before, strict=True)] == [judge_tokens, 1, 1]
+    assert [a - b for a, b in zip(after_http, after_grpc, strict=True)] == [judge_tokens, 1, 1]
+
+
+async def test_a_request_of_many_short_texts_is_tokenized_off_the_loop(tiny_server: ProctorServer) -> None:
+    """The inline budget is the request's: 3 texts of 2,000 characters are tokenized on a worker thread, together."""
+    core = tiny_server.cores.teacher
+    assert core is not None
+    threads: list[str] = []
+    tokenize = core.backend.tokenize
+
+    def recording(text: str, add_special_tokens: bool) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return tokenize(text, add_special_tokens)
+
+    core.backend.tokenize = recording  # type: ignore[method-assign]
+    try:
+        body = {"prompt": ["word " * 400] * 3, "max_tokens": 1}
+        status, out, _ = await asyncio.to_thread(call, base(tiny_server) + "/v1/completions", body)
+        short = {"prompt": "a few words", "max_tokens": 1}
+        status_short, _, _ = await asyncio.to_thread(call, base(tiny_server) + "/v1/completions", short)
+    finally:
+        del core.backend.tokenize  # type: ignore[method-assign]
+    assert status == 200 and status_short == 200, out
+    assert len(threads) == 4 and len(set(threads[:3])) == 1 and threads[0] != threading.main_thread().name
+    assert threads[3] == threading.main_thread().name  # a short request is tokenized inline: no thread hop
+
+
+async def test_a_long_item_refused_for_capacity_leaves_no_work_behind() -> None:
+    """Deferred work (a long text's tokenizing) is created only when the item is admitted: refused items leave no
+    coroutine that is never awaited."""
+    import gc
+    import warnings
+
+    from proctor.clients.teacher import AsyncTeacherClient
+    from proctor.engine.config import ServiceLimits
+    from tests.conftest import started, tiny_config
+
+    server = await started(tiny_config(limits=ServiceLimits(max_queued_items=1)))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with AsyncTeacherClient(f"127.0.0.1:{server.port}") as client:
+                results = await client.score(
+                    [score_request(f"s{i}", "word " * 1000, " x") for i in range(6)], batch_size=6
+                )
+            gc.collect()
+    finally:
+        await server.drain(grace_s=1)
+    codes = {r.error.code for r in results.values()}
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] in codes  # some were refused for capacity
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from proctor.clients.streaming import Credentials
 from proctor.clients.teacher import TeacherClient
 from proctor.engine.config import Config, CriticConfig, RemoteCriticConfig, ServerConfig, TeacherConfig, TlsConfig
 from proctor.engine.server.lifecycle import ProctorServer
@@ -115,4 +114,12 @@ def test_a_critic_token_variable_that_is_not_set_is_a_start_up_error(monkeypatch
     monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="NO_SUCH_TOKEN"):
         RemoteCritic("localhost:1", RemoteCriticConfig(token_env="NO_SUCH_TOKEN"))
-    assert Credentials().token is None
+
+
+def test_a_critic_ca_file_that_cannot_be_read_is_a_start_up_error(tmp_path: Path) -> None:
+    from proctor.engine.config import ConfigError
+    from proctor.engine.cores.remote_critic import RemoteCritic
+
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(ConfigError, match=r"teacher.remote_critic.ca_file: cannot read .*no-such-ca.pem"):
+        RemoteCritic("localhost:1", RemoteCriticConfig(ca_file=str(missing)))

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from proctor.engine.cores.context import Later
 from proctor.engine.cores.reward import RewardCore
 from proctor.engine.doors.grpc import convert
 from proctor.engine.doors.grpc.streams import StreamSpec, run_batched_stream, run_stream
@@ -83,14 +84,14 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         if req.atom_detail not in _ATOM_DETAILS:
             raise ItemError(f"unknown atom_detail {req.atom_detail}", "atom_detail")
         decided = self.core.reward(rollout_input(req))
-        if isinstance(decided, RewardOutcome):
-            return self._result(req, decided, received)
-        return self._later(req, decided, received)
+        if isinstance(decided, Later):
+            return self._later(req, decided, received)
+        return self._result(req, decided, received)
 
     async def _later(
-        self, req: reward_pb2.RewardRequest, outcome: Coroutine[Any, Any, RewardOutcome], received: float
+        self, req: reward_pb2.RewardRequest, outcome: Later[RewardOutcome], received: float
     ) -> reward_pb2.RewardResult:
-        return self._result(req, await outcome, received)
+        return self._result(req, await outcome.run(), received)
 
     def _result(self, req: reward_pb2.RewardRequest, out: RewardOutcome, received: float) -> reward_pb2.RewardResult:
         result = reward_pb2.RewardResult(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import grpc
 
-from proctor.engine.cores.context import CallMetrics
+from proctor.engine.cores.context import CallMetrics, Later
 from proctor.engine.cores.teacher import EventFailed, PromptInput, TeacherCore, TriplesJob
 from proctor.engine.doors.grpc import convert
 from proctor.engine.doors.grpc.streams import StreamSpec, run_batched_stream, run_stream
@@ -94,6 +94,9 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
                     accepted=found.accepted,
                 )
             final = "OK"
+        except Exception:
+            final = "UNKNOWN"  # what gRPC answers a servicer's exception with
+            raise
         finally:
             calls.call(final)
             self.svc.inflight.dec()
@@ -124,17 +127,16 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         """Checked here, before the item takes a queue slot; a long text is tokenized off the loop after."""
         received = time.perf_counter()
         prompt = prompt_input(req.prompt, "prompt")
-        if prompt.long:
-            self._sampling(req.params, 0)  # every field but the prompt's length, now
         ids = self.core.tokenized(lambda: self.core.prompt_ids(prompt, add_special_tokens=True), prompt)
-        if isinstance(ids, list):
-            return self._generated(req, ids, self._sampling(req.params, len(ids)), received)
-        return self._generate_later(req, ids, received)
+        if isinstance(ids, Later):
+            self._sampling(req.params, 0)  # every field but the prompt's length, now
+            return self._generate_later(req, ids, received)
+        return self._generated(req, ids, self._sampling(req.params, len(ids)), received)
 
     async def _generate_later(
-        self, req: teacher_pb2.GenerateRequest, ids: Awaitable[list[int]], received: float
+        self, req: teacher_pb2.GenerateRequest, ids: Later[list[int]], received: float
     ) -> teacher_pb2.GenerateResult:
-        prompt = await ids
+        prompt = await ids.run()
         return await self._generated(req, prompt, self._sampling(req.params, len(prompt)), received)
 
     async def _generated(
@@ -171,14 +173,14 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         else:
             scored = [prompt_input(req.target, "target")]
         inputs = self.core.tokenized(lambda: self.core.score_inputs(context, scored), context, *scored)
-        if isinstance(inputs, tuple):
-            return self._scored(req, inputs, received)
-        return self._score_later(req, inputs, received)
+        if isinstance(inputs, Later):
+            return self._score_later(req, inputs, received)
+        return self._scored(req, inputs, received)
 
     async def _score_later(
-        self, req: teacher_pb2.ScoreRequest, inputs: Awaitable[tuple[list[int], list[list[int]]]], received: float
+        self, req: teacher_pb2.ScoreRequest, inputs: Later[tuple[list[int], list[list[int]]]], received: float
     ) -> teacher_pb2.ScoreResult:
-        return await self._scored(req, await inputs, received)
+        return await self._scored(req, await inputs.run(), received)
 
     async def _scored(
         self, req: teacher_pb2.ScoreRequest, inputs: tuple[list[int], list[list[int]]], received: float

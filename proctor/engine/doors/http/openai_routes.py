@@ -287,14 +287,10 @@ class OpenAIRoutes:
             many = [[t for t in prompt if isinstance(t, int)]]
         else:
             many = prompt  # type: ignore[assignment]  # list[str] or list[list[int]]: the body's union says so
-        out = []
-        for i, p in enumerate(many):
-            field = f"prompt[{i}]" if len(many) > 1 else "prompt"
-            if isinstance(p, str):
-                out.append(await self.calls.text_prompt(p, field, add_special))
-            else:
-                out.append(self.calls.check_prompt([int(t) for t in p], field))  # type: ignore[call-overload]
-        return out
+        fields = [f"prompt[{i}]" if len(many) > 1 else "prompt" for i in range(len(many))]
+        if isinstance(many[0], str):  # the body's union: all texts or all token-id lists
+            return await self.calls.text_prompts([(str(p), f) for p, f in zip(many, fields, strict=True)], add_special)
+        return [self.calls.check_prompt([int(t) for t in p], f) for p, f in zip(many, fields, strict=True)]
 
     async def _chat_ids_of(
         self, body: TokenizeRequest | ChatCompletionRequest, messages: list[ChatMessage]

@@ -36,6 +36,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
+from proctor.engine.cores.context import Later
 from proctor.engine.cores.reward import RULES_INLINE_CHARS, RewardCore, off_loop
 from proctor.engine.doors.http.app import HttpFront
 from proctor.engine.doors.http.errors import ApiError, field_path, json_response
@@ -199,7 +200,7 @@ class OpenRLHFRoute:
                 await self.core.count_unscored(run)
             raise
         decided = self.core.reward(RolloutInput(prompt, response, golds(body.labels[i]), step, total, run=run))
-        return decided if isinstance(decided, RewardOutcome) else await decided
+        return await decided.run() if isinstance(decided, Later) else decided
 
 
 def _extra_logs(scored: list[RewardOutcome | None]) -> dict[str, list[float]]:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from proctor.engine.cores.context import Later
 from proctor.engine.cores.teacher import PromptInput, TeacherCore
 from proctor.engine.doors.http.errors import http_error
 from proctor.engine.errors import ItemError
@@ -60,11 +61,12 @@ class TeacherCalls:
         with _as_http():
             return self.core.prompt_ids(PromptInput(ids=ids, field=field), add_special_tokens=False)
 
-    async def text_prompt(self, text: str, field: str, add_special_tokens: bool) -> list[int]:
-        prompt = PromptInput(text=text, field=field)
+    async def text_prompts(self, prompts: list[tuple[str, str]], add_special_tokens: bool) -> list[list[int]]:
+        """(text, field) pairs as checked token ids: on the loop when short together, else in one worker thread."""
+        inputs = [PromptInput(text=text, field=field) for text, field in prompts]
         with _as_http():
-            ids = self.core.tokenized(lambda: self.core.prompt_ids(prompt, add_special_tokens), prompt)
-            return ids if isinstance(ids, list) else await ids
+            ids = self.core.tokenized(lambda: [self.core.prompt_ids(p, add_special_tokens) for p in inputs], *inputs)
+            return await ids.run() if isinstance(ids, Later) else ids
 
     def sampling(
         self,
