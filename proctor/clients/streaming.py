@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,26 @@ class Credentials:
     key_file: str | None = None
     token: str | None = None
     server_name: str | None = None  # the name the server's certificate is checked against, if not the target's
+
+    @classmethod
+    def from_files(
+        cls, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None, token_env: str = ""
+    ) -> Credentials:
+        """Credentials from file paths and the name of an environment variable holding the token, each checked now:
+        a ValueError names the option at fault (`ca_file`, `cert_file`, `key_file`, `token_env`)."""
+        if bool(cert_file) != bool(key_file):
+            raise ValueError("cert_file: a client certificate and its key_file go together")
+        if cert_file and not ca_file:
+            raise ValueError("ca_file: mutual TLS (cert_file) needs the server's CA too")
+        for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{name}: cannot read {path}")
+        token = None
+        if token_env:
+            token = os.environ.get(token_env, "").strip()
+            if not token:
+                raise ValueError(f"token_env: ${token_env} is not set")
+        return cls(ca_file=ca_file or None, cert_file=cert_file or None, key_file=key_file or None, token=token)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()

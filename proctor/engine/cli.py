@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
-import os
 import signal
 import sys
 import threading
@@ -251,16 +250,10 @@ def _distill(args: argparse.Namespace) -> int:
 
 def _credentials(args: argparse.Namespace) -> Credentials:
     """--ca-file, --cert-file, --key-file and --token-env as the client library's credentials."""
-    token = None
-    if args.token_env:
-        token = os.environ.get(args.token_env, "").strip()
-        if not token:
-            raise ConfigError(f"--token-env: ${args.token_env} is not set")
-    if bool(args.cert_file) != bool(args.key_file):
-        raise ConfigError("--cert-file and --key-file go together")
-    if args.cert_file and not args.ca_file:
-        raise ConfigError("--cert-file: mutual TLS needs --ca-file too")
-    return Credentials(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file, token=token)
+    try:
+        return Credentials.from_files(args.ca_file, args.cert_file, args.key_file, args.token_env or "")
+    except ValueError as exc:
+        raise ConfigError("--" + str(exc).replace("_", "-", 1)) from None
 
 
 @contextlib.contextmanager

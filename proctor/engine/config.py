@@ -161,10 +161,6 @@ class RemoteCriticConfig:
     """one event's triples, scored on one stream, within this"""
 
     def __post_init__(self) -> None:
-        if bool(self.cert_file) != bool(self.key_file):
-            raise ConfigError("teacher.remote_critic: cert_file and key_file go together")
-        if (self.cert_file or self.key_file) and not self.ca_file:
-            raise ConfigError("teacher.remote_critic.ca_file: mutual TLS needs the server's CA too")
         if self.timeout_s <= 0:
             raise ConfigError("teacher.remote_critic.timeout_s: must be > 0")
 

@@ -3,7 +3,6 @@ the client library, with the TLS and bearer token of `teacher.remote_critic`."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from proctor.clients.critic import AsyncCriticClient, triple_request
@@ -20,21 +19,10 @@ _RETRYABLE = {4: "DEADLINE_EXCEEDED", 8: "RESOURCE_EXHAUSTED", 14: "UNAVAILABLE"
 
 def credentials(config: RemoteCriticConfig) -> Credentials:
     """The client library's credentials, every file read now: a wrong path is a start-up error, not every event's."""
-    for name in ("ca_file", "cert_file", "key_file"):
-        path = getattr(config, name)
-        if path and not os.access(path, os.R_OK):
-            raise ConfigError(f"teacher.remote_critic.{name}: cannot read {path}")
-    token = None
-    if config.token_env:
-        token = os.environ.get(config.token_env, "").strip()
-        if not token:
-            raise ConfigError(f"teacher.remote_critic.token_env: ${config.token_env} is not set")
-    return Credentials(
-        ca_file=config.ca_file or None,
-        cert_file=config.cert_file or None,
-        key_file=config.key_file or None,
-        token=token,
-    )
+    try:
+        return Credentials.from_files(config.ca_file, config.cert_file, config.key_file, config.token_env)
+    except ValueError as exc:
+        raise ConfigError(f"teacher.remote_critic.{exc}") from None
 
 
 class RemoteCritic:
