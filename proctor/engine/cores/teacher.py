@@ -116,20 +116,25 @@ class TeacherCore:
             top_logprobs_field=top_logprobs_field,
         )
 
+    def check_text_fits(self, chars: int, field: str) -> None:
+        """Text of `chars` characters that cannot fit the prompt limit is refused before any tokenizer (or chat
+        template) work: that is what bounds the work."""
+        limit = self.max_prompt_tokens
+        bound = limit * MAX_CHARS_PER_TOKEN
+        if chars > bound:
+            raise ItemError(
+                f"{chars} characters cannot fit max_prompt_tokens {limit} "
+                f"(at most {bound} characters, {MAX_CHARS_PER_TOKEN} a token); nothing is truncated",
+                field,
+            )
+
     def prompt_ids(self, prompt: PromptInput, add_special_tokens: bool) -> list[int]:
         """The prompt's token ids, checked: in the vocabulary, not empty, within the prompt limit; nothing is cut."""
         if prompt.text is not None:
             text_field = prompt.text_field or prompt.field
             if not prompt.text:
                 raise ItemError("empty text", text_field)
-            limit = self.max_prompt_tokens
-            bound = limit * MAX_CHARS_PER_TOKEN
-            if len(prompt.text) > bound:  # refused before any tokenizer work: that is what bounds it
-                raise ItemError(
-                    f"{len(prompt.text)} characters cannot fit max_prompt_tokens {limit} "
-                    f"(at most {bound} characters, {MAX_CHARS_PER_TOKEN} a token); nothing is truncated",
-                    text_field,
-                )
+            self.check_text_fits(len(prompt.text), text_field)
             ids = self.backend.tokenize(prompt.text, add_special_tokens)
         else:
             ids = checks.token_ids(prompt.ids or [], prompt.ids_field or prompt.field, self.backend.info.vocab_size)

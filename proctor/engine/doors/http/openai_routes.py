@@ -97,6 +97,7 @@ class OpenAIRoutes:
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "prompt: give prompt (text) or messages (a chat), one of them", "prompt")
         if body.prompt is not None:
+            self.calls.check_text_fits(len(body.prompt), "prompt")
             ids = await self.vocab.encode(body.prompt, body.add_special_tokens)
         else:
             assert body.messages is not None
@@ -319,6 +320,7 @@ class OpenAIRoutes:
                 "http.trust_request_chat_template (as vLLM's --trust-request-chat-template)",
                 "chat_template",
             )
+        self.calls.check_text_fits(sum(len(str(m.get("content", ""))) for m in messages), "messages")
         try:
             return await self.vocab.chat(messages, generation_prompt, continue_final, template, kw)
         except (ValueError, TypeError) as exc:  # no template, or the template refused the conversation

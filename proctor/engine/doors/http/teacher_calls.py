@@ -57,6 +57,10 @@ class TeacherCalls:
             with _as_http():
                 self.core.check_top(k, field)
 
+    def check_text_fits(self, chars: int, field: str) -> None:
+        with _as_http():
+            self.core.check_text_fits(chars, field)
+
     def check_prompt(self, ids: list[int], field: str) -> list[int]:
         with _as_http():
             return self.core.prompt_ids(PromptInput(ids=ids, field=field), add_special_tokens=False)

@@ -281,3 +281,17 @@ def test_a_token_inside_the_top_k_has_its_place_there_as_rank() -> None:
     assert first[0] == Entry(9, -0.69, 1)
     outside = _position(7, -5.0, [9, 5], [-0.69, -0.69], 2, rank=40)
     assert outside == [Entry(7, -5.0, 40), Entry(9, -0.69, 1), Entry(5, -0.69, 2)]
+
+
+async def test_chat_and_tokenize_refuse_text_too_long_before_rendering_it(tiny_server: ProctorServer) -> None:
+    """The chat template and /tokenize are bounded like every text prompt: a text that cannot fit the prompt limit
+    is refused on its length, before the template or the tokenizer runs over it."""
+    core = tiny_server.cores.teacher
+    assert core is not None
+    text = "word " * (core.max_prompt_tokens * 64 // 5 + 1)
+    chat = {"messages": [{"role": "user", "content": text}], "max_tokens": 1}
+    status, out, _ = await asyncio.to_thread(call, base(tiny_server) + "/v1/chat/completions", chat)
+    assert status == 400 and out["error"]["param"] == "messages", out
+    assert "cannot fit max_prompt_tokens" in out["error"]["message"]
+    status, out, _ = await asyncio.to_thread(call, base(tiny_server) + "/tokenize", {"prompt": text})
+    assert status == 400 and out["error"]["param"] == "prompt", out
