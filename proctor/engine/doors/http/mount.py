@@ -6,7 +6,7 @@ from __future__ import annotations
 from proctor.engine.config import RewardConfig
 from proctor.engine.cores.reward import RewardCore
 from proctor.engine.cores.teacher import TeacherCore
-from proctor.engine.doors.http import openrlhf, swift, teacher_front
+from proctor.engine.doors.http import openrlhf, sglang, swift, teacher_front
 from proctor.engine.doors.http.app import HttpFront
 
 
@@ -15,6 +15,7 @@ def mount(front: HttpFront, teacher: TeacherCore | None, reward: RewardCore | No
         openai = teacher_front.teacher_routes(front, teacher)
         front.include(openai.router(), teacher.svc)
         front.include(swift.router(openai), teacher.svc)
+        front.include(sglang.router(openai), teacher.svc)
     if reward is not None and rc is not None:
         on_error, fallback = rc.openrlhf.on_error, rc.openrlhf.fallback_reward
         front.include(openrlhf.router(front, reward, on_error, fallback), reward.svc)

@@ -21,7 +21,7 @@ from proctor.engine.cores.context import Later
 from proctor.engine.cores.teacher import PromptInput, TeacherCore
 from proctor.engine.doors.http.errors import http_error
 from proctor.engine.errors import ItemError
-from proctor.engine.items import BackendInfo, Generation, Sample, SamplingParams
+from proctor.engine.items import BackendInfo, Generation, Sample, SamplingParams, ScoreOutput
 
 # JSON has no -inf: vLLM sends -9999.0 for a log-prob of -inf, and so does this server.
 FLOOR = -9999.0
@@ -134,6 +134,11 @@ class TeacherCalls:
                 ]
             )
         )
+
+    async def score_prompt(self, ids: list[int], k: int, start: int = 0) -> ScoreOutput:
+        """The log-probs (and top-k) of ids[start + 1:], each after the tokens before it (Score's fused path)."""
+        with _as_http():
+            return await self.core.score(ids[: start + 1], ids[start + 1 :], k)
 
     async def generate(self, ids: list[int], params: SamplingParams) -> Generation:
         with _as_http():
