@@ -27,26 +27,22 @@ OpenRLHF (`--reward.remote_url http://host:PORT/reward?...`) POSTs once per roll
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
-from proctor.engine.cores.context import Later
 from proctor.engine.cores.reward import RULES_INLINE_CHARS, RewardCore, off_loop
+from proctor.engine.doors.http import slime
 from proctor.engine.doors.http.app import HttpFront
 from proctor.engine.doors.http.errors import ApiError, field_path, json_response
+from proctor.engine.doors.http.rollout_reward import BadRequest, failure, fall_back, golds, score, step_of
 from proctor.engine.errors import ItemError
 from proctor.engine.rewards.pipeline import RewardOutcome, RolloutInput
 from proctor.engine.rewards.steps import StepRun
 
-log = logging.getLogger(__name__)
-
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_ROUTE = "OpenRLHF endpoint"
 OVERLAP_INLINE_CHARS = RULES_INLINE_CHARS  # a cut prompt longer than this is matched on the rules' thread
 
 
@@ -61,26 +57,6 @@ class OpenRLHFBody(BaseModel):
     total_steps: int | None = None
     run: str | None = None
     rollouts_per_step: int | None = None
-
-
-class BadRequest(ValueError):
-    pass
-
-
-def golds(label: str | list[str] | None) -> list[str]:
-    """A label as OpenRLHF sends it: a string, a list, a string holding a JSON list of strings, or nothing."""
-    if label is None:
-        return []
-    if isinstance(label, list):
-        return label
-    if label.startswith("["):
-        try:
-            parsed = json.loads(label)
-        except ValueError:
-            return [label]
-        if isinstance(parsed, list) and all(isinstance(g, str) for g in parsed):
-            return parsed
-    return [label]
 
 
 def overlap(prompt: str, query: str) -> int:
@@ -112,14 +88,6 @@ def response_of(prompt: str, query: str) -> str:
     return trimmed[shared:]
 
 
-def _number(name: str, value: int | None, query: dict[str, str]) -> int | None:
-    if value is not None or name not in query:
-        return value
-    if not _INTEGER.fullmatch(query[name]):
-        raise BadRequest(f"{name}: must be an integer, got {query[name]!r}")
-    return int(query[name])
-
-
 def parse_body(raw: bytes, query: dict[str, str]) -> tuple[OpenRLHFBody, int | None, int | None, StepRun | None]:
     """The body, T (if sent), T_MAX (if sent) and the run (if T is not sent)."""
     try:
@@ -132,20 +100,9 @@ def parse_body(raw: bytes, query: dict[str, str]) -> tuple[OpenRLHFBody, int | N
         raise BadRequest(
             f"query, prompts and labels differ in length ({len(body.query)}, {len(body.prompts)}, {len(body.labels)})"
         )
-    step = _number("training_step", body.training_step, query)
-    total = _number("total_steps", body.total_steps, query)
-    run = None
-    if step is None:
-        key = body.run if body.run is not None else query.get("run")
-        if key is None:
-            raise BadRequest(
-                "training_step: OpenRLHF sends no training step; add ?run=NAME&rollouts_per_step=N&total_steps=M "
-                "to --reward.remote_url (the server counts the run's rollouts), or ?training_step=T"
-            )
-        per_step = _number("rollouts_per_step", body.rollouts_per_step, query) or 0
-        if per_step < 0:
-            raise BadRequest(f"rollouts_per_step: must be >= 0, got {per_step}")
-        run = StepRun(key, per_step)
+    step, total, run = step_of(
+        body.training_step, body.total_steps, body.run, body.rollouts_per_step, query, "OpenRLHF", "--reward.remote_url"
+    )
     return body, step, total, run
 
 
@@ -164,21 +121,14 @@ class OpenRLHFRoute:
         )
         failures: list[dict[str, Any]] = []
         for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, ItemError):
-                failures.append({"index": i, "field": outcome.field, "message": outcome.message})
-            elif isinstance(outcome, BaseException):
-                log.error("OpenRLHF endpoint: scoring failed", exc_info=outcome)
-                failures.append({"index": i, "field": "", "message": f"internal error: {outcome!r}"})
+            if isinstance(outcome, BaseException):
+                field, message = failure(outcome, _ROUTE)
+                failures.append({"index": i, "field": field, "message": message})
         if failures and self.on_error == "fail":
             return 422, {"error": "some rollouts could not be scored", "items": failures}
-        for failure in failures:
-            self._fallbacks.labels(failure["field"] or "internal").inc()
-            log.warning(
-                "OpenRLHF endpoint: rollout %d gets the fallback reward %g: %s",
-                failure["index"],
-                self.fallback_reward,
-                failure["message"],
-            )
+        for f in failures:
+            what = f"rollout {f['index']}"
+            fall_back(self._fallbacks, _ROUTE, what, f["field"], f["message"], self.fallback_reward)
         scored = [o if isinstance(o, RewardOutcome) else None for o in outcomes]
         rewards = [o.reward if o is not None else self.fallback_reward for o in scored]
         payload: dict[str, Any] = {"rewards": rewards, "scores": rewards, "extra_logs": _extra_logs(scored)}
@@ -199,8 +149,7 @@ class OpenRLHFRoute:
             if run is not None:
                 await self.core.count_unscored(run)
             raise
-        decided = self.core.reward(RolloutInput(prompt, response, golds(body.labels[i]), step, total, run=run))
-        return await decided.run() if isinstance(decided, Later) else decided
+        return await score(self.core, RolloutInput(prompt, response, golds(body.labels[i]), step, total, run=run))
 
 
 def _extra_logs(scored: list[RewardOutcome | None]) -> dict[str, list[float]]:
@@ -222,6 +171,7 @@ def router(front: HttpFront, core: RewardCore, on_error: str, fallback: float) -
     api = APIRouter()
     route = OpenRLHFRoute(core, on_error, fallback)
     svc = core.svc
+    slime.add(api, front, core, on_error, fallback)  # slime's reward route, on the same core
 
     @api.post("/reward")
     async def reward(request: Request) -> Response:
