@@ -99,9 +99,15 @@ class Metrics:
         )
         self.reward_fallbacks = Counter(
             "proctor_reward_fallbacks",
-            "Rollouts answered with reward.openrlhf.fallback_reward because their reward could not be computed, "
-            "by the request field at fault (internal: the server's own failure).",
+            "Rollouts (OpenRLHF's and slime's routes) answered with reward.openrlhf.fallback_reward because their "
+            "reward could not be computed, by the request field at fault (internal: the server's own failure).",
             ["field"],
+            registry=r,
+        )
+        self.http_refusals = Counter(
+            "proctor_http_refusals",
+            "HTTP requests on a service's route answered 4xx, by route and status (the reason is logged at INFO).",
+            ["route", "status"],
             registry=r,
         )
         self.serving = Gauge(

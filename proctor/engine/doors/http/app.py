@@ -4,20 +4,28 @@ Every request passes one gate (pure ASGI, before any body is read): a size limit
 gets 411), the server's bearer tokens (401; `Authorization: Bearer <token>` exactly), then 503 with Retry-After
 while the server drains or the route's service loads. Handlers take admission slots from their service's queue
 (429 with Retry-After when full), run under the request deadline (504) and are cancelled when the client leaves.
-Every route is counted in `proctor_requests{service, rpc=<route>, code=<HTTP status>}`. Malformed HTTP (a bad
-Content-Length, garbage) is answered 400 by uvicorn's h11 parser; no thread is held by a slow or silent client.
+Every route is counted in `proctor_requests{service, rpc=<route>, code=<HTTP status>}`, and every 4xx on them is
+also logged at INFO with its reason (the error body's message) and counted in
+`proctor_http_refusals_total{route, status}`: a trainer that shows only "400 Bad Request" (OpenRLHF, slime) leaves
+the server's log as the one place the reason can be read. Malformed HTTP (a bad Content-Length, garbage) is
+answered 400 by uvicorn's h11 parser; no thread is held by a slow or silent client.
+
+Beside the services' routes, vLLM's small ones: `/health` and `/ping` (200 = up, empty body), `/version`
+(proctor's) and `/load` (`{"server_load": requests in flight on the services' routes}`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from importlib.metadata import version
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
@@ -29,14 +37,16 @@ from proctor.engine.config import HttpConfig, TlsConfig
 from proctor.engine.cores.bearer import authorization_values, bearer_authorized
 from proctor.engine.cores.context import Lifecycle, ServiceContext
 from proctor.engine.cores.metrics import Metrics
-from proctor.engine.doors.http.errors import ApiError, error_response, validation_error
+from proctor.engine.doors.http.errors import ApiError, error_response, json_response, validation_error
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Routes open without a token, as gRPC health is: load balancers and trainers probe them.
-OPEN_ROUTES = frozenset({"/health", "/health/"})
+# Routes open without a token, as gRPC health is: load balancers and trainers probe them (SGLang's
+# /health_generate is open there too).
+OPEN_ROUTES = frozenset({"/health", "/health/", "/ping", "/health_generate"})
+_REASON_BYTES = 4096  # of a 4xx body, kept to log its reason
 
 
 class _Uvicorn(uvicorn.Server):
@@ -56,17 +66,27 @@ class HttpFront:
         self.metrics = metrics
         self.port = 0
         self.services: dict[str, str] = {}  # route path -> the service whose readiness and queue it uses
+        self.in_flight = 0  # requests on the services' routes (vLLM's /load)
         self.contexts: dict[str, ServiceContext] = {}  # service name -> its context (queue, metrics)
         self.app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         self.app.add_exception_handler(ApiError, self._api_error)
         self.app.add_exception_handler(RequestValidationError, self._invalid)
         self._server: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
-        for path in OPEN_ROUTES:  # vLLM's /health (TRL, prime-rl) and ms-swift's /health/: 200 = up, empty body
-            self.app.add_api_route(path, self._health, methods=["GET"])
+        # vLLM's /health (TRL, prime-rl) and /ping (SageMaker), ms-swift's /health/: 200 = up, empty body
+        for path in ("/health", "/health/", "/ping"):
+            self.app.add_api_route(path, self._health, methods=["GET", "POST"] if path == "/ping" else ["GET"])
+        self.app.add_api_route("/version", self._version, methods=["GET"])
+        self.app.add_api_route("/load", self._load, methods=["GET"])
 
     async def _health(self) -> Response:
         return Response(status_code=200 if self.healthy() else 503)
+
+    async def _version(self) -> Response:
+        return json_response({"version": version("proctor")})
+
+    async def _load(self) -> Response:
+        return json_response({"server_load": self.in_flight})
 
     def include(self, router: APIRouter, svc: ServiceContext) -> None:
         """Serve a router's routes; they need the service ready and use its admission."""
@@ -215,13 +235,20 @@ class _Gate:
             return
         started = time.perf_counter()
         status = 500
+        path = scope["path"]
+        service = self.front.services.get(path)  # None for unknown paths: a scanner must not grow the registry
+        body = bytearray()  # the start of a 4xx answer on a service's route: its reason
 
         async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and service is not None and 400 <= status < 500:
+                body.extend(message.get("body", b"")[: _REASON_BYTES - len(body)])
             await send(message)
 
+        if service is not None:
+            self.front.in_flight += 1
         try:
             refusal = self.front.refusal(scope)
             if refusal is not None:
@@ -229,12 +256,30 @@ class _Gate:
             else:
                 await self.app(scope, receive, sending)
         finally:
-            path = scope["path"]
-            service = self.front.services.get(path)
-            if service is not None:  # unknown paths are not labels: a scanner must not grow the registry
+            if service is not None:
+                self.front.in_flight -= 1
                 m = self.front.metrics
                 m.requests.labels(service, path, str(status)).inc()
                 m.item_seconds.labels(service, path).observe(time.perf_counter() - started)
+                if 400 <= status < 500:
+                    m.http_refusals.labels(path, str(status)).inc()
+                    log.info("http: %s %s answered %d: %s", scope["method"], path, status, _reason(bytes(body)))
+
+
+def _reason(body: bytes) -> str:
+    """The message of an error body in any of the front's shapes (vLLM's, SGLang's, the reward routes',
+    FastAPI's), else its text."""
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace") or "(no body)"
+    if isinstance(parsed, dict):
+        error = parsed.get("error", parsed.get("detail"))
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        if error is not None:
+            return str(error)
+    return body.decode(errors="replace")
 
 
 async def _disconnected(receive: Callable[[], Awaitable[Message]]) -> None:

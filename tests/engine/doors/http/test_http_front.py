@@ -111,7 +111,9 @@ async def test_tokens_guard_every_route_but_health(guarded: ProctorServer, caplo
     status, out, _ = await asyncio.to_thread(post, url, BODY, {"Authorization": f"Bearer {TOKEN}"})
     assert status == 200, out
     assert out["rewards"] == pytest.approx([1.0, 0.4]) and "r_atom" not in out["extra_logs"]  # absent, not NaN
-    assert await asyncio.to_thread(get, _url(guarded, "/health")) == 200  # probes need no token
+    for probe, status in (("/health", 200), ("/ping", 200), ("/health_generate", 404)):  # no teacher: no route
+        assert await asyncio.to_thread(get, _url(guarded, probe)) == status, probe  # probes need no token
+    assert await asyncio.to_thread(get, _url(guarded, "/version")) == 401  # the rest do
 
 
 async def test_strict_types_and_query_numbers(guarded: ProctorServer) -> None:
