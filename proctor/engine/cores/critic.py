@@ -21,6 +21,7 @@ class Verdict:
     cutoff: float
     queue_s: float
     inference_s: float
+    tokens: int  # the pairs the classifier read for it (every name draw's)
 
 
 class CriticCore:
@@ -66,4 +67,4 @@ class CriticCore:
         self._queue_seconds.observe(scored.queue_s)
         self._inference_seconds.observe(scored.inference_s)
         self._prompt_tokens.inc(scored.tokens)  # every name draw's pair, as the classifier read it
-        return Verdict(scored.score, scored.score > cutoff, cutoff, scored.queue_s, scored.inference_s)
+        return Verdict(scored.score, scored.score > cutoff, cutoff, scored.queue_s, scored.inference_s, scored.tokens)

@@ -3,14 +3,22 @@ whose readiness and queue it uses (the front's own /health aside)."""
 
 from __future__ import annotations
 
-from proctor.engine.config import RewardConfig
+from proctor.engine.config import CriticConfig, RewardConfig
+from proctor.engine.cores.critic import CriticCore
 from proctor.engine.cores.reward import RewardCore
 from proctor.engine.cores.teacher import TeacherCore
-from proctor.engine.doors.http import openrlhf, sglang, swift, teacher_front
+from proctor.engine.doors.http import classify, openrlhf, sglang, swift, teacher_front
 from proctor.engine.doors.http.app import HttpFront
 
 
-def mount(front: HttpFront, teacher: TeacherCore | None, reward: RewardCore | None, rc: RewardConfig | None) -> None:
+def mount(
+    front: HttpFront,
+    teacher: TeacherCore | None,
+    reward: RewardCore | None,
+    rc: RewardConfig | None,
+    critic: CriticCore | None = None,
+    cc: CriticConfig | None = None,
+) -> None:
     if teacher is not None:
         openai = teacher_front.teacher_routes(front, teacher)
         front.include(openai.router(), teacher.svc)
@@ -19,3 +27,5 @@ def mount(front: HttpFront, teacher: TeacherCore | None, reward: RewardCore | No
     if reward is not None and rc is not None:
         on_error, fallback = rc.openrlhf.on_error, rc.openrlhf.fallback_reward
         front.include(openrlhf.router(front, reward, on_error, fallback), reward.svc)
+    if critic is not None and cc is not None:  # vLLM's pooling /classify
+        front.include(classify.router(front, critic, cc.model), critic.svc)
