@@ -1,37 +1,76 @@
-"""ms-swift's rollout-server protocol for a GKD teacher (`--teacher_model_server`): `GET /health/` (the front's)
-and `POST /infer/`, which takes `{"infer_requests": [...], "request_config": {...}}` and answers a list of chat
-completion responses with vLLM's `prompt_logprobs` (`[null, {"<id>": {logprob, rank, decoded_token}}, ...]`).
+"""ms-swift's rollout-server protocol for a GKD / OPD teacher (`--teacher_model_server`), as ms-swift 4.6.0's
+`VLLMInferClient` speaks it (`swift/rlhf_trainers/vllm_client.py`): `GET /health` (the front's) and `POST /infer/`
+with `{"infer_requests": [asdict(RolloutInferRequest)], "request_config": asdict(RequestConfig), "metrics",
+"use_tqdm", "adapter_request"}`, answered with a list of `ChatCompletionResponse`s carrying vLLM's `prompt_logprobs`
+(`[null, {"<id>": {logprob, rank, decoded_token}}, ...]`), which `parse_prompt_logprobs` reads: with
+`prompt_logprobs: 0` the one entry of each position is the token that is there (the sampled one), with k > 0 the
+top-k.
 
-An infer request is a conversation (`messages`, rendered with the chat template) and optionally the reply as
-token ids (`response_token_ids`), appended after the rendered prompt so that they are scored exactly as sent.
+ms-swift sends the sampled reply as token ids in the last assistant turn's content (`[ids]`, or
+`{"token_ids", "loss_scale"}`; `rlhf_trainers/utils.py`, `replace_assistant_response_with_ids`), so that the
+teacher scores exactly the tokens the student sampled: the turns before it go through the chat template with the
+generation prompt, the ids follow as they are, then the template's end of an assistant turn when `add_eos` asks
+for it (ms-swift's rule: `true`; `"auto"` unless the reply ends with an end-of-sequence token; `null` / `false`
+not). The teacher's chat template must render as the student's ms-swift template does, as for any GKD teacher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from proctor.engine.doors.http.errors import ApiError, encode
-from proctor.engine.doors.http.openai_bodies import ChatMessage, NonNegative, TokenIds
+from proctor.engine.doors.http.openai_bodies import NonNegative, TokenIds
 from proctor.engine.doors.http.openai_routes import OpenAIRoutes
-from proctor.engine.doors.http.openai_shapes import NULLS, prompt_logprobs_json, usage_json
+from proctor.engine.doors.http.openai_shapes import prompt_logprobs_json
 from proctor.engine.doors.http.teacher_calls import now
+
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class ReplyIds(BaseModel):
+    """An assistant turn's content as token ids with their loss mask (ms-swift's form when it masks some)."""
+
+    model_config = _STRICT
+
+    token_ids: TokenIds
+    loss_scale: list[float]
+
+
+class SwiftMessage(BaseModel):
+    model_config = _STRICT
+
+    role: Literal["system", "user", "assistant"]
+    content: str | TokenIds | ReplyIds
 
 
 class InferRequest(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    """ms-swift's RolloutInferRequest (`swift/infer_engine/protocol.py`), a text conversation."""
 
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    response_token_ids: TokenIds | None = None
+    model_config = _STRICT
+
+    messages: Annotated[list[SwiftMessage], Field(min_length=1)]
+    images: list[Any] = Field(default_factory=list)
+    audios: list[Any] = Field(default_factory=list)
+    videos: list[Any] = Field(default_factory=list)
+    tools: None = None
+    objects: dict[str, Any] = Field(default_factory=dict)
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    data_dict: dict[str, Any] = Field(default_factory=dict)  # ms-swift's own rollout metadata: not read
+    uuid: str | None = None
+    add_eos: bool | Literal["auto"] | None = None
 
 
 class RequestConfig(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    """ms-swift's RequestConfig, every field as `asdict` sends it; those proctor does not implement at their
+    default only."""
+
+    model_config = _STRICT
 
     prompt_logprobs: NonNegative | None = None
     max_tokens: NonNegative | None = None
@@ -39,19 +78,29 @@ class RequestConfig(BaseModel):
     top_p: float | None = None
     top_k: int | None = None
     seed: int | None = None
+    stop: list[str] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     n: Literal[1] = 1
     stream: Literal[False] = False
     logprobs: Literal[False] = False
+    top_logprobs: None = None
+    min_p: Literal[0] | None = None
+    repetition_penalty: Literal[1] | None = None
+    num_beams: Literal[1] = 1
+    best_of: None = None
+    length_penalty: Literal[1] = 1
+    return_details: Literal[False] = False
+    structured_outputs_regex: None = None
 
 
 class InferBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    model_config = _STRICT
 
     infer_requests: Annotated[list[InferRequest], Field(min_length=1)]
     request_config: RequestConfig = Field(default_factory=RequestConfig)
     # ms-swift's client sends these as null; anything else is a feature of its own server
     metrics: None = None
-    template: None = None
     use_tqdm: bool | None = None
     adapter_request: None = None
 
@@ -60,15 +109,42 @@ def router(routes: OpenAIRoutes) -> APIRouter:
     api = APIRouter()
     calls = routes.calls
 
+    async def prompt_of(item: InferRequest, field: str) -> list[int]:
+        """The conversation as the teacher scores it: the reply's ids exactly as sent, between the template's
+        generation prompt and (per add_eos) its end of an assistant turn."""
+        for name in ("images", "audios", "videos", "objects"):
+            if getattr(item, name):
+                raise ApiError(400, f"{field}.{name}: not supported by this server (a text teacher)", field)
+        *before, last = item.messages
+        for j, m in enumerate(before):
+            if not isinstance(m.content, str):
+                raise ApiError(400, f"{field}.messages[{j}].content: token ids only in the last assistant turn")
+        kw = item.chat_template_kwargs or None
+        if isinstance(last.content, str):
+            messages = [{"role": m.role, "content": m.content} for m in item.messages]
+            return await routes.chat_ids(messages, last.role != "assistant", False, None, kw)
+        if last.role != "assistant":
+            raise ApiError(400, f"{field}.messages[{len(before)}].content: token ids are an assistant's reply")
+        reply = last.content if isinstance(last.content, list) else last.content.token_ids
+        context = [{"role": m.role, "content": m.content} for m in before]
+        prompt = await routes.chat_ids(context, True, False, None, kw)
+        eos = calls.info.eos_token_ids
+        close = item.add_eos is True or (item.add_eos == "auto" and not (reply and reply[-1] in eos))
+        end = await routes.vocab.turn_end(context, kw) if close else []
+        return prompt + reply + end
+
     @api.post("/infer/")
     async def infer(body: InferBody, request: Request) -> Response:
         rc = body.request_config
         calls.check_top(rc.prompt_logprobs, "request_config.prompt_logprobs")
         prompts = []
         for i, item in enumerate(body.infer_requests):
-            reply = item.response_token_ids or []
-            ids = await routes.chat_ids([m.as_template_input() for m in item.messages], not reply, False)
-            prompts.append(calls.check_prompt(ids + reply, f"infer_requests[{i}]"))
+            field = f"infer_requests[{i}]"
+            try:
+                ids = await prompt_of(item, field)
+            except ValueError as exc:  # the template cannot render the conversation
+                raise ApiError(400, f"{field}.messages: {exc}", f"{field}.messages") from None
+            prompts.append(calls.check_prompt(ids, field))
         max_tokens = 1 if rc.max_tokens is None else rc.max_tokens
         params = []
         if max_tokens:
@@ -80,10 +156,10 @@ def router(routes: OpenAIRoutes) -> APIRouter:
                     temperature=rc.temperature,
                     top_p=rc.top_p,
                     top_k=rc.top_k,
-                    presence_penalty=None,
-                    frequency_penalty=None,
+                    presence_penalty=rc.presence_penalty,
+                    frequency_penalty=rc.frequency_penalty,
                     seed=rc.seed,
-                    stop=None,
+                    stop=rc.stop,
                     stop_token_ids=None,
                     ignore_eos=False,
                     logprobs=None,
@@ -102,24 +178,36 @@ def router(routes: OpenAIRoutes) -> APIRouter:
             out = []
             for ids, (positions, gen) in zip(prompts, results, strict=True):
                 sample = gen.samples[0] if gen is not None else None
+                generated = len(sample.token_ids) if sample else 0
                 out.append(
-                    {
+                    {  # ms-swift's ChatCompletionResponse, field for field
                         "model": routes.name,
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {"role": "assistant", "content": sample.text if sample else ""},
+                                "message": {
+                                    "role": "assistant",
+                                    "content": sample.text if sample else "",
+                                    "tool_calls": None,
+                                    "reasoning_content": None,
+                                },
                                 "finish_reason": sample.finish_reason.value if sample else "length",
                                 "logprobs": None,
+                                "token_ids": sample.token_ids if sample else [],
+                                "routed_experts": None,
                             }
                         ],
-                        "usage": usage_json(len(ids), len(sample.token_ids) if sample else 0),
+                        "usage": {
+                            "prompt_tokens": len(ids),
+                            "completion_tokens": generated,
+                            "total_tokens": len(ids) + generated,
+                        },
                         "id": f"chatcmpl-{uuid.uuid4().hex}",
                         "object": "chat.completion",
                         "created": now(),
-                        "prompt_logprobs": prompt_logprobs_json(positions, texts),
                         "prompt_token_ids": ids,
-                        **NULLS,
+                        "prompt_logprobs": prompt_logprobs_json(positions, texts),
+                        "images_size": None,
                     }
                 )
             return encode(out)

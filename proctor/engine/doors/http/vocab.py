@@ -62,3 +62,32 @@ class Vocab:
             return [int(i) for i in ids]
 
         return await asyncio.to_thread(render)
+
+    async def turn_end(self, messages: list[dict[str, Any]], kwargs: dict[str, Any] | None) -> list[int]:
+        """The tokens the chat template writes after an assistant turn's content (`<|im_end|>` and a newline, for
+        ChatML): an assistant turn after `messages` rendered closed and left open, the difference tokenized."""
+
+        def render() -> list[int]:
+            turn = [*messages, {"role": "assistant", "content": _MARK}]
+
+            def text(left_open: bool) -> str:
+                return str(
+                    self.backend.tokenizer.apply_chat_template(
+                        turn,
+                        add_generation_prompt=False,
+                        continue_final_message=left_open,
+                        chat_template=self.chat_template,
+                        tokenize=False,
+                        **(kwargs or {}),
+                    )
+                )
+
+            closed, left_open = text(False), text(True)
+            if not closed.startswith(left_open):
+                raise ValueError("the chat template writes an assistant turn's end before its content")
+            return self.backend.tokenize(closed[len(left_open) :], False)
+
+        return await asyncio.to_thread(render)
+
+
+_MARK = "proctor-turn-content"  # stands for an assistant turn's content; the template writes it as it is

@@ -136,15 +136,28 @@ async def test_prime_rl_arctic_and_swift_shapes(tiny_server: ProctorServer, refe
     assert status == 200, out
     assert out["choices"][0]["logprobs"]["token_logprobs"][3:] == pytest.approx(expected[2:], abs=1e-4)
 
-    # ms-swift: /health/, then /infer/ with the reply as token ids, top-20 prompt log-probs
-    assert (await asyncio.to_thread(call, url + "/health/"))[0] == 200
+    # ms-swift 4.6.0: /health, then /infer/ with the reply as token ids in the assistant turn, top-20 prompt
+    # log-probs (its own client runs in tests/trainers/test_swift.py; this is what it sends, asdict'ed)
+    assert (await asyncio.to_thread(call, url + "/health"))[0] == 200
     reply = [40, 41, 42]
+    request = {"images": [], "audios": [], "videos": [], "tools": None, "objects": {}, "chat_template_kwargs": {}}
+    config = {"max_tokens": 1, "temperature": 0.0, "top_k": None, "top_p": None, "min_p": None}
+    config |= {"repetition_penalty": None, "num_beams": 1, "stop": [], "seed": None, "stream": False}
+    config |= {"logprobs": False, "top_logprobs": None, "prompt_logprobs": 20, "n": 1, "best_of": None}
+    config |= {"presence_penalty": 0.0, "frequency_penalty": 0.0, "length_penalty": 1.0, "return_details": False}
     body = {
-        "infer_requests": [{"messages": [{"role": "user", "content": "hi"}], "response_token_ids": reply}],
-        "request_config": {"prompt_logprobs": 20, "max_tokens": 1, "temperature": 0},
+        "infer_requests": [
+            {
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}],
+                **request,
+                "data_dict": {},
+                "uuid": None,
+                "add_eos": None,
+            }
+        ],
+        "request_config": {**config, "structured_outputs_regex": None},
         "metrics": None,
-        "template": None,
-        "use_tqdm": None,
+        "use_tqdm": False,
         "adapter_request": None,
     }
     status, out, _ = await asyncio.to_thread(call, url + "/infer/", body)
@@ -158,6 +171,13 @@ async def test_prime_rl_arctic_and_swift_shapes(tiny_server: ProctorServer, refe
         assert [e["rank"] for e in list(position.values())[1:]] == sorted(
             e["rank"] for e in list(position.values())[1:]
         )
+    for change, field in (
+        ({"images": ["x.png"]}, "infer_requests[0].images"),
+        ({"messages": [{"role": "assistant", "content": reply}, {"role": "user", "content": "hi"}]}, "messages[0]"),
+    ):
+        refused = {**body, "infer_requests": [{**body["infer_requests"][0], **change}]}
+        status, out, _ = await asyncio.to_thread(call, url + "/infer/", refused)
+        assert status == 400 and field in out["error"]["message"], out
 
 
 async def test_prompt_logprobs_vllm_entry_order_and_ranks(tiny_server: ProctorServer, reference: Any) -> None:
