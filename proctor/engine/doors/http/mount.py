@@ -7,7 +7,7 @@ from proctor.engine.config import CriticConfig, RewardConfig
 from proctor.engine.cores.critic import CriticCore
 from proctor.engine.cores.reward import RewardCore
 from proctor.engine.cores.teacher import TeacherCore
-from proctor.engine.doors.http import classify, openrlhf, sglang, swift, teacher_front
+from proctor.engine.doors.http import classify, openrlhf, sglang, slime, swift, teacher_front
 from proctor.engine.doors.http.app import HttpFront
 
 
@@ -27,5 +27,6 @@ def mount(
     if reward is not None and rc is not None:
         on_error, fallback = rc.openrlhf.on_error, rc.openrlhf.fallback_reward
         front.include(openrlhf.router(front, reward, on_error, fallback), reward.svc)
+        front.include(slime.router(front, reward, on_error, fallback), reward.svc)  # the same rollout policy
     if critic is not None and cc is not None:  # vLLM's pooling /classify
         front.include(classify.router(front, critic, cc.model), critic.svc)

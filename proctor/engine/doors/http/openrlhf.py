@@ -34,7 +34,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
 from proctor.engine.cores.reward import RULES_INLINE_CHARS, RewardCore, off_loop
-from proctor.engine.doors.http import slime
 from proctor.engine.doors.http.app import HttpFront
 from proctor.engine.doors.http.errors import ApiError, field_path, json_response
 from proctor.engine.doors.http.rollout_reward import BadRequest, failure, fall_back, golds, score, step_of
@@ -171,7 +170,6 @@ def router(front: HttpFront, core: RewardCore, on_error: str, fallback: float) -
     api = APIRouter()
     route = OpenRLHFRoute(core, on_error, fallback)
     svc = core.svc
-    slime.add(api, front, core, on_error, fallback)  # slime's reward route, on the same core
 
     @api.post("/reward")
     async def reward(request: Request) -> Response:

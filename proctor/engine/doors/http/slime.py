@@ -64,8 +64,8 @@ def parse(raw: bytes, query: dict[str, str]) -> tuple[SlimeBody, int | None, int
     return body, step, total, run, details == "1"
 
 
-def add(api: APIRouter, front: HttpFront, core: RewardCore, on_error: str, fallback: float) -> None:
-    """slime's route on a router of the reward service."""
+def router(front: HttpFront, core: RewardCore, on_error: str, fallback: float) -> APIRouter:
+    api = APIRouter()
     svc = core.svc
 
     @api.post(PATH)
@@ -90,6 +90,8 @@ def add(api: APIRouter, front: HttpFront, core: RewardCore, on_error: str, fallb
             fall_back(svc.metrics.reward_fallbacks, _ROUTE, "the rollout", field, message, fallback)
             return json_response({"reward": fallback, "proctor_fallback": 1.0} if details else fallback)
         return json_response(_details(outcome) if details else outcome.reward)
+
+    return api
 
 
 async def _scored(core: RewardCore, item: RolloutInput) -> RewardOutcome | BaseException:
