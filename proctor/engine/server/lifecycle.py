@@ -84,7 +84,14 @@ class ProctorServer:
         self._start_metrics_endpoint()
         if self.config.http.port >= 0:
             self.http = HttpFront(self.config.http, cfg.tls, tokens, self.lifecycle, self.metrics)
-            mount(self.http, cores.teacher, cores.reward, self.config.reward)
+            mount(
+                self.http,
+                teacher=cores.teacher,
+                critic=cores.critic,
+                cc=self.config.critic,
+                reward=cores.reward,
+                rc=self.config.reward,
+            )
         server = build_server(
             cfg,
             self.lifecycle,

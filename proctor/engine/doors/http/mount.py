@@ -13,12 +13,14 @@ from proctor.engine.doors.http.app import HttpFront
 
 def mount(
     front: HttpFront,
+    *,
     teacher: TeacherCore | None,
+    critic: CriticCore | None,
+    cc: CriticConfig | None,
     reward: RewardCore | None,
     rc: RewardConfig | None,
-    critic: CriticCore | None = None,
-    cc: CriticConfig | None = None,
 ) -> None:
+    """The routes of every hosted service (a core None: not hosted)."""
     if teacher is not None:
         openai = teacher_front.teacher_routes(front, teacher)
         front.include(openai.router(), teacher.svc)

@@ -15,7 +15,6 @@ import pytest_asyncio
 import torch
 
 from proctor.engine.backends.builtin_models import resolve_model
-from proctor.engine.doors.http import classify
 from proctor.engine.server.lifecycle import ProctorServer
 from proctor.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 from tests.engine.doors.http.test_http_openai import base, call
@@ -29,12 +28,9 @@ TRIPLE = {"head": "PersonX helps PersonY", "relation": "xWant", "tail": "to rest
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def critic_front(tiny_server: ProctorServer) -> ProctorServer:
-    """/classify on the tiny server's front over its Critic core, as the front's mount() puts it there once the
-    server passes it the core."""
+    """/classify as the server mounts it on its front, over its Critic core."""
     assert tiny_server.http is not None and tiny_server.cores.critic is not None
-    core = tiny_server.cores.critic
-    if "/classify" not in tiny_server.http.services:
-        tiny_server.http.include(classify.router(tiny_server.http, core, CRITIC), core.svc)
+    assert tiny_server.http.services["/classify"] == tiny_server.cores.critic.svc.name
     return tiny_server
 
 
