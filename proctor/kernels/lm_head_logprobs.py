@@ -36,8 +36,9 @@ import os
 import torch
 
 from proctor.kernels.buffers import poisoned
-from proctor.kernels.lm_head_plan import H200_SMS, LmHeadLaunch, lm_head_launches
+from proctor.kernels.lm_head_plan import H200_SMS, LmHeadLaunch, lm_head_launches, lm_head_tail
 from proctor.kernels.target_logprobs import target_logprobs_reference, target_ranks_reference
+from proctor.kernels.topk_select import RUNNING_SLOTS, check_top_k, select_from_candidates, top_k_ties_by_id
 
 try:
     import triton
@@ -53,9 +54,11 @@ HAVE_TRITON = triton is not None
 # exact in float32 either way; on a GPU the dot runs on bf16 tensor cores with float32 accumulation.
 _INTERPRETER_BF16_DOT = os.environ.get("TRITON_INTERPRET") == "1"
 
-MAX_TOP_K = 64
+# The kernel's integer arguments that it is not specialised on (see the kernel); bench/hopper.py compiles alike.
+UNSPECIALISED = ["n_rows", "n_splits", "tiles_per_split", "group"]
 
-Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
 def lm_head_logprobs_reference(
@@ -66,9 +69,11 @@ def lm_head_logprobs_reference(
     ignore_index: int = -100,
     rank_out: torch.Tensor | None = None,
     chunk_rows: int = 1024,
+    entropy: bool = True,
 ) -> Result:
-    """(target log-probs [N], entropy [N], top-k log-probs [N, k] or None, top-k ids [N, k] or None); with
-    `rank_out` [N] (int64) also each target's rank, the tokens at least as likely as it (0 on ignore-index rows).
+    """(target log-probs [N], entropy [N] (None unless `entropy`), top-k log-probs [N, k] or None, top-k ids [N, k]
+    or None); with `rank_out` [N] (int64) also each target's rank, the tokens at least as likely as it (0 on
+    ignore-index rows).
 
     The logits reference applied to row chunks, so it never holds more than `chunk_rows x V` logits at once.
     float64 inputs are computed in float64 (a ground truth for tests), anything else in float32.
@@ -78,20 +83,17 @@ def lm_head_logprobs_reference(
     parts = []
     for s in range(0, hidden.shape[0], chunk_rows):
         logits, t = hidden[s : s + chunk_rows].to(compute) @ w.T, targets[s : s + chunk_rows]
-        parts.append(target_logprobs_reference(logits, t, top_k, ignore_index))
+        parts.append(target_logprobs_reference(logits, t, top_k, ignore_index, entropy))
         if rank_out is not None:  # ranked as the inputs' dtype gives the logits (vLLM's lm_head does)
             rank_out[s : s + chunk_rows] = target_ranks_reference(logits.to(hidden.dtype), t, ignore_index)
     if not parts:
         empty = torch.empty(0, dtype=compute, device=hidden.device)
-        return empty, empty, None, None
-    logprob, entropy = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    if not top_k:
-        return logprob, entropy, None, None
+        return empty, empty if entropy else None, None, None
     return (
-        logprob,
-        entropy,
-        torch.cat([p[2] for p in parts if p[2] is not None]),
-        torch.cat([p[3] for p in parts if p[3] is not None]),
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts if p[1] is not None]) if entropy else None,
+        torch.cat([p[2] for p in parts if p[2] is not None]) if top_k else None,
+        torch.cat([p[3] for p in parts if p[3] is not None]) if top_k else None,
     )
 
 
@@ -146,7 +148,11 @@ if triton is not None:
             best_v, best_i, theta = topk_merge_pairs(x, col0, best_v, best_i, theta, K_PAD, BLOCK_V)
         return new_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta, above
 
-    @triton.jit  # type: ignore[untyped-decorator]
+    # The grid's integers (rows, splits, tiles a split, row blocks a group) only index and bound the loop and the
+    # partials' stores: not specialised on, so one compiled kernel serves every row count and vocabulary of a tile,
+    # dtype and top-k (the vocabulary and H keep their divisibility-by-16 hints: the weight's loads and the column
+    # masks use them).
+    @triton.jit(do_not_specialize=UNSPECIALISED)  # type: ignore[untyped-decorator]
     def _lm_head_kernel(  # type: ignore[no-untyped-def]
         h_ptr,
         w_ptr,
@@ -164,11 +170,11 @@ if triton is not None:
         stride_w,
         n_splits,
         tiles_per_split,
+        group,
         BLOCK_N: tl.constexpr,
         BLOCK_V: tl.constexpr,
         BLOCK_V2: tl.constexpr,
         BLOCK_H: tl.constexpr,
-        GROUP: tl.constexpr,
         EVEN_H: tl.constexpr,
         K: tl.constexpr,
         K_PAD: tl.constexpr,
@@ -176,14 +182,15 @@ if triton is not None:
         RANK: tl.constexpr,
         IEEE: tl.constexpr,
         UPCAST: tl.constexpr,
+        EPILOGUE: tl.constexpr,
     ):
-        # Program order: groups of GROUP row blocks; inside a group the row block varies fastest, so the programs
+        # Program order: groups of `group` row blocks; inside a group the row block varies fastest, so the programs
         # in flight read the same few weight tiles and hidden blocks (L2 hits, not HBM re-reads).
         pid = tl.program_id(0)
         row_blocks = tl.cdiv(n_rows, BLOCK_N)
-        per_group = GROUP * n_splits
-        first = (pid // per_group) * GROUP
-        in_group = tl.minimum(row_blocks - first, GROUP)
+        per_group = group * n_splits
+        first = (pid // per_group) * group
+        in_group = tl.minimum(row_blocks - first, group)
         rb = first + (pid % per_group) % in_group
         split = (pid % per_group) // in_group
 
@@ -220,14 +227,22 @@ if triton is not None:
                 acc = _dot(acc, h, _operand(w_rows, ks, hidden, EVEN_H, UPCAST), IEEE or UPCAST)
                 if BLOCK_V2 > 0:
                     acc2 = _dot(acc2, h, _operand(w2_rows, ks, hidden, EVEN_H, UPCAST), IEEE or UPCAST)
-            if BLOCK_V2 > 0:  # the narrower block first: the wider one's merge then has nothing beside it
+            if EPILOGUE:
+                if BLOCK_V2 > 0:  # the narrower block first: the wider one's merge then has nothing beside it
+                    stats = _fold(
+                        acc2, col0 + BLOCK_V, vocab, rows, row_ok, targets, thresholds, stats, ids_ptr, set_ptr,
+                        BLOCK_V2, K_PAD, S, RANK,
+                    )  # fmt: skip
                 stats = _fold(
-                    acc2, col0 + BLOCK_V, vocab, rows, row_ok, targets, thresholds, stats, ids_ptr, set_ptr,
-                    BLOCK_V2, K_PAD, S, RANK,
+                    acc, col0, vocab, rows, row_ok, targets, thresholds, stats, ids_ptr, set_ptr, BLOCK_V, K_PAD, S,
+                    RANK,
                 )  # fmt: skip
-            stats = _fold(
-                acc, col0, vocab, rows, row_ok, targets, thresholds, stats, ids_ptr, set_ptr, BLOCK_V, K_PAD, S, RANK
-            )
+            else:  # the main loop alone (`lm_head_main_loop_triton`): a row sum keeps the products live
+                run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta, above = stats
+                sum_exp += tl.sum(acc, axis=1)
+                if BLOCK_V2 > 0:
+                    sum_exp += tl.sum(acc2, axis=1)
+                stats = (run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta, above)
         run_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta, above = stats
         plane = n_rows * n_splits
         out = rows * n_splits + split
@@ -250,24 +265,24 @@ POINTERS = ("h_ptr", "w_ptr", "t_ptr", "thr_ptr", "part_ptr", "topv_ptr", "topi_
 
 
 def kernel_arguments(
-    launch: LmHeadLaunch, vocab: int, hidden: int, stride_h: int, stride_w: int, dtype: torch.dtype
+    launch: LmHeadLaunch, hidden: int, stride_h: int, stride_w: int, dtype: torch.dtype, epilogue: bool = True
 ) -> tuple[dict[str, int], dict[str, object]]:
     """(integer arguments, constexprs) of one launch: what `_launch` passes, and what bench/hopper.py compiles."""
     ints = {
         "n_rows": launch.rows,
-        "vocab": vocab,
+        "vocab": launch.columns,
         "hidden": hidden,
         "stride_h": stride_h,
         "stride_w": stride_w,
         "n_splits": launch.splits,
         "tiles_per_split": launch.tiles_per_split,
+        "group": launch.group,
     }
     consts: dict[str, object] = {
         "BLOCK_N": launch.block_n,
         "BLOCK_V": launch.block_v,
         "BLOCK_V2": launch.block_v2,
         "BLOCK_H": launch.block_h,
-        "GROUP": launch.group,
         "EVEN_H": hidden % launch.block_h == 0,
         "K": launch.top_k,
         "K_PAD": launch.k_pad,
@@ -275,8 +290,48 @@ def kernel_arguments(
         "RANK": launch.rank,
         "IEEE": dtype == torch.float32,
         "UPCAST": _INTERPRETER_BF16_DOT and dtype == torch.bfloat16,
+        "EPILOGUE": epilogue,
     }
     return ints, consts
+
+
+Partials = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _local(ids: torch.Tensor, launch: LmHeadLaunch) -> torch.Tensor:
+    """Token ids as columns of the launch's own weight rows; -1 (no column) for those outside them, which would
+    otherwise meet the repeated last row in its last tile's columns past its end."""
+    local = ids - launch.col0
+    return torch.where((local >= 0) & (local < launch.columns), local, -1).to(torch.int32)
+
+
+def _launch_one(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    launch: LmHeadLaunch,
+    token_ids: torch.Tensor | None,
+    thresholds: torch.Tensor | None,
+    epilogue: bool = True,
+) -> Partials:
+    """Run one launch over its columns (weight rows col0...): its partials, top-k candidates (ids of the whole
+    vocabulary) and the set's logits (those of its columns; the others as they were poisoned)."""
+    n, h = hidden.shape
+    dev = hidden.device
+    part = poisoned(4 + launch.rank, n, launch.splits, device=dev)
+    k = launch.top_k
+    top_v = poisoned(n, launch.splits * max(k, 1), device=dev)
+    top_i = poisoned(n, launch.splits * max(k, 1), device=dev, dtype=torch.int32)
+    ids = _local(token_ids, launch) if token_ids is not None else torch.zeros(1, dtype=torch.int32, device=dev)
+    set_logits = poisoned(n, max(launch.set_size, 1), device=dev)
+    ints, consts = kernel_arguments(launch, h, hidden.stride(0), weight.stride(0), hidden.dtype, epilogue)
+    thr = thresholds if thresholds is not None else set_logits  # not read without a rank
+    cols = weight[launch.col0 : launch.col0 + launch.columns]
+    _lm_head_kernel[(launch.programs,)](
+        hidden, cols, _local(targets, launch), thr, part, top_v, top_i, ids, set_logits, **ints, **consts,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
+    )  # fmt: skip
+    return part, top_v, top_i + launch.col0 if launch.col0 else top_i, set_logits
 
 
 def _launch(
@@ -286,24 +341,25 @@ def _launch(
     launch: LmHeadLaunch,
     token_ids: torch.Tensor | None = None,
     thresholds: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run one launch: (partials [4, rows, splits] and with a rank the count at or above `thresholds` [rows] as a
-    fifth plane, top-k values [rows, splits * k], ids [rows, splits * k], the set's logits [rows, S])."""
-    n, h = hidden.shape
-    dev = hidden.device
-    part = poisoned(4 + launch.rank, n, launch.splits, device=dev)
-    k = launch.top_k
-    top_v = poisoned(n, launch.splits * max(k, 1), device=dev)
-    top_i = poisoned(n, launch.splits * max(k, 1), device=dev, dtype=torch.int32)
-    ids = token_ids.to(torch.int32) if token_ids is not None else torch.zeros(1, dtype=torch.int32, device=dev)
-    set_logits = poisoned(n, max(launch.set_size, 1), device=dev)
-    ints, consts = kernel_arguments(launch, weight.shape[0], h, hidden.stride(0), weight.stride(0), hidden.dtype)
-    thr = thresholds if thresholds is not None else set_logits  # not read without a rank
-    _lm_head_kernel[(launch.programs,)](
-        hidden, weight, targets, thr, part, top_v, top_i, ids, set_logits, **ints, **consts,
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
-    )  # fmt: skip
-    return part, top_v, top_i, set_logits
+    epilogue: bool = True,
+) -> Partials:
+    """Run a body launch and its tail (`lm_head_tail`): (partials [4, rows, splits] and with a rank the count at
+    or above `thresholds` [rows] as a fifth plane, top-k values [rows, splits * k], ids [rows, splits * k], the
+    set's logits [rows, S]); the tail's are one more split."""
+    body = _launch_one(hidden, weight, targets, launch, token_ids, thresholds, epilogue)
+    tail_launch = lm_head_tail(launch, weight.shape[0])
+    if tail_launch is None:
+        return body
+    tail = _launch_one(hidden, weight, targets, tail_launch, token_ids, thresholds, epilogue)
+    set_logits = body[3]
+    if token_ids is not None:
+        set_logits = torch.where(token_ids[None, :] < tail_launch.col0, body[3], tail[3])
+    return (
+        torch.cat([body[0], tail[0]], 2),
+        torch.cat([body[1], tail[1]], 1),
+        torch.cat([body[2], tail[2]], 1),
+        set_logits,
+    )
 
 
 def combine(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,15 +418,12 @@ def _check_rank_out(rank_out: torch.Tensor | None, hidden: torch.Tensor) -> None
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, top_k: int) -> None:
     if triton is None:
         raise RuntimeError("Triton is not installed")
-    if not 0 <= top_k <= MAX_TOP_K:
-        raise ValueError(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}")
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
         shapes = f"{tuple(hidden.shape)}, {tuple(weight.shape)}"
         raise ValueError(f"hidden [N, H] and weight [V, H] must agree on H: {shapes}")
     if hidden.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError("hidden and weight must be row-major")
-    if top_k > weight.shape[0]:
-        raise ValueError(f"top_k {top_k} exceeds the vocabulary ({weight.shape[0]})")
+    check_top_k(top_k, weight.shape[0])
 
 
 def _sms(device: torch.device) -> int:
@@ -386,15 +439,17 @@ def lm_head_logprobs_triton(
     top_k: int = 0,
     ignore_index: int = -100,
     rank_out: torch.Tensor | None = None,
+    entropy: bool = True,
 ) -> Result:
     _check_inputs(hidden, weight, top_k)
     _check_targets(targets, weight.shape[0], ignore_index)
     _check_rank_out(rank_out, hidden)
     thresholds = rank_thresholds(hidden, weight, targets, ignore_index) if rank_out is not None else None
-    lps, ents, vals, ids = [], [], [], []
+    lps, ents, vals, ids, lses, doubts = [], [], [], [], [], []
     start = 0
+    slots = min(top_k, RUNNING_SLOTS)  # each split's running top-k; past it, the splits' candidates are merged
     launches = lm_head_launches(
-        hidden.shape[0], weight.shape[0], hidden.dtype, top_k, _sms(hidden.device), rank=rank_out is not None
+        hidden.shape[0], weight.shape[0], hidden.dtype, slots, _sms(hidden.device), rank=rank_out is not None
     )
     for launch in launches:
         span = slice(start, start + launch.rows)
@@ -410,15 +465,40 @@ def lm_head_logprobs_triton(
         lps.append(torch.where(keep, part[3].sum(dim=1) - lse, 0.0))
         ents.append(torch.where(keep, lse - mean_x, 0.0))
         if top_k:
-            v, pick = top_v.topk(top_k, dim=1)
+            v, i, unsure = select_from_candidates(top_v, top_i.long(), slots, top_k)
             vals.append(v - lse[:, None])
-            ids.append(top_i.gather(1, pick).long())
+            ids.append(i)
+            lses.append(lse)
+            doubts.append(unsure)
+    if doubts and bool(torch.cat(doubts).any()):  # one host sync a call
+        at = torch.cat(doubts).nonzero()[:, 0]
+        vals, ids = [torch.cat(vals)], [torch.cat(ids)]
+        exact, ids[0][at] = _exact_top_k(hidden[at], weight, top_k)
+        vals[0][at] = exact - torch.cat(lses)[at, None]
     if not lps:
         empty = torch.empty(0, dtype=torch.float32, device=hidden.device)
-        return empty, empty, None, None
-    if not top_k:
-        return torch.cat(lps), torch.cat(ents), None, None
-    return torch.cat(lps), torch.cat(ents), torch.cat(vals), torch.cat(ids)
+        return empty, empty if entropy else None, None, None
+    return (
+        torch.cat(lps),
+        torch.cat(ents) if entropy else None,
+        torch.cat(vals) if top_k else None,
+        torch.cat(ids) if top_k else None,
+    )
+
+
+def _exact_top_k(
+    hidden: torch.Tensor, weight: torch.Tensor, k: int, chunk_rows: int = 64, chunk_cols: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best float32 logits of a few rows and their ids, ties by id, from the rows' own logits: at most
+    chunk_rows x V logits and one chunk_cols x H float32 slice of the weight at a time."""
+    vals, ids = [], []
+    for s in range(0, hidden.shape[0], chunk_rows):
+        h = hidden[s : s + chunk_rows].float()
+        logits = torch.cat([h @ weight[c : c + chunk_cols].float().T for c in range(0, weight.shape[0], chunk_cols)], 1)
+        v, i = top_k_ties_by_id(logits, k)
+        vals.append(v)
+        ids.append(i)
+    return torch.cat(vals), torch.cat(ids)
 
 
 def lm_head_set_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -441,6 +521,21 @@ def lm_head_set_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, toke
     return torch.cat(out) if out else torch.empty(0, sets, dtype=torch.float32, device=hidden.device)
 
 
+def lm_head_main_loop_triton(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The top-0 launches with the epilogue switched off: each row's sum of its logits per split [rows, splits]
+    (the tail's as one more).
+    Not a score: the GPU check times it to measure the Triton main loop's own rate, which the cost model's lead
+    (cuBLAS's 790 TFLOP/s) assumes."""
+    _check_inputs(hidden, weight, 0)
+    ignored = torch.full((hidden.shape[0],), -100, dtype=torch.int64, device=hidden.device)
+    out, start = [], 0
+    for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, 0, _sms(hidden.device)):
+        rows = slice(start, start + launch.rows)
+        start += launch.rows
+        out.append(_launch(hidden[rows], weight, ignored[rows], launch, epilogue=False)[0][1])
+    return torch.cat(out)
+
+
 def lm_head_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -448,9 +543,11 @@ def lm_head_logprobs(
     top_k: int = 0,
     ignore_index: int = -100,
     rank_out: torch.Tensor | None = None,
+    entropy: bool = True,
 ) -> Result:
     """Dispatcher: the Triton kernel on CUDA tensors, the reference elsewhere. With `rank_out` (int64 [N]) each
-    target's rank is written there: the tokens at least as likely as it, itself included, as vLLM ranks a token."""
+    target's rank is written there: the tokens at least as likely as it, itself included, as vLLM ranks a token.
+    Without `entropy` the entropies are not computed (None): the reference then makes one pass over the logits."""
     if hidden.is_cuda and triton is not None:
-        return lm_head_logprobs_triton(hidden, weight, targets, top_k, ignore_index, rank_out)
-    return lm_head_logprobs_reference(hidden, weight, targets, top_k, ignore_index, rank_out)
+        return lm_head_logprobs_triton(hidden, weight, targets, top_k, ignore_index, rank_out, entropy)
+    return lm_head_logprobs_reference(hidden, weight, targets, top_k, ignore_index, rank_out, entropy=entropy)

@@ -5,7 +5,7 @@ compiles it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -30,6 +30,8 @@ class LmHeadLaunch:
     top_k: int
     set_size: int = 0  # tokens whose logits every row also reports (RRM probes' score tokens)
     rank: bool = False  # also count each row's logits at or above its target's (prompt-logprob ranks)
+    col0: int = 0  # the first vocabulary column this launch covers
+    columns: int = 0  # how many it covers: a multiple of 16 (the body), or the 1-15 after it (the tail)
 
     @property
     def tile_v(self) -> int:
@@ -51,6 +53,30 @@ class LmHeadLaunch:
     def partial_bytes(self) -> int:
         """The per-split partials (4 float32, 5 with a rank) and top-k candidates (float32 value, int32 id)."""
         return self.rows * self.splits * (16 + 4 * self.rank + 8 * self.top_k)
+
+
+TAIL_ALIGN = 16  # the body launch covers the vocabulary's first multiple of 16 columns: the integer Triton then marks
+
+
+def vocab_body(vocab: int) -> int:
+    """The columns of the body launch: the kernel's vocabulary argument is divisible by 16, the hint a real
+    launch gives the compiler (without it, a 50,257-word vocabulary spilled beside a top-k). A vocabulary under
+    16 (tests) is all body."""
+    return vocab if vocab < TAIL_ALIGN else vocab - vocab % TAIL_ALIGN
+
+
+def lm_head_tail(launch: LmHeadLaunch, vocab: int) -> LmHeadLaunch | None:
+    """The launch for the 1-15 columns after a body launch's (None when the vocabulary is a multiple of 16): the
+    same rows in one 16-column block each, the partials beside the body's as one more split. It reads the rows'
+    hidden states once more (a ~0.1 % of the body's operand bytes at 151,936 x 4,096) and no column mask spills in
+    so small a tile."""
+    tail = vocab - vocab_body(vocab)
+    if not tail:
+        return None
+    return replace(
+        launch, block_v=TAIL_ALIGN, block_v2=0, num_warps=4, group=min(16, launch.row_blocks), splits=1,
+        tiles_per_split=1, col0=vocab_body(vocab), columns=tail,
+    )  # fmt: skip
 
 
 def _tile(rows: int, dtype: torch.dtype, top_k: int, rank: bool = False) -> tuple[int, int, int, int, int, int]:
@@ -93,18 +119,34 @@ def lm_head_launches(
     set_size: int = 0,
     rank: bool = False,
 ) -> list[LmHeadLaunch]:
-    """The launches that score `rows` rows: one, or row chunks when the partials would pass PARTIALS_BUDGET."""
+    """The body launches that score `rows` rows over the vocabulary's first `vocab_body` columns: one, or row
+    chunks when the partials would pass PARTIALS_BUDGET. Each has a tail launch (`lm_head_tail`) when the
+    vocabulary is not a multiple of 16."""
+    body = vocab_body(vocab)
     if rows == 0:
         return []
     block_n, block_v, block_v2, block_h, warps, stages = _tile(rows, dtype, top_k, rank)
-    tiles = -(-vocab // (block_v + block_v2))
+    tiles = -(-body // (block_v + block_v2))
     chunk = rows
     while True:
         row_blocks = -(-chunk // block_n)
         splits, per = _splits(row_blocks, tiles, sms)
         group = min(16, row_blocks)
         launch = LmHeadLaunch(
-            chunk, block_n, block_v, block_v2, block_h, warps, stages, group, splits, per, top_k, set_size, rank
+            chunk,
+            block_n,
+            block_v,
+            block_v2,
+            block_h,
+            warps,
+            stages,
+            group,
+            splits,
+            per,
+            top_k,
+            set_size,
+            rank,
+            columns=body,
         )
         if launch.partial_bytes() <= PARTIALS_BUDGET or chunk <= block_n:
             break

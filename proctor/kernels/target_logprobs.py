@@ -1,5 +1,5 @@
-"""logits [N, V] (any float dtype) -> log p(target) [N], entropy [N] and optional top-k (k <= 64), float32, in
-one pass over the vocabulary.
+"""logits [N, V] (any float dtype) -> log p(target) [N], entropy [N] and optional top-k (k <= 256), float32, in
+one pass over the vocabulary (top-k 65-256: a second read of the logits, `target_logprobs_triton`).
 
 The Triton kernel (one program per row) keeps an online log-sum-exp per row (running max, rescaled sum of
 exponentials and of x * exp(x)), so it reads each logit once and never writes a [N, V] float32 tensor; with top-k
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from proctor.kernels.buffers import poisoned
+from proctor.kernels.topk_select import RUNNING_SLOTS, check_top_k, order_by_value_then_id, top_k_ties_by_id
 
 try:
     import triton
@@ -26,20 +27,27 @@ except ImportError:  # Triton is optional: the reference serves CPU tensors
     triton = None
 
 
-Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
 def target_logprobs_reference(
-    logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100
+    logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100, entropy: bool = True
 ) -> Result:
-    """(log-prob of target [N], entropy [N], top-k log-probs [N, k] or None, top-k ids [N, k] or None)."""
-    logprobs = torch.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, dim=-1)
+    """(log-prob of target [N], entropy [N] or None, top-k log-probs [N, k] or None, top-k ids [N, k] or None).
+
+    Only what is asked is computed: the log-sum-exp (one pass), the targets' logits and the top-k of the logits;
+    the entropy (a second pass over [N, V]: exp and a product) only with `entropy`."""
+    x = logits.float() if logits.dtype != torch.float64 else logits
+    lse = torch.logsumexp(x, dim=-1)
     keep = targets != ignore_index
-    picked = logprobs.gather(1, torch.where(keep, targets, 0).long().unsqueeze(1)).squeeze(1)
-    entropy = -(logprobs.exp() * logprobs).nansum(dim=-1)
+    picked = x.gather(1, torch.where(keep, targets, 0).long().unsqueeze(1)).squeeze(1) - lse
     zero = torch.zeros_like(picked)
-    vals, ids = logprobs.topk(top_k, dim=-1) if top_k else (None, None)
-    return torch.where(keep, picked, zero), torch.where(keep, entropy, zero), vals, ids
+    ent = None
+    if entropy:
+        logprobs = x - lse[:, None]
+        ent = torch.where(keep, -(logprobs.exp() * logprobs).nansum(dim=-1), zero)
+    vals, ids = top_k_ties_by_id(x, top_k) if top_k else (None, None)  # the logits' order is the log-probs'
+    return torch.where(keep, picked, zero), ent, None if vals is None else vals - lse[:, None], ids
 
 
 def target_ranks_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -104,7 +112,6 @@ if triton is not None:
 
 
 POINTERS = ("logits_ptr", "targets_ptr", "out_ptr", "entropy_ptr", "lse_ptr", "topv_ptr", "topi_ptr")
-MAX_TOP_K = 64
 
 
 @dataclass(frozen=True)
@@ -141,11 +148,10 @@ def _launch(
         raise RuntimeError("Triton is not installed")
     if logits.ndim != 2 or logits.stride(1) != 1:
         raise ValueError("logits must be a row-major [N, V] tensor")
-    if not 0 <= top_k <= MAX_TOP_K:
-        raise ValueError(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}")
     n, vocab = logits.shape
-    if top_k > vocab:
-        raise ValueError(f"top_k {top_k} exceeds the vocabulary ({vocab})")
+    check_top_k(top_k, vocab)
+    if top_k > RUNNING_SLOTS:
+        raise ValueError(f"the kernel's running top-k holds at most {RUNNING_SLOTS}, got {top_k}")
     launch = logits_launch(n, vocab, top_k, block_v)
     dev = logits.device
     out, entropy, lse = poisoned(n, device=dev), poisoned(n, device=dev), poisoned(n, device=dev)
@@ -162,13 +168,30 @@ def _launch(
 
 
 def target_logprobs_triton(
-    logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100, block_v: int = 4096
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    top_k: int = 0,
+    ignore_index: int = -100,
+    block_v: int = 4096,
+    entropy: bool = True,
+    chunk_rows: int = 1024,
 ) -> Result:
-    out, entropy, _, top_v, top_i = _launch(logits, targets, top_k, ignore_index, block_v)
+    """Up to RUNNING_SLOTS the kernel's running top-k (exact: one program sees the whole row, and among equal values
+    keeps the first it meets, the lowest id); past it (65-256) the kernel gives the log-sum-exp and torch's top-k
+    of the given logits, chunk_rows at a time, ties by id (`top_k_ties_by_id`): nothing [N, V] is made."""
+    check_top_k(top_k, logits.shape[1] if logits.ndim == 2 else 0)
+    in_kernel = top_k if top_k <= RUNNING_SLOTS else 0
+    out, ent, lse, top_v, top_i = _launch(logits, targets, in_kernel, ignore_index, block_v)
+    ent_or_none = ent if entropy else None
     if not top_k:
-        return out, entropy, None, None
-    vals, order = top_v.sort(dim=1, descending=True)  # the kernel's slots are in no order
-    return out, entropy, vals, top_i.gather(1, order).long()
+        return out, ent_or_none, None, None
+    if in_kernel:
+        vals, ids = order_by_value_then_id(top_v, top_i.long())  # the kernel's slots are in no order
+        return out, ent_or_none, vals, ids
+    picked = [top_k_ties_by_id(logits[s : s + chunk_rows], top_k) for s in range(0, logits.shape[0], chunk_rows)]
+    vals = torch.cat([v for v, _ in picked]).float() - lse[:, None] if picked else top_v[:, :0]
+    ids = torch.cat([i for _, i in picked]) if picked else top_i[:, :0].long()
+    return out, ent_or_none, vals, ids
 
 
 def logsumexp_triton(logits: torch.Tensor, block_v: int = 4096) -> torch.Tensor:
@@ -177,8 +200,10 @@ def logsumexp_triton(logits: torch.Tensor, block_v: int = 4096) -> torch.Tensor:
     return _launch(logits, ignored, 0, -100, block_v)[2]
 
 
-def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100) -> Result:
+def target_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100, entropy: bool = True
+) -> Result:
     """Dispatcher: the Triton kernel on CUDA tensors, the reference elsewhere."""
     if logits.is_cuda and triton is not None:
-        return target_logprobs_triton(logits, targets, top_k, ignore_index)
-    return target_logprobs_reference(logits, targets, top_k, ignore_index)
+        return target_logprobs_triton(logits, targets, top_k, ignore_index, entropy=entropy)
+    return target_logprobs_reference(logits, targets, top_k, ignore_index, entropy)

@@ -33,14 +33,21 @@ if triton is not None:
         return best_v, best_i, theta
 
     @triton.jit  # type: ignore[untyped-decorator]
-    def _merge_passes(cand, cols, best_v, best_i, theta, K_PAD: tl.constexpr):  # type: ignore[no-untyped-def]
+    def _merge_passes(  # type: ignore[no-untyped-def]
+        cand, cols, best_v, best_i, theta, K_PAD: tl.constexpr, TIES_BY_ID: tl.constexpr = False
+    ):
         """Merge the candidates cand [ROWS, W] (-inf where not above theta) at columns cols [W] into the running
-        top-k: one arg-max pass per value that enters some row's best K."""
+        top-k: one arg-max pass per value that enters some row's best K. With TIES_BY_ID the slot given up is the
+        highest id among the least values, so that columns merged in ascending order keep, of equal values, the
+        lowest ids."""
         slots = tl.arange(0, K_PAD)
         top = tl.max(cand, axis=1)
         while tl.max(top, axis=0) > -float("inf"):
             at = tl.min(tl.where(cand == top[:, None], cols[None, :], 2**31 - 1), axis=1)  # the first arg-max
-            low = tl.argmin(best_v, axis=1)
+            if TIES_BY_ID:
+                low = tl.argmax(tl.where(best_v == theta[:, None], best_i, -1), axis=1)
+            else:
+                low = tl.argmin(best_v, axis=1)
             put = (slots[None, :] == low[:, None]) & (top > theta)[:, None]
             best_v = tl.where(put, top[:, None], best_v)
             best_i = tl.where(put, at[:, None], best_i)
@@ -51,9 +58,10 @@ if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]
     def topk_merge(x, col0, best_v, best_i, theta, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):  # type: ignore[no-untyped-def]
-        """Merge the tile x [ROWS, BLOCK_V] (columns col0 + 0..BLOCK_V-1; -inf where absent) into the running top-k."""
+        """Merge the tile x [ROWS, BLOCK_V] (columns col0 + 0..BLOCK_V-1; -inf where absent) into the running top-k.
+        Tiles merged in ascending column order keep, of equal values, the lowest ids."""
         cand = tl.where(x > theta[:, None], x, -float("inf"))
-        return _merge_passes(cand, col0 + tl.arange(0, BLOCK_V), best_v, best_i, theta, K_PAD)
+        return _merge_passes(cand, col0 + tl.arange(0, BLOCK_V), best_v, best_i, theta, K_PAD, True)
 
     @triton.jit  # type: ignore[untyped-decorator]
     def topk_merge_pairs(x, col0, best_v, best_i, theta, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):  # type: ignore[no-untyped-def]

@@ -135,7 +135,7 @@ class ForwardPasses:
             )
             targets = [c[0] for c in conts] + [t for c in conts for t in c[1:]]
             logprobs, _, top_vals, top_ids = lm_head_logprobs(
-                picked, weight, torch.tensor(targets, device=self._device), top_k=item.top_k
+                picked, weight, torch.tensor(targets, device=self._device), top_k=item.top_k, entropy=False
             )
             lp = logprobs.cpu().tolist()
             tv = top_vals.cpu().tolist() if top_vals is not None else None
@@ -191,7 +191,7 @@ class ForwardPasses:
         want_ranks = any(it.rank for it in items.values())
         ranks = torch.empty(len(targets), dtype=torch.long, device=self._device) if want_ranks else None
         logprobs, _, top_vals, top_ids = lm_head_logprobs(
-            picked, weight, torch.tensor(targets, device=self._device), top_k=top_k, rank_out=ranks
+            picked, weight, torch.tensor(targets, device=self._device), top_k=top_k, rank_out=ranks, entropy=False
         )
         ranks_l = ranks.cpu().tolist() if ranks is not None else None
         logprobs_l = logprobs.cpu().tolist()

@@ -1,0 +1,125 @@
+"""Top-k up to 256 on both fused kernels under TRITON_INTERPRET=1, exact against float64: the same ids in the same
+order (ties by id, the lower first, as a stable sort of the logits ranks them) and values within 1e-4."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from proctor.kernels.expected_score import token_logprobs_reference
+from proctor.kernels.lm_head_logprobs import (
+    lm_head_logprobs_reference,
+    lm_head_logprobs_triton,
+    lm_head_set_logprobs_triton,
+)
+from proctor.kernels.target_logprobs import target_logprobs_reference, target_logprobs_triton
+
+pytest.importorskip("triton")
+
+KS = (1, 20, 64, 100, 128, 256)
+lm = importlib.import_module("proctor.kernels.lm_head_logprobs")  # the package re-exports a function so named
+
+
+def _float64_top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 log-probs' k best and their ids, ties by id (a stable sort)."""
+    lsm = torch.log_softmax(logits.double(), dim=-1)
+    vals, ids = lsm.sort(dim=1, descending=True, stable=True)
+    return vals[:, :k], ids[:, :k]
+
+
+def _lm_inputs(n: int, vocab: int, hidden: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, hidden, generator=gen).to(torch.bfloat16)
+    w = (torch.randn(vocab, hidden, generator=gen) / hidden**0.5 * 3).to(torch.bfloat16)
+    return h, w, torch.randint(0, vocab, (n,), generator=gen)
+
+
+def _check_lm(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, k: int) -> None:
+    lp, _, vals, ids = lm_head_logprobs_triton(h, w, t, top_k=k, entropy=False)
+    ref_vals, ref_ids = _float64_top_k(h.double() @ w.double().T, k)
+    ref_lp = lm_head_logprobs_reference(h.double(), w.double(), t, entropy=False)[0]
+    assert vals is not None and ids is not None and vals.shape == (len(h), k)
+    assert torch.equal(ids, ref_ids), "the same entries in the same order"
+    assert (vals.double() - ref_vals).abs().max() <= 1e-4 and (lp.double() - ref_lp).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("k", KS)
+def test_lm_head_top_k_matches_float64_on_a_ragged_vocabulary(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3,001 words (a one-column tail past 2,992): 16 splits of 64 slots, so the splits' candidates answer
+    # every row; none needs its own logits
+    calls = []
+    real = lm._exact_top_k
+    monkeypatch.setattr(lm, "_exact_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    _check_lm(*_lm_inputs(3, 3_001, 32, seed=k), k)
+    assert not calls
+
+
+def test_lm_head_rows_a_split_cannot_answer_are_answered_from_their_own_logits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ascending vocabulary puts all of the best 256 in the last split: its 64 slots are full at the 256th
+    value, so the row is unsure and computed exactly (a chunk of its logits)."""
+    h = torch.ones(2, 16, dtype=torch.bfloat16)
+    w = (torch.arange(3_001, dtype=torch.float32)[:, None] / 1_000).expand(3_001, 16).to(torch.bfloat16)
+    calls = []
+    real = lm._exact_top_k
+    monkeypatch.setattr(lm, "_exact_top_k", lambda hh, *a, **kw: calls.append(len(hh)) or real(hh, *a, **kw))
+    _check_lm(h, w, torch.tensor([0, 3_000]), 256)
+    assert calls == [2]
+
+
+def test_lm_head_ties_rank_the_lower_id_first() -> None:
+    """Reserved tokens sharing one weight row tie exactly: kept and ordered by id, at the k-th place too."""
+    h, w, t = _lm_inputs(2, 1_000, 32, seed=3)
+    w[600:700] = w[7] * 4  # a hundred copies of the best row
+    for k in (64, 100, 128):
+        _check_lm(h, w, t, k)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_logits_top_k_matches_float64_on_a_ragged_vocabulary(k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    logits = (torch.randn(3, 4_097, generator=gen) * 3).to(torch.bfloat16)
+    targets = torch.randint(0, 4_097, (3,), generator=gen)
+    lp, ent, vals, ids = target_logprobs_triton(logits, targets, top_k=k, block_v=1_024)
+    ref_lp, ref_ent, _, _ = target_logprobs_reference(logits.double(), targets)
+    ref_vals, ref_ids = _float64_top_k(logits, k)
+    assert vals is not None and ids is not None and ent is not None
+    assert torch.equal(ids, ref_ids), "bf16 logits tie often: kept and ordered by id"
+    assert (vals.double() - ref_vals).abs().max() <= 1e-4
+    assert (lp.double() - ref_lp).abs().max() <= 1e-4 and (ent.double() - ref_ent).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("k", (20, 256))
+def test_the_cpu_reference_ranks_ties_as_the_kernels_do(k: int) -> None:
+    logits = torch.randint(-20, 20, (4, 3_000)).float()  # thousands of exact ties
+    _, _, vals, ids = target_logprobs_reference(logits, torch.zeros(4, dtype=torch.long), top_k=k, entropy=False)
+    ref_vals, ref_ids = _float64_top_k(logits, k)
+    assert vals is not None and torch.equal(ids, ref_ids) and (vals.double() - ref_vals).abs().max() <= 1e-5
+
+
+def test_without_entropy_nothing_else_changes() -> None:
+    h, w, t = _lm_inputs(5, 700, 32, seed=5)
+    for fn in (lm_head_logprobs_reference, lm_head_logprobs_triton):
+        full = fn(h, w, t, 20)
+        lean = fn(h, w, t, 20, entropy=False)
+        assert lean[1] is None and full[1] is not None
+        assert all(torch.equal(full[i], lean[i]) for i in (0, 2, 3))  # type: ignore[arg-type]
+
+
+def test_a_probe_token_in_the_vocabularys_tail() -> None:
+    """700 words: the body launch covers 688, the tail launch the last 12; a set token in each."""
+    h, w, _ = _lm_inputs(3, 700, 32, seed=6)
+    ids = torch.tensor([5, 687, 688, 699])
+    got = lm_head_set_logprobs_triton(h, w, ids)
+    assert (got.double() - token_logprobs_reference(h.double(), w.double(), ids)).abs().max() <= 1e-4
+
+
+def test_top_k_past_256_is_refused_naming_the_limit() -> None:
+    h, w, t = _lm_inputs(1, 300, 16, seed=7)
+    with pytest.raises(ValueError, match=r"top_k must lie in \[0, 256\], got 257"):
+        lm_head_logprobs_triton(h, w, t, top_k=257)
+    with pytest.raises(ValueError, match=r"top_k must lie in \[0, 256\], got 257"):
+        target_logprobs_triton(torch.zeros(1, 300), t, top_k=257)
