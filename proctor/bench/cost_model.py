@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from proctor.kernels.topk_select import RUNNING_SLOTS
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -125,26 +127,32 @@ def lm_head(
         total.hbm_ms += gathered / ceil.hbm_bps * 1e3
         total.ms += (gathered / ceil.hbm_bps + 6 * chunks * LAUNCH_S) * 1e3
         extra = rows * 4 + min(rows, 4_096) * hidden * elt  # thresholds, and a chunk's gathered rows
-    for launch in plan.lm_head_launches(rows, vocab, dtype, top_k, SMS, set_size, rank):
+    slots = min(top_k, RUNNING_SLOTS)  # each split's running top-k; more is merged from the splits' candidates
+    body = plan.lm_head_launches(rows, vocab, dtype, slots, SMS, set_size, rank)
+    tails = [plan.lm_head_tail(launch, vocab) for launch in body]
+    for launch in [*body, *(t for t in tails if t is not None)]:
         bn, bv = launch.block_n, launch.tile_v
         tile_flops = 2.0 * bn * bv * hidden
         waves = -(-launch.programs // SMS)
         mma = waves * launch.tiles_per_split * tile_flops / (ceil.gemm_flops / SMS)
         tile_elems = bn * bv
-        ops = EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0) + (RANK_OPS if rank else 0)
+        ops = EPILOGUE_OPS + (TOPK_PRUNE_OPS if slots else 0) + (RANK_OPS if rank else 0)
         per_program_alu = launch.tiles_per_split * tile_elems * ops
         # The running top-k merges the second accumulator, then the first, each as its even and then its odd columns.
         halves = [launch.block_v2 // 2] * 2 * bool(launch.block_v2) + [launch.block_v // 2] * 2
-        swept = topk_pass_columns(top_k, halves * launch.tiles_per_split)
+        swept = topk_pass_columns(slots, halves * launch.tiles_per_split)
         per_program_alu += 2 * swept * TOPK_PASS_OPS * bn
         per_program_exp = launch.tiles_per_split * tile_elems
         alu = waves * max(per_program_alu / (ALU_OPS / SMS), per_program_exp / (EXP_OPS / SMS))
-        weight_bytes = vocab * hidden * elt
+        weight_bytes = launch.columns * hidden * elt
         groups = -(-launch.row_blocks // launch.group)
         hbm = weight_bytes * groups + launch.rows * hidden * elt + launch.partial_bytes() * 2
         l2 = launch.programs * launch.tiles_per_split * (bn + bv) * hidden * elt
-        # The combine (torch): reads the partials and candidates once, a handful of small kernels.
-        combine_s = launch.partial_bytes() * 2 / ceil.hbm_bps + (6 + (1 if set_size else 0)) * LAUNCH_S
+        # The combine (torch): reads the partials and candidates once, a handful of small kernels; with a top-k
+        # the candidates (value, id) are sorted by id and then by value (stable) and gathered: ~8 passes.
+        select_bytes = 8 * launch.rows * (launch.splits + 1) * slots * 8
+        combine_s = (launch.partial_bytes() * 2 + select_bytes) / ceil.hbm_bps
+        combine_s += (6 + (1 if set_size else 0) + (8 if slots else 0)) * LAUNCH_S
         t = LAUNCH_S + max(mma + alu, hbm / ceil.hbm_bps, l2 / ceil.l2_bps) + combine_s
         total.launches += 1
         total.flops += waves * SMS * launch.tiles_per_split * tile_flops
@@ -165,17 +173,23 @@ def lm_head(
 
 
 def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat16, ceil: Ceilings = H200) -> Prediction:
+    """Top-k past RUNNING_SLOTS: the kernel's pass without a top-k, then torch.topk over the same logits (priced as
+    one more read of them: a lead, torch's radix select makes a few passes; the GPU check measures it)."""
     tp = importlib.import_module("proctor.kernels.target_logprobs")
-    launch = tp.logits_launch(rows, vocab, top_k)
+    in_kernel = top_k if top_k <= RUNNING_SLOTS else 0
+    launch = tp.logits_launch(rows, vocab, in_kernel)
     elt = torch.empty(0, dtype=dtype).element_size()
     tiles = -(-vocab // launch.block_v)
-    per_row_alu = tiles * launch.block_v * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if top_k else 0))
-    per_row_alu += topk_pass_columns(top_k, [launch.block_v] * tiles) * TOPK_PASS_OPS
+    per_row_alu = tiles * launch.block_v * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if in_kernel else 0))
+    per_row_alu += topk_pass_columns(in_kernel, [launch.block_v] * tiles) * TOPK_PASS_OPS
     alu_ops = rows * per_row_alu
     exp_ops = float(rows * tiles * launch.block_v)
     alu = max(alu_ops / ALU_OPS, exp_ops / EXP_OPS)
     hbm = rows * vocab * elt + rows * (8 + 12 + 8 * top_k)
     sort_s = (rows * top_k * 8 * 2 / ceil.hbm_bps + 3 * LAUNCH_S) if top_k else 0.0
+    if top_k > in_kernel:
+        hbm += rows * vocab * elt
+        sort_s += 6 * LAUNCH_S * -(-rows // 1024)  # per 1,024-row chunk: topk, the tie check, the order
     ms = (LAUNCH_S + max(alu, hbm / ceil.hbm_bps) + sort_s) * 1e3
     return Prediction(
         f"logits {rows}x{vocab} top-{top_k}",
@@ -195,21 +209,46 @@ def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat1
     )
 
 
-def issue_targets() -> list[Prediction]:
+def issue_targets(ceil: Ceilings = H200) -> list[Prediction]:
     """The issue's targets on one H200, each with its predicted time."""
     out = []
-    p = logits(16_384, 151_936, 20)
+    p = logits(16_384, 151_936, 20, ceil=ceil)
     p.target_ms = 2.0
     out.append(p)
     for k in (0, 20):
-        p = lm_head(16_384, 151_936, 4_096, k)
+        p = lm_head(16_384, 151_936, 4_096, k, ceil=ceil)
         p.target_ms = 29.5
         out.append(p)
-    p = lm_head(256, 151_936, 4_096, 0, set_size=11)
+    p = lm_head(256, 151_936, 4_096, 0, set_size=11, ceil=ceil)
     p.case = "probes / expected score, 11 tokens, " + p.case
     p.target_ms = 0.55
     out.append(p)
     return out
+
+
+def report_cases(ceil: Ceilings = H200) -> list[Prediction]:
+    """The issue's targets, then the few-row launches, the HTTP front's prompt log-probs, and the vocabularies
+    users load (at 16,384 x 4,096, top-20)."""
+    preds = issue_targets(ceil)
+    preds += [lm_head(rows, 151_936, 4_096, 0, ceil=ceil) for rows in (1, 11)]
+    preds += [lm_head(rows, 151_936, 4_096, 20, ceil=ceil, rank=True) for rows in (16_384, 11)]
+    preds += [lm_head(16_384, vocab, 4_096, 20, ceil=ceil) for vocab in (32_000, 50_257, 128_256, 256_000)]
+    # distillation's top-k (issue: top-100 <= 31 ms, top-256 <= 35 ms, logits top-256 <= 2.5 ms)
+    for k, target in ((100, 31.0), (256, 35.0)):
+        p = lm_head(16_384, 151_936, 4_096, k, ceil=ceil)
+        p.target_ms = target
+        preds.append(p)
+    p = logits(16_384, 151_936, 256, ceil=ceil)
+    p.target_ms = 2.5
+    preds.append(p)
+    return preds
+
+
+# What a Triton main loop and L2 may deliver on Hopper rather than the leads: cuBLAS-class 790 TFLOP/s is what an
+# 8192^3 torch matmul reached; a Triton wgmma loop without TMA or warp specialisation usually lands 10-20 % lower.
+# The predictions at the leads are lower bounds; these two bands are what the targets are judged against until a
+# GPU run measures both rates (proctor.bench.kernels: "Triton main loop alone" and the L2 row of its ceilings).
+BAND = (Ceilings(gemm_flops=700e12, l2_bps=8e12), Ceilings(gemm_flops=650e12, l2_bps=7e12))
 
 
 def needed_rates(p: Prediction) -> tuple[float, float]:
@@ -220,48 +259,60 @@ def needed_rates(p: Prediction) -> tuple[float, float]:
     return p.l2_bytes / budget_s, p.flops / (budget_s - p.alu_ms / 1e3)
 
 
-def write_report(preds: list[Prediction], stem: Path, command: str) -> None:
+def _band_label(c: Ceilings) -> str:
+    return f"{c.gemm_flops / 1e12:.0f} TFLOP/s, L2 {c.l2_bps / 1e12:.0f} TB/s"
+
+
+def write_report(preds: list[Prediction], bands: list[list[Prediction]], stem: Path, command: str) -> None:
+    """preds at the leads (lower bounds) and, per BAND entry, the same cases at its rates."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "date": dt.date.today().isoformat(),
         "command": command,
         "device": "H200 (predicted, not measured)",
         "ceilings": asdict(H200) | {"alu_ops": ALU_OPS, "exp_ops": EXP_OPS, "launch_s": LAUNCH_S},
+        "bands": [asdict(c) for c in BAND],
         "predictions": [
             asdict(p)
-            | {"meets_target": p.meets_target}
+            | {"lower_bound": True, "meets_target": p.meets_target}
+            | {"band_ms": [b[i].ms for b in bands], "band_meets_target": [b[i].meets_target for b in bands]}
             | (
                 dict(zip(("needed_l2_bps", "needed_gemm_flops"), needed_rates(p), strict=True))
                 if p.l2_bytes and p.target_ms
                 else {}
             )
-            for p in preds
+            for i, p in enumerate(preds)
         ],
     }
     stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
+    band_cols = " | ".join(f"ms at {_band_label(c)}" for c in BAND)
     lines = [
         "# Scoring kernels: cost model on one H200 (predictions, not measurements)",
         "",
-        f"Command: `{command}` ({record['date']}). Ceilings: bf16 GEMM 790 TFLOP/s and copy 4.3 TB/s (measured on",
-        "this project's H200s), L2 10 TB/s (a lead). See bench/cost_model.py for what each term counts.",
+        f"Command: `{command}` ({record['date']}). The leads: bf16 GEMM 790 TFLOP/s and copy 4.3 TB/s (measured on",
+        "this project's H200s with torch), L2 10 TB/s (not measured), and a Triton main loop assumed to reach",
+        "cuBLAS's rate with L2 feeding it at 10 TB/s at the same time: so **each prediction at the leads is a lower",
+        "bound**, and the columns after it give the same model at a realistic band (the main loop's and L2's rates",
+        "as named; copy 4.3 TB/s). The last columns give the rates a target needs (the other terms held). See",
+        "bench/cost_model.py for what each term counts.",
         "",
-        "| case | launches | GFLOP | HBM GB | L2 GB | tensor ms | CUDA-core ms | HBM ms | L2 ms | predicted ms "
-        "| target ms | bound | extra MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| case | launches | GFLOP | HBM GB | L2 GB | tensor ms | CUDA-core ms | HBM ms | L2 ms | lower bound ms | "
+        f"{band_cols} | target ms | needs L2 TB/s | needs main loop TFLOP/s | bound | extra MiB |",
+        "|---" * (15 + len(BAND)) + "|",
     ]
-    for p in preds:
-        target = "-" if p.target_ms is None else f"{p.target_ms:g} {'ok' if p.meets_target else 'MISSED'}"
-        lines.append(
-            f"| {p.case} | {p.launches} | {p.flops / 1e9:.0f} | {p.hbm_bytes / 1e9:.2f} | {p.l2_bytes / 1e9:.1f} | "
-            f"{p.mma_ms:.2f} | {p.alu_ms:.2f} | {p.hbm_ms:.2f} | {p.l2_ms:.2f} | {p.ms:.2f} | {target} | "
-            f"{p.bound} | {p.extra_bytes / 2**20:.1f} |"
-        )
-    lines += ["", "What each target needs of the two rates a GPU run must confirm (the others as above):", ""]
-    for p in preds:
+    for i, p in enumerate(preds):
+        target = "-" if p.target_ms is None else f"{p.target_ms:g}"
+        band = " | ".join(f"{b[i].ms:.2f}{'' if b[i].meets_target else ' MISSED'}" for b in bands)
+        need = ["-", "-"]
         if p.l2_bytes and p.target_ms is not None:
             l2, gemm = needed_rates(p)
-            lines.append(f"- {p.case}: meets {p.target_ms:g} ms while L2 delivers >= {l2 / 1e12:.1f} TB/s and the main "
-                         f"loop >= {gemm / 1e12:.0f} TFLOP/s.")  # fmt: skip
+            need = [f">= {l2 / 1e12:.1f}", f">= {gemm / 1e12:.0f}"]
+        lines.append(
+            f"| {p.case} | {p.launches} | {p.flops / 1e9:.0f} | {p.hbm_bytes / 1e9:.2f} | {p.l2_bytes / 1e9:.1f} | "
+            f"{p.mma_ms:.2f} | {p.alu_ms:.2f} | {p.hbm_ms:.2f} | {p.l2_ms:.2f} | "
+            f"{p.ms:.2f}{'' if p.meets_target else ' MISSED'} | {band} | {target} | {need[0]} | {need[1]} | "
+            f"{p.bound} | {p.extra_bytes / 2**20:.1f} |"
+        )
     stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
 
 
@@ -269,14 +320,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write DIR/cost-model.{json,md} (default: dated, bench/results)")
     args = parser.parse_args(argv)
-    preds = issue_targets()
-    preds += [lm_head(rows, 151_936, 4_096, 0) for rows in (1, 11)]
-    preds += [lm_head(rows, 151_936, 4_096, 20, rank=True) for rows in (16_384, 11)]  # HTTP prompt log-probs
+    preds = report_cases()
+    bands = [report_cases(c) for c in BAND]
+    for b in bands:
+        for p, q in zip(preds, b, strict=True):
+            q.target_ms = p.target_ms
     stem = args.out / "cost-model" if args.out else RESULTS / f"{dt.date.today().isoformat()}-cpu-cost-model"
     command = "python -m proctor.bench.cost_model " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_report(preds, stem, command.strip())
-    for p in preds:
-        print(f"{p.case:<60} {p.ms:8.3f} ms (target {p.target_ms}) {p.bound}")
+    write_report(preds, bands, stem, command.strip())
+    for i, p in enumerate(preds):
+        at_band = " / ".join(f"{b[i].ms:.2f}" for b in bands)
+        print(f"{p.case:<64} >= {p.ms:7.2f} ms, band {at_band} ms (target {p.target_ms}) {p.bound}")
     return 0
 
 

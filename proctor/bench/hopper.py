@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import itertools
 import json
 import re
 import subprocess
@@ -36,7 +37,9 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMEM_LIMIT = 227 * 1024  # bytes of shared memory one sm_90 block may use (opt-in maximum)
-VOCAB = 151_936  # Qwen2 / Qwen2.5 / Qwen3
+# The vocabularies users load: Llama 2 / Mistral 7B, a 48k BPE (49,152: SmolLM2, StarCoder2), GPT-2 / RoBERTa
+# (50,257: odd, so its launches have a one-column tail), Llama 3, Qwen2 / 2.5 / 3, Gemma.
+VOCABS = (32_000, 49_152, 50_257, 128_256, 151_936, 256_000)
 HIDDENS = (576, 1_536, 4_096, 8_192)
 SCORE_ROWS = 16_384
 PROBE_ROWS = (1, 11, 256)
@@ -57,7 +60,10 @@ class Variant:
     num_stages: int
     tokens: int = 0  # the set of tokens whose logits the launch also picks (RRM probes), 0 for Score
     rank: bool = False  # also counts the logits at or above each row's target's (prompt-logprob ranks)
-    launches: list[str] = field(default_factory=list)
+    part: str = ""  # lm_head: "body" (the vocabulary's first multiple of 16 columns) or "tail" (the 1-15 after)
+    hints: str = ""  # the integer specialisations it relies on (divisible by 16, equal to 1)
+    vocabs: list[int] = field(default_factory=list)  # the vocabularies whose launches use it
+    launches: list[str] = field(default_factory=list)  # the row counts whose launches use it
     hiddens: list[int] = field(default_factory=list)  # H values of those launches (a runtime argument)
     registers: int = -1
     stack: int = -1
@@ -79,15 +85,18 @@ class Variant:
 
 
 def _specialise(
-    fn: Any, pointers: dict[str, str], ints: dict[str, int], consts: dict[str, object]
+    fn: Any, pointers: dict[str, str], ints: dict[str, int], consts: dict[str, object], fixed: tuple[str, ...] = ()
 ) -> tuple[dict[str, str], dict[str, object], dict[tuple[int, ...], list[list[Any]]]]:
     """(signature, constexprs, attrs) as a launch specialises them: pointers 16-aligned (torch allocations are),
-    integers divisible by 16 marked so, integers equal to 1 made constants."""
+    integers divisible by 16 marked so, integers equal to 1 made constants; the `fixed` ones (the kernel's
+    do_not_specialize) left plain."""
     signature: dict[str, str] = {}
     constexprs = dict(consts)
     attrs: dict[tuple[int, ...], list[list[Any]]] = {}
     for i, name in enumerate(fn.arg_names):
-        if name in pointers:
+        if name in fixed:
+            signature[name] = "i32" if -(2**31) <= ints[name] < 2**31 else "i64"
+        elif name in pointers:
             signature[name] = pointers[name]
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in ints:
@@ -120,7 +129,8 @@ def compile_sm90(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    signature, constexprs, attrs = _specialise(fn, pointers, ints, consts)
+    fixed = tuple(getattr(fn, "do_not_specialize", None) or ())  # the kernel's own (JITFunction)
+    signature, constexprs, attrs = _specialise(fn, pointers, ints, consts, fixed)
     return triton.compile(
         ASTSource(fn, signature, constexprs, attrs),
         target=GPUTarget("cuda", 90, 32),
@@ -168,63 +178,80 @@ def _key(kernel: str, dtype: str, top_k: int, warps: int, stages: int, sig: Any)
     )
 
 
-def lm_head_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]]:
+def _hints(fn: Any, sig: Any, ints: dict[str, int]) -> str:
+    """The integer specialisations a variant relies on (pointers are always 16-byte aligned): the arguments
+    marked divisible by 16, and those made the constant 1."""
+    _, constexprs, attrs = sig
+    div = [fn.arg_names[i] for (i,) in attrs if fn.arg_names[i] in ints]
+    one = [name for name in ints if constexprs.get(name) == 1]
+    return ", ".join([f"{name} % 16 == 0" for name in div] + [f"{name} == 1" for name in one]) or "none"
+
+
+Compile = tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]
+
+
+def _note(variant: Variant, vocab: int, rows: str, hidden: int | None = None) -> None:
+    variant.vocabs += [] if vocab in variant.vocabs else [vocab]
+    variant.launches += [] if rows in variant.launches else [rows]
+    if hidden is not None:
+        variant.hiddens += [] if hidden in variant.hiddens else [hidden]
+
+
+def lm_head_variants() -> list[Compile]:
     lm = importlib.import_module("proctor.kernels.lm_head_logprobs")  # the package re-exports a function so named
     plan = importlib.import_module("proctor.kernels.lm_head_plan")
 
-    out: dict[Key, tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]] = {}
+    out: dict[Key, Compile] = {}
     for dtype, name in DTYPES.items():
         pointers = dict(
             zip(
                 lm.POINTERS,
-                [f"*{name}", f"*{name}", "*i64", "*fp32", "*fp32", "*fp32", "*i32", "*i32", "*fp32"],
+                [f"*{name}", f"*{name}", "*i32", "*fp32", "*fp32", "*fp32", "*i32", "*i32", "*fp32"],
                 strict=True,
             ),
         )
         for top_k in TOP_KS:
             # Score (one target a row, top-k) at a batch's and at a few rows, with and without a rank (the HTTP
             # front's prompt log-probs); RRM probes (a set of score tokens).
-            rows_used = (SCORE_ROWS, *PROBE_ROWS)
-            uses = [(rows, 0, rank) for rows in rows_used for rank in (False, True)]
+            uses = [(rows, 0, rank) for rows in (SCORE_ROWS, *PROBE_ROWS) for rank in (False, True)]
             uses += [(rows, PROBE_TOKENS, False) for rows in PROBE_ROWS] if top_k == 0 else []
-            for rows, set_size, rank in uses:
-                for hidden in HIDDENS:
-                    launches = plan.lm_head_launches(rows, VOCAB, dtype, top_k, plan.H200_SMS, set_size, rank)
-                    for launch in dict.fromkeys(launches):
-                        ints, consts = lm.kernel_arguments(launch, VOCAB, hidden, hidden, hidden, dtype)
-                        sig = _specialise(lm._lm_head_kernel, pointers, ints, consts)
-                        key = _key("lm_head", name, top_k, launch.num_warps, launch.num_stages, sig)
-                        tile = f"{launch.block_n}x({launch.block_v}+{launch.block_v2})x{launch.block_h}"
-                        if key not in out:
-                            v = Variant(
-                                "lm_head", name, top_k, tile, launch.num_warps, launch.num_stages, set_size, rank
-                            )
-                            out[key] = (v, lm._lm_head_kernel, pointers, ints, consts)
-                        chunks = f", launches of {launch.rows}" if launch.rows != rows else ""
-                        tokens = f", {set_size} probe tokens" if set_size else ""
-                        tokens += ", rank" if rank else ""
-                        what = f"{rows} rows ({launch.programs} programs{chunks}{tokens})"
-                        variant = out[key][0]
-                        variant.launches += [] if what in variant.launches else [what]
-                        variant.hiddens += [] if hidden in variant.hiddens else [hidden]
+            for vocab, (rows, set_size, rank), hidden in itertools.product(VOCABS, uses, HIDDENS):
+                body = plan.lm_head_launches(rows, vocab, dtype, top_k, plan.H200_SMS, set_size, rank)
+                tails = [plan.lm_head_tail(launch, vocab) for launch in body]
+                for launch in dict.fromkeys([*body, *(t for t in tails if t is not None)]):
+                    ints, consts = lm.kernel_arguments(launch, hidden, hidden, hidden, dtype)
+                    sig = _specialise(lm._lm_head_kernel, pointers, ints, consts, tuple(lm.UNSPECIALISED))
+                    key = _key("lm_head", name, top_k, launch.num_warps, launch.num_stages, sig)
+                    tile = f"{launch.block_n}x({launch.block_v}+{launch.block_v2})x{launch.block_h}"
+                    if key not in out:
+                        part = "tail" if launch.col0 else "body"
+                        v = Variant("lm_head", name, top_k, tile, launch.num_warps, launch.num_stages, set_size, rank)
+                        v.part, v.hints = part, _hints(lm._lm_head_kernel, sig, ints)
+                        out[key] = (v, lm._lm_head_kernel, pointers, ints, consts)
+                    what = f"{rows}" + (f" (launches of {launch.rows})" if launch.rows != rows else "")
+                    _note(out[key][0], vocab, what, hidden)
     return list(out.values())
 
 
-def logits_variants() -> list[tuple[Variant, Any, dict[str, str], dict[str, int], dict[str, object]]]:
+def logits_variants() -> list[Compile]:
     tp = importlib.import_module("proctor.kernels.target_logprobs")
 
-    out = []
+    out: dict[Key, Compile] = {}
     for name in DTYPES.values():
         pointers = dict(
             zip(tp.POINTERS, [f"*{name}", "*i64", "*fp32", "*fp32", "*fp32", "*fp32", "*i32"], strict=True),
         )
-        for top_k in TOP_KS:
-            launch = tp.logits_launch(SCORE_ROWS, VOCAB, top_k)
-            ints, consts = tp.kernel_arguments(launch, VOCAB, VOCAB)
-            v = Variant("logits", name, top_k, f"1x{launch.block_v}", launch.num_warps, launch.num_stages)
-            v.launches.append(f"{SCORE_ROWS} rows (one program per row; any row count compiles the same)")
-            out.append((v, tp._target_logprobs_kernel, pointers, ints, consts))
-    return out
+        for top_k, vocab in itertools.product(TOP_KS, VOCABS):
+            launch = tp.logits_launch(SCORE_ROWS, vocab, top_k)
+            ints, consts = tp.kernel_arguments(launch, vocab, vocab)
+            sig = _specialise(tp._target_logprobs_kernel, pointers, ints, consts)
+            key = _key("logits", name, top_k, launch.num_warps, launch.num_stages, sig)
+            if key not in out:
+                v = Variant("logits", name, top_k, f"1x{launch.block_v}", launch.num_warps, launch.num_stages)
+                v.hints = _hints(tp._target_logprobs_kernel, sig, ints)
+                out[key] = (v, tp._target_logprobs_kernel, pointers, ints, consts)
+            _note(out[key][0], vocab, "any (one program a row)")
+    return list(out.values())
 
 
 def build_all(progress: bool = True) -> list[Variant]:
@@ -233,7 +260,8 @@ def build_all(progress: bool = True) -> list[Variant]:
         done.append(compile_variant(v, fn, pointers, ints, consts))
         if progress:
             print(
-                f"{v.kernel:<8} {v.dtype} top-{v.top_k:<3} set-{v.tokens:<2} {'rank ' if v.rank else ''}{v.tile:<11} "
+                f"{v.kernel:<8} {v.part:<4} {v.dtype} top-{v.top_k:<3} set-{v.tokens:<2} "
+                f"{'rank ' if v.rank else ''}{v.tile:<11} "
                 f"w{v.num_warps} s{v.num_stages}: "
                 f"{v.registers} regs, stack {v.stack}, smem {v.shared}, wgmma {v.wgmma}, tma {v.tma} "
                 f"({v.compile_s:.1f} s) {'; '.join(v.problems)}",
@@ -242,7 +270,7 @@ def build_all(progress: bool = True) -> list[Variant]:
     return done
 
 
-def write_report(variants: list[Variant], stem: Path, command: str) -> None:
+def write_report(variants: list[Variant], stem: Path, command: str, elapsed_s: float) -> None:
     import triton
 
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +280,9 @@ def write_report(variants: list[Variant], stem: Path, command: str) -> None:
         "triton": triton.__version__,
         "target": "cuda:90 (sm_90, H100 / H200), PTX 8.x via the wheel's ptxas",
         "smem_limit": SMEM_LIMIT,
+        "vocabs": list(VOCABS),
+        "elapsed_s": round(elapsed_s),
+        "compile_s": round(sum(v.compile_s for v in variants)),
         "passed": not any(v.problems for v in variants),
         "variants": [asdict(v) | {"problems": v.problems} for v in variants],
     }
@@ -264,17 +295,24 @@ def write_report(variants: list[Variant], stem: Path, command: str) -> None:
         f"Verdict: **{'passed' if record['passed'] else 'FAILED'}** (no stack, shared <= 227 KB, 16-bit dots on "
         "wgmma).",
         "",
-        "| kernel | dtype | top-k | set | rank | tile | warps | stages | regs | stack B | shared KB | wgmma | TMA "
-        "| launches | problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"Vocabularies: {', '.join(f'{v:,}' for v in VOCABS)}; H {', '.join(map(str, HIDDENS))}; rows "
+        f"{SCORE_ROWS:,} and {', '.join(map(str, PROBE_ROWS))}. {len(variants)} distinct compiles (launches that "
+        "specialise alike compile once: the grid's integers are not specialised on, so the vocabulary changes only "
+        f"the hints), {record['compile_s']} s of compiling, {record['elapsed_s']} s in all on this machine's 2 "
+        "cores. The lm_head kernel's body launch covers the vocabulary's first multiple of 16 columns (its `vocab` "
+        "keeps the divisibility hint); a vocabulary that is not a multiple of 16 (50,257) adds a tail launch of "
+        "its last 1-15 columns in one 16-column block, its partials one more split.",
+        "",
+        "| kernel | part | dtype | top-k | set | rank | tile | warps | stages | regs | stack B | shared KB | wgmma "
+        "| TMA | hints | vocabularies | rows; H | problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
-        launches = "; ".join(v.launches) + (f"; H {', '.join(map(str, v.hiddens))}" if v.hiddens else "")
+        rows = "; ".join(v.launches) + (f"; H {', '.join(map(str, v.hiddens))}" if v.hiddens else "")
         lines.append(
-            f"| {v.kernel} | {v.dtype} | {v.top_k} | {v.tokens} | {'yes' if v.rank else ''} | {v.tile} | "
-            f"{v.num_warps} | {v.num_stages} | "
-            f"{v.registers} | "
-            f"{v.stack} | {v.shared / 1024:.1f} | {v.wgmma} | {v.tma} | {launches} | {'; '.join(v.problems) or 'ok'} |"
+            f"| {v.kernel} | {v.part} | {v.dtype} | {v.top_k} | {v.tokens} | {'yes' if v.rank else ''} | {v.tile} | "
+            f"{v.num_warps} | {v.num_stages} | {v.registers} | {v.stack} | {v.shared / 1024:.1f} | {v.wgmma} | "
+            f"{v.tma} | {v.hints} | {', '.join(map(str, v.vocabs))} | {rows} | {'; '.join(v.problems) or 'ok'} |"
         )
     stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
 
@@ -288,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = build_all()
     stem = args.out / "hopper-compile" if args.out else RESULTS / f"{dt.date.today().isoformat()}-cpu-hopper-compile"
     command = "python -m proctor.bench.hopper " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_report(variants, stem, command.strip())
+    write_report(variants, stem, command.strip(), time.perf_counter() - t0)
     bad = [v for v in variants if v.problems]
     print(f"{len(variants)} variants, {len(bad)} with problems, {time.perf_counter() - t0:.0f} s: {stem}.{{json,md}}")
     return 1 if args.check and bad else 0

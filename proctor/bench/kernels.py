@@ -5,8 +5,10 @@ cut-cross-entropy (when importable) in the same run.
     python -m proctor.bench.kernels --check --rehearse         # tiny shapes, Triton's interpreter on the CPU (CI)
     python -m proctor.bench.kernels --check --out DIR          # DIR/kernels-check.{json,md}
 
-Cases (the issue's targets): logits [16,384, 151,936] bf16 -> log-prob + entropy + top-20; hidden [16,384, 4,096]
-x lm_head [151,936, 4,096] bf16 -> log-prob + entropy (top-k 0 and 20); RRM probes / expected score on 256 rows.
+Cases (the issue's targets): logits [16,384, 151,936] bf16 -> log-prob + entropy + top-20, top-100 and top-256;
+hidden [16,384, 4,096] x lm_head [151,936, 4,096] bf16 -> log-prob + entropy (top-k 0, 20, 100 and 256, each beside
+torch's top-k of materialised log-softmax); the two rates the lm_head predictions assume, each alone; RRM probes /
+expected score on 256 rows.
 Every proctor row is checked on a sample of rows against float64 (log-probs, entropies, top-k values, and that each
 top-k id points at its value) and fails the run past 1e-4; the other rows report their error without gating.
 Time is the median over repetitions (CUDA events), extra memory the peak allocated over the inputs. Each case also
@@ -38,12 +40,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 FULL = Shapes(
     logits=(16_384, 151_936, 20),
+    logits_more_top_k=(100, 256),
     lm_head=(16_384, 151_936, 4_096),
-    lm_head_top_k=(0, 20),
+    lm_head_top_k=(0, 20, 100, 256),
     probes=(256, 151_936, 4_096),
     sample=48,
+    l2_bytes=24 * 2**20,
 )
-REHEARSAL = Shapes(logits=(5, 700, 20), lm_head=(6, 600, 48), lm_head_top_k=(0, 20), probes=(3, 600, 48), sample=4)
+REHEARSAL = Shapes(
+    logits=(5, 700, 20),
+    logits_more_top_k=(256,),
+    lm_head=(6, 600, 48),
+    lm_head_top_k=(0, 20, 256),
+    probes=(3, 600, 48),
+    sample=4,
+    l2_bytes=2**16,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

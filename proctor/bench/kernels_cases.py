@@ -23,10 +23,12 @@ PROBE_TOKENS = 11  # "0".."10": the RRM's score tokens
 @dataclass(frozen=True)
 class Shapes:
     logits: tuple[int, int, int]  # rows, vocab, top-k
+    logits_more_top_k: tuple[int, ...]  # more top-k cases on the same logits (distillation's 100 and 256)
     lm_head: tuple[int, int, int]  # rows, vocab, hidden
     lm_head_top_k: tuple[int, ...]
     probes: tuple[int, int, int]  # rows, vocab, hidden
     sample: int  # rows checked against float64
+    l2_bytes: int  # the buffer the L2 rate reads again and again (fits the GPU's L2)
 
 
 def max_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -132,8 +134,7 @@ class Check:
 def check_logits(c: Check, shapes: Shapes) -> None:
     from proctor.kernels.target_logprobs import target_logprobs_triton
 
-    n, vocab, k = shapes.logits
-    case = f"logits -> log-prob + entropy + top-{k}, {n}x{vocab} bf16"
+    n, vocab, first_k = shapes.logits
     logits = c.randn(n, vocab, scale=3.0).to(torch.bfloat16)
     targets = torch.randint(0, vocab, (n,), device=c.device, generator=c.gen)
     rows = sample_rows(n, shapes.sample, c.device)
@@ -142,20 +143,24 @@ def check_logits(c: Check, shapes: Shapes) -> None:
     def err(out: Outputs) -> float:
         return outputs_err(out, ref, rows, targets)
 
-    c.timed(case, "anchor: read the logits once (torch sum)", lambda: logits.sum(dtype=torch.float32))
-
-    def predicted(ceil: cost_model.Ceilings) -> float:
-        return cost_model.logits(n, vocab, k, ceil=ceil).ms
-
-    c.timed(
-        case,
-        "proctor target_logprobs, one pass",
-        lambda: target_logprobs_triton(logits, targets, k),
-        err,
-        True,
-        predicted,
-    )
-    c.timed(case, "torch fp32 log_softmax + gather + entropy + topk", lambda: torch_logprobs(logits, targets, k), err)
+    for k in (first_k, *shapes.logits_more_top_k):
+        case = f"logits -> log-prob + entropy + top-{k}, {n}x{vocab} bf16"
+        if k == first_k:
+            c.timed(case, "anchor: read the logits once (torch sum)", lambda: logits.sum(dtype=torch.float32))
+        c.timed(
+            case,
+            "proctor target_logprobs" + (", one pass" if k <= 64 else " (kernel pass + torch.topk of the logits)"),
+            functools.partial(target_logprobs_triton, logits, targets, k),
+            err,
+            True,
+            functools.partial(_logits_ms, n, vocab, k),
+        )
+        c.timed(
+            case,
+            "torch fp32 log_softmax + gather + entropy + topk",
+            functools.partial(torch_logprobs, logits, targets, k),
+            err,
+        )
 
     def liger() -> None:
         from liger_kernel.transformers import LigerCrossEntropyLoss
@@ -163,9 +168,16 @@ def check_logits(c: Check, shapes: Shapes) -> None:
         loss = LigerCrossEntropyLoss(reduction="none")
         # Liger writes its gradient into the logits in place: it runs last, on a copy made outside the timing.
         own = logits.clone()
+        case = f"logits -> log-prob + entropy + top-{first_k}, {n}x{vocab} bf16"
         c.timed(case, "Liger cross-entropy (log-prob only)", lambda: (-loss(own, targets), None, None, None), err)
 
-    c.optional(case, "Liger cross-entropy (log-prob only)", liger)
+    c.optional(
+        f"logits -> log-prob + entropy + top-{first_k}, {n}x{vocab} bf16", "Liger cross-entropy (log-prob only)", liger
+    )
+
+
+def _logits_ms(rows: int, vocab: int, k: int, ceil: cost_model.Ceilings) -> float:
+    return cost_model.logits(rows, vocab, k, ceil=ceil).ms
 
 
 def check_lm_head(c: Check, shapes: Shapes) -> None:
@@ -198,7 +210,47 @@ def check_lm_head(c: Check, shapes: Shapes) -> None:
         c.timed(case, "torch bf16 GEMM + fp32 log_softmax", functools.partial(torch_lm_head, h, w, targets, k), err)
         if not k:  # the fused baselines give the target's log-prob only
             fused_baselines(c, case, h, w, targets, err)
+    check_main_loop(c, shapes, h, w)
     check_ranks(c, shapes, h, w, targets, rows, logits, err)
+
+
+def _rate_note(value: float, unit: str, lead: float, band: tuple[float, ...]) -> str:
+    verdict = (
+        "meets the lead"
+        if value >= lead
+        else next((f"meets the {b:g} band" for b in band if value >= b), "below the band")
+    )
+    return f"{value:.1f} {unit} (lead {lead:g}, band {' / '.join(f'{b:g}' for b in band)}: {verdict})"
+
+
+def check_main_loop(c: Check, shapes: Shapes, h: torch.Tensor, w: torch.Tensor) -> None:
+    """The two rates the cost model's lm_head predictions assume, each measured alone: the Triton main loop with
+    the epilogue switched off (its FLOP rate; the lead is cuBLAS's 790 TFLOP/s) and L2 reads (a torch sum of an
+    L2-sized buffer read 64 times; a lower bound of the rate, lead 10 TB/s). A first GPU run says which fails.
+    The main loop's error (its row sums against float64's, over sqrt(V)) shows that it computed every product."""
+    from proctor.kernels.lm_head_logprobs import lm_head_main_loop_triton
+
+    n, vocab, hidden = shapes.lm_head
+    case = f"rates the lm_head predictions assume, {n}x{vocab}x{hidden} bf16"
+    c.timed(
+        case,
+        "proctor Triton main loop alone (epilogue off)",
+        functools.partial(lm_head_main_loop_triton, h, w),
+        lambda out: max_err(out.sum(dim=1), (h.double() @ w.double().T).sum(dim=1)) / vocab**0.5,
+        predict=lambda ceil: cost_model.lm_head(n, vocab, hidden, 0, ceil=ceil).mma_ms,
+    )
+    ms = c.rows[-1].ms
+    if ms:
+        tflops = 2.0 * n * vocab * hidden / (ms / 1e3) / 1e12
+        band = tuple(b.gemm_flops / 1e12 for b in cost_model.BAND)
+        c.rows[-1].note = _rate_note(tflops, "TFLOP/s", cost_model.H200.gemm_flops / 1e12, band)
+    again = c.randn(shapes.l2_bytes // 4).view(1, -1).expand(64, -1)
+    c.timed(case, f"L2 reads alone (torch sum, {shapes.l2_bytes >> 10} KiB read 64 times)", again.sum)
+    ms = c.rows[-1].ms
+    if ms:
+        tbs = 64 * shapes.l2_bytes / (ms / 1e3) / 1e12
+        band = tuple(b.l2_bps / 1e12 for b in cost_model.BAND)
+        c.rows[-1].note = _rate_note(tbs, "TB/s", cost_model.H200.l2_bps / 1e12, band)
 
 
 def check_ranks(
@@ -218,7 +270,7 @@ def check_ranks(
     from proctor.kernels.lm_head_logprobs import lm_head_logprobs_triton
 
     n, vocab, hidden = shapes.lm_head
-    k = shapes.lm_head_top_k[-1]
+    k = shapes.lm_head_top_k[1]
     case = f"hidden -> lm_head -> log-prob + entropy + top-{k} + rank, {n}x{vocab}x{hidden} bf16"
     ranks = torch.empty(n, dtype=torch.long, device=c.device)
     at = targets.cpu()[rows.cpu()].long()[:, None]

@@ -22,16 +22,29 @@ def test_rehearsal_passes_and_writes_its_report(tmp_path: Path) -> None:
     gated = [r for r in record["rows"] if r["tolerance"] is not None]
     assert {r["impl"] for r in gated} == {
         "proctor target_logprobs, one pass",
+        "proctor target_logprobs (kernel pass + torch.topk of the logits)",
         "proctor fused lm_head",
         "proctor fused lm_head + rank",
         "proctor token_logprobs, fused lm_head",
         "proctor token_logprobs from bf16 logits",
     }
-    assert len(gated) == 6 and all(r["ok"] and r["max_err"] <= 1e-4 for r in gated)
+    assert len(gated) == 8 and all(r["ok"] and r["max_err"] <= 1e-4 for r in gated)
+    assert {r["case"].split(",")[0] for r in gated if "top-256" in r["case"]} == {
+        "logits -> log-prob + entropy + top-256",
+        "hidden -> lm_head -> log-prob + entropy + top-256",
+    }, "distillation's top-256 on both kernels"
     # Liger-Kernel's own kernels, called as the GPU run calls them (bf16 in, so not held to 1e-4 here)
     liger = [r for r in record["rows"] if r["impl"].startswith("Liger")]
     assert {r["impl"] for r in liger} == {"Liger cross-entropy (log-prob only)", "Liger fused linear cross-entropy"}
     assert all(not r["note"] and r["ms"] is not None and r["max_err"] < 0.1 for r in liger), liger
+    # the two rates the lm_head predictions assume, each measured alone and set against the lead and the band
+    rates = {r["impl"]: r for r in record["rows"] if r["case"].startswith("rates the lm_head predictions assume")}
+    assert set(rates) == {
+        "proctor Triton main loop alone (epilogue off)",
+        "L2 reads alone (torch sum, 64 KiB read 64 times)",
+    }
+    assert all(r["ms"] > 0 and "(lead " in r["note"] and "band" in r["note"] for r in rates.values()), rates
+    assert "TFLOP/s" in rates["proctor Triton main loop alone (epilogue off)"]["note"]
     cce = next(r for r in record["rows"] if r["impl"] == "cut-cross-entropy")
     assert cce["note"].startswith("CUDA only")
     assert "**passed**" in (tmp_path / "kernels-check.md").read_text()

@@ -3,6 +3,9 @@ re-reads, worse waves, a heavier epilogue) fails here, on the CPU."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from proctor.bench import cost_model as cm
@@ -67,3 +70,47 @@ def test_top_k_merge_passes_grow_with_k_and_log_tiles() -> None:
     assert cm.topk_pass_columns(20, [128]) == 20 * 128, "the first unit fills the K slots"
     assert 20 * 4 * 128 < cm.topk_pass_columns(20, [128] * 37) < 20 * 5 * 128, "K x H_37 passes"
     assert cm.topk_pass_columns(20, [64, 64, 32, 32]) > cm.topk_pass_columns(20, [48] * 4), "wide units cost more"
+
+
+def test_predictions_are_lower_bounds_beside_the_realistic_band() -> None:
+    """The leads (790 TFLOP/s, L2 10 TB/s) give a lower bound; at 700 / 8 and 650 / 7 the same counts give the
+    recount's 29.9 / 33.2 ms and 34.2 / 38.0 ms (top-0 / top-20; top-20 now also sorts its candidates by value
+    and id, ~0.3 ms)."""
+    assert [(c.gemm_flops, c.l2_bps) for c in cm.BAND] == [(700e12, 8e12), (650e12, 7e12)]
+    for k, band in ((0, (29.9, 34.2)), (20, (33.2, 38.0))):
+        lead = cm.lm_head(16_384, 151_936, 4_096, k)
+        at = [cm.lm_head(16_384, 151_936, 4_096, k, ceil=c).ms for c in cm.BAND]
+        assert lead.ms < at[0] < at[1]
+        assert at == pytest.approx(band, abs=0.4)
+
+
+def test_the_report_says_what_each_prediction_assumes(tmp_path: Path) -> None:
+    cm.main(["--out", str(tmp_path)])
+    record = json.loads((tmp_path / "cost-model.json").read_text())
+    assert record["bands"] == [
+        {"gemm_flops": 700e12, "hbm_bps": 4.3e12, "l2_bps": 8e12},
+        {"gemm_flops": 650e12, "hbm_bps": 4.3e12, "l2_bps": 7e12},
+    ]
+    preds = record["predictions"]
+    assert all(p["lower_bound"] and len(p["band_ms"]) == 2 and p["band_ms"][0] >= p["ms"] for p in preds)
+    targeted = [p for p in preds if p["target_ms"] and p["l2_bytes"]]
+    assert targeted and all(p["needed_l2_bps"] > 0 and p["needed_gemm_flops"] > 0 for p in targeted)
+    md = (tmp_path / "cost-model.md").read_text()
+    assert "lower bound" in md and "ms at 700 TFLOP/s, L2 8 TB/s" in md and "needs main loop TFLOP/s" in md
+
+
+def test_an_odd_vocabulary_pays_its_tail_launch_and_no_more() -> None:
+    even, odd = cm.lm_head(16_384, 50_256, 4_096, 20), cm.lm_head(16_384, 50_257, 4_096, 20)
+    assert odd.launches == 2 * even.launches, "each row chunk's body launch and its one-column tail"
+    assert odd.flops <= 1.01 * even.flops and odd.ms <= 1.02 * even.ms
+
+
+def test_distillation_top_k_merges_the_splits_candidates_not_a_second_product() -> None:
+    """top-100 and top-256 run the 64-slot launches and merge their candidates: no second lm_head, the combine's
+    sort the only extra; top-256 <= 35 ms and top-100 within 1 % of 31 ms at the leads."""
+    top64, top100, top256 = (cm.lm_head(16_384, 151_936, 4_096, k) for k in (64, 100, 256))
+    assert top100.flops == top256.flops == top64.flops and top256.hbm_bytes == top64.hbm_bytes
+    assert top256.ms <= 35.0 and top100.ms <= 1.01 * 31.0
+    assert top256.extra_bytes <= 0.25 * GIB
+    logits = cm.logits(16_384, 151_936, 256)
+    assert logits.hbm_bytes >= 2 * 16_384 * 151_936 * 2, "top-256 of logits reads them twice (kernel, torch.topk)"
