@@ -45,11 +45,12 @@ def select_from_candidates(
 
 def top_k_ties_by_id(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest of each row of x [R, V] and their ids, ties ranked by id. torch.topk gives the right values
-    but picks among equal ones freely: where the k-th value has more copies in the row than it kept, that row is
-    sorted (stable) instead."""
-    vals, ids = order_by_value_then_id(*x.topk(k, dim=1))
-    kth = vals[:, -1:]
-    short = (x == kth).sum(dim=1) > (vals == kth).sum(dim=1)
+    but picks among equal ones freely: where the (k + 1)-th value equals the k-th, a copy of it was left out and
+    which one matters, so that row is sorted (stable) instead."""
+    more = min(k + 1, x.shape[1])
+    vals, ids = x.topk(more, dim=1)
+    short = vals[:, k - 1] == vals[:, more - 1] if more > k else torch.zeros_like(vals[:, 0], dtype=torch.bool)
+    vals, ids = order_by_value_then_id(vals[:, :k], ids[:, :k])
     if bool(short.any()):
         rows = short.nonzero()[:, 0]
         exact, at = x[rows].sort(dim=1, descending=True, stable=True)
