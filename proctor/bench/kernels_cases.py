@@ -211,7 +211,40 @@ def check_lm_head(c: Check, shapes: Shapes) -> None:
         if not k:  # the fused baselines give the target's log-prob only
             fused_baselines(c, case, h, w, targets, err)
     check_main_loop(c, shapes, h, w)
+    check_position_probes(c, shapes, h, w, targets, rows, ref)
     check_ranks(c, shapes, h, w, targets, rows, logits, err)
+
+
+def check_position_probes(
+    c: Check,
+    shapes: Shapes,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor,
+    ref: torch.Tensor,
+) -> None:
+    """Top-20 with 128 probe ids a position (vLLM's prompt_logprob_token_ids), from the same pass's log-sum-exp;
+    checked against float64 on the sampled rows (the probes' and the top-20's errors)."""
+    from proctor.kernels.lm_head_logprobs import lm_head_logprobs_triton
+
+    n, vocab, hidden = shapes.lm_head
+    ids = torch.randint(0, vocab, (n, 128), device=c.device, generator=c.gen)
+    out = torch.empty(n, 128, device=c.device)
+    case = f"hidden -> lm_head -> log-prob + top-20 + 128 probes a position, {n}x{vocab}x{hidden} bf16"
+
+    def err(got: Outputs) -> float:
+        probes = max_err(out.cpu()[rows.cpu()], ref.gather(1, ids.cpu()[rows.cpu()]))
+        return max(probes, outputs_err(got, ref, rows, targets))
+
+    c.timed(
+        case,
+        "proctor fused lm_head + probes (gathered rows)",
+        functools.partial(lm_head_logprobs_triton, h, w, targets, 20, entropy=False, probes=(ids, out)),
+        err,
+        True,
+        lambda ceil: cost_model.lm_head(n, vocab, hidden, 20, ceil=ceil, probes=128).ms,
+    )
 
 
 def _rate_note(value: float, unit: str, lead: float, band: tuple[float, ...]) -> str:

@@ -54,6 +54,8 @@ HAVE_TRITON = triton is not None
 # exact in float32 either way; on a GPU the dot runs on bf16 tensor cores with float32 accumulation.
 _INTERPRETER_BF16_DOT = os.environ.get("TRITON_INTERPRET") == "1"
 
+MAX_PROBES = 128  # token ids a position may probe (vLLM's prompt_logprob_token_ids allows 128)
+
 # The kernel's integer arguments that it is not specialised on (see the kernel); bench/hopper.py compiles alike.
 UNSPECIALISED = ["n_rows", "n_splits", "tiles_per_split", "group"]
 
@@ -70,10 +72,11 @@ def lm_head_logprobs_reference(
     rank_out: torch.Tensor | None = None,
     chunk_rows: int = 1024,
     entropy: bool = True,
+    probes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Result:
     """(target log-probs [N], entropy [N] (None unless `entropy`), top-k log-probs [N, k] or None, top-k ids [N, k]
     or None); with `rank_out` [N] (int64) also each target's rank, the tokens at least as likely as it (0 on
-    ignore-index rows).
+    ignore-index rows); with `probes` (ids [N, P], out [N, P]) each row's log-probs of its own P tokens.
 
     The logits reference applied to row chunks, so it never holds more than `chunk_rows x V` logits at once.
     float64 inputs are computed in float64 (a ground truth for tests), anything else in float32.
@@ -83,7 +86,9 @@ def lm_head_logprobs_reference(
     parts = []
     for s in range(0, hidden.shape[0], chunk_rows):
         logits, t = hidden[s : s + chunk_rows].to(compute) @ w.T, targets[s : s + chunk_rows]
-        parts.append(target_logprobs_reference(logits, t, top_k, ignore_index, entropy))
+        rows = slice(s, s + chunk_rows)
+        probe = (probes[0][rows], probes[1][rows]) if probes is not None else (None, None)
+        parts.append(target_logprobs_reference(logits, t, top_k, ignore_index, entropy, *probe))
         if rank_out is not None:  # ranked as the inputs' dtype gives the logits (vLLM's lm_head does)
             rank_out[s : s + chunk_rows] = target_ranks_reference(logits.to(hidden.dtype), t, ignore_index)
     if not parts:
@@ -415,6 +420,33 @@ def _check_rank_out(rank_out: torch.Tensor | None, hidden: torch.Tensor) -> None
         )
 
 
+def _check_probes(probes: tuple[torch.Tensor, torch.Tensor] | None, hidden: torch.Tensor, vocab: int) -> None:
+    if probes is None:
+        return
+    ids, out = probes
+    if ids.ndim != 2 or ids.shape[0] != hidden.shape[0] or ids.shape[1] > MAX_PROBES or out.shape != ids.shape:
+        raise ValueError(
+            f"probes must be ids and out [{hidden.shape[0]}, P <= {MAX_PROBES}], got {tuple(ids.shape)}, "
+            f"{tuple(out.shape)}"
+        )
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"probe ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
+
+
+def probe_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, chunk_rows: int = 128
+) -> torch.Tensor:
+    """log p(ids[r, j] | row r) [N, P] float32 from each row's log-sum-exp (the pass that scored the row): per row
+    its P weight rows gathered and dotted with its hidden state, not a second lm_head. At most chunk_rows x P x H
+    float32 gathered at a time (128 x 128 x 4,096: 256 MiB)."""
+    out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk_rows):
+        rows = weight[ids[s : s + chunk_rows].long()].float()  # [c, P, H]
+        dots = torch.bmm(rows, hidden[s : s + chunk_rows, :, None].float())[:, :, 0]
+        out[s : s + chunk_rows] = dots - lse[s : s + chunk_rows, None]
+    return out
+
+
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, top_k: int) -> None:
     if triton is None:
         raise RuntimeError("Triton is not installed")
@@ -440,10 +472,12 @@ def lm_head_logprobs_triton(
     ignore_index: int = -100,
     rank_out: torch.Tensor | None = None,
     entropy: bool = True,
+    probes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Result:
     _check_inputs(hidden, weight, top_k)
     _check_targets(targets, weight.shape[0], ignore_index)
     _check_rank_out(rank_out, hidden)
+    _check_probes(probes, hidden, weight.shape[0])
     thresholds = rank_thresholds(hidden, weight, targets, ignore_index) if rank_out is not None else None
     lps, ents, vals, ids, lses, doubts = [], [], [], [], [], []
     start = 0
@@ -463,6 +497,8 @@ def lm_head_logprobs_triton(
         if rank_out is not None:
             rank_out[span] = torch.where(keep, part[4].sum(dim=1) + 1, 0).long()
         lps.append(torch.where(keep, part[3].sum(dim=1) - lse, 0.0))
+        if probes is not None:
+            probes[1][span] = probe_logprobs(h, weight, probes[0][span], lse)
         ents.append(torch.where(keep, lse - mean_x, 0.0))
         if top_k:
             v, i, unsure = select_from_candidates(top_v, top_i.long(), slots, top_k)
@@ -544,10 +580,15 @@ def lm_head_logprobs(
     ignore_index: int = -100,
     rank_out: torch.Tensor | None = None,
     entropy: bool = True,
+    probes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Result:
     """Dispatcher: the Triton kernel on CUDA tensors, the reference elsewhere. With `rank_out` (int64 [N]) each
     target's rank is written there: the tokens at least as likely as it, itself included, as vLLM ranks a token.
-    Without `entropy` the entropies are not computed (None): the reference then makes one pass over the logits."""
+    Without `entropy` the entropies are not computed (None). With `probes` (ids [N, P <= 128] int64, out [N, P]
+    float32) each row's log-probs of its own P token ids are written to out, from the same pass's log-sum-exp."""
     if hidden.is_cuda and triton is not None:
-        return lm_head_logprobs_triton(hidden, weight, targets, top_k, ignore_index, rank_out, entropy)
-    return lm_head_logprobs_reference(hidden, weight, targets, top_k, ignore_index, rank_out, entropy=entropy)
+        return lm_head_logprobs_triton(hidden, weight, targets, top_k, ignore_index, rank_out, entropy, probes)
+    _check_probes(probes, hidden, weight.shape[0])
+    return lm_head_logprobs_reference(
+        hidden, weight, targets, top_k, ignore_index, rank_out, entropy=entropy, probes=probes
+    )

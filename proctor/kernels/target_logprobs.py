@@ -31,19 +31,27 @@ Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Ten
 
 
 def target_logprobs_reference(
-    logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, ignore_index: int = -100, entropy: bool = True
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    top_k: int = 0,
+    ignore_index: int = -100,
+    entropy: bool = True,
+    probe_ids: torch.Tensor | None = None,
+    probe_out: torch.Tensor | None = None,
 ) -> Result:
     """(log-prob of target [N], entropy [N] or None, top-k log-probs [N, k] or None, top-k ids [N, k] or None).
 
     Only what is asked is computed: the log-softmax (torch's fused kernel: on the CPU faster than a log-sum-exp
     alone), the targets' entries and the top-k (ties by id); the entropy (another exp pass and a product over
-    [N, V]) only with `entropy`."""
+    [N, V]) only with `entropy`. With `probe_ids` [N, P] each row's log-probs of those tokens go to `probe_out`."""
     logprobs = torch.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, dim=-1)
     keep = targets != ignore_index
     picked = logprobs.gather(1, torch.where(keep, targets, 0).long().unsqueeze(1)).squeeze(1)
     zero = torch.zeros_like(picked)
     ent = torch.where(keep, -(logprobs.exp() * logprobs).nansum(dim=-1), zero) if entropy else None
     vals, ids = top_k_ties_by_id(logprobs, top_k) if top_k else (None, None)
+    if probe_ids is not None and probe_out is not None:
+        probe_out.copy_(logprobs.gather(1, probe_ids.long()))
     return torch.where(keep, picked, zero), ent, vals, ids
 
 

@@ -114,3 +114,12 @@ def test_distillation_top_k_merges_the_splits_candidates_not_a_second_product() 
     assert top256.extra_bytes <= 0.25 * GIB
     logits = cm.logits(16_384, 151_936, 256)
     assert logits.hbm_bytes >= 2 * 16_384 * 151_936 * 2, "top-256 of logits reads them twice (kernel, torch.topk)"
+
+
+def test_probes_gather_their_rows_and_miss_the_ten_percent_target_on_paper() -> None:
+    """128 probes a position: no second product, each row's 128 weight rows gathered (17 GB in bf16 at 16,384 x
+    4,096, made float32 for the dot): the prediction says by how much the +10 % target is missed."""
+    plain, probed = cm.lm_head(16_384, 151_936, 4_096, 20), cm.lm_head(16_384, 151_936, 4_096, 20, probes=128)
+    assert probed.flops == plain.flops
+    assert probed.hbm_bytes - plain.hbm_bytes >= 16_384 * 128 * 4_096 * 2
+    assert probed.ms > 1.1 * plain.ms and probed.extra_bytes <= 0.25 * GIB

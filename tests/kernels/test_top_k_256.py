@@ -123,3 +123,25 @@ def test_top_k_past_256_is_refused_naming_the_limit() -> None:
         lm_head_logprobs_triton(h, w, t, top_k=257)
     with pytest.raises(ValueError, match=r"top_k must lie in \[0, 256\], got 257"):
         target_logprobs_triton(torch.zeros(1, 300), t, top_k=257)
+
+
+@pytest.mark.parametrize("path", ["triton", "reference"])
+def test_per_position_probes_from_the_same_pass(path: str) -> None:
+    """128 token ids a row, each row its own (the tail's columns among them), from the pass's log-sum-exp."""
+    h, w, t = _lm_inputs(5, 1_001, 32, seed=8)
+    ids = torch.randint(0, 1_001, (5, 128), generator=torch.Generator().manual_seed(9))
+    ids[:, 0] = 1_000  # the one-column tail
+    out = torch.full((5, 128), float("nan"))
+    fn = lm_head_logprobs_triton if path == "triton" else lm_head_logprobs_reference
+    lp, _, vals, _ = fn(h, w, t, 20, entropy=False, probes=(ids, out))
+    full = torch.log_softmax(h.double() @ w.double().T, dim=-1)
+    assert (out.double() - full.gather(1, ids)).abs().max() <= 1e-4
+    assert vals is not None and (lp.double() - full.gather(1, t[:, None])[:, 0]).abs().max() <= 1e-4
+
+
+def test_probes_past_128_or_outside_the_vocabulary_are_refused() -> None:
+    h, w, t = _lm_inputs(2, 300, 16, seed=10)
+    with pytest.raises(ValueError, match=r"probes must be ids and out \[2, P <= 128\]"):
+        lm_head_logprobs_triton(h, w, t, probes=(torch.zeros(2, 129, dtype=torch.long), torch.empty(2, 129)))
+    with pytest.raises(ValueError, match=r"probe ids must lie in \[0, 300\), got 0\.\.300"):
+        lm_head_logprobs_triton(h, w, t, probes=(torch.tensor([[0], [300]]), torch.empty(2, 1)))
