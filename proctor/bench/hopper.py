@@ -38,9 +38,10 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMEM_LIMIT = 227 * 1024  # bytes of shared memory one sm_90 block may use (opt-in maximum)
-# The vocabularies users load: Llama 2 / Mistral 7B, a 48k BPE (49,152: SmolLM2, StarCoder2), GPT-2 / RoBERTa
-# (50,257: odd, so its launches have a one-column tail), Llama 3, Qwen2 / 2.5 / 3, Gemma.
-VOCABS = (32_000, 49_152, 50_257, 128_256, 151_936, 256_000)
+# The vocabularies users load: Llama 2 / Mistral 7B, the same with two added tokens (32,002: Mistral fine-tunes
+# such as OpenHermes; a two-column tail, whose `vocab` gets no hint), a 48k BPE (49,152: SmolLM2, StarCoder2),
+# GPT-2 / RoBERTa (50,257: a one-column tail, `vocab` the constant 1), Llama 3, Qwen2 / 2.5 / 3, Gemma.
+VOCABS = (32_000, 32_002, 49_152, 50_257, 128_256, 151_936, 256_000)
 HIDDENS = (576, 1_536, 4_096, 8_192)
 SCORE_ROWS = 16_384
 PROBE_ROWS = (1, 11, 256)

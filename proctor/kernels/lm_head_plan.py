@@ -69,13 +69,14 @@ def lm_head_tail(launch: LmHeadLaunch, vocab: int) -> LmHeadLaunch | None:
     """The launch for the 1-15 columns after a body launch's (None when the vocabulary is a multiple of 16): the
     same rows in one 16-column block each, the partials beside the body's as one more split. It reads the rows'
     hidden states once more (a ~0.1 % of the body's operand bytes at 151,936 x 4,096) and no column mask spills in
-    so small a tile."""
+    so small a tile. Beside a 32- or 64-slot top-k it runs on 8 warps: on 4, a tail without the divisibility hint
+    (32,002 words) spilled 8 B with 64 slots."""
     tail = vocab - vocab_body(vocab)
     if not tail:
         return None
     return replace(
-        launch, block_v=TAIL_ALIGN, block_v2=0, num_warps=4, group=min(16, launch.row_blocks), splits=1,
-        tiles_per_split=1, col0=vocab_body(vocab), columns=tail,
+        launch, block_v=TAIL_ALIGN, block_v2=0, num_warps=8 if launch.top_k > 16 else 4,
+        group=min(16, launch.row_blocks), splits=1, tiles_per_split=1, col0=vocab_body(vocab), columns=tail,
     )  # fmt: skip
 
 
