@@ -118,7 +118,7 @@ def main() -> None:
         http_port = free_port()
         config = (
             f"server: {{port: 0, metrics_port: -1}}\nhttp: {{port: {http_port}}}\n"
-            f"teacher: {{model: '{args.model}', backend: torch, device: cpu, max_top_logprobs: 64}}\n"
+            f"teacher: {{model: '{args.model}', backend: torch, device: cpu, max_top_logprobs: 256}}\n"
         )
         proctor = serve(Path(folder), config)
         try:

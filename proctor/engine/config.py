@@ -175,7 +175,7 @@ class TeacherConfig(BackendSettings):
     """a request's max_tokens when it sets none"""
     max_n: int = 128
     """the SKD event prompt samples n = 100"""
-    max_top_logprobs: int = 64
+    max_top_logprobs: int = 256
     """most top log-probs per position a request may ask for (Generate and Score)"""
     max_group_size: int = 1024
     """continuations per Score group"""

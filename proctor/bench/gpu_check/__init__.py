@@ -1,5 +1,5 @@
-"""`proctor gpu-check`: every GPU path of proctor checked, and its bars measured, by one prepared command that fits
-one short GPU loan (<= 8 minutes on one H200), and rehearsed on the CPU in CI so that it cannot rot between loans.
+"""`proctor gpu-check`: every GPU path of proctor checked, and its bars measured, by one prepared command that runs
+in <= 8 minutes on one H200, and rehearsed on the CPU in CI so that it cannot rot between GPU runs.
 
     python -m proctor.bench.gpu_check --out $OUT        # on the GPU machine (bench/README.md: "On a GPU machine")
     python -m proctor.bench.gpu_check --rehearse        # the same phases on the CPU: tiny shapes, interpreted kernels

@@ -84,7 +84,7 @@ def write_json(path: Path, value: Any) -> None:
 
 
 class PhaseLog:
-    """A phase's record, saved after every entry and echoed on stdout (the device tool returns the output's end)."""
+    """A phase's record, saved after every entry and echoed on stdout (a remote runner may return only the end)."""
 
     def __init__(self, workdir: Path, phase: str) -> None:
         self.record = PhaseRecord(phase)

@@ -95,7 +95,7 @@ def _skip_reason(phase: Phase, workdir: Path, rehearse: bool) -> str:
         if rehearse or gpus < 2:
             return f"needs 2 or more GPUs; {gpus} visible"
         if importlib.util.find_spec("vllm") is None:
-            return "needs vLLM on the machine: bench/gpu_vllm.sh's parts first, then `. /root/vl/env.sh`"
+            return "needs vLLM on the machine (pip install vllm, or proctor/bench/gpu_vllm.sh prepare DIR)"
     return ""
 
 

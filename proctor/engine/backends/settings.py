@@ -30,7 +30,7 @@ class VllmSettings:
     """True skips CUDA-graph capture: faster start, slower decode"""
     max_num_seqs: int = 0
     """most sequences per engine step"""
-    max_logprobs: int = 64
+    max_logprobs: int = 256
     """most top log-probs one request may ask for"""
     load_format: str = "auto"
     """ "dummy" = random weights from config.json (benchmarks without weights)"""

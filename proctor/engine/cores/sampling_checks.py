@@ -16,6 +16,12 @@ _MAX_SEED = 2**63
 
 def check_top_logprobs(k: int, field: str, config: TeacherConfig, info: BackendInfo) -> None:
     limit = min(config.max_top_logprobs, info.vocab_size)
+    if k < 0:  # vLLM's -1: the whole vocabulary, a [tokens, vocab] answer; refused, never cut to the limit
+        raise ItemError(
+            f"{k} asks for the whole vocabulary ({info.vocab_size} entries a position) > {limit} "
+            "(server limit teacher.max_top_logprobs)",
+            field,
+        )
     if k > limit:
         raise ItemError(f"{k} > {limit} (server limit teacher.max_top_logprobs)", field)
 

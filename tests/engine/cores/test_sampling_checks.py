@@ -80,3 +80,16 @@ def test_the_http_front_passes_every_field_and_answers_400_naming_it() -> None:
         calls.sampling(**(fields | {"logprobs": 9}))
     assert (refused.value.status, refused.value.param) == (400, "logprobs")
     assert refused.value.message.startswith("logprobs: 9 > 8")
+
+
+def test_top_logprobs_default_to_256_and_the_whole_vocabulary_is_refused_naming_the_limit() -> None:
+    from proctor.engine.cores.sampling_checks import check_top_logprobs
+
+    big = BackendInfo("m", "torch", "float32", "cpu", "t", vocab_size=151_936, max_model_len=64, eos_token_ids=(0,))
+    assert TeacherConfig().max_top_logprobs == 256
+    check_top_logprobs(256, "prompt_logprobs", TeacherConfig(), big)  # TRL asks 100; marin's RFC 256
+    for k, said in ((257, "257 > 256"), (-1, "-1 asks for the whole vocabulary (151936 entries a position) > 256")):
+        with pytest.raises(ItemError) as refused:
+            check_top_logprobs(k, "prompt_logprobs", TeacherConfig(), big)
+        assert refused.value.field == "prompt_logprobs" and said in refused.value.message
+        assert "teacher.max_top_logprobs" in refused.value.message

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NonNegative = Annotated[int, Field(ge=0)]
+# vLLM's -1 = every token of the vocabulary; the Teacher core refuses it past the server's limit, naming the limit.
+TopK = Annotated[int, Field(ge=-1)]
 TokenIds = list[NonNegative]
 Stop = str | list[str] | None
 
@@ -59,7 +61,7 @@ class _Sampling(_Body):
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None
     skip_special_tokens: Literal[True] = True
-    prompt_logprobs: NonNegative | None = None
+    prompt_logprobs: TopK | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -94,7 +96,7 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: NonNegative | None = None
     max_completion_tokens: NonNegative | None = None
     logprobs: bool = False
-    top_logprobs: NonNegative | None = None
+    top_logprobs: TopK | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
@@ -137,7 +139,7 @@ class GenerateSamplingParams(_Body):
     stop_token_ids: TokenIds | None = None
     ignore_eos: bool = False
     logprobs: NonNegative | None = None
-    prompt_logprobs: NonNegative | None = None
+    prompt_logprobs: TopK | None = None
     skip_special_tokens: Literal[True] = True
     detokenize: bool = True
 

@@ -223,7 +223,7 @@ async def test_bad_bodies_name_the_field(tiny_server: ProctorServer) -> None:
         "best_of": {"prompt": "hi", "best_of": 2},
         "logit_bias": {"prompt": "hi", "logit_bias": {"1": 5}},
         "suffix": {"prompt": "hi", "suffix": "x"},
-        "prompt_logprobs": {"prompt": [1, 2], "max_tokens": 0, "prompt_logprobs": 65},
+        "prompt_logprobs": {"prompt": [1, 2], "max_tokens": 0, "prompt_logprobs": -1},
         "logprobs": {"prompt": "hi", "logprobs": 1.5},
         "prompt": {"prompt": [1] * 3000},
         "max_tokens": {"prompt": "hi", "max_tokens": 0},
