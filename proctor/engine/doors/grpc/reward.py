@@ -81,12 +81,24 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
     ) -> reward_pb2.RewardResult | Coroutine[Any, Any, reward_pb2.RewardResult]:
         """The result at once when the core decides the reward inline; else a coroutine."""
         received = time.perf_counter()
-        if req.atom_detail not in _ATOM_DETAILS:
-            raise ItemError(f"unknown atom_detail {req.atom_detail}", "atom_detail")
-        decided = self.core.reward(rollout_input(req))
+        try:
+            if req.atom_detail not in _ATOM_DETAILS:
+                raise ItemError(f"unknown atom_detail {req.atom_detail}", "atom_detail")
+            item = rollout_input(req)
+        except ItemError as refused:
+            if req.HasField("run") and not req.HasField("training_step"):
+                return self._counted_refusal(req, refused)
+            raise
+        decided = self.core.reward(item)
         if isinstance(decided, Later):
             return self._later(req, decided, received)
         return self._result(req, decided, received)
+
+    async def _counted_refusal(self, req: reward_pb2.RewardRequest, refused: ItemError) -> reward_pb2.RewardResult:
+        """A rollout of a counted run that this door cannot read still counts toward its step (the trainer sent
+        it), as on the HTTP routes; then it fails with its own error."""
+        await self.core.count_unscored(StepRun(req.run.key, req.run.rollouts_per_step, req.run.observe_only))
+        raise refused
 
     async def _later(
         self, req: reward_pb2.RewardRequest, outcome: Later[RewardOutcome], received: float

@@ -147,6 +147,35 @@ async def test_rules_only_server_needs_no_model() -> None:
     await asyncio.sleep(0)
 
 
+async def test_a_counted_rollout_the_door_cannot_read_still_counts_toward_its_step() -> None:
+    """As on the HTTP routes: the trainer sent it, so T moves on whether or not it could be scored."""
+    from proctor.engine.config import Config, RewardConfig, ServerConfig
+    from tests.conftest import started
+
+    server = await started(
+        Config(
+            server=ServerConfig(port=0, metrics_port=-1), reward=RewardConfig(model="", mode="rules", total_steps=10)
+        )
+    )
+    target = f"127.0.0.1:{server.port}"
+
+    def counted(id: str, **fields: object) -> reward_pb2.RewardRequest:
+        request = _request(id, GOOD, run=reward_pb2.StepRun(key="door-refusals", rollouts_per_step=2))
+        for name, value in fields.items():
+            setattr(request, name, value)
+        return request
+
+    try:
+        bad = await _reward(target, [counted("bad", atom_detail=99)])
+        assert bad["bad"].error.field == "atom_detail"
+        first = await _reward(target, [counted("first")])
+        second = await _reward(target, [counted("second")])
+    finally:
+        await server.drain(grace_s=1)
+    # rollouts 1 and 2 are step 0; the refused one was rollout 1, so "second" is rollout 3: step 1
+    assert (first["first"].training_step, second["second"].training_step) == (0, 1)
+
+
 async def test_batched_stream_answers_every_item_as_the_plain_one_does(target: str) -> None:
     from proctor.clients.reward import AsyncRewardClient
 
