@@ -82,7 +82,9 @@ async def test_a_request_over_the_replicas_lower_limit_fails_alone() -> None:
     lets the server answer nothing else), the replica's RESOURCE_EXHAUSTED names its limit, and from then on that
     request fails alone; the items the broken stream held are resent and succeed."""
     server = await started(_server(max_message_bytes=MiB))
-    client = ReplicaClient([f"127.0.0.1:{server.port}"], REWARD, RetryPolicy(deadline_s=60, max_attempts=2))
+    # Four tries: when grpc.aio loses the broken stream's status to the send in flight (grpc/grpc#36066), the client
+    # learns the limit one round later, and the items that stream held are resent once more (1 run in ~4 under load).
+    client = ReplicaClient([f"127.0.0.1:{server.port}"], REWARD, RetryPolicy(deadline_s=60, max_attempts=4))
     requests = _requests(2000)
     requests.insert(1000, reward_request("big", "q", "<answer>" + "x" * 1_100_000 + "</answer>", "x", 1))
     try:
@@ -94,4 +96,4 @@ async def test_a_request_over_the_replicas_lower_limit_fails_alone() -> None:
     assert list(failed) == ["big"], list(failed)[:5]
     assert failed["big"].code == 3
     assert f"over the replica's receive limit (max_message_bytes) {MiB}" in failed["big"].message
-    assert client.stats.replica_failures.total() == 1
+    assert 1 <= client.stats.replica_failures.total() <= 2  # 2 when the first status was lost (above)

@@ -7,12 +7,14 @@ and its items are recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from proctor.engine.cores.metrics import Metrics
+from proctor.engine.errors import ItemError
 
 T = TypeVar("T")
 
@@ -71,6 +73,31 @@ class ServiceContext:
 
     def __post_init__(self) -> None:
         self.inflight = self.metrics.inflight_items.labels(self.name)
+
+    @contextlib.contextmanager
+    def admitted(self, items: int) -> Iterator[None]:
+        """`items` slots of the service's queue, counted in flight, for the duration; none free is RESOURCE_EXHAUSTED
+        at once (nothing waits), and more than the queue holds is INVALID_ARGUMENT (a retry cannot help)."""
+        if items > self.admission.capacity:
+            raise ItemError(
+                f"this request is {items} items > {self.name}'s queue of {self.admission.capacity} "
+                "(limits.max_queued_items); split it"
+            )
+        taken = 0
+        try:
+            for _ in range(items):
+                if not self.admission.try_acquire():
+                    raise ItemError(
+                        f"{self.name} is at capacity ({self.admission.capacity} items queued); retry later",
+                        code="RESOURCE_EXHAUSTED",
+                    )
+                taken += 1
+                self.inflight.inc()
+            yield
+        finally:
+            for _ in range(taken):
+                self.admission.release()
+                self.inflight.dec()
 
 
 class CallMetrics:

@@ -75,32 +75,30 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         except ItemError as exc:
             calls.call(exc.code)
             await context.abort(grpc.StatusCode[exc.code], exc.message)
-        if not self.svc.admission.try_acquire():
-            calls.call("RESOURCE_EXHAUSTED")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.svc.name} is at capacity; retry later")
-        self.svc.inflight.inc()
         final = "CANCELLED"  # the call was cancelled or its deadline passed, unless we get to the end
         try:
-            async for found in self.core.triples(job, calls):
-                if isinstance(found, EventFailed):
-                    yield teacher_pb2.TripleResult(head=found.head, error=convert.status(found.error))
-                    continue
-                yield teacher_pb2.TripleResult(
-                    head=found.head,
-                    relation=convert.RELATION_ENUMS[found.relation],
-                    tail=found.tail,
-                    teacher_logprob=found.teacher_logprob,
-                    critic_score=found.critic_score,
-                    accepted=found.accepted,
-                )
+            with self.svc.admitted(1):  # the call holds one slot of the queue and counts as one item in flight
+                async for found in self.core.triples(job, calls):
+                    if isinstance(found, EventFailed):
+                        yield teacher_pb2.TripleResult(head=found.head, error=convert.status(found.error))
+                        continue
+                    yield teacher_pb2.TripleResult(
+                        head=found.head,
+                        relation=convert.RELATION_ENUMS[found.relation],
+                        tail=found.tail,
+                        teacher_logprob=found.teacher_logprob,
+                        critic_score=found.critic_score,
+                        accepted=found.accepted,
+                    )
             final = "OK"
+        except ItemError as exc:  # the queue is full, or the teacher could not write the events
+            final = exc.code
+            await context.abort(grpc.StatusCode[exc.code], exc.message)
         except Exception:
             final = "UNKNOWN"  # what gRPC answers a servicer's exception with
             raise
         finally:
             calls.call(final)
-            self.svc.inflight.dec()
-            self.svc.admission.release()
 
     def _triples_job(self, r: teacher_pb2.TriplesRequest) -> TriplesJob:
         return self.core.triples_job(

@@ -37,7 +37,8 @@ from proctor.engine.config import HttpConfig, TlsConfig
 from proctor.engine.cores.bearer import authorization_values, bearer_authorized
 from proctor.engine.cores.context import Lifecycle, ServiceContext
 from proctor.engine.cores.metrics import Metrics
-from proctor.engine.doors.http.errors import ApiError, error_response, json_response, validation_error
+from proctor.engine.doors.http.errors import ApiError, error_response, http_error, json_response, validation_error
+from proctor.engine.errors import ItemError
 
 log = logging.getLogger(__name__)
 
@@ -138,29 +139,14 @@ class HttpFront:
 
     @contextlib.asynccontextmanager
     async def admitted(self, svc: ServiceContext, items: int) -> AsyncIterator[None]:
-        """`items` slots of the service's queue for the duration, or 429 at once (nothing waits)."""
-        if items > svc.admission.capacity:  # would never fit: not a retry later
-            raise ApiError(
-                400,
-                f"this request is {items} items (prompts x n, + 1 per scored prompt) > {svc.name}'s queue of "
-                f"{svc.admission.capacity} (limits.max_queued_items); split it",
-            )
-        taken = 0
-        try:
-            for _ in range(items):
-                if not svc.admission.try_acquire():
-                    raise ApiError(
-                        429,
-                        f"{svc.name} is at capacity ({svc.admission.capacity} items queued); retry later",
-                        retry_after_s=1,
-                    )
-                taken += 1
-                svc.inflight.inc()
+        """The service's queue slots for the request (its core's rule), refusals as HTTP: 429 with Retry-After when
+        full, 400 when the request could never fit."""
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(svc.admitted(items))
+            except ItemError as exc:  # only the admission's own refusal: the request's work raises as it is
+                raise http_error(exc) from None
             yield
-        finally:
-            for _ in range(taken):
-                svc.admission.release()
-                svc.inflight.dec()
 
     async def run(self, request: Request, work: Awaitable[T]) -> T:
         """`work` under the request deadline, cancelled if the client disconnects first."""
