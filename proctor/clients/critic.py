@@ -41,12 +41,6 @@ class CriticClient(SyncClient):
         super().__init__(target, **options)
         self.stub = critic_pb2_grpc.CriticStub(self.channel)
 
-    def info(self) -> common_pb2.ModelInfo:
-        info: common_pb2.ModelInfo = self.stub.Info(
-            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
-        )
-        return info
-
     def classify(self, requests: Iterable[critic_pb2.ClassifyRequest]) -> dict[str, critic_pb2.ClassifyResult]:
         return run_sync(self, critic_pb2.ClassifyResult, self.stub.Classify, list(requests))
 
@@ -57,12 +51,6 @@ class AsyncCriticClient(AsyncClient):
     def __init__(self, target: str, **options: Any) -> None:
         super().__init__(target, **options)
         self.stub = critic_pb2_grpc.CriticStub(self.channel)
-
-    async def info(self) -> common_pb2.ModelInfo:
-        info: common_pb2.ModelInfo = await self.stub.Info(
-            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
-        )
-        return info
 
     async def classify(self, requests: Iterable[critic_pb2.ClassifyRequest]) -> dict[str, critic_pb2.ClassifyResult]:
         return await run_async(self, critic_pb2.ClassifyResult, self.stub.Classify, list(requests))

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from proctor.clients.streaming import AsyncClient, SyncClient, run_async, run_sync
-from proctor.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from proctor.v1 import reward_pb2, reward_pb2_grpc
 
 MODES = {
     "generate": reward_pb2.GENERATE,
@@ -82,12 +82,6 @@ class RewardClient(SyncClient):
         """`options`: timeout_s, credentials (TLS / mTLS / bearer token), max_message_bytes."""
         super().__init__(target, **options)
         self.stub = reward_pb2_grpc.RewardModelStub(self.channel)
-
-    def info(self) -> common_pb2.ModelInfo:
-        info: common_pb2.ModelInfo = self.stub.Info(
-            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
-        )
-        return info
 
     def reward(
         self, requests: Iterable[reward_pb2.RewardRequest], batch_size: int = 256

@@ -117,6 +117,14 @@ class SyncClient:
         self.channel = credentials.channel(target, max_message_bytes)
         self.metadata = credentials.metadata()
         self.timeout_s = timeout_s
+        self.stub: Any = None  # the service's generated stub, set by each client
+
+    def info(self) -> common_pb2.ModelInfo:
+        """The service's model and limits (every proctor service answers Info)."""
+        info: common_pb2.ModelInfo = self.stub.Info(
+            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
+        return info
 
     def __enter__(self) -> Self:
         return self
@@ -145,6 +153,14 @@ class AsyncClient:
         self.channel = credentials.aio_channel(target, max_message_bytes)
         self.metadata = credentials.metadata()
         self.timeout_s = timeout_s
+        self.stub: Any = None  # the service's generated stub, set by each client
+
+    async def info(self) -> common_pb2.ModelInfo:
+        """See SyncClient.info."""
+        info: common_pb2.ModelInfo = await self.stub.Info(
+            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
+        )
+        return info
 
     async def __aenter__(self) -> Self:
         return self

@@ -72,12 +72,6 @@ class TeacherClient(SyncClient):
         super().__init__(target, **options)
         self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
 
-    def info(self) -> common_pb2.ModelInfo:
-        info: common_pb2.ModelInfo = self.stub.Info(
-            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
-        )
-        return info
-
     def generate_stream(self, requests: Iterable[teacher_pb2.GenerateRequest]) -> Iterator[teacher_pb2.GenerateResult]:
         """Results as they finish, in completion order."""
         yield from self.stub.Generate(iter(requests), timeout=self.timeout_s, metadata=self.metadata)
@@ -103,12 +97,6 @@ class AsyncTeacherClient(AsyncClient):
     def __init__(self, target: str, **options: Any) -> None:
         super().__init__(target, **options)
         self.stub = teacher_pb2_grpc.TeacherStub(self.channel)
-
-    async def info(self) -> common_pb2.ModelInfo:
-        info: common_pb2.ModelInfo = await self.stub.Info(
-            common_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata
-        )
-        return info
 
     async def generate_stream(
         self, requests: Iterator[teacher_pb2.GenerateRequest] | AsyncIterator[teacher_pb2.GenerateRequest]

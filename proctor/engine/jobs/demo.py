@@ -14,6 +14,7 @@ from typing import Any
 
 from proctor.clients.critic import AsyncCriticClient, triple_request
 from proctor.clients.reward import AsyncRewardClient, reward_request
+from proctor.clients.streaming import raise_for_error
 from proctor.clients.teacher import AsyncTeacherClient, generate_request, score_request
 from proctor.engine.backends.builtin_models import builtin_available
 from proctor.engine.config import Config, CriticConfig, RewardConfig, ServerConfig, TeacherConfig
@@ -24,11 +25,6 @@ _PROMPTS = {
     "store": "PersonX goes to the store. As a result, PersonX",
     "rain": "It started to rain, so the children",
 }
-
-
-def _check(result: Any) -> None:
-    if result.HasField("error"):
-        raise RuntimeError(f"item {result.id}: {result.error.message} (field {result.error.field!r})")
 
 
 def _rule(title: str) -> None:
@@ -61,7 +57,7 @@ async def _reward_session(target: str) -> None:
             results = await client.reward(requests)
             print(f"-- mode {mode}")
             for key, r in results.items():
-                _check(r)
+                raise_for_error(r)
                 r_atom = f"{r.r_atom:.3f}" if r.HasField("r_atom") else "-"
                 verdict = "ok" if r.format_ok else f"malformed ({r.format_reason})"
                 print(
@@ -86,7 +82,7 @@ async def _critic_session(target: str) -> None:
         results = await client.classify([triple_request(str(i), h, r, t) for i, (h, r, t) in enumerate(triples)])
     for i, (h, r, t) in enumerate(triples):
         res = results[str(i)]
-        _check(res)
+        raise_for_error(res)
         verdict = "accept" if res.accepted else "reject"
         print(f"{verdict} {res.score:.3f} (cut-off {res.cutoff:.3f}): {h} | {r} | {t}")
 
@@ -122,7 +118,7 @@ async def _generate(client: AsyncTeacherClient) -> None:
     results = await client.generate(requests)
     print(f"({time.perf_counter() - t0:.2f}s for {len(requests)} prompts in one stream)")
     for key, result in results.items():
-        _check(result)
+        raise_for_error(result)
         print(f"\n[{key}] {_PROMPTS[key]!r}  (prompt {len(result.prompt_token_ids)} tokens)")
         for c in result.completions:
             reason = c.stop_reason or ("length" if c.finish_reason == 2 else "eos")
@@ -144,7 +140,7 @@ async def _score(client: AsyncTeacherClient) -> None:
         ]
     )
     for key, score in scored.items():
-        _check(score)
+        raise_for_error(score)
         total = sum(score.logprobs)
         print(
             f"[{key}] target ids {list(score.target_token_ids)}: log-probs "
