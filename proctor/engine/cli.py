@@ -63,6 +63,8 @@ def _config(args: argparse.Namespace) -> Config:
 async def serve(config: Config) -> int:
     from proctor.engine.server.lifecycle import ProctorServer
 
+    if config.server.switch_interval_ms:
+        sys.setswitchinterval(config.server.switch_interval_ms / 1000)
     server = ProctorServer(config)
     await server.start()
     host = config.server.host
