@@ -138,3 +138,7 @@ class BackendInfo:
     vocab_size: int
     max_model_len: int
     eos_token_ids: tuple[int, ...]
+    model_type: str = ""
+    """the HF config's model_type ("llama", "qwen2", ...); "" when the model has no HF config"""
+    architectures: tuple[str, ...] = ()
+    """the HF config's architectures (e.g. ("LlamaForCausalLM",))"""

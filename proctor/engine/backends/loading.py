@@ -36,6 +36,14 @@ def eos_token_ids(config: Any, tokenizer: Any) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
 
 
+def hf_architecture(config: Any) -> dict[str, Any]:
+    """`BackendInfo`'s model_type and architectures from an HF config."""
+    return {
+        "model_type": str(getattr(config, "model_type", "") or ""),
+        "architectures": tuple(getattr(config, "architectures", None) or ()),
+    }
+
+
 @dataclass
 class Loaded:
     model: Any
@@ -55,6 +63,7 @@ class Loaded:
             vocab_size=vocab_size,
             max_model_len=max_model_len,
             eos_token_ids=eos_token_ids,
+            **hf_architecture(self.model.config),
         )
 
 

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from proctor.engine.backends.builtin_models import resolve_model
-from proctor.engine.backends.loading import eos_token_ids
+from proctor.engine.backends.loading import eos_token_ids, hf_architecture
 from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.backends.vllm.mapping import (
     engine_kwargs,
@@ -75,6 +75,7 @@ class VllmGenerator(EngineHolder):
             vocab_size=int(config.get_vocab_size()),
             max_model_len=int(config.max_model_len),
             eos_token_ids=eos_token_ids(config.hf_config, self._tokenizer),
+            **hf_architecture(config.hf_config),
         )
         log.info("vLLM engine for %s started in %.1fs", path, time.perf_counter() - t0)
 

@@ -26,7 +26,7 @@ import torch
 
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.lm_head_weights import load_lm_head
-from proctor.engine.backends.loading import eos_token_ids, pick_device, pick_dtype
+from proctor.engine.backends.loading import eos_token_ids, hf_architecture, pick_device, pick_dtype
 from proctor.engine.backends.settings import VllmSettings
 from proctor.engine.backends.vllm.mapping import engine_kwargs
 from proctor.engine.backends.vllm.requests import EngineHolder
@@ -97,6 +97,7 @@ class VllmHiddenScorer(EngineHolder):
             vocab_size=int(weight.shape[0]),
             max_model_len=int(config.max_model_len),
             eos_token_ids=eos_token_ids(config.hf_config, tokenizer),
+            **hf_architecture(config.hf_config),
         )
         log.info("vLLM pooling engine for %s started in %.1fs", path, time.perf_counter() - t0)
 

@@ -147,11 +147,12 @@ class SGLangRoutes:
         return Response(status_code=200 if self.calls.core.backend.alive() else 503)
 
     async def model_info(self) -> Response:
+        info = self.calls.info
         return json_response(
             {
                 "model_path": self.routes.root,
                 "served_model_name": self.routes.name,
-                "tokenizer_path": self.calls.info.tokenizer,
+                "tokenizer_path": info.tokenizer,
                 "is_generation": True,
                 "preferred_sampling_params": None,
                 "weight_version": "default",
@@ -161,8 +162,8 @@ class SGLangRoutes:
                 "disaggregation_mode": "null",
                 "has_image_understanding": False,
                 "has_audio_understanding": False,
-                "model_type": None,  # the HF config is the backend's; the door does not read it
-                "architectures": None,
+                "model_type": info.model_type or None,
+                "architectures": list(info.architectures) or None,
             }
         )
 

@@ -172,3 +172,5 @@ async def test_health_generate_and_model_info(tiny_server: ProctorServer) -> Non
             "architectures",
         ]
         assert info["model_path"] == TINY and info["is_generation"] is True
+        # the tiny model is a random-init Llama: its HF config's model_type and architectures, as SGLang reports them
+        assert info["model_type"] == "llama" and info["architectures"] == ["LlamaForCausalLM"]
