@@ -105,21 +105,3 @@ async def test_generate_triples_scores_with_a_critic_behind_tls_and_a_token(
     finally:
         await teacher_server.drain(grace_s=1)
         await critic_server.drain(grace_s=1)
-
-
-def test_a_critic_token_variable_that_is_not_set_is_a_start_up_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from proctor.engine.config import ConfigError
-    from proctor.engine.cores.remote_critic import RemoteCritic
-
-    monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
-    with pytest.raises(ConfigError, match="NO_SUCH_TOKEN"):
-        RemoteCritic("localhost:1", RemoteCriticConfig(token_env="NO_SUCH_TOKEN"))
-
-
-def test_a_critic_ca_file_that_cannot_be_read_is_a_start_up_error(tmp_path: Path) -> None:
-    from proctor.engine.config import ConfigError
-    from proctor.engine.cores.remote_critic import RemoteCritic
-
-    missing = tmp_path / "no-such-ca.pem"
-    with pytest.raises(ConfigError, match=r"teacher.remote_critic.ca_file: cannot read .*no-such-ca.pem"):
-        RemoteCritic("localhost:1", RemoteCriticConfig(ca_file=str(missing)))

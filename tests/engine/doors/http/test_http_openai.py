@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from proctor.engine.backends.builtin_models import resolve_model
-from proctor.engine.doors.http.teacher_calls import Entry, _position
 from proctor.engine.server.lifecycle import ProctorServer
 from tests.conftest import TINY
 
@@ -290,17 +289,6 @@ async def test_tokenize_messages_is_the_chat_routes_prompt(tiny_server: ProctorS
         status, answer, _ = await asyncio.to_thread(call, f"{url}/v1/chat/completions", chat)
         assert status == 200, answer
         assert tokenized["tokens"] == answer["prompt_token_ids"] and tokenized["count"] == len(tokenized["tokens"])
-
-
-def test_a_token_inside_the_top_k_has_its_place_there_as_rank() -> None:
-    """vLLM's top-k entries overwrite the counted rank: two tied tokens at the top read ranks 1 and 2 (the count
-    would give both 2); outside the top-k the count stands."""
-    tied = _position(5, -0.69, [9, 5, 2], [-0.69, -0.69, -2.0], 2, rank=2)
-    assert tied == [Entry(5, -0.69, 2), Entry(9, -0.69, 1)]
-    first = _position(9, -0.69, [9, 5, 2], [-0.69, -0.69, -2.0], 2, rank=2)
-    assert first[0] == Entry(9, -0.69, 1)
-    outside = _position(7, -5.0, [9, 5], [-0.69, -0.69], 2, rank=40)
-    assert outside == [Entry(7, -5.0, 40), Entry(9, -0.69, 1), Entry(5, -0.69, 2)]
 
 
 async def test_chat_and_tokenize_refuse_text_too_long_before_rendering_it(tiny_server: ProctorServer) -> None:
