@@ -73,6 +73,24 @@ class ScoreItem:
 
 
 @dataclass(frozen=True)
+class ScoreSampleItem(ScoreItem):
+    """A Score item that also gives Generate's answer after its whole sequence (context + target) with `params`, from
+    the last position of the same forward: that position's logits are the first generated token's distribution, so
+    only a generation of one token (`max_tokens` 1; any `n`) can be answered there."""
+
+    params: SamplingParams = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.params.max_tokens != 1:
+            raise ValueError(f"a Score pass samples one token, not max_tokens {self.params.max_tokens}")
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The prompt the generation continues, as a GenerateItem names it."""
+        return self.context_ids + self.target_ids
+
+
+@dataclass(frozen=True)
 class ScoreGroupItem:
     """One context, many continuations: the context is computed once and shared."""
 
@@ -104,6 +122,14 @@ class ScoreOutput:
     ranks: list[int] | None = None  # when the item asked for them
     queue_s: float = 0.0
     inference_s: float = 0.0
+
+
+@dataclass
+class ScoreSample:
+    """A ScoreSampleItem's answer: its Score and its Generation, from one forward (they share its times)."""
+
+    score: ScoreOutput
+    generation: Generation
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ on these, never on a model."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from proctor.engine.items import (
     BackendInfo,
@@ -15,6 +15,8 @@ from proctor.engine.items import (
     ScoreGroupItem,
     ScoreItem,
     ScoreOutput,
+    ScoreSample,
+    ScoreSampleItem,
     TextPair,
 )
 
@@ -69,6 +71,17 @@ class Generator(Scorer, Protocol):
 
     async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
         """Items that must share a batch (e.g. the seven relation prompts of one SKD event)."""
+        ...
+
+
+@runtime_checkable
+class ScoreSampler(Protocol):
+    """A Generator whose Score pass also samples Generate's one next token after the scored sequence: a Score and a
+    one-token Generate of the same prompt in one forward. The torch backend is one; a Generator made of two engines
+    (vLLM generating, another scorer scoring) is not, since its tokens must be the generating engine's."""
+
+    async def score_sample(self, item: ScoreSampleItem) -> ScoreSample:
+        """The Score, and the Generation that `generate` gives for the item's whole sequence and params."""
         ...
 
 

@@ -9,10 +9,10 @@ from dataclasses import astuple
 import pytest
 import torch
 
-from proctor.engine.backends.torch.batch_policy import Job, ScoreJob
+from proctor.engine.backends.torch.batch_policy import Job, Queues, ScoreJob, ScoreSampleJob
 from proctor.engine.backends.torch.batching import DynamicBatcher
 from proctor.engine.backends.torch.generator import TorchGenerator
-from proctor.engine.items import ScoreItem
+from proctor.engine.items import SamplingParams, ScoreItem, ScoreSampleItem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -25,6 +25,26 @@ async def test_score_bucket_takes_the_oldest_and_its_nearest_lengths() -> None:
     ]
     batch = policy.score_bucket(jobs)
     assert [len(j.item.context_ids) + 1 for j in batch] == [10, 11, 9, 12]  # 4 x 12 <= 100; adding 48 would not fit
+
+
+async def test_scores_that_sample_wait_apart_and_bucket_by_the_same_rule() -> None:
+    policy = TorchGenerator("builtin:tiny", max_score_tokens=100).policy
+    loop = asyncio.get_running_loop()
+    one = SamplingParams(max_tokens=1)
+    sampling: list[ScoreSampleJob] = [
+        Job(item=ScoreSampleItem([1] * (n - 1), [2], params=one), future=loop.create_future(), loop=loop)
+        for n in (10, 50, 12, 48, 11, 9, 10)
+    ]
+    sampling[-1].cancelled = True
+    plain: ScoreJob = Job(item=ScoreItem([1] * 60, [2]), future=loop.create_future(), loop=loop)
+    queues = Queues()
+    queues.score_samples.extend(sampling)
+    queues.score.append(plain)
+    taken = policy.take(queues)
+    assert [len(j.item.prompt_ids) for j in taken.score_samples] == [10, 11, 9, 12]
+    assert taken.scores == [plain] and taken.wave == []
+    assert [len(j.item.prompt_ids) for j in queues.score_samples] == [50, 48]  # in order; the cancelled one dropped
+    assert len(queues) == 2 and len(taken.jobs()) == 5
 
 
 async def test_dynamic_batcher_bounds_items_tokens_and_wait() -> None:

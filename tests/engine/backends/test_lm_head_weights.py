@@ -54,13 +54,21 @@ def test_logit_transforms_are_refused() -> None:
 
 async def test_the_torch_scorer_refuses_score_on_soft_capped_logits_and_still_generates(tmp_path: Path) -> None:
     """The fused Score kernels read hidden @ lm_head.T: on a model whose logits are soft-capped they would answer
-    wrong log-probs, so Score, groups and probes are refused by name while Generate (the model's own logits) runs."""
+    wrong log-probs, so Score, groups, probes and a Score that samples are refused by name while Generate (the model's
+    own logits) runs."""
     import json
     import shutil
 
     from proctor.engine.backends.torch.generator import TorchGenerator
     from proctor.engine.errors import ItemError
-    from proctor.engine.items import GenerateItem, ProbeGroupItem, SamplingParams, ScoreGroupItem, ScoreItem
+    from proctor.engine.items import (
+        GenerateItem,
+        ProbeGroupItem,
+        SamplingParams,
+        ScoreGroupItem,
+        ScoreItem,
+        ScoreSampleItem,
+    )
 
     folder = tmp_path / "capped"
     shutil.copytree(resolve_model(TINY), folder)
@@ -73,6 +81,9 @@ async def test_the_torch_scorer_refuses_score_on_soft_capped_logits_and_still_ge
             backend.score(ScoreItem(context_ids=[1, 2], target_ids=[3])),
             backend.score_group(ScoreGroupItem(context_ids=[1, 2], continuations=[[3]])),
             backend.probe_group(ProbeGroupItem(context_ids=[1, 2], continuations=[[3]], token_ids=[[4, 5]])),
+            backend.score_sample(
+                ScoreSampleItem(context_ids=[1, 2], target_ids=[3], params=SamplingParams(max_tokens=1))
+            ),
         ):
             with pytest.raises(ItemError, match=r"final_logit_softcapping=30\.0") as refused:
                 await call

@@ -1,11 +1,12 @@
-"""How the torch backend forms its batches. The engine thread takes one round at a time off four queues, one per
+"""How the torch backend forms its batches. The engine thread takes one round at a time off five queues, one per
 kind of item, each in arrival order:
 
 - Score groups and probe groups: every one that waits, each run alone: its context computed once, then its
   continuations in batches of `continuation_batch_size` against copies of the context's KV cache;
 - Score: the oldest item and the waiting ones nearest it in length, while the padded batch (items x longest) fits
   `max_score_tokens` (less padding; the oldest always goes, so nothing starves). Packed (varlen attention, no
-  padding): oldest first while their tokens fit;
+  padding): oldest first while their tokens fit. Score items that also sample a token (ScoreSampleItem) wait in a
+  queue of their own and form their own batch by the same rule;
 - generation: a wave of prompts in arrival order while their samples (`n` each) fit `max_batch_seqs`; the first
   always goes. Prompts that arrive later join the next wave.
 """
@@ -26,10 +27,12 @@ from proctor.engine.items import (
     ScoreGroupItem,
     ScoreItem,
     ScoreOutput,
+    ScoreSample,
+    ScoreSampleItem,
 )
 
-ItemT = TypeVar("ItemT", GenerateItem, ScoreItem, ScoreGroupItem, ProbeGroupItem)
-ResultT = TypeVar("ResultT", Generation, ScoreOutput, GroupOutput)
+ItemT = TypeVar("ItemT", GenerateItem, ScoreItem, ScoreGroupItem, ProbeGroupItem, ScoreSampleItem)
+ResultT = TypeVar("ResultT", Generation, ScoreOutput, GroupOutput, ScoreSample)
 
 
 @dataclass
@@ -63,6 +66,8 @@ GenerateJob = Job[GenerateItem, Generation]
 ScoreJob = Job[ScoreItem, ScoreOutput]
 ScoreGroupJob = Job[ScoreGroupItem, GroupOutput]
 ProbeGroupJob = Job[ProbeGroupItem, GroupOutput]
+ScoreSampleJob = Job[ScoreSampleItem, ScoreSample]
+ScoredJob = TypeVar("ScoredJob", ScoreJob, ScoreSampleJob)
 
 
 @dataclass
@@ -73,22 +78,26 @@ class Queues:
     score: collections.deque[ScoreJob] = field(default_factory=collections.deque)
     score_groups: collections.deque[ScoreGroupJob] = field(default_factory=collections.deque)
     probe_groups: collections.deque[ProbeGroupJob] = field(default_factory=collections.deque)
+    score_samples: collections.deque[ScoreSampleJob] = field(default_factory=collections.deque)
 
     def __len__(self) -> int:
-        return len(self.generate) + len(self.score) + len(self.score_groups) + len(self.probe_groups)
+        waiting = len(self.generate) + len(self.score) + len(self.score_groups) + len(self.probe_groups)
+        return waiting + len(self.score_samples)
 
 
 @dataclass
 class Round:
-    """What the engine thread runs next: every group, one Score batch and one generation wave."""
+    """What the engine thread runs next: every group, one Score batch, one batch of Scores that sample a token and
+    one generation wave."""
 
     score_groups: list[ScoreGroupJob]
     probe_groups: list[ProbeGroupJob]
     scores: list[ScoreJob]
     wave: list[GenerateJob]
+    score_samples: list[ScoreSampleJob] = field(default_factory=list)
 
     def jobs(self) -> list[Job[Any, Any]]:
-        return [*self.score_groups, *self.probe_groups, *self.scores, *self.wave]
+        return [*self.score_groups, *self.probe_groups, *self.scores, *self.wave, *self.score_samples]
 
 
 def sequence(item: ScoreItem) -> list[int]:
@@ -105,11 +114,17 @@ class BatchPolicy:
         """The next round off the queues; what it leaves keeps its place. Cancelled items are dropped."""
         score_groups = [job for job in _drain(queues.score_groups) if not job.cancelled]
         probe_groups = [job for job in _drain(queues.probe_groups) if not job.cancelled]
-        candidates = [job for job in _drain(queues.score) if not job.cancelled]
-        scores = self.score_bucket(candidates)
-        chosen = {id(job) for job in scores}
-        queues.score.extend(job for job in candidates if id(job) not in chosen)
-        return Round(score_groups, probe_groups, scores, self._wave(queues.generate))
+        scores = self._score_batch(queues.score)
+        score_samples = self._score_batch(queues.score_samples)
+        return Round(score_groups, probe_groups, scores, self._wave(queues.generate), score_samples)
+
+    def _score_batch(self, queue: collections.deque[ScoredJob]) -> list[ScoredJob]:
+        """The queue's next Score bucket; the rest keeps its place, cancelled items are dropped."""
+        candidates = [job for job in _drain(queue) if not job.cancelled]
+        batch = self.score_bucket(candidates)
+        chosen = {id(job) for job in batch}
+        queue.extend(job for job in candidates if id(job) not in chosen)
+        return batch
 
     def _wave(self, queue: collections.deque[GenerateJob]) -> list[GenerateJob]:
         wave: list[GenerateJob] = []
@@ -127,13 +142,13 @@ class BatchPolicy:
         queue.extend(keep)
         return wave
 
-    def score_bucket(self, candidates: list[ScoreJob]) -> list[ScoreJob]:
+    def score_bucket(self, candidates: list[ScoredJob]) -> list[ScoredJob]:
         """The oldest score item and the waiting ones closest to it in length, while the padded batch
         (items x longest) fits `max_score_tokens`: less padding, and the oldest item always goes (no starvation)."""
         if not candidates:
             return []
         if self.packed:  # no padding: oldest first, while the tokens fit
-            batch: list[ScoreJob] = []
+            batch: list[ScoredJob] = []
             tokens = 0
             for job in candidates:
                 size = len(sequence(job.item))

@@ -1,13 +1,13 @@
 """The torch backend's forward passes, run on its engine thread one at a time: a Score batch (packed in one row, or
-padded), a group's shared context and its continuation batches (scores and probes), and a generation wave's prefill
-and decode steps. Only the target positions become log-probs (`proctor.kernels`), never [tokens, vocab] logits for
-the whole batch."""
+padded), a group's shared context and its continuation batches (scores and probes), a Score batch that also samples
+each sequence's next token, and a generation wave's prefill and decode steps. Only the target positions become
+log-probs (`proctor.kernels`), never [tokens, vocab] logits for the whole batch."""
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, chain
 from typing import Any
 
@@ -19,11 +19,21 @@ from proctor.engine.backends.torch.batch_policy import (
     ProbeGroupJob,
     ScoreGroupJob,
     ScoreJob,
+    ScoreSampleJob,
     sequence,
 )
-from proctor.engine.backends.torch.decoding import Decoding, Seq, Wave
+from proctor.engine.backends.torch.decoding import Decoding, Wave
 from proctor.engine.backends.torch.sampling import RowParams, sample
-from proctor.engine.items import GenerateItem, GroupOutput, ScoreItem, ScoreOutput, TopK
+from proctor.engine.items import (
+    GenerateItem,
+    Generation,
+    GroupOutput,
+    Sample,
+    ScoreItem,
+    ScoreOutput,
+    ScoreSample,
+    TopK,
+)
 from proctor.kernels import lm_head_logprobs, token_logprobs
 
 
@@ -56,8 +66,56 @@ class ForwardPasses:
         [tokens, vocab] logits)."""
         started = time.perf_counter()
         items: list[ScoreItem] = [j.item for j in jobs]
-        seqs = [sequence(it) for it in items]
         weight = self._model.get_output_embeddings().weight
+        hidden, starts = self._score_hidden(items)
+        outputs = self._score_rows(hidden, weight, dict(enumerate(items)), starts)
+        done = time.perf_counter()
+        for b, job in enumerate(jobs):
+            out = outputs[b]
+            out.queue_s, out.inference_s = started - job.enqueued, done - started
+            job.resolve(out)
+
+    def score_sample_batch(self, jobs: list[ScoreSampleJob]) -> None:
+        """A Score batch whose items also get Generate's answer of one token: each sequence's last hidden state is
+        the first generated token's (what Generate's prefill computes), so the token is sampled there, by the wave's
+        own pieces (generators, sampling, recording, stop rules): one forward instead of a Score and a prefill."""
+        started = time.perf_counter()
+        items = [j.item for j in jobs]
+        embeddings = self._model.get_output_embeddings()
+        hidden, starts = self._score_hidden(items)
+        outputs = self._score_rows(hidden, embeddings.weight, dict(enumerate(items)), starts)
+        ends = [len(sequence(it)) - 1 for it in items]
+        if starts is not None:
+            rows, cols = [0] * len(items), [start + end for start, end in zip(starts, ends, strict=True)]
+        else:
+            rows, cols = list(range(len(items))), ends
+        last = hidden[torch.tensor(rows, device=self._device), torch.tensor(cols, device=self._device)]
+        decoding = self._decoding
+        seqs, origin = decoding.seqs(jobs)
+        # The model's own lm_head, as Generate's forward applies it (a plain one: Score refuses the others).
+        logits = embeddings(last).float()[torch.tensor(origin, device=self._device)]
+        params = decoding.row_params([s.job.item.params for s in seqs])
+        tokens = sample(logits, torch.zeros_like(logits), params, [s.generator for s in seqs])
+        decoding.record(seqs, logits, tokens)  # every sample ends here: max_tokens is 1
+        samples: list[list[Sample]] = [[] for _ in jobs]
+        for s, b in zip(seqs, origin, strict=True):
+            samples[b].append(decoding.sample(s))
+        done = time.perf_counter()
+        for b, job in enumerate(jobs):
+            score = outputs[b]
+            score.queue_s, score.inference_s = started - job.enqueued, done - started
+            generation = Generation(
+                prompt_ids=job.item.prompt_ids,
+                samples=samples[b],
+                queue_s=score.queue_s,
+                inference_s=score.inference_s,
+            )
+            job.resolve(ScoreSample(score=score, generation=generation))
+
+    def _score_hidden(self, items: Sequence[ScoreItem]) -> tuple[torch.Tensor, list[int] | None]:
+        """The items' sequences through the model to their last hidden states: one packed row, with each sequence's
+        first column (`starts`), or a padded batch whose row b is item b (`starts` None)."""
+        seqs = [sequence(it) for it in items]
         tokens = sum(len(s) for s in seqs)
         if self._packed:
             # One row, every sequence's positions restarting at 0 and no attention mask: transformers reads the
@@ -66,25 +124,18 @@ class ForwardPasses:
             ids = torch.tensor([list(chain.from_iterable(seqs))], device=self._device)
             positions = torch.tensor([[p for s in seqs for p in range(len(s))]], device=self._device)
             hidden = self._model.base_model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
-            starts = list(accumulate((len(s) for s in seqs[:-1]), initial=0))
-            outputs = self._score_rows(hidden, weight, dict(enumerate(items)), starts)
-        else:
-            width = max(len(s) for s in seqs)
-            self._on_batch("Score", len(seqs), tokens, len(seqs) * width)
-            ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for b, s in enumerate(seqs):
-                ids[b, : len(s)] = torch.tensor(s)
-                mask[b, : len(s)] = 1
-            hidden = self._model.base_model(
-                input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
-            ).last_hidden_state
-            outputs = self._score_rows(hidden, weight, dict(enumerate(items)))
-        done = time.perf_counter()
-        for b, job in enumerate(jobs):
-            out = outputs[b]
-            out.queue_s, out.inference_s = started - job.enqueued, done - started
-            job.resolve(out)
+            return hidden, list(accumulate((len(s) for s in seqs[:-1]), initial=0))
+        width = max(len(s) for s in seqs)
+        self._on_batch("Score", len(seqs), tokens, len(seqs) * width)
+        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s)] = torch.tensor(s)
+            mask[b, : len(s)] = 1
+        hidden = self._model.base_model(
+            input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
+        ).last_hidden_state
+        return hidden, None
 
     def _continuation_batches(
         self, job: ScoreGroupJob | ProbeGroupJob, context_ids: list[int], continuations: list[list[int]]
@@ -232,17 +283,12 @@ class ForwardPasses:
         )
         cache = getattr(out, self._cache_kwarg)
         # Each prompt's prefill is shared by its n samples: repeat its cache rows instead of recomputing.
-        origin = [r for r, it in enumerate(items) for _ in range(it.params.n)]
+        seqs, origin = decoding.seqs(jobs)
         select = torch.tensor(origin, device=self._device)
         cache.batch_select_indices(select)
         logits = out.logits[:, -1, :].float()[select]
         mask = mask.to(self._device)[select]
         next_pos = positions.to(self._device)[select, -1] + 1
-        seqs = [
-            Seq(job=jobs[r], index=i, generator=decoding.sample_generator(items[r].params.seed, i))
-            for r in range(len(items))
-            for i in range(items[r].params.n)
-        ]
         for job, it in zip(jobs, items, strict=True):
             wave.samples[id(job)] = [None] * it.params.n
         params = decoding.row_params([s.job.item.params for s in seqs])

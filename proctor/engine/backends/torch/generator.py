@@ -6,7 +6,9 @@ The engine thread owns the model (one forward at a time) and takes work in batch
   whose caller cancelled is dropped from the batch at the next step, and a prompt's result is sent as soon as
   its last sample ends. New prompts join at the next wave (vLLM is the continuous-batching backend);
 - scoring runs the model to hidden states and turns only the target positions into log-probs
-  (`proctor.kernels`), never materialising [tokens, vocab] logits for the whole batch.
+  (`proctor.kernels`), never materialising [tokens, vocab] logits for the whole batch;
+- a Score that also asks Generate's one next token (`score_sample`) takes it from the last position of the same
+  forward, sampled as a generation wave samples its first token.
 How each round's batches form is batch_policy.py; the forward passes are forward.py; sampling and stop handling
 decoding.py. This file is the queue and the engine thread: the asyncio side talks to it through futures resolved
 with `call_soon_threadsafe`.
@@ -45,6 +47,8 @@ from proctor.engine.items import (
     ScoreGroupItem,
     ScoreItem,
     ScoreOutput,
+    ScoreSample,
+    ScoreSampleItem,
 )
 
 log = logging.getLogger(__name__)
@@ -154,6 +158,12 @@ class TorchGenerator:
         self._check_scorable()
         return (await self._submit(self._queues.score, [item]))[0]
 
+    async def score_sample(self, item: ScoreSampleItem) -> ScoreSample:
+        """The item's Score and, from the same forward, Generate's answer of one token after its sequence: the same
+        token (same seed, same rules) and log-probs as `generate` gives for that prompt."""
+        self._check_scorable()
+        return (await self._submit(self._queues.score_samples, [item]))[0]
+
     async def score_group(self, item: ScoreGroupItem) -> GroupOutput:
         self._check_scorable()
         return (await self._submit(self._queues.score_groups, [item]))[0]
@@ -200,6 +210,8 @@ class TorchGenerator:
                         self._forward.probe_group(probes)
                     if batch.scores:
                         self._forward.score_batch(batch.scores)
+                    if batch.score_samples:
+                        self._forward.score_sample_batch(batch.score_samples)
                     if batch.wave:
                         self._forward.generate_wave(batch.wave)
             except Exception as exc:  # a model failure fails the batch, not the server
