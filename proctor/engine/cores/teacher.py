@@ -1,6 +1,8 @@
 """The Teacher's core: prompts checked and tokenized, sampling checked, Generate / Score / score groups /
 GenerateTriples run on the Generator backend, and Generate's and Score's metrics recorded — once, for the gRPC and the
-HTTP door (GenerateTriples records its items and its call; its backend work is not yet in the token counts).
+HTTP door (GenerateTriples records its items and its call; its backend work is not yet in the token counts). A Score
+and a Generate of the same sequence (vLLM's prompt_logprobs with a completion) run in one forward where they can
+(`score_and_generate`).
 
 Where work runs: a request's text prompts are tokenized on the event loop when they are short together and in a
 worker thread when they are long (a tokenizer takes ~1 s a MB); a text that cannot fit the prompt limit at
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from proctor.engine.backends.base import Generator
+from proctor.engine.backends.base import Generator, ScoreSampler
 from proctor.engine.config import TeacherConfig
 from proctor.engine.cores import checks
 from proctor.engine.cores.context import CallMetrics, Later, ServiceContext
@@ -30,6 +32,7 @@ from proctor.engine.items import (
     ScoreGroupItem,
     ScoreItem,
     ScoreOutput,
+    ScoreSampleItem,
 )
 from proctor.engine.skd import triples
 from proctor.engine.skd.relations import RELATIONS
@@ -82,6 +85,7 @@ class TeacherCore:
         self.config = config
         self.svc = svc
         self.critic = critic
+        self.sampler = backend if isinstance(backend, ScoreSampler) else None
 
     @property
     def info(self) -> BackendInfo:
@@ -180,17 +184,39 @@ class TeacherCore:
     # ---- backend calls, each recorded once ----------------------------------------------------------------------
 
     async def generate(self, ids: list[int], params: SamplingParams) -> Generation:
-        gen = await self.backend.generate(GenerateItem(prompt_ids=ids, params=params))
+        return self._generated(len(ids), await self.backend.generate(GenerateItem(prompt_ids=ids, params=params)))
+
+    async def score(self, context: list[int], target: list[int], top_k: int, rank: bool = False) -> ScoreOutput:
+        item = ScoreItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank)
+        return self._scored(item, await self.backend.score(item))
+
+    async def score_and_generate(
+        self, context: list[int], target: list[int], top_k: int, params: SamplingParams, rank: bool = False
+    ) -> tuple[ScoreOutput, Generation]:
+        """`score(context, target, ...)` and `generate(context + target, params)`, recorded as those two calls.
+
+        One forward where it can be: the Score pass ends at the sequence's last position, whose logits are the
+        first generated token's distribution, so a generation of one token is sampled there when the backend can
+        (ScoreSampler: the torch backend) — each of its `n` samples and every stop rule on it (EOS, stop ids, stop
+        strings) read that token alone. A second token needs the first fed back through the model (Generate's
+        decode loop), so `max_tokens` > 1 keeps the two calls, and so does a backend whose Score and Generate are
+        two engines (vLLM generating: its tokens must be vLLM's)."""
+        if self.sampler is not None and params.max_tokens == 1:
+            item = ScoreSampleItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank, params=params)
+            both = await self.sampler.score_sample(item)
+            return self._scored(item, both.score), self._generated(len(item.prompt_ids), both.generation)
+        return await asyncio.gather(self.score(context, target, top_k, rank), self.generate(context + target, params))
+
+    def _generated(self, prompt: int, gen: Generation) -> Generation:
         generated = sum(len(s.token_ids) for s in gen.samples)
-        self.svc.metrics.count_tokens(self.svc.name, "Generate", prompt=len(ids), generated=generated)
+        self.svc.metrics.count_tokens(self.svc.name, "Generate", prompt=prompt, generated=generated)
         self.svc.metrics.observe_times(self.svc.name, "Generate", gen.queue_s, gen.inference_s)
         return gen
 
-    async def score(self, context: list[int], target: list[int], top_k: int, rank: bool = False) -> ScoreOutput:
-        out = await self.backend.score(ScoreItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank))
-        self.svc.metrics.count_tokens(self.svc.name, "Score", prompt=len(context), scored=len(target))
+    def _scored(self, item: ScoreItem, out: ScoreOutput) -> ScoreOutput:
+        self.svc.metrics.count_tokens(self.svc.name, "Score", prompt=len(item.context_ids), scored=len(item.target_ids))
         self.svc.metrics.observe_times(self.svc.name, "Score", out.queue_s, out.inference_s)
-        if rank and out.ranks is None:
+        if item.rank and out.ranks is None:
             raise RuntimeError(f"{type(self.backend).__name__}.score gave no ranks for an item that asked for them")
         return out
 

@@ -3,8 +3,9 @@
 
 Prompt log-probs come from the fused Score path, completions from the Generate path (see teacher_calls).
 `max_tokens: 0` with `echo` or `prompt_logprobs` scores only; with `max_tokens` >= 1 the prompt is also generated
-from, as vLLM does (a second pass over it). `stream: true` is Server-Sent Events in vLLM's chunk shapes; the
-Generate path returns whole completions, so each choice arrives as one chunk when it is done.
+from, as vLLM does: one token from the Score pass itself where the backend can, more in a second pass (the core
+decides). `stream: true` is Server-Sent Events in vLLM's chunk shapes; the Generate path returns whole completions,
+so each choice arrives as one chunk when it is done.
 """
 
 from __future__ import annotations
@@ -147,12 +148,11 @@ class OpenAIRoutes:
     async def complete(
         self, prompts: list[list[int]], params: list[SamplingParams], prompt_k: int | None
     ) -> list[tuple[list[Position] | None, Generation | None]]:
-        async def one(i: int) -> tuple[list[Position] | None, Generation | None]:
-            scoring = self.calls.prompt_logprobs(prompts[i], prompt_k) if prompt_k is not None else _none()
-            generating = self.calls.generate(prompts[i], params[i]) if params else _none()
-            return await asyncio.gather(scoring, generating)
-
-        return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
+        return list(
+            await asyncio.gather(
+                *(self.calls.complete(ids, prompt_k, params[i] if params else None) for i, ids in enumerate(prompts))
+            )
+        )
 
     def _params(
         self,
@@ -325,7 +325,3 @@ class OpenAIRoutes:
             return await self.vocab.chat(messages, generation_prompt, continue_final, template, kw)
         except (ValueError, TypeError) as exc:  # no template, or the template refused the conversation
             raise ApiError(400, f"messages: the chat template cannot render them: {exc}", "messages") from None
-
-
-async def _none() -> None:
-    return None

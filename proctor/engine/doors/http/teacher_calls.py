@@ -1,5 +1,6 @@
 """What the teacher's HTTP routes ask of the backend, checked against the server's limits: prompt log-probs from
-the fused Score path (never a [tokens, vocab] tensor) and completions from the Generate path.
+the fused Score path (never a [tokens, vocab] tensor) and completions from the Generate path; both at once through
+the core, which answers a one-token completion from the Score pass where the backend can.
 
 Prompt log-probs are vLLM's: per prompt position the actual token's entry first, then the top-k, each with its
 log-prob and rank; position 0 has none. They are the model's raw log-probs (vLLM's default `logprobs_mode`),
@@ -113,27 +114,27 @@ class TeacherCalls:
 
     # ---- backend calls ---------------------------------------------------------------------------------------
 
+    async def complete(
+        self, ids: list[int], k: int | None, params: SamplingParams | None
+    ) -> tuple[list[Position] | None, Generation | None]:
+        """The prompt log-probs of `ids` with top-`k` when `k` is given, and a completion when `params` are."""
+        if params is None:
+            return (await self.prompt_logprobs(ids, k) if k is not None else None), None
+        if k is None:
+            return None, await self.generate(ids, params)
+        if len(ids) < 2:  # nothing to score
+            return [None] * len(ids), await self.generate(ids, params)
+        with _as_http():
+            out, gen = await self.core.score_and_generate(ids[:1], ids[1:], k, params, rank=True)
+        return await _positions(ids, out, k), gen
+
     async def prompt_logprobs(self, ids: list[int], k: int) -> list[Position]:
         """Per position of `ids`: None at 0, then the actual token's entry and the top-k (Score's fused path)."""
         if len(ids) < 2:
             return [None] * len(ids)
         with _as_http():
             out = await self.core.score(ids[:1], ids[1:], k, rank=True)
-        ranks = out.ranks or []
-        top_ids: list[list[int]] = out.top.ids if out.top else [[] for _ in ranks]
-        top_lps: list[list[float]] = out.top.logprobs if out.top else [[] for _ in ranks]
-        # ~20 entries per position: built off the event loop, like the JSON that carries them
-        return await asyncio.to_thread(
-            lambda: (
-                [None]
-                + [
-                    _position(actual, logprob, top_i, top_lp, k, rank)
-                    for actual, logprob, top_i, top_lp, rank in zip(
-                        ids[1:], out.logprobs, top_ids, top_lps, ranks, strict=True
-                    )
-                ]
-            )
-        )
+        return await _positions(ids, out, k)
 
     async def score_prompt(self, ids: list[int], k: int, start: int = 0) -> ScoreOutput:
         """The log-probs (and top-k) of ids[start + 1:], each after the tokens before it (Score's fused path)."""
@@ -152,6 +153,25 @@ def _as_http() -> Iterator[None]:
         yield
     except ItemError as exc:
         raise http_error(exc) from None
+
+
+async def _positions(ids: list[int], out: ScoreOutput, k: int) -> list[Position]:
+    """A Score of ids[1:] after ids[0] as vLLM's prompt log-probs: None at 0, then the actual token and the top-k."""
+    ranks = out.ranks or []
+    top_ids: list[list[int]] = out.top.ids if out.top else [[] for _ in ranks]
+    top_lps: list[list[float]] = out.top.logprobs if out.top else [[] for _ in ranks]
+    # ~20 entries per position: built off the event loop, like the JSON that carries them
+    return await asyncio.to_thread(
+        lambda: (
+            [None]
+            + [
+                _position(actual, logprob, top_i, top_lp, k, rank)
+                for actual, logprob, top_i, top_lp, rank in zip(
+                    ids[1:], out.logprobs, top_ids, top_lps, ranks, strict=True
+                )
+            ]
+        )
+    )
 
 
 def _position(actual: int, logprob: float, top_ids: list[int], top_lps: list[float], k: int, rank: int) -> list[Entry]:

@@ -214,6 +214,46 @@ async def test_prompt_logprobs_vllm_entry_order_and_ranks(tiny_server: ProctorSe
         assert list(position) == [str(seq[p])] and position[str(seq[p])]["rank"] == int((row >= row[seq[p]]).sum())
 
 
+async def test_trls_prompt_logprobs_call_is_one_forward_with_generates_token(
+    tiny_server: ProctorServer, reference: Any
+) -> None:
+    """TRL 1.16's VLLMClient.get_sequence_logprobs body (token-id prompts, max_tokens 1, temperature 1.0,
+    prompt_logprobs k): the prompt log-probs are the float64 reference's, and the one token is sampled in the Score
+    pass, the very token (and log-prob) the Generate path gives for the same seed."""
+    url = base(tiny_server) + "/v1/completions"
+    registry = tiny_server.metrics.registry
+
+    def batches(rpc: str) -> float:
+        labels = {"model": TINY, "rpc": rpc}
+        return registry.get_sample_value("proctor_batch_size_items_count", labels) or 0.0
+
+    trl = {"prompt": SEQUENCES, "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": 3}
+    seeded = {**trl, "seed": 11, "logprobs": 2, "return_token_ids": True}
+    before = batches("Score"), batches("Generate")
+    for body in (trl, seeded):
+        status, out, _ = await asyncio.to_thread(call, url, body)
+        assert status == 200, out
+        assert len(out["choices"]) == len(SEQUENCES) and out["usage"]["completion_tokens"] == len(SEQUENCES)
+        for seq, choice in zip(SEQUENCES, out["choices"], strict=True):
+            ref = reference(seq)
+            actual = [float(next(iter(p.values()))["logprob"]) for p in choice["prompt_logprobs"][1:]]
+            expected = ref[torch.arange(len(seq) - 1), torch.tensor(seq[1:])]
+            assert torch.allclose(torch.tensor(actual, dtype=torch.float64), expected, atol=1e-4)
+    assert batches("Generate") == before[1], "no generation wave: the tokens came from the Score pass"
+    assert batches("Score") > before[0]
+
+    one_pass = out
+    status, generated, _ = await asyncio.to_thread(
+        call, url, {k: v for k, v in seeded.items() if k != "prompt_logprobs"}
+    )
+    assert status == 200, generated
+    assert batches("Generate") > before[1]
+    for ours, theirs in zip(one_pass["choices"], generated["choices"], strict=True):
+        assert ours["token_ids"] == theirs["token_ids"] and ours["text"] == theirs["text"]
+        assert ours["logprobs"]["token_logprobs"] == pytest.approx(theirs["logprobs"]["token_logprobs"], abs=1e-5)
+        assert ours["logprobs"]["top_logprobs"][0].keys() == theirs["logprobs"]["top_logprobs"][0].keys()
+
+
 async def test_bad_bodies_name_the_field(tiny_server: ProctorServer) -> None:
     url = base(tiny_server) + "/v1/completions"
     cases = {
