@@ -5,12 +5,17 @@
 
 The workload is TRL's VLLMClient.get_sequence_logprobs: POST /v1/completions {"prompt": [token-id lists],
 "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": k}, `--batch` sequences per request, `--concurrency`
-requests in flight. proctor answers the prompt log-probs from its fused Score path and, for `max_tokens: 1`, runs the
-Generate path for the one sampled token as vLLM does; the `max_tokens: 0` row (scoring only, which vLLM does not
-offer) shows what a client saves by not asking for that token. Both servers run in their own processes on this
-machine: `proctor serve` (teacher on the torch backend) and `python -m vllm.entrypoints.openai.api_server` (needs
-vLLM importable, e.g. CI's .venv-vllm; `--vllm-python` names another interpreter). Tokens/s = scored prompt
-tokens (length - 1 per sequence) / wall time. Writes bench/results/YYYY-MM-DD-<device>-http-prompt-logprobs.{json,md}.
+requests in flight. proctor answers the prompt log-probs from its fused Score path and samples the one token from the
+same pass (the torch backend; vLLM too samples it in its prompt's forward); the `max_tokens: 0` row (scoring only,
+which vLLM does not offer) is the baseline beside it: what the token costs is the gap between the two rows. Both
+servers run in their own processes on this machine: `proctor serve` (teacher on the torch backend) and
+`python -m vllm.entrypoints.openai.api_server` (needs vLLM importable, e.g. CI's .venv-vllm; `--vllm-python` names
+another interpreter). Tokens/s = scored prompt tokens (length - 1 per sequence) / wall time. Each row runs
+`--rounds` times, the proctor rows in an order that rotates each round (so neither always runs first on a machine
+whose load drifts); a row's figure is its median round, and `max_tokens 1 / max_tokens 0` is the median of each
+round's ratio. Beside the wall time, which a shared machine's neighbours swing, the proctor rows also count the CPU
+seconds the server process spent (its own threads, not its neighbours' work): `server CPU s` and the median
+round's ratio of the two rows' CPU seconds. Writes bench/results/YYYY-MM-DD-<device>-<--name>.{json,md}.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import json
 import os
 import platform
 import random
+import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from proctor.bench.server import serve
+from proctor.bench.server import cpu_seconds, serve
 from proctor.engine.backends.builtin_models import resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,9 +73,16 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes] | None, limit_s: flo
 
 
 def run(
-    url: str, model: str, batches: list[list[list[int]]], k: int, max_tokens: int, concurrency: int
+    url: str,
+    model: str,
+    batches: list[list[list[int]]],
+    k: int,
+    max_tokens: int,
+    concurrency: int,
+    pid: int | None = None,
 ) -> dict[str, float]:
-    """Every batch once (after one warm-up request); tokens/s of scored prompt positions."""
+    """Every batch once (after one warm-up request); tokens/s of scored prompt positions, and with `pid` the CPU
+    seconds that server process spent on them."""
 
     def one(batch: list[list[int]]) -> int:
         body = {"model": model, "prompt": batch, "max_tokens": max_tokens, "temperature": 1.0, "prompt_logprobs": k}
@@ -78,11 +92,14 @@ def run(
         return len(positions)
 
     one(batches[0])
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(pid) if pid else 0.0, time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         scored = sum(pool.map(one, batches))
     wall = time.perf_counter() - start
-    return {"scored_tokens": scored, "wall_s": round(wall, 3), "tokens_per_s": round(scored / wall, 1)}
+    out = {"scored_tokens": scored, "wall_s": round(wall, 3), "tokens_per_s": round(scored / wall, 1)}
+    if pid:
+        out["server_cpu_s"] = round(cpu_seconds(pid) - cpu, 3)
+    return out
 
 
 def start_vllm(python: str, path: str, name: str, max_len: int, port: int, log: Any) -> subprocess.Popen[bytes]:
@@ -95,6 +112,31 @@ def start_vllm(python: str, path: str, name: str, max_len: int, port: int, log: 
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+ROW_ONE = "proctor, max_tokens 1 (as TRL sends)"
+ROW_ZERO = "proctor, max_tokens 0 (scoring only)"
+ROW_VLLM = "vLLM's OpenAI server, max_tokens 1"
+
+
+def rotated(names: list[str], round_: int) -> list[str]:
+    """Round r runs the rows starting from the r-th."""
+    shift = round_ % len(names)
+    return names[shift:] + names[:shift]
+
+
+def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """A row over its rounds: the median round's tokens/s, wall time and server CPU seconds, and every round's."""
+    row: dict[str, Any] = {
+        "scored_tokens": rounds[0]["scored_tokens"],
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds),
+        "wall_s": statistics.median(r["wall_s"] for r in rounds),
+        "rounds_tokens_per_s": [r["tokens_per_s"] for r in rounds],
+    }
+    if "server_cpu_s" in rounds[0]:
+        row["server_cpu_s"] = statistics.median(r["server_cpu_s"] for r in rounds)
+        row["rounds_server_cpu_s"] = [r["server_cpu_s"] for r in rounds]
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="builtin:tiny")
@@ -103,6 +145,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="sequences per request")
     p.add_argument("--concurrency", type=int, default=2, help="requests in flight")
     p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3, help="runs of each row (the proctor rows' order rotates)")
+    p.add_argument("--name", default="http-prompt-logprobs", help="what the result files are called after the date")
     p.add_argument("--vllm-python", default=sys.executable, help="an interpreter with vLLM; '' = proctor only")
     args = p.parse_args()
 
@@ -112,7 +156,8 @@ def main() -> None:
     seqs = [[rng.randrange(vocab) for _ in range(args.length)] for _ in range(args.sequences)]
     batches = [seqs[i : i + args.batch] for i in range(0, len(seqs), args.batch)]
     max_len = max(1024, args.length + 16)
-    rows: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {ROW_ONE: [], ROW_ZERO: []}
+    max_tokens = {ROW_ONE: 1, ROW_ZERO: 0}
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as folder:
         http_port = free_port()
@@ -124,12 +169,11 @@ def main() -> None:
         try:
             url = f"http://127.0.0.1:{http_port}"
             wait_healthy(url, None, 120)
-            rows["proctor, max_tokens 1 (as TRL sends)"] = run(
-                url, args.model, batches, args.top_k, 1, args.concurrency
-            )
-            rows["proctor, max_tokens 0 (scoring only)"] = run(
-                url, args.model, batches, args.top_k, 0, args.concurrency
-            )
+            for round_ in range(args.rounds):
+                for name in rotated(list(runs), round_):
+                    runs[name].append(
+                        run(url, args.model, batches, args.top_k, max_tokens[name], args.concurrency, proctor.proc.pid)
+                    )
         finally:
             proctor.proc.terminate()
             proctor.proc.wait(timeout=60)
@@ -140,45 +184,60 @@ def main() -> None:
                 try:
                     url = f"http://127.0.0.1:{port}"
                     wait_healthy(url, vllm, 900)
-                    rows["vLLM's OpenAI server, max_tokens 1"] = run(
-                        url, args.model, batches, args.top_k, 1, args.concurrency
-                    )
+                    runs[ROW_VLLM] = [
+                        run(url, args.model, batches, args.top_k, 1, args.concurrency) for _ in range(args.rounds)
+                    ]
                 finally:
                     os.killpg(vllm.pid, signal.SIGTERM)
                     vllm.wait(timeout=60)
+    rows = {name: summary(rounds) for name, rounds in runs.items()}
+    pairs = list(zip(runs[ROW_ONE], runs[ROW_ZERO], strict=True))
+    token_cost = statistics.median(one["tokens_per_s"] / zero["tokens_per_s"] for one, zero in pairs)
+    cpu_cost = statistics.median(one["server_cpu_s"] / zero["server_cpu_s"] for one, zero in pairs)
     device = "cpu"
-    command = "python -m proctor.bench.http_prompt_logprobs " + " ".join(sys.argv[1:])
+    command = "python -m proctor.bench.http_prompt_logprobs " + shlex.join(sys.argv[1:])
     report = {
         "date": dt.date.today().isoformat(),
         "device": f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "command": command,
-        "workload": {k: v for k, v in vars(args).items() if k != "vllm_python"},
+        "workload": {k: v for k, v in vars(args).items() if k not in ("vllm_python", "name")},
         "rows": rows,
+        # the median over rounds of (max_tokens 1 tokens/s) / (max_tokens 0 tokens/s): 1.0 = the token is free
+        "one_token_over_scoring_only": round(token_cost, 3),
+        # the median over rounds of (max_tokens 1 server CPU s) / (max_tokens 0 server CPU s): 1.0 = the token is free
+        "one_token_cpu_over_scoring_only": round(cpu_cost, 3),
         # the machine's 1-minute load average around the run: on a shared VM the rows are only as steady as this
         "load_average": [round(x, 1) for x in (load[0], os.getloadavg()[0])],
     }
-    anchor = rows.get("vLLM's OpenAI server, max_tokens 1")
+    anchor = rows.get(ROW_VLLM)
     if anchor:
         report["ratio_to_vllm"] = {
             name: round(r["tokens_per_s"] / anchor["tokens_per_s"], 2) for name, r in rows.items()
         }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{report['date']}-{device}-http-prompt-logprobs"
+    stem = RESULTS / f"{report['date']}-{device}-{args.name}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         f"# prompt_logprobs top-{args.top_k} through HTTP: proctor vs vLLM ({device}, {args.model})",
         "",
         f"`{command}` — {args.sequences} sequences of {args.length} tokens, {args.batch} per request, "
-        f"{args.concurrency} in flight; tokens/s of scored prompt positions, both servers in the same run; "
-        f"load average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after, on "
-        f"{os.cpu_count()} cores.",
+        f"{args.concurrency} in flight, {args.rounds} rounds (proctor's rows in rotating order); tokens/s of scored "
+        f"prompt positions, the median round, all rows in the same run; load average {load[0]:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores.",
         "",
-        "| server | tokens/s | wall s | vs vLLM |",
-        "|---|---|---|---|",
+        "| server | tokens/s (median) | rounds | wall s | server CPU s (rounds) | vs vLLM |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         ratio = f"{r['tokens_per_s'] / anchor['tokens_per_s']:.2f}x" if anchor else "-"
-        lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['wall_s']} | {ratio} |")
+        each = ", ".join(f"{x:,.0f}" for x in r["rounds_tokens_per_s"])
+        cpu = ", ".join(f"{x:.2f}" for x in r.get("rounds_server_cpu_s", [])) or "-"
+        lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {each} | {r['wall_s']} | {cpu} | {ratio} |")
+    lines += [
+        "",
+        "max_tokens 1 / max_tokens 0, the median of the rounds' ratios: "
+        f"tokens/s {token_cost:.3f}, server CPU seconds {cpu_cost:.3f}",
+    ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
