@@ -70,6 +70,9 @@ class ScoreItem:
     target_ids: list[int]
     top_k: int = 0
     rank: bool = False  # also each target's rank: the tokens at least as likely as it, itself included (vLLM's)
+    # Per target position i, token ids whose log-probs after context + target[:i] come back beside the target's (a
+    # student's top-k, for distillation); at most one row a position, rows past the list's end probe nothing.
+    probe_ids: list[list[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class ScoreOutput:
     logprobs: list[float]
     top: TopK | None = None
     ranks: list[int] | None = None  # when the item asked for them
+    probe_logprobs: list[list[float]] | None = None  # the item's probe_ids' log-probs, row for row, id for id
     queue_s: float = 0.0
     inference_s: float = 0.0
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from proctor.engine.backends.lm_head_probes import fused_scores, probe_rows
 from proctor.engine.backends.torch.batch_policy import (
     BatchPolicy,
     GenerateJob,
@@ -241,8 +242,11 @@ class ForwardPasses:
         top_k = max(it.top_k for it in items.values())
         want_ranks = any(it.rank for it in items.values())
         ranks = torch.empty(len(targets), dtype=torch.long, device=self._device) if want_ranks else None
-        logprobs, _, top_vals, top_ids = lm_head_logprobs(
-            picked, weight, torch.tensor(targets, device=self._device), top_k=top_k, rank_out=ranks, entropy=False
+        probes = None
+        if any(it.probe_ids is not None for it in items.values()):
+            probes = [row for it in items.values() for row in probe_rows(it)]
+        (logprobs, _, top_vals, top_ids), probed = fused_scores(
+            picked, weight, torch.tensor(targets, device=self._device), top_k, ranks, probes
         )
         ranks_l = ranks.cpu().tolist() if ranks is not None else None
         logprobs_l = logprobs.cpu().tolist()
@@ -260,6 +264,8 @@ class ForwardPasses:
             out[b] = ScoreOutput(
                 logprobs=logprobs_l[span], top=top, ranks=ranks_l[span] if it.rank and ranks_l is not None else None
             )
+            if it.probe_ids is not None and probed is not None:
+                out[b].probe_logprobs = probed[span][: len(it.probe_ids)]
         return out
 
     def generate_wave(self, jobs: list[GenerateJob]) -> None:

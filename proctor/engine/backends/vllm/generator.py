@@ -3,7 +3,8 @@ process: continuous batching, paged KV cache with prefix caching, the n samples 
 
 Generation is vLLM's. Scoring is served from vLLM's prompt log-probs, the fallback when no torch scorer is
 configured (`scorer: vllm`): it is correct but costs a full prefill per sequence and, with top-k, vLLM's per-token
-Python objects; the torch scorer with the fused kernels is the default. vLLM is imported only here, on `start`.
+Python objects; the torch scorer with the fused kernels is the default. Score's token-id probes are refused here
+(FAILED_PRECONDITION): they come from the fused lm_head's pass. vLLM is imported only here, on `start`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from proctor.engine.backends.vllm.mapping import (
     to_sample,
 )
 from proctor.engine.backends.vllm.requests import EngineHolder
+from proctor.engine.errors import ItemError
 from proctor.engine.items import (
     BackendInfo,
     GenerateItem,
@@ -125,6 +127,12 @@ class VllmGenerator(EngineHolder):
         return target_scores(prompt_ids, out.prompt_logprobs, first, top_k, rank)
 
     async def score(self, item: ScoreItem) -> ScoreOutput:
+        if item.probe_ids is not None:
+            raise ItemError(
+                "token-id probes need proctor's fused lm_head, and scorer: vllm (vLLM's prompt log-probs) has none: "
+                "set teacher.scorer to torch or vllm-hidden",
+                code="FAILED_PRECONDITION",
+            )
         started = time.perf_counter()
         ids = item.context_ids + item.target_ids
         result = await self._prompt_scores(ids, len(item.context_ids), item.top_k, item.rank)

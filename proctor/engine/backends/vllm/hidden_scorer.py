@@ -3,9 +3,9 @@ executor across GPUs and nodes): `scorer: vllm-hidden`.
 
 vLLM's pooling runner (`token_embed`, ALL token pooling, no activation) hands back the final hidden states of the
 positions it computed, `[T, H]` per request: the final norm's output, which is what the lm_head reads (a test checks
-them against transformers' `last_hidden_state`). proctor's fused lm_head kernel turns the scored rows into log-probs
-and top-k on this process's device, with the output embedding read alone from the checkpoint. No `[T, V]` logits
-anywhere, and only `[T, H]` crosses a process.
+them against transformers' `last_hidden_state`). proctor's fused lm_head kernel turns the scored rows into log-probs,
+top-k and token-id probes on this process's device, with the output embedding read alone from the checkpoint. No
+`[T, V]` logits anywhere, and only `[T, H]` crosses a process.
 
 A group's shared context is computed once through vLLM's prefix cache: the context goes first (its last state
 predicts every continuation's first token), then the continuations, which read the cache, so vLLM computes and
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from proctor.engine.backends.builtin_models import resolve_model
+from proctor.engine.backends.lm_head_probes import fused_scores, probe_rows
 from proctor.engine.backends.lm_head_weights import load_lm_head
 from proctor.engine.backends.loading import eos_token_ids, hf_architecture, pick_device, pick_dtype
 from proctor.engine.backends.settings import VllmSettings
@@ -39,7 +40,7 @@ from proctor.engine.items import (
     ScoreOutput,
     TopK,
 )
-from proctor.kernels import lm_head_logprobs, token_logprobs
+from proctor.kernels import token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,20 @@ class VllmHiddenScorer(EngineHolder):
     # ---- the lm_head (executor thread) -----------------------------------------------------------------------
 
     def _target_logprobs(
-        self, rows: list[torch.Tensor], targets: list[list[int]], top_k: int, rank: bool = False
+        self,
+        rows: list[torch.Tensor],
+        targets: list[list[int]],
+        top_k: int,
+        rank: bool = False,
+        probes: list[list[int]] | None = None,
     ) -> list[ScoreOutput]:
-        """Sequence i's hidden rows `rows[i]` predict its `targets[i]` (one row per target): one kernel call."""
+        """Sequence i's hidden rows `rows[i]` predict its `targets[i]` (one row per target): one kernel call (two
+        when only some rows have `probes`, one list of token ids per row of all the sequences)."""
         assert self._weight is not None
         hidden = torch.cat(rows).to(self._device, self._weight.dtype)
         flat = torch.tensor(list(itertools.chain.from_iterable(targets)), device=self._device)
         ranks = torch.empty(len(flat), dtype=torch.long, device=self._device) if rank else None
-        logprobs, _, top_vals, top_ids = lm_head_logprobs(hidden, self._weight, flat, top_k=top_k, rank_out=ranks)
+        (logprobs, _, top_vals, top_ids), probed = fused_scores(hidden, self._weight, flat, top_k, ranks, probes)
         rk = ranks.cpu().tolist() if ranks is not None else None
         lp = logprobs.cpu().tolist()
         tv = top_vals.cpu().tolist() if top_vals is not None else None
@@ -154,7 +161,9 @@ class VllmHiddenScorer(EngineHolder):
             span = slice(offset, offset + len(t))
             offset += len(t)
             top = TopK(ids=ti[span], logprobs=tv[span]) if tv is not None and ti is not None else None
-            out.append(ScoreOutput(logprobs=lp[span], top=top, ranks=rk[span] if rk is not None else None))
+            scores = ScoreOutput(logprobs=lp[span], top=top, ranks=rk[span] if rk is not None else None)
+            scores.probe_logprobs = probed[span] if probed is not None else None
+            out.append(scores)
         return out
 
     def _probe_logprobs(self, last: torch.Tensor, token_ids: list[list[int]]) -> list[ScoreOutput]:
@@ -179,9 +188,12 @@ class VllmHiddenScorer(EngineHolder):
         first = len(item.context_ids) - 1  # the position whose state predicts target[0]
         hidden = await self._hidden(item.context_ids + item.target_ids, first)
         result: ScoreOutput
+        probes = probe_rows(item) if item.probe_ids is not None else None
         (result,) = await self._run(
-            self._target_logprobs, [hidden[: len(item.target_ids)]], [item.target_ids], item.top_k, item.rank
+            self._target_logprobs, [hidden[: len(item.target_ids)]], [item.target_ids], item.top_k, item.rank, probes
         )
+        if result.probe_logprobs is not None and item.probe_ids is not None:
+            result.probe_logprobs = result.probe_logprobs[: len(item.probe_ids)]
         result.inference_s = time.perf_counter() - started
         return result
 
