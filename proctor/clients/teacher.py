@@ -34,10 +34,23 @@ def generate_request(
 
 
 def score_request(
-    id: str, context: str | list[int], target: str | list[int], *, top_logprobs: int = 0, timeout_ms: int = 0
+    id: str,
+    context: str | list[int],
+    target: str | list[int],
+    *,
+    top_logprobs: int = 0,
+    timeout_ms: int = 0,
+    probes: list[list[int]] | None = None,
 ) -> teacher_pb2.ScoreRequest:
+    """`probes`: per target position, token ids (at most 128) whose log-probs come back in the result's
+    `probe_logprobs`, row by row (a student's top-k, for distillation)."""
     return teacher_pb2.ScoreRequest(
-        id=id, context=_prompt(context), target=_prompt(target), top_logprobs=top_logprobs, timeout_ms=timeout_ms
+        id=id,
+        context=_prompt(context),
+        target=_prompt(target),
+        top_logprobs=top_logprobs,
+        timeout_ms=timeout_ms,
+        probes=[common_pb2.TokenIds(ids=row) for row in probes or ()],
     )
 
 

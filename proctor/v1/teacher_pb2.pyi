@@ -261,6 +261,7 @@ class ScoreRequest(_message.Message):
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     CONTINUATIONS_FIELD_NUMBER: _builtins.int
+    PROBES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     top_logprobs: _builtins.int
     """top-k alternatives per target position"""
@@ -277,6 +278,15 @@ class ScoreRequest(_message.Message):
     def continuations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Prompt]:
         """a group; set instead of target"""
 
+    @_builtins.property
+    def probes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenIds]:
+        """Token ids to score at each target position beside the target (a student's top-k, for distillation): probes[i]
+        holds at most 128 ids, each scored as the next token after context + target[:i]; at most one entry per target
+        position (positions past the last entry probe nothing). With a target only, not continuations. Served by the
+        fused lm_head in the same pass as the target's log-probs (scorer: torch or vllm-hidden; scorer: vllm answers
+        FAILED_PRECONDITION). More ids, more entries, or an id outside the vocabulary: INVALID_ARGUMENT naming it.
+        """
+
     def __init__(
         self,
         *,
@@ -286,10 +296,11 @@ class ScoreRequest(_message.Message):
         top_logprobs: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
         continuations: _abc.Iterable[_common_pb2.Prompt] | None = ...,
+        probes: _abc.Iterable[_common_pb2.TokenIds] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "continuations", b"continuations", "id", b"id", "target", b"target", "timeout_ms", b"timeout_ms", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "continuations", b"continuations", "id", b"id", "probes", b"probes", "target", b"target", "timeout_ms", b"timeout_ms", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,6 +348,7 @@ class ScoreResult(_message.Message):
     CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
     TIMING_FIELD_NUMBER: _builtins.int
     CONTINUATIONS_FIELD_NUMBER: _builtins.int
+    PROBE_LOGPROBS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     context_tokens: _builtins.int
     @_builtins.property
@@ -355,6 +367,12 @@ class ScoreResult(_message.Message):
     def continuations(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenScores]:
         """a group's results, in the request's order"""
 
+    @_builtins.property
+    def probe_logprobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """With `probes`: log p(probes[i].ids[j] | context, target[:i]), float32, flattened row by row in the request's
+        order (probes[0]'s ids, then probes[1]'s, ...).
+        """
+
     def __init__(
         self,
         *,
@@ -366,10 +384,11 @@ class ScoreResult(_message.Message):
         context_tokens: _builtins.int = ...,
         timing: _common_pb2.Timing | None = ...,
         continuations: _abc.Iterable[Global___TokenScores] | None = ...,
+        probe_logprobs: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "timing", b"timing", "top", b"top"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_tokens", b"context_tokens", "continuations", b"continuations", "error", b"error", "id", b"id", "logprobs", b"logprobs", "target_token_ids", b"target_token_ids", "timing", b"timing", "top", b"top"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_tokens", b"context_tokens", "continuations", b"continuations", "error", b"error", "id", b"id", "logprobs", b"logprobs", "probe_logprobs", b"probe_logprobs", "target_token_ids", b"target_token_ids", "timing", b"timing", "top", b"top"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -157,13 +157,18 @@ class TeacherCore:
             return Later(lambda: asyncio.to_thread(work))
         return work()
 
-    def check_group(self, continuations: int, has_target: bool) -> None:
+    def check_group(self, continuations: int, has_target: bool, has_probes: bool = False) -> None:
         if not continuations:
             return
+        if has_probes:
+            raise ItemError("token-id probes go with a target, not with continuations", "probes")
         if has_target:
             raise ItemError("set target or continuations, not both", "target")
         if continuations > self.config.max_group_size:
             raise ItemError(f"{continuations} > {self.config.max_group_size} (teacher.max_group_size)", "continuations")
+
+    def check_probe_row(self, ids: list[int], field: str) -> list[int]:
+        return checks.probe_row(ids, field, self.backend.info.vocab_size)
 
     def score_inputs(self, context: PromptInput, scored: list[PromptInput]) -> tuple[list[int], list[list[int]]]:
         """The context's ids and each scored sequence's, each checked to fit the model with the context."""
@@ -186,8 +191,19 @@ class TeacherCore:
     async def generate(self, ids: list[int], params: SamplingParams) -> Generation:
         return self._generated(len(ids), await self.backend.generate(GenerateItem(prompt_ids=ids, params=params)))
 
-    async def score(self, context: list[int], target: list[int], top_k: int, rank: bool = False) -> ScoreOutput:
-        item = ScoreItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank)
+    async def score(
+        self,
+        context: list[int],
+        target: list[int],
+        top_k: int,
+        rank: bool = False,
+        probes: list[list[int]] | None = None,
+        probes_field: str = "probes",
+    ) -> ScoreOutput:
+        """`probes`: per target position, token ids whose log-probs come back in `probe_logprobs` (checked here)."""
+        if probes is not None:
+            checks.probe_rows(probes, probes_field, self.backend.info.vocab_size, len(target))
+        item = ScoreItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank, probe_ids=probes)
         return self._scored(item, await self.backend.score(item))
 
     async def score_and_generate(
@@ -218,6 +234,8 @@ class TeacherCore:
         self.svc.metrics.observe_times(self.svc.name, "Score", out.queue_s, out.inference_s)
         if item.rank and out.ranks is None:
             raise RuntimeError(f"{type(self.backend).__name__}.score gave no ranks for an item that asked for them")
+        if item.probe_ids is not None and out.probe_logprobs is None:
+            raise RuntimeError(f"{type(self.backend).__name__}.score gave no probe log-probs for an item with probes")
         return out
 
     async def score_group(self, context: list[int], continuations: list[list[int]], top_k: int) -> GroupOutput:

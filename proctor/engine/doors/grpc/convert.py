@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 
 from proctor.engine.errors import ItemError
@@ -55,6 +56,16 @@ def top_k(top: TopK | None) -> common_pb2.TopK | None:
         token_ids=list(chain.from_iterable(top.ids)),
         logprobs=list(chain.from_iterable(top.logprobs)),
     )
+
+
+def probe_rows(probes: Sequence[common_pb2.TokenIds]) -> list[list[int]] | None:
+    """ScoreRequest.probes as the core takes them: None when there are none."""
+    return [list(p.ids) for p in probes] if probes else None
+
+
+def flat(rows: list[list[float]] | None) -> list[float] | None:
+    """Rows of floats as one repeated field, row by row (None: the field left empty)."""
+    return list(chain.from_iterable(rows)) if rows else None
 
 
 def model_info(

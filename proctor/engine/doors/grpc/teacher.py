@@ -39,7 +39,7 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             teacher_pb2.GenerateResult,
             "params.n, params.max_tokens or params.top_logprobs",
         )
-        shrink = "top_logprobs, a shorter target or fewer continuations"
+        shrink = "top_logprobs, probes, a shorter target or fewer continuations"
         self._score = StreamSpec("Score", self._score_one, teacher_pb2.ScoreResult, shrink)
         self._score_batched = StreamSpec("ScoreBatched", self._score_one, teacher_pb2.ScoreResult, shrink)
 
@@ -164,7 +164,7 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         """Checked here, before the item takes a queue slot; long texts are tokenized off the loop after."""
         received = time.perf_counter()
         self.core.check_top(req.top_logprobs, "top_logprobs")
-        self.core.check_group(len(req.continuations), req.HasField("target"))
+        self.core.check_group(len(req.continuations), req.HasField("target"), bool(req.probes))
         context = prompt_input(req.context, "context")
         if req.continuations:
             scored = [prompt_input(p, f"continuations[{i}]") for i, p in enumerate(req.continuations)]
@@ -186,7 +186,8 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         context, targets = inputs
         if not req.continuations:
             (target,) = targets
-            out = await self.core.score(context, target, req.top_logprobs)
+            probes = convert.probe_rows(req.probes)
+            out = await self.core.score(context, target, req.top_logprobs, probes=probes)
             return teacher_pb2.ScoreResult(
                 id=req.id,
                 target_token_ids=target,
@@ -194,6 +195,7 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
                 top=convert.top_k(out.top),
                 context_tokens=len(context),
                 timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
+                probe_logprobs=convert.flat(out.probe_logprobs),
             )
         group = await self.core.score_group(context, targets, req.top_logprobs)
         return teacher_pb2.ScoreResult(
