@@ -201,13 +201,19 @@ class TeacherCore:
         probes_field: str = "probes",
     ) -> ScoreOutput:
         """`probes`: per target position, token ids whose log-probs come back in `probe_logprobs` (checked here)."""
-        if probes is not None:
-            checks.probe_rows(probes, probes_field, self.backend.info.vocab_size, len(target))
+        self._check_probes(probes, probes_field, len(target))
         item = ScoreItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank, probe_ids=probes)
         return self._scored(item, await self.backend.score(item))
 
     async def score_and_generate(
-        self, context: list[int], target: list[int], top_k: int, params: SamplingParams, rank: bool = False
+        self,
+        context: list[int],
+        target: list[int],
+        top_k: int,
+        params: SamplingParams,
+        rank: bool = False,
+        probes: list[list[int]] | None = None,
+        probes_field: str = "probes",
     ) -> tuple[ScoreOutput, Generation]:
         """`score(context, target, ...)` and `generate(context + target, params)`, recorded as those two calls.
 
@@ -218,10 +224,19 @@ class TeacherCore:
         decode loop), so `max_tokens` > 1 keeps the two calls, and so does a backend whose Score and Generate are
         two engines (vLLM generating: its tokens must be vLLM's)."""
         if self.sampler is not None and params.max_tokens == 1:
-            item = ScoreSampleItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank, params=params)
+            self._check_probes(probes, probes_field, len(target))
+            item = ScoreSampleItem(
+                context_ids=context, target_ids=target, top_k=top_k, rank=rank, probe_ids=probes, params=params
+            )
             both = await self.sampler.score_sample(item)
             return self._scored(item, both.score), self._generated(len(item.prompt_ids), both.generation)
-        return await asyncio.gather(self.score(context, target, top_k, rank), self.generate(context + target, params))
+        return await asyncio.gather(
+            self.score(context, target, top_k, rank, probes, probes_field), self.generate(context + target, params)
+        )
+
+    def _check_probes(self, probes: list[list[int]] | None, field: str, positions: int) -> None:
+        if probes is not None:
+            checks.probe_rows(probes, field, self.backend.info.vocab_size, positions)
 
     def _generated(self, prompt: int, gen: Generation) -> Generation:
         generated = sum(len(s.token_ids) for s in gen.samples)

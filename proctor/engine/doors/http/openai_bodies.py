@@ -140,6 +140,8 @@ class GenerateSamplingParams(_Body):
     ignore_eos: bool = False
     logprobs: NonNegative | None = None
     prompt_logprobs: TopK | None = None
+    prompt_logprob_token_ids: list[list[int]] | None = None  # checked as vLLM checks them: vllm_probes.py
+    prompt_logprob_start: int | None = None
     skip_special_tokens: Literal[True] = True
     detokenize: bool = True
 

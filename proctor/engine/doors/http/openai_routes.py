@@ -6,6 +6,8 @@ Prompt log-probs come from the fused Score path, completions from the Generate p
 from, as vLLM does: one token from the Score pass itself where the backend can, more in a second pass (the core
 decides). `stream: true` is Server-Sent Events in vLLM's chunk shapes; the Generate path returns whole completions,
 so each choice arrives as one chunk when it is done.
+/inference/v1/generate's `prompt_logprob_token_ids` (vllm_probes.py) are probed in the same Score as its
+`prompt_logprobs`, and so in the same forward as a one-token completion where the core samples it there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from proctor.engine.doors.http import vllm_probes
 from proctor.engine.doors.http.app import HttpFront
 from proctor.engine.doors.http.chat_answer import ChatBuild
 from proctor.engine.doors.http.completion_answer import CompletionBuild
@@ -215,14 +218,32 @@ class OpenAIRoutes:
         self._check_model(body.model)
         sp = body.sampling_params
         ids = self.calls.check_prompt(body.token_ids, "token_ids")
+        probes = None
+        if sp.prompt_logprob_token_ids is not None or sp.prompt_logprob_start is not None:
+            vocab = self.calls.info.vocab_size
+            rows, start = sp.prompt_logprob_token_ids, sp.prompt_logprob_start
+            probes = await asyncio.to_thread(vllm_probes.checked, rows, start, len(ids), vocab)
         max_tokens = 16 if sp.max_tokens is None else sp.max_tokens
-        if max_tokens == 0 and sp.prompt_logprobs is None:
-            raise ApiError(400, "sampling_params.max_tokens: 0 needs prompt_logprobs (scoring)", "sampling_params")
+        if max_tokens == 0 and sp.prompt_logprobs is None and probes is None:
+            raise ApiError(
+                400,
+                "sampling_params.max_tokens: 0 needs prompt_logprobs or prompt_logprob_token_ids (scoring)",
+                "sampling_params",
+            )
         self.calls.check_top(sp.prompt_logprobs, "sampling_params.prompt_logprobs")
         params = [self._params(sp, len(ids), max_tokens, sp.logprobs)] if max_tokens else []
-        items = (sp.n if max_tokens else 0) + (sp.prompt_logprobs is not None)
+        items = (sp.n if max_tokens else 0) + (sp.prompt_logprobs is not None or probes is not None)
+        probe_logprobs: list[list[float]] = []
         async with self.front.admitted(self.calls.svc, items):
-            [(prompt_positions, gen)] = await self.front.run(request, self.complete([ids], params, sp.prompt_logprobs))
+            if probes is None:
+                [(prompt_positions, gen)] = await self.front.run(
+                    request, self.complete([ids], params, sp.prompt_logprobs)
+                )
+            else:
+                probed = self.calls.complete_probed(
+                    ids, sp.prompt_logprobs, params[0] if params else None, probes.start, probes.rows, vllm_probes.FIELD
+                )
+                prompt_positions, probe_logprobs, gen = await self.front.run(request, probed)
         texts = await self.vocab.texts()
         choices = []
         for s in gen.samples if gen else []:
@@ -262,14 +283,20 @@ class OpenAIRoutes:
             "created": now(),
             "usage": usage_json(len(ids), generated),
             "prompt_logprobs": prompt_logprobs_json(prompt_positions, texts),
-            "prompt_token_id_logprobs": None,
+            "prompt_token_id_logprobs": None,  # with probes: their .npy, encoded off the loop below
             "prompt_token_ids": ids if body.return_token_ids else None,
             "mm_placeholders": None,
             **NULLS,
             "output_mode": "tokens",
             "choices": choices,
         }
-        return Response(await asyncio.to_thread(encode, payload), media_type="application/json")
+
+        def build() -> bytes:
+            if probes is not None:
+                payload["prompt_token_id_logprobs"] = vllm_probes.encoded(probes, probe_logprobs)
+            return encode(payload)
+
+        return Response(await asyncio.to_thread(build), media_type="application/json")
 
     # ---- shared ----------------------------------------------------------------------------------------------
 

@@ -136,10 +136,45 @@ class TeacherCalls:
             out = await self.core.score(ids[:1], ids[1:], k, rank=True)
         return await _positions(ids, out, k)
 
-    async def score_prompt(self, ids: list[int], k: int, start: int = 0) -> ScoreOutput:
-        """The log-probs (and top-k) of ids[start + 1:], each after the tokens before it (Score's fused path)."""
+    async def complete_probed(
+        self,
+        ids: list[int],
+        k: int | None,
+        params: SamplingParams | None,
+        start: int,
+        rows: list[list[int]],
+        field: str,
+    ) -> tuple[list[Position] | None, list[list[float]], Generation | None]:
+        """`complete` with probes, all from one Score of the prompt: the log-probs of `rows` (row i after
+        ids[: start + i + 1]), the prompt log-probs with top-`k` when `k` is given, and a completion when `params`
+        are (sampled from the same pass where the core can)."""
+        first = start if k is None else 0  # the Score's first scored row: the prompt log-probs' need all of them
+        context, target = ids[: first + 1], ids[first + 1 :]
+        probes: list[list[int]] = [[] for _ in range(start - first)] + rows
         with _as_http():
-            return await self.core.score(ids[: start + 1], ids[start + 1 :], k)
+            if params is None:
+                out = await self.core.score(context, target, k or 0, k is not None, probes, field)
+                gen = None
+            else:
+                out, gen = await self.core.score_and_generate(
+                    context, target, k or 0, params, k is not None, probes, field
+                )
+        positions = await _positions(ids, out, k) if k is not None else None
+        return positions, (out.probe_logprobs or [])[start - first :], gen
+
+    async def score_prompt(
+        self, ids: list[int], k: int, start: int = 0, probes: list[list[int]] | None = None, probes_field: str = ""
+    ) -> ScoreOutput:
+        """The log-probs (and top-k, and the log-probs of `probes`: a row per position) of ids[start + 1:], each
+        after the tokens before it (Score's fused path)."""
+        with _as_http():
+            return await self.core.score(
+                ids[: start + 1], ids[start + 1 :], k, probes=probes, probes_field=probes_field
+            )
+
+    def check_probe_ids(self, ids: list[int], field: str) -> list[int]:
+        with _as_http():
+            return self.core.check_probe_row(ids, field)
 
     async def generate(self, ids: list[int], params: SamplingParams) -> Generation:
         with _as_http():

@@ -83,12 +83,11 @@ async def test_load_counts_the_requests_in_flight(tiny_server: ProctorServer) ->
         ("/slime/reward", {"prompt": "q", "response": "r"}, 400, "--rm-url"),
         ("/reward", {"query": ["x"], "prompts": ["x"], "labels": [None]}, 400, "--reward.remote_url"),
         ("/v1/models", b"{}", 405, "Method Not Allowed"),
-        # vLLM 0.33's probes of student-chosen ids: no per-position probe in the backends yet, so a 400, not silence
         (
             "/inference/v1/generate",
-            {"token_ids": [5, 6], "sampling_params": {"max_tokens": 0, "prompt_logprob_token_ids": [[-1]]}},
+            {"token_ids": [5, 6], "sampling_params": {"max_tokens": 0, "prompt_logprob_start": 0}},
             400,
-            "sampling_params.prompt_logprob_token_ids: not supported",
+            "sampling_params.prompt_logprob_start: requires prompt_logprob_token_ids",
         ),
         ("/inference/v1/generate", {"token_ids": [5, 6], "features": {}}, 400, "features: not supported"),
     ],
