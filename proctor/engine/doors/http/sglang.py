@@ -11,9 +11,12 @@ prefill-only request: no output, `finish_reason` `{"type": "length", "length": 0
 distillation (`--opd-type sglang`) sends exactly that and reads `input_token_logprobs[1:][i][0]`.
 
 Prompt log-probs come from the fused Score path, output ones from the Generate path; both are the model's raw
-log-probs (SGLang's `SGLANG_RETURN_ORIGINAL_LOGPROB`), -inf written as -9999.0. Fields proctor cannot honour
-(`token_ids_logprob`: no per-position probe of chosen ids yet; images, LoRA, streaming, grammars, ...) are a 400
-naming them unless they hold SGLang's default.
+log-probs (SGLang's `SGLANG_RETURN_ORIGINAL_LOGPROB`), -inf written as -9999.0. `token_ids_logprob` (one flat list
+of ids for every prompt, or a list per prompt of a batch) with `return_logprob` adds `input_token_ids_logprobs`
+(null first, then per reported position `[[logprob, token_id, text or null], ...]` in the list's order, from the
+same Score) and `output_token_ids_logprobs`; it is served for prompt-only requests (`max_new_tokens: 0`, where the
+output list is empty), a 400 naming it otherwise. Fields proctor cannot honour (images, LoRA, streaming, grammars,
+...) are a 400 naming them unless they hold SGLang's default.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class SGLangGenerate(BaseModel):
     top_logprobs_num: NonNegative | list[NonNegative] | None = None
     return_text_in_logprobs: bool = False
     log_metrics: bool = True  # SGLang's own metrics switch; proctor counts every request
-    token_ids_logprob: None = None
+    token_ids_logprob: TokenIds | list[TokenIds] | None = None
     stream: Literal[False] = False
     input_embeds: None = None
     image_data: None = None
@@ -119,6 +122,7 @@ class _Prompt:
     max_new_tokens: int
     skip_special: bool
     params: SamplingParams | None  # None: nothing to generate
+    probe_ids: list[int] | None = None  # token_ids_logprob: probed at every reported prompt position
 
     @property
     def scores(self) -> bool:
@@ -199,7 +203,10 @@ class SGLangRoutes:
         return sample.text if p.skip_special else await self.routes.vocab.decode(sample.token_ids)
 
     async def _one(self, p: _Prompt) -> tuple[ScoreOutput | None, Generation | None]:
-        scoring = self.calls.score_prompt(p.ids, p.k, p.start) if p.scores else asyncio.sleep(0)
+        probes = None if p.probe_ids is None else [p.probe_ids] * (len(p.ids) - p.start - 1)
+        scoring = (
+            self.calls.score_prompt(p.ids, p.k, p.start, probes, "token_ids_logprob") if p.scores else asyncio.sleep(0)
+        )
         generating = self.calls.generate(p.ids, p.params) if p.params else asyncio.sleep(0)
         return await asyncio.gather(scoring, generating)
 
@@ -236,15 +243,28 @@ class SGLangRoutes:
         starts = _per(-1 if body.logprob_start_len is None else body.logprob_start_len, count, "logprob_start_len")
         ks = _per(body.top_logprobs_num or 0, count, "top_logprobs_num")
         rids = _rids(body.rid, count, batch)
+        probe_sets = _probe_sets(body.token_ids_logprob, count, batch, n)
         wheres = [f"{field}[{i}]" if batch else field for i in range(count)]
         if body.text is not None:  # checked for length before they are tokenized, as on every route
             all_ids = await self.calls.text_prompts([(str(t), w) for t, w in zip(many, wheres, strict=True)], True)
         else:
             all_ids = [self.calls.check_prompt(cast(list[int], p), w) for p, w in zip(many, wheres, strict=True)]
-        out = [self._prompt(ids, rids[i], sampling[i], logprobs[i], starts[i], ks[i]) for i, ids in enumerate(all_ids)]
+        out = [
+            self._prompt(ids, rids[i], sampling[i], logprobs[i], starts[i], ks[i], probe_sets[i])
+            for i, ids in enumerate(all_ids)
+        ]
         return out, batch or n > 1
 
-    def _prompt(self, ids: list[int], rid: str, sp: SGLangSampling, logprobs: bool, start: int, k: int) -> _Prompt:
+    def _prompt(
+        self,
+        ids: list[int],
+        rid: str,
+        sp: SGLangSampling,
+        logprobs: bool,
+        start: int,
+        k: int,
+        probe_ids: tuple[list[int], str] | None,
+    ) -> _Prompt:
         if start < -1:
             raise ApiError(400, f"logprob_start_len: must be >= -1, got {start}", "logprob_start_len")
         if logprobs and start > len(ids):
@@ -257,6 +277,15 @@ class SGLangRoutes:
             self.calls.check_top(k, "top_logprobs_num")
         limit = self.calls.info.max_model_len - len(ids)
         max_new = limit if sp.max_new_tokens is None else sp.max_new_tokens
+        if probe_ids is not None:  # checked with or without return_logprob, as SGLang's tokenizer manager does
+            self.calls.check_probe_ids(*probe_ids)
+            if logprobs and max_new:
+                raise ApiError(
+                    400,
+                    "token_ids_logprob: served for the prompt only (sampling_params.max_new_tokens: 0); the generated "
+                    "tokens' probes are not",
+                    "token_ids_logprob",
+                )
         params = None
         if max_new:
             params = self.calls.sampling(
@@ -285,6 +314,7 @@ class SGLangRoutes:
             max_new_tokens=max_new,
             skip_special=sp.skip_special_tokens,
             params=params,
+            probe_ids=probe_ids[0] if logprobs and probe_ids is not None else None,
         )
 
 
@@ -295,6 +325,24 @@ def _per(value: Any, count: int, field: str) -> list[Any]:
     if len(value) != count:
         raise ApiError(400, f"{field}: {len(value)} entries for {count} prompts", field)
     return value
+
+
+def _probe_sets(value: list[int] | list[list[int]] | None, count: int, batch: bool, n: int) -> list[Any]:
+    """Each prompt's token_ids_logprob and the field that names it, or None (SGLang's normalisation: one flat list
+    for every prompt, or a list per prompt of a batch)."""
+    if not value:
+        return [None] * count
+    if all(isinstance(t, int) for t in value):
+        return [(value, "token_ids_logprob")] * count
+    if n > 1:
+        raise ApiError(
+            400,
+            "token_ids_logprob: a list per prompt cannot be combined with n > 1 (as in SGLang)",
+            "token_ids_logprob",
+        )
+    if not batch:
+        raise ApiError(400, "token_ids_logprob: one prompt takes a flat list of token ids", "token_ids_logprob")
+    return [(ids, f"token_ids_logprob[{i}]") for i, ids in enumerate(_per(value, count, "token_ids_logprob"))]
 
 
 def _rids(rid: str | list[str] | None, count: int, batch: bool) -> list[str]:
@@ -381,3 +429,11 @@ def _add_logprobs(
         meta["output_top_logprobs"] = (
             [tops(i, lp) for i, lp in zip(top.ids, top.logprobs, strict=True)] if top is not None else []
         )
+    if p.probe_ids is not None:
+        # SGLang writes an empty position (no ids to probe) as null, like the first
+        probed: list[Any] = [None] if reported else []
+        if scored is not None and scored.probe_logprobs is not None:
+            ids = p.probe_ids
+            probed += [[entry(lp, t) for t, lp in zip(ids, row, strict=True)] or None for row in scored.probe_logprobs]
+        meta["input_token_ids_logprobs"] = probed
+        meta["output_token_ids_logprobs"] = []  # the prompt only: nothing was generated

@@ -129,6 +129,7 @@ async def test_output_only_default_and_n(tiny_server: ProctorServer) -> None:
 @pytest.mark.parametrize(
     ("body", "field"),
     [
+        # tokens to generate: the generated tokens' probes are not served (test_http_probes has the prompt's)
         ({"input_ids": [5, 6], "token_ids_logprob": [1, 2], "return_logprob": True}, "token_ids_logprob"),
         ({"input_ids": [5, 6], "image_data": "x.png"}, "image_data"),
         ({"input_ids": [5, 6], "stream": True}, "stream"),
