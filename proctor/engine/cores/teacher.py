@@ -230,9 +230,14 @@ class TeacherCore:
             )
             both = await self.sampler.score_sample(item)
             return self._scored(item, both.score), self._generated(len(item.prompt_ids), both.generation)
-        return await asyncio.gather(
-            self.score(context, target, top_k, rank, probes, probes_field), self.generate(context + target, params)
-        )
+        scoring = asyncio.ensure_future(self.score(context, target, top_k, rank, probes, probes_field))
+        generating = asyncio.ensure_future(self.generate(context + target, params))
+        try:
+            return await asyncio.gather(scoring, generating)
+        except BaseException:  # one failed (a refused probe, a backend error): the other's work is not wanted
+            scoring.cancel()
+            generating.cancel()
+            raise
 
     def _check_probes(self, probes: list[list[int]] | None, field: str, positions: int) -> None:
         if probes is not None:

@@ -4,6 +4,7 @@ calls otherwise; the answer and the metrics are the two calls' either way."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,6 +16,7 @@ from proctor.engine.config import TeacherConfig
 from proctor.engine.cores.context import Admission, Lifecycle, ServiceContext
 from proctor.engine.cores.metrics import Metrics
 from proctor.engine.cores.teacher import TeacherCore
+from proctor.engine.errors import ItemError
 from proctor.engine.items import SamplingParams
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -92,3 +94,16 @@ async def test_a_backend_of_two_engines_keeps_the_two_calls(backend: tuple[Torch
     _, gen = await core(GenerateAndScore(generator, generator)).score_and_generate(IDS[:1], IDS[1:], 3, params)
     assert sorted(batches.rpcs) == ["Generate", "Score"]
     assert len(gen.samples[0].token_ids) == 1
+
+
+async def test_a_refused_score_stops_its_generation(backend: tuple[TorchGenerator, Batches]) -> None:
+    """On the two-call path a Score refused at the door (a probe outside the vocabulary) cancels the Generate it
+    was paired with: nobody will read that completion."""
+    generator, _ = backend
+    params = SamplingParams(max_tokens=2_000, ignore_eos=True)
+    bad = [[generator.info.vocab_size]]
+    with pytest.raises(ItemError, match=r"outside the vocabulary"):
+        await core(generator).score_and_generate(IDS[:1], IDS[1:], 3, params, probes=bad)
+    # 2,000 tokens take the tiny model ~20 s on 2 cores; a cancelled generation frees the engine for the next call
+    await asyncio.wait_for(core(generator).score(IDS[:1], IDS[1:], 3), 8)
+    assert generator.queue_depth() == 0
