@@ -1,16 +1,31 @@
-"""Serving overhead: the same work through gRPC and through the backend called in-process, in the same run.
+"""Serving overhead: the same work through gRPC and in-process, in the same run.
 
     python -m proctor.bench.overhead --items 20000 --rounds 5
 
-Workloads: rule-only rewards (no model: the overhead *is* the cost) on ~6 KB multi-turn rollouts, one item per
-message (Reward) and 256 per message (RewardBatched, with full atoms and with `atom_detail: NONE`, what the trainer
-adapters send); SKD triples on the tiny critic (5 name draws each, 256 per ClassifyBatched message); and Score with
-the tiny model, one item per message (Score) and 64 per message (ScoreBatched). The server runs as its own process
-(as in production); the client streams every item on one call. The rule-reward and the Score variants run in
-interleaved rounds with their in-process baseline, as this machine's speed drifts: each figure is the median over
-rounds, and the overhead the median of each round's difference. Besides wall time per item, the server's own CPU
-time per item is read from /proc: its inverse is the throughput per server core. Writes
-bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
+Rule-only rewards (no model: the overhead *is* the cost) on ~6 KB multi-turn rollouts, one item per message
+(Reward) and 256 per message (RewardBatched, with full atoms and with `atom_detail: NONE`, what the trainer adapters
+send); SKD triples on the tiny critic (5 name draws each, 256 per ClassifyBatched message); Score on the tiny model
+(32 + 32 tokens, without and with 20 top log-probs), one item per message (Score) and 64 per message
+(ScoreBatched, the client's default). The server runs as its own process (as in production); the client streams
+every item on one call. Each variant runs in interleaved rounds with its in-process baseline, as this machine's
+speed drifts: each figure is the median over rounds, and the overhead the median of each round's paired difference
+(Score: and of each round's ratio). Besides wall time per item, the server's own CPU time per item is read from
+/proc: its inverse is the throughput per server core.
+
+Score's baseline is the server's Teacher core in this process (`in_process.InProcessTeacher`): built from the same
+config by the server's own code, under the server's GIL switch interval, fed item by item as the door feeds it (the
+same checks, a queue slot and a task per item, at most `stream_window` in flight, each result dropped once its item
+is done as the server drops it once sent), so that the backend forms the same batches (their mean size is reported
+for both sides) and the difference is the door alone: request decoding and conversion, the stream's machinery,
+result building and encoding, the transport and the client. Its costs are split by CPU time: the server's event loop
+(its main thread) against the baseline's, the server process as a whole, and the client process. And beside it a
+gRPC floor (`grpc_floor`): a plain grpc.aio servicer with no proctor code, answering each item from the request
+alone, through the same client: what gRPC and protobuf cost any Python server and client. Torch runs
+`--torch-threads` intra-op threads on both sides (1 by default: with 2 on 2 cores, a core taken by the client or
+another process stalls the model's thread barrier, and a 1-item forward went from ~1 ms to ~100 ms, which would
+measure the neighbours rather than the door).
+
+Writes bench/results/YYYY-MM-DD-cpu-overhead.{json,md}.
 """
 
 from __future__ import annotations
@@ -26,57 +41,168 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
+import torch
 
-from proctor.bench import load
+from proctor.bench import grpc_floor, load
+from proctor.bench.in_process import InProcessTeacher, ScoreCall
 from proctor.bench.load import _rollout
-from proctor.bench.server import cpu_seconds, serve
+from proctor.bench.server import cpu_seconds, histogram_totals, scrape, serve
 from proctor.clients.reward import RewardClient, reward_request
 from proctor.clients.teacher import TeacherClient, score_request
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.torch.classifier import TorchClassifier
-from proctor.engine.backends.torch.generator import TorchGenerator
-from proctor.engine.config import CriticConfig
+from proctor.engine.config import CriticConfig, load_config
 from proctor.engine.doors.grpc.convert import RELATIONS
-from proctor.engine.items import ScoreItem
 from proctor.engine.skd.critic_scoring import CriticScorer
-from proctor.v1 import critic_pb2, critic_pb2_grpc
+from proctor.v1 import critic_pb2, critic_pb2_grpc, teacher_pb2
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CONFIG = """server: {port: 0, metrics_port: -1}
+CONFIG = """server: {port: 0, metrics_port: 0}
 teacher: {model: builtin:tiny, device: cpu}
 critic: {model: builtin:tiny-critic, device: cpu, cutoff: 0.5}
 reward: {model: '', mode: rules, total_steps: 100000}
 """
+SCORE_TOPS = (0, 20)  # top_logprobs: none, and what distillation trainers ask for
+SCORE_PER_MESSAGE = 64  # ScoreBatched: TeacherClient.score's default
+BATCH_SIZES = "proctor_batch_size_items"
+US = 1e6
+# The results file states the method: the docstring's paragraph on Score's baseline, as one line.
+METHOD = " ".join(next(p for p in (__doc__ or "").split("\n\n") if p.startswith("Score's baseline")).split())
 
 
-def measure(items: int, rounds: int) -> dict[str, Any]:
+class Run(NamedTuple):
+    """One variant's run, per item: wall time; CPU of the process that did the work (the server, or this process
+    for the baseline) and of its event loop's thread; the client's CPU (0 in-process); the backend's batch size."""
+
+    wall: float
+    cpu: float
+    loop_cpu: float
+    client_cpu: float
+    batch_items: float
+
+
+class Measured:
+    """A process doing the work, measured around one run: its CPU, its loop thread's, this process's, batches."""
+
+    def __init__(self, pid: int, batches: Callable[[], tuple[float, float]], client: bool) -> None:
+        self.pid, self.batches, self.client = pid, batches, client
+
+    def run(self, work: Callable[[], None], items: int) -> Run:
+        sum0, count0 = self.batches()
+        cpu0, loop0, own0 = cpu_seconds(self.pid), cpu_seconds(self.pid, self.pid), time.process_time()
+        t0 = time.perf_counter()
+        work()
+        wall = time.perf_counter() - t0
+        cpu, loop, own = (
+            cpu_seconds(self.pid) - cpu0,
+            cpu_seconds(self.pid, self.pid) - loop0,
+            time.process_time() - own0,
+        )
+        sum1, count1 = self.batches()
+        mean = (sum1 - sum0) / (count1 - count0) if count1 > count0 else 0.0
+        return Run(wall / items, cpu / items, loop / items, own / items if self.client else 0.0, mean)
+
+
+def no_batches() -> tuple[float, float]:
+    return 0.0, 0.0
+
+
+def measure_score(
+    target: str, server: Measured, teacher: InProcessTeacher, score_items: int, rounds: int
+) -> dict[str, Any]:
+    """Score without and with top-k: the baseline, the server per message and batched, the gRPC floor both ways."""
+    import random
+
+    rng = random.Random(1)
+    shapes = [
+        ([rng.randint(3, 400) for _ in range(32)], [rng.randint(3, 400) for _ in range(32)]) for _ in range(score_items)
+    ]
+    baseline = Measured(os.getpid(), lambda: histogram_totals(teacher.metrics_text(), BATCH_SIZES), client=False)
+    floor_proc, floor_target = grpc_floor.start()
+    floor = Measured(floor_proc.pid, no_batches, client=True)
+    report: dict[str, Any] = {"score_items": score_items, "score_tokens": "32 context + 32 target"}
+    try:
+        with TeacherClient(target) as proctor, TeacherClient(floor_target) as plain:
+            for top in SCORE_TOPS:
+                requests = [score_request(f"s{i}", c, t, top_logprobs=top) for i, (c, t) in enumerate(shapes)]
+                calls = [ScoreCall(c, t, top) for c, t in shapes]
+                variants: dict[str, tuple[Measured, Callable[[], None]]] = {
+                    "in_process": (baseline, partial(in_process, teacher, calls)),
+                    "grpc_per_message": (server, partial(over_grpc, proctor, requests, 0)),
+                    "grpc_batched": (server, partial(over_grpc, proctor, requests, SCORE_PER_MESSAGE)),
+                    "floor_per_message": (floor, partial(over_grpc, plain, requests, 0)),
+                    "floor_batched": (floor, partial(over_grpc, plain, requests, SCORE_PER_MESSAGE)),
+                }
+                report.update(score_report(f"score_top{top}_", interleaved(variants, rounds, len(requests))))
+    finally:
+        floor_proc.terminate()
+        floor_proc.wait()
+    return report
+
+
+def in_process(teacher: InProcessTeacher, calls: list[ScoreCall]) -> None:
+    assert teacher.score(calls) == len(calls)
+
+
+def over_grpc(client: TeacherClient, requests: list[teacher_pb2.ScoreRequest], per_message: int) -> None:
+    out = client.score(requests, batch_size=per_message)
+    assert len(out) == len(requests) and not any(r.HasField("error") for r in out.values())
+
+
+def interleaved(
+    variants: dict[str, tuple[Measured, Callable[[], None]]], rounds: int, items: int
+) -> dict[str, list[Run]]:
+    """Every variant once a round (after one warm-up run each), in turn forwards and backwards."""
+    for _, work in variants.values():
+        work()
+    runs: dict[str, list[Run]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            measured, work = variants[name]
+            runs[name].append(measured.run(work, items))
+    return runs
+
+
+def score_report(prefix: str, runs: dict[str, list[Run]]) -> dict[str, Any]:
+    base = runs["in_process"]
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values) * US
+
+    out: dict[str, Any] = {}
+    for name, rs in runs.items():
+        key = prefix + name
+        out[f"{key}_us_per_item"] = med([r.wall for r in rs])
+        if name.startswith("grpc"):
+            # Paired by round: the machine's speed drifts between rounds, not within one.
+            out[f"{key}_overhead_us_per_item"] = med([r.wall - b.wall for r, b in zip(rs, base, strict=True)])
+            out[f"{key}_overhead_fraction"] = statistics.median(
+                [r.wall / b.wall - 1 for r, b in zip(rs, base, strict=True)]
+            )
+            both = [(r.cpu + r.client_cpu) / b.cpu - 1 for r, b in zip(rs, base, strict=True)]
+            out[f"{key}_cpu_overhead_fraction"] = statistics.median(both)
+        out[f"{key}_cpu_us_per_item"] = med([r.cpu for r in rs])
+        out[f"{key}_loop_cpu_us_per_item"] = med([r.loop_cpu for r in rs])
+        if name != "in_process":
+            out[f"{key}_client_cpu_us_per_item"] = med([r.client_cpu for r in rs])
+        if not name.startswith("floor"):
+            out[f"{key}_batch_items_mean"] = statistics.median([r.batch_items for r in rs])
+    out[f"{prefix}wall_us_per_item_every_round"] = {n: [round(r.wall * US, 1) for r in rs] for n, rs in runs.items()}
+    return out
+
+
+def measure(items: int, score_items: int, rounds: int) -> dict[str, Any]:
     import random
 
     rng = random.Random(0)
     rollouts = [_rollout(rng) for _ in range(items)]
     full = [reward_request(f"r{i}", "Capital of France?", r, "Paris", 5) for i, r in enumerate(rollouts)]
     bare = [reward_request(f"r{i}", "Capital of France?", r, "Paris", 5, atoms="none") for i, r in enumerate(rollouts)]
-    scores = [
-        score_request(f"s{i}", [rng.randint(3, 400) for _ in range(32)], [rng.randint(3, 400) for _ in range(32)])
-        for i in range(items // 20)
-    ]
-
-    # The in-process Score runs in rounds with the gRPC ones (the machine's speed drifts): one loop keeps the backend.
-    score_loop = asyncio.Runner()
-    score_backend = TorchGenerator("builtin:tiny", device="cpu")
-    score_loop.run(score_backend.start())
-    # As the server does once its models are loaded: what is loaded leaves the collector's generations, so a full
-    # collection walks only what the work makes (without it, the in-process baseline pays collections the server
-    # does not, and reads slower than gRPC).
-    gc.freeze()
-    score_items = [ScoreItem(list(s.context.token_ids.ids), list(s.target.token_ids.ids)) for s in scores]
-
-    async def score_all(batch: list[ScoreItem]) -> None:
-        await asyncio.gather(*(score_backend.score(x) for x in batch))
 
     classify = [load.workloads(2048)["skd"].make(rng, i) for i in range(items // 5)]
     triples = [(c.triple.head, RELATIONS[c.triple.relation], c.triple.tail, None) for c in classify]
@@ -94,14 +220,12 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
         await backend.close()
         return seconds
 
-    score_loop.run(score_all(score_items[:50]))  # warm-up
     triples_direct = asyncio.run(direct_triples())
     wall: dict[str, list[float]] = {}
     server_cpu: dict[str, list[float]] = {}
-    score_wall: dict[str, list[float]] = {}
-    score_cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        proc, target, _ = serve(Path(folder), CONFIG)
+        proc, target, metrics = serve(Path(folder), CONFIG)
+        teacher = InProcessTeacher(load_config(Path(folder) / "proctor.yaml"))
         try:
             with RewardClient(target) as client:
 
@@ -136,40 +260,18 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
                 triples_grpc = time.perf_counter() - t0
                 triples_cpu = cpu_seconds(proc.pid) - cpu0
                 assert len(answered) == len(triples) and not any(r.HasField("error") for r in answered)
-            with TeacherClient(target) as teacher:
-
-                def score_over_grpc(batch_size: int) -> Callable[[], None]:
-                    def run() -> None:
-                        out = teacher.score(scores, batch_size=batch_size)
-                        assert len(out) == len(scores) and not any(r.HasField("error") for r in out.values())
-
-                    return run
-
-                score_variants: dict[str, Callable[[], None]] = {
-                    "in_process": lambda: score_loop.run(score_all(score_items)),
-                    "grpc_per_message": score_over_grpc(0),
-                    "grpc_batched": score_over_grpc(64),
-                }
-                teacher.score(scores[:50], batch_size=0)  # warm-up
-                teacher.score(scores[:50], batch_size=64)
-                for _ in range(rounds):
-                    for name, run in score_variants.items():
-                        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-                        run()
-                        score_wall.setdefault(name, []).append((time.perf_counter() - t0) / len(scores))
-                        if name != "in_process":
-                            score_cpu.setdefault(name, []).append((cpu_seconds(proc.pid) - cpu0) / len(scores))
+            server = Measured(proc.pid, lambda: histogram_totals(scrape(metrics), BATCH_SIZES), client=True)
+            score = measure_score(target, server, teacher, score_items, rounds)
         finally:
             proc.terminate()
             proc.wait()
-            score_loop.run(score_backend.close())
-            score_loop.close()
-    us = 1e6
-    median = {name: statistics.median(values) * us for name, values in wall.items()}
-    cpu = {name: statistics.median(values) * us for name, values in server_cpu.items()}
+            teacher.close()
+    median = {name: statistics.median(values) * US for name, values in wall.items()}
+    cpu = {name: statistics.median(values) * US for name, values in server_cpu.items()}
     report: dict[str, Any] = {
         "device": "CPU",
         "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "command": "python -m proctor.bench.overhead " + " ".join(sys.argv[1:]),
         "rule_reward_items": items,
         "rounds": rounds,
@@ -178,49 +280,96 @@ def measure(items: int, rounds: int) -> dict[str, Any]:
     for name in ("grpc_per_message", "grpc_batched", "grpc_batched_no_atoms"):
         report[f"rule_reward_{name}_us_per_item"] = median[name]
         # Paired by round: the machine's speed drifts between rounds, not within one.
-        paired = [(v - a) * us for v, a in zip(wall[name], wall["in_process"], strict=True)]
+        paired = [(v - a) * US for v, a in zip(wall[name], wall["in_process"], strict=True)]
         report[f"rule_reward_{name}_overhead_us_per_item"] = statistics.median(paired)
-        report[f"rule_reward_{name}_items_per_s"] = us / median[name]
+        report[f"rule_reward_{name}_items_per_s"] = US / median[name]
         report[f"rule_reward_{name}_server_cpu_us_per_item"] = cpu[name]
-        report[f"rule_reward_{name}_items_per_server_core_s"] = us / cpu[name]
-    report["rule_reward_wall_us_per_item_every_round"] = {n: [round(v * us, 1) for v in w] for n, w in wall.items()}
+        report[f"rule_reward_{name}_items_per_server_core_s"] = US / cpu[name]
+    report["rule_reward_wall_us_per_item_every_round"] = {n: [round(v * US, 1) for v in w] for n, w in wall.items()}
     report.update(
         {
             "critic_triples": len(triples),
-            "critic_in_process_us_per_triple": triples_direct / len(triples) * us,
-            "critic_grpc_batched_us_per_triple": triples_grpc / len(triples) * us,
-            "critic_overhead_us_per_triple": (triples_grpc - triples_direct) / len(triples) * us,
-            "critic_grpc_server_cpu_us_per_triple": triples_cpu / len(triples) * us,
-            "score_items": len(scores),
-            "score_in_process_us_per_item": statistics.median(score_wall["in_process"]) * us,
+            "critic_in_process_us_per_triple": triples_direct / len(triples) * US,
+            "critic_grpc_batched_us_per_triple": triples_grpc / len(triples) * US,
+            "critic_overhead_us_per_triple": (triples_grpc - triples_direct) / len(triples) * US,
+            "critic_grpc_server_cpu_us_per_triple": triples_cpu / len(triples) * US,
         }
     )
-    for name in ("grpc_per_message", "grpc_batched"):
-        paired = [(v - a) * us for v, a in zip(score_wall[name], score_wall["in_process"], strict=True)]
-        ratios = [v / a - 1 for v, a in zip(score_wall[name], score_wall["in_process"], strict=True)]
-        report[f"score_{name}_us_per_item"] = statistics.median(score_wall[name]) * us
-        report[f"score_{name}_overhead_us_per_item"] = statistics.median(paired)
-        report[f"score_{name}_overhead_fraction"] = statistics.median(ratios)
-        report[f"score_{name}_server_cpu_us_per_item"] = statistics.median(score_cpu[name]) * us
-    report["score_wall_us_per_item_every_round"] = {n: [round(v * us, 1) for v in w] for n, w in score_wall.items()}
+    report.update(score)
     return report
+
+
+VARIANTS = {
+    "in_process": "in-process (the baseline)",
+    "grpc_per_message": "gRPC, one item per message (Score)",
+    "grpc_batched": f"gRPC, {SCORE_PER_MESSAGE} per message (ScoreBatched)",
+    "floor_per_message": "gRPC floor, one per message",
+    "floor_batched": f"gRPC floor, {SCORE_PER_MESSAGE} per message",
+}
+
+
+def score_lines(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Score, tiny model",
+        "",
+        METHOD,
+        "",
+        "| top-k | variant | µs/item | vs in-process (paired) | CPU µs/item (server or baseline) | its event loop "
+        "| client CPU | model batch (items) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for top in SCORE_TOPS:
+        for name, label in VARIANTS.items():
+            k = f"score_top{top}_{name}"
+            vs = (
+                f"{report[k + '_overhead_us_per_item']:+.0f} µs ({report[k + '_overhead_fraction']:+.0%}); "
+                f"CPU {report[k + '_cpu_overhead_fraction']:+.0%}"
+                if name.startswith("grpc")
+                else ""
+            )
+            client = f"{report[k + '_client_cpu_us_per_item']:.0f}" if name != "in_process" else ""
+            batch = f"{report[k + '_batch_items_mean']:.0f}" if not name.startswith("floor") else ""
+            lines.append(
+                f"| {top} | {label} | {report[k + '_us_per_item']:.0f} | {vs} | {report[k + '_cpu_us_per_item']:.0f} "
+                f"| {report[k + '_loop_cpu_us_per_item']:.0f} | {client} | {batch} |"
+            )
+    lines += ["", "Where the door's CPU goes, per item (medians over rounds):", ""]
+    for top in SCORE_TOPS:
+        base = f"score_top{top}_in_process"
+        for mode in ("per_message", "batched"):
+            k, f = f"score_top{top}_grpc_{mode}", f"score_top{top}_floor_{mode}"
+            baseline = report[base + "_cpu_us_per_item"]
+            server = report[k + "_cpu_us_per_item"] - baseline
+            loop = report[k + "_loop_cpu_us_per_item"] - report[base + "_loop_cpu_us_per_item"]
+            client = report[k + "_client_cpu_us_per_item"]
+            lines.append(
+                f"- top-{top}, {mode.replace('_', ' ')}: {server + client:+.0f} µs over the baseline's {baseline:.0f}: "
+                f"the server {server:+.0f} (its event loop {loop:+.0f}, its other threads {server - loop:+.0f}), "
+                f"the client {client:.0f}; gRPC and protobuf alone (the floor) cost a server "
+                f"{report[f + '_cpu_us_per_item']:.0f} and a client {report[f + '_client_cpu_us_per_item']:.0f}."
+            )
+    return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--items", type=int, default=20000)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every rule-reward variant")
+    p.add_argument("--items", type=int, default=20000, help="rule-reward rollouts (a fifth as many critic triples)")
+    p.add_argument("--score-items", type=int, default=2000, help="Score items per run")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every variant")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads, here and in the server")
     args = p.parse_args()
-    report = measure(args.items, args.rounds)
+    torch.set_num_threads(args.torch_threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # the server's torch, in the process serve() starts
+    report = measure(args.items, args.score_items, args.rounds)
     for key, value in report.items():
-        print(f"{key:>38}: {value:.1f}" if isinstance(value, float) else f"{key:>38}: {value}")
+        print(f"{key:>50}: {value:.2f}" if isinstance(value, float) else f"{key:>50}: {value}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{dt.date.today().isoformat()}-cpu-overhead"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Serving overhead: gRPC vs in-process, same run", "", f"Command: `{report['command']}`", "",
-             "| | |", "|---|---|"] + [f"| {k} | {v:.1f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                                      for k, v in report.items()]  # fmt: skip
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+             "| | |", "|---|---|"] + [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                                      for k, v in report.items() if not k.startswith("score_")]  # fmt: skip
+    stem.with_suffix(".md").write_text("\n".join([*lines, "", *score_lines(report)]) + "\n")
     print(f"saved {stem}.{{json,md}}")
 
 
