@@ -47,15 +47,15 @@ def timing(queue_s: float, inference_s: float, total_s: float) -> common_pb2.Tim
     return common_pb2.Timing(queue_ms=queue_s * 1e3, inference_ms=inference_s * 1e3, total_ms=total_s * 1e3)
 
 
-def top_k(top: TopK | None) -> common_pb2.TopK | None:
+def fill_top_k(into: common_pb2.TopK, top: TopK | None) -> None:
+    """`top` written into a result's own TopK field (None leaves it unset). In place, because protobuf copies a
+    message it is given as a field: a TopK built apart and then set was every entry converted and copied again."""
     if top is None:
-        return None
-    k = len(top.ids[0]) if top.ids else 0
-    return common_pb2.TopK(
-        k=k,
-        token_ids=list(chain.from_iterable(top.ids)),
-        logprobs=list(chain.from_iterable(top.logprobs)),
-    )
+        return
+    into.SetInParent()
+    into.k = len(top.ids[0]) if top.ids else 0
+    into.token_ids.extend(chain.from_iterable(top.ids))
+    into.logprobs.extend(chain.from_iterable(top.logprobs))
 
 
 def probe_rows(probes: Sequence[common_pb2.TokenIds]) -> list[list[int]] | None:

@@ -141,24 +141,20 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
         self, req: teacher_pb2.GenerateRequest, prompt: list[int], params: SamplingParams, received: float
     ) -> teacher_pb2.GenerateResult:
         gen = await self.core.generate(prompt, params)
-        return teacher_pb2.GenerateResult(
-            id=req.id,
-            prompt_token_ids=gen.prompt_ids,
-            completions=[
-                teacher_pb2.Completion(
-                    index=s.index,
-                    token_ids=s.token_ids,
-                    text=s.text,
-                    finish_reason=_FINISH[s.finish_reason],
-                    stop_reason=s.stop_reason,
-                    logprobs=s.logprobs or [],
-                    top=convert.top_k(s.top),
-                    cumulative_logprob=s.cumulative_logprob,  # None (unset) when log-probs were not asked for
-                )
-                for s in gen.samples
-            ],
-            timing=convert.timing(gen.queue_s, gen.inference_s, time.perf_counter() - received),
-        )
+        result = teacher_pb2.GenerateResult(id=req.id, prompt_token_ids=gen.prompt_ids)
+        for s in gen.samples:
+            completion = result.completions.add(  # in place: a Completion built apart would be copied in
+                index=s.index,
+                token_ids=s.token_ids,
+                text=s.text,
+                finish_reason=_FINISH[s.finish_reason],
+                stop_reason=s.stop_reason,
+                logprobs=s.logprobs or [],
+                cumulative_logprob=s.cumulative_logprob,  # None (unset) when log-probs were not asked for
+            )
+            convert.fill_top_k(completion.top, s.top)
+        result.timing.CopyFrom(convert.timing(gen.queue_s, gen.inference_s, time.perf_counter() - received))
+        return result
 
     def _score_one(self, req: teacher_pb2.ScoreRequest) -> Coroutine[Any, Any, teacher_pb2.ScoreResult]:
         """Checked here, before the item takes a queue slot; long texts are tokenized off the loop after."""
@@ -188,25 +184,22 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
             (target,) = targets
             probes = convert.probe_rows(req.probes)
             out = await self.core.score(context, target, req.top_logprobs, probes=probes)
-            return teacher_pb2.ScoreResult(
+            result = teacher_pb2.ScoreResult(
                 id=req.id,
                 target_token_ids=target,
                 logprobs=out.logprobs,
-                top=convert.top_k(out.top),
                 context_tokens=len(context),
-                timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
                 probe_logprobs=convert.flat(out.probe_logprobs),
             )
+            convert.fill_top_k(result.top, out.top)
+            result.timing.CopyFrom(convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received))
+            return result
         group = await self.core.score_group(context, targets, req.top_logprobs)
-        return teacher_pb2.ScoreResult(
-            id=req.id,
-            context_tokens=len(context),
-            continuations=[
-                teacher_pb2.TokenScores(token_ids=ids, logprobs=s.logprobs, top=convert.top_k(s.top))
-                for ids, s in zip(targets, group.scores, strict=True)
-            ],
-            timing=convert.timing(group.queue_s, group.inference_s, time.perf_counter() - received),
-        )
+        result = teacher_pb2.ScoreResult(id=req.id, context_tokens=len(context))
+        for ids, s in zip(targets, group.scores, strict=True):
+            convert.fill_top_k(result.continuations.add(token_ids=ids, logprobs=s.logprobs).top, s.top)
+        result.timing.CopyFrom(convert.timing(group.queue_s, group.inference_s, time.perf_counter() - received))
+        return result
 
     def _sampling(
         self, p: teacher_pb2.SamplingParams, prompt_len: int, base: SamplingParams | None = None, at: str = "params"
