@@ -1,10 +1,12 @@
-"""What every proctor call passes through before its service sees it: the concurrent-call limit and tolerant decoding.
+"""What every proctor call passes through before its service sees it: the concurrent-call limit, tolerant decoding,
+and replies that go out already encoded.
 
 gRPC's own `maximum_concurrent_rpcs` counts every call, Health's included: a few idle streams at the limit made the
 probes fail and the replicas get dropped. The limit is counted here instead, over the proctor services only, so
 Health and reflection always answer. And gRPC ends a whole call with UNKNOWN (and logs a traceback) when one
 request message does not parse; here such a message becomes an `Undecodable` the stream answers as an item error,
-and a damaged batch is split into its items, so that the intact ones are answered.
+and a damaged batch is split into its items, so that the intact ones are answered. The streams encode each result
+once, when it is ready (streams.py): their replies are bytes, which the serializer sends as they are.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ def _tolerant(deserialize: Callable[[bytes], Any], message_type: Any, name: str)
             return Undecodable(len(data), name)
 
     return decode
+
+
+def _sending_encoded(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A reply the stream already encoded goes out as it is; a message (Info, GenerateTriples) is encoded."""
+
+    def encode(reply: Any) -> bytes:
+        return reply if type(reply) is bytes else serialize(reply)
+
+    return encode
 
 
 def _batch_item_type(message_type: Any) -> Any:
@@ -96,9 +107,11 @@ def guarded(handler: grpc.RpcMethodHandler[Any, Any], calls: CallLimit) -> grpc.
     assert deserialize is not None  # generated services always name their request type
     message_type = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
     name = message_type.full_name if message_type is not None else "request message"
+    serialize = handler.response_serializer
+    assert serialize is not None  # likewise the reply type
     options = {
         "request_deserializer": _tolerant(deserialize, message_type, name),
-        "response_serializer": handler.response_serializer,
+        "response_serializer": _sending_encoded(serialize),
     }
 
     async def enter(context: grpc.aio.ServicerContext[Any, Any]) -> None:

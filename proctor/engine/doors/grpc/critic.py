@@ -22,17 +22,16 @@ class CriticService(critic_pb2_grpc.CriticServicer):
         self._classify = StreamSpec("Classify", self._classify_one, critic_pb2.ClassifyResult)
         self._classify_batched = StreamSpec("ClassifyBatched", self._classify_one, critic_pb2.ClassifyResult)
 
-    async def Classify(
+    async def Classify(  # type: ignore[override]  # encoded replies (streams.py)
         self, request_iterator: AsyncIterator[critic_pb2.ClassifyRequest], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[critic_pb2.ClassifyResult]:
+    ) -> AsyncIterator[bytes]:
         async for result in run_stream(self.svc, self._classify, request_iterator):
             yield result
 
-    async def ClassifyBatched(
+    async def ClassifyBatched(  # type: ignore[override]  # encoded replies (streams.py)
         self, request_iterator: AsyncIterator[critic_pb2.ClassifyBatch], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[critic_pb2.ClassifyResults]:
-        results = critic_pb2.ClassifyResults
-        async for message in run_batched_stream(self.svc, self._classify_batched, request_iterator, results):
+    ) -> AsyncIterator[bytes]:
+        async for message in run_batched_stream(self.svc, self._classify_batched, request_iterator):
             yield message
 
     async def Info(

@@ -55,17 +55,16 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
         self._reward = StreamSpec("Reward", self._reward_one, reward_pb2.RewardResult, shrink)
         self._reward_batched = StreamSpec("RewardBatched", self._reward_one, reward_pb2.RewardResult, shrink)
 
-    async def Reward(
+    async def Reward(  # type: ignore[override]  # encoded replies (streams.py)
         self, request_iterator: AsyncIterator[reward_pb2.RewardRequest], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[reward_pb2.RewardResult]:
+    ) -> AsyncIterator[bytes]:
         async for result in run_stream(self.svc, self._reward, request_iterator):
             yield result
 
-    async def RewardBatched(
+    async def RewardBatched(  # type: ignore[override]  # encoded replies (streams.py)
         self, request_iterator: AsyncIterator[reward_pb2.RewardBatch], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[reward_pb2.RewardResults]:
-        results = reward_pb2.RewardResults
-        async for message in run_batched_stream(self.svc, self._reward_batched, request_iterator, results):
+    ) -> AsyncIterator[bytes]:
+        async for message in run_batched_stream(self.svc, self._reward_batched, request_iterator):
             yield message
 
     async def Info(

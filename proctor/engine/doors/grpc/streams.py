@@ -2,13 +2,16 @@
 
 An item's life, in `ItemStream`: read from the stream -> a slot in the call's window -> refused at the door (a
 message that did not decode, no id, an id already in the window, past the per-stream limit) or handled. A handler
-validates and answers at once what needs no backend (validation errors, rule-only rewards): those items never
-queue and cost no task. What needs the backend comes back as a coroutine: it takes a slot in the service's queue
+validates and answers at once what needs no backend (validation errors, rule-only rewards): those items never queue
+and cost no task. What needs the backend comes back as a coroutine: it takes a slot in the service's queue
 (`Admission`; none free: RESOURCE_EXHAUSTED for that item, at once) and runs as its own task. A result larger than
-the message limit becomes that item's error. Every result is sent as soon as it is ready, and its window slot is
-freed only once it is sent: a caller that does not read stops the server reading (backpressure), so a call holds at
-most `stream_window` items and `stream_window_bytes` of unsent results. A failing item fails alone; a cancelled
-call cancels its items' tasks, which stops their backend work.
+the message limit becomes that item's error. Every result is encoded once, when it is ready (its size is its
+encoding's), and sent as soon as it can be, as those bytes: a batch reply is its results' encodings one after
+another, as protobuf encodes a reply message holding them, without building that message (which would copy every
+result into it, then encode it all again); the gate's serializer sends encoded replies as they are. A result's
+window slot is freed only once it is sent: a caller that does not read stops the server reading (backpressure), so a
+call holds at most `stream_window` items and `stream_window_bytes` of unsent results. A failing item fails alone; a
+cancelled call cancels its items' tasks, which stops their backend work.
 
 `Admission` (cores/context.py) is the service-wide queue bound the HTTP front takes its slots from too.
 """
@@ -41,6 +44,8 @@ MAX_RESULTS_PER_MESSAGE = 512
 INLINE_SLICE_S = 0.005
 # What a result adds to a reply message beyond its own bytes: the field's tag and a length of up to 5 bytes.
 _ITEM_FRAMING = 6
+# The tag of every batch reply's `repeated ... items = 1`: field 1, length-delimited.
+_ITEMS_TAG = b"\x0a"
 
 
 class Undecodable(NamedTuple):
@@ -97,11 +102,10 @@ class _Window:
 
 
 class _Ready(NamedTuple):
-    """A result waiting to be sent: its item's id (to leave the window) and its size."""
+    """A result waiting to be sent, encoded, and its item's id (to leave the window)."""
 
-    result: Any
+    data: bytes
     item_id: str
-    size: int
 
 
 _END = object()
@@ -213,7 +217,8 @@ class ItemStream(Generic[Req, Res]):
 
     def _answer(self, item_id: str, result: Res, code: str, received: float, held: bool = True) -> None:
         """Queue a result for sending; one over the message limit is replaced by an error saying what would fit."""
-        size = result.ByteSize()
+        data = result.SerializeToString()
+        size = len(data)
         if size > self._max_result_bytes:
             shrink = f"; ask for less: {self.spec.shrink}" if self.spec.shrink else ""
             big = ItemError(  # not retryable: the same item would make the same result
@@ -221,10 +226,10 @@ class ItemStream(Generic[Req, Res]):
                 f"about {100 * self._max_result_bytes // size}% of it would fit{shrink}"
             )
             result, code = self.spec.error_result(item_id, big), big.code
-            size = result.ByteSize()
+            data = result.SerializeToString()
         self._metrics.item(code, received)
-        self._window.unsent_bytes += size
-        self._ready.append(_Ready(result, item_id if held else "", size))
+        self._window.unsent_bytes += len(data)
+        self._ready.append(_Ready(data, item_id if held else ""))
         self._readied.set()
 
     async def _reader(self) -> None:
@@ -283,29 +288,26 @@ class ItemStream(Generic[Req, Res]):
 
     def sent(self, ready: _Ready) -> None:
         self._held.discard(ready.item_id)
-        self._window.release(ready.size)
+        self._window.release(len(ready.data))
 
 
 async def run_stream(
     svc: ServiceContext, spec: StreamSpec[Req, Res], requests: AsyncIterator[Req | Undecodable]
-) -> AsyncIterator[Res]:
-    """One item per message each way."""
+) -> AsyncIterator[bytes]:
+    """One item per message each way; each reply is one encoded result."""
     stream = ItemStream(svc, spec, requests)
     async for ready in stream.results():
         for entry in ready:
-            yield entry.result
+            yield entry.data
             stream.sent(entry)  # gRPC asks for the next message once this one is written
 
 
 async def run_batched_stream(
-    svc: ServiceContext,
-    spec: StreamSpec[Req, Res],
-    batches: AsyncIterator[Any],
-    reply: Callable[..., Any],
-) -> AsyncIterator[Any]:
+    svc: ServiceContext, spec: StreamSpec[Req, Res], batches: AsyncIterator[Any]
+) -> AsyncIterator[bytes]:
     """Many items per message each way (`batches` have `items`); every item is handled exactly as in run_stream,
-    and each reply message (`reply(items=results)`, e.g. RewardResults) carries results ready when it is sent, as
-    many as fit in one message."""
+    and each reply, an encoded batch reply message (`repeated ... items = 1`, e.g. RewardResults), carries the
+    results ready when it is sent, as many as fit in one message."""
 
     async def items() -> AsyncIterator[Req | Undecodable]:
         async for batch in batches:
@@ -324,13 +326,24 @@ async def run_batched_stream(
     async for ready in stream.results():
         start = 0
         while start < len(ready):
-            end, size = start + 1, ready[start].size + _ITEM_FRAMING
+            end, size = start + 1, len(ready[start].data) + _ITEM_FRAMING
             while end < len(ready) and end - start < MAX_RESULTS_PER_MESSAGE:
-                size += ready[end].size + _ITEM_FRAMING
+                size += len(ready[end].data) + _ITEM_FRAMING
                 if size > limit:
                     break
                 end += 1
-            yield reply(items=[entry.result for entry in ready[start:end]])
+            yield b"".join([part for entry in ready[start:end] for part in _framed(entry.data)])
             for entry in ready[start:end]:
                 stream.sent(entry)
             start = end
+
+
+def _framed(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """An encoded result as an entry of a batch reply's `items`: the field's tag, the varint of its length, itself."""
+    size = len(data)
+    length = bytearray()
+    while size > 0x7F:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    length.append(size)
+    return _ITEMS_TAG, bytes(length), data

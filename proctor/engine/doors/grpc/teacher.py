@@ -45,23 +45,22 @@ class TeacherService(teacher_pb2_grpc.TeacherServicer):
 
     # ---- RPCs ------------------------------------------------------------------------------------------------
 
-    async def Generate(
+    async def Generate(  # type: ignore[override]  # encoded replies (streams.py)
         self, request_iterator: AsyncIterator[teacher_pb2.GenerateRequest], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[teacher_pb2.GenerateResult]:
+    ) -> AsyncIterator[bytes]:
         async for result in run_stream(self.svc, self._generate, request_iterator):
             yield result
 
-    async def Score(
+    async def Score(  # type: ignore[override]  # encoded replies (streams.py)
         self, request_iterator: AsyncIterator[teacher_pb2.ScoreRequest], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[teacher_pb2.ScoreResult]:
+    ) -> AsyncIterator[bytes]:
         async for result in run_stream(self.svc, self._score, request_iterator):
             yield result
 
-    async def ScoreBatched(
+    async def ScoreBatched(  # type: ignore[override]  # encoded replies (streams.py)
         self, request_iterator: AsyncIterator[teacher_pb2.ScoreBatch], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[teacher_pb2.ScoreResults]:
-        results = teacher_pb2.ScoreResults
-        async for message in run_batched_stream(self.svc, self._score_batched, request_iterator, results):
+    ) -> AsyncIterator[bytes]:
+        async for message in run_batched_stream(self.svc, self._score_batched, request_iterator):
             yield message
 
     async def GenerateTriples(

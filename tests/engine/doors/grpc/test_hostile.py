@@ -176,7 +176,8 @@ async def test_a_result_over_the_message_limit_is_that_items_error_and_the_strea
         for i in range(20):
             yield reward_pb2.RewardRequest(id=f"r{i}", training_step=150 if i == 7 else 5)
 
-    results = {r.id: r async for r in run_stream(svc, spec, requests())}
+    replies = [reward_pb2.RewardResult.FromString(m) async for m in run_stream(svc, spec, requests())]
+    results = {r.id: r for r in replies}
     assert len(results) == 20
     assert all(not r.HasField("error") and len(r.atoms) == 5 for i, r in results.items() if i != "r7")
     error = results["r7"].error
@@ -192,9 +193,12 @@ async def test_batched_replies_are_packed_under_the_message_limit() -> None:
     async def batches() -> AsyncIterator[reward_pb2.RewardBatch]:
         yield reward_pb2.RewardBatch(items=[reward_pb2.RewardRequest(id=f"b{i}", training_step=30) for i in range(10)])
 
-    replies = [m async for m in run_batched_stream(svc, spec, batches(), reward_pb2.RewardResults)]
+    encoded = [m async for m in run_batched_stream(svc, spec, batches())]
+    replies = [reward_pb2.RewardResults.FromString(m) for m in encoded]
     assert sorted(r.id for m in replies for r in m.items) == sorted(f"b{i}" for i in range(10))
-    assert len(replies) >= 4 and all(m.ByteSize() <= 100_000 for m in replies), [m.ByteSize() for m in replies]
+    assert len(replies) >= 4 and all(len(m) <= 100_000 for m in encoded), [len(m) for m in encoded]
+    # each reply is byte for byte what protobuf makes of the reply message (results of ~30 kB: 3-byte lengths)
+    assert encoded == [m.SerializeToString() for m in replies]
 
 
 async def test_health_answers_while_idle_streams_hold_every_call_slot() -> None:

@@ -77,7 +77,7 @@ async def test_the_stream_window_bounds_the_items_in_flight_and_inline_items_tak
 
     svc = ServiceContext("test", Metrics(), Lifecycle(), Admission(100), stream_window=3)
     spec = StreamSpec("Reward", handle, reward_pb2.RewardResult)  # type: ignore[arg-type]
-    results = [r async for r in run_stream(svc, spec, requests())]
+    results = [reward_pb2.RewardResult.FromString(m) async for m in run_stream(svc, spec, requests())]
     assert sorted(r.id for r in results) == sorted(f"{'now' if i % 3 == 0 else 'later'}{i}" for i in range(30))
     assert not any(r.HasField("error") for r in results)
     assert peak == 3, "the window filled, and never overflowed"
