@@ -55,6 +55,26 @@ async def test_trl_sequence_logprobs_match_float64_and_score(
         assert torch.allclose(torch.tensor(grpc_actual, dtype=torch.float64), actual.squeeze(1), atol=1e-6)
 
 
+async def test_trl_default_top_100_matches_float64(
+    tiny_server: ProctorServer,
+    reference: Any,  # noqa: F811 (the fixture)
+) -> None:
+    """get_sequence_logprobs' default, top_logprobs=100 (vLLM's default --max-logprobs of 20 refuses it): the 100
+    most likely tokens at every completion position, in order, within 1e-4 of float64."""
+    client = await asyncio.to_thread(trl_client, base(tiny_server))
+    out = await asyncio.to_thread(client.get_sequence_logprobs, SEQUENCES, PROMPT_LENGTHS)
+    for i, (seq, start) in enumerate(zip(SEQUENCES, PROMPT_LENGTHS, strict=True)):
+        rows = reference(seq)[start - 1 : len(seq) - 1]
+        top = rows.topk(100)
+        got = torch.tensor(out["logprobs"][i], dtype=torch.float64)
+        assert got.shape == (len(seq) - start, 100)
+        assert torch.allclose(got, top.values, atol=1e-4)
+        # the ids in the same order where the float64 values are not tied within the tolerance
+        apart = (top.values[:, :-1] - top.values[:, 1:]).abs() > 1e-4
+        ids = torch.tensor(out["logprob_token_ids"][i])
+        assert torch.equal(ids[:, :-1][apart], top.indices[:, :-1][apart])
+
+
 async def test_trl_generate_n2_prompt_major(tiny_server: ProctorServer) -> None:
     client = await asyncio.to_thread(trl_client, base(tiny_server))
     out = await asyncio.to_thread(client.generate, [[5, 6, 7], [8, 9]], None, 2, 1.0, 1.0, 1.0, 0, 0.0, 3, 1)
