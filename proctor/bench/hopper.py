@@ -1,7 +1,7 @@
 """Hopper compile report: every Triton kernel compiled for sm_90 (H100 / H200) on a machine without a GPU, at the
 launches the dispatchers really make, with what the compiler gave it.
 
-    python -m proctor.bench.hopper [--out DIR] [--check]
+    python -m proctor.bench.hopper [--out DIR] [--check] [--kernels {lm_head,logits} ...]
 
 Each variant is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))` with the same
 constexprs, warps, stages and argument specialisations (16-divisible integers and pointers, integers equal to 1)
@@ -14,7 +14,11 @@ The H200 machines run triton 3.6.0 (torch 2.11): CI compiles with that version i
 (.ci/run); the report under bench/results is from it. Launches: bf16 / fp16 / fp32; top-k 0 and one per running
 top-k slot count (1, 2, 4, 8, 16, 20 for 32 slots, 64); H 576, 1,536, 4,096, 8,192; Score batches of 16,384 rows
 (in chunks with top-k) and RRM probes of 1, 11 and 256 rows; with a rank (the HTTP front's prompt log-probs, top-k
-or not) at the same rows.
+or not) at the same rows. The logits kernel: the same top-k and 100 and 256, one a K_PAD (k itself is a runtime
+argument), held to the registers its launch asks (`maxnreg`).
+
+`--kernels logits` compiles only that kernel's variants and carries the lm_head rows over from the newest
+committed report (of the same triton), saying so in the report: for a change to one kernel, a few minutes less.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ SCORE_ROWS = 16_384
 PROBE_ROWS = (1, 11, 256)
 PROBE_TOKENS = 11  # an RRM's score tokens "0".."10"
 TOP_KS = (0, 1, 2, 4, 8, 16, 20, 64)  # every running top-k slot count (20: 32 slots)
+LOGITS_TOP_KS = (*TOP_KS, 100, 256)  # the logits kernel: one k a K_PAD (k itself is not specialised on)
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -67,6 +72,7 @@ class Variant:
     vocabs: list[int] = field(default_factory=list)  # the vocabularies whose launches use it
     launches: list[str] = field(default_factory=list)  # the row counts whose launches use it
     hiddens: list[int] = field(default_factory=list)  # H values of those launches (a runtime argument)
+    maxnreg: int = 0  # the registers a thread is held to (ptxas's .maxnreg), 0: not held
     registers: int = -1
     stack: int = -1
     shared: int = -1
@@ -124,7 +130,13 @@ def _resources(cubin: bytes, tool: Path) -> dict[str, int]:
 
 
 def compile_sm90(
-    fn: Any, pointers: dict[str, str], ints: dict[str, int], consts: dict[str, object], warps: int, stages: int
+    fn: Any,
+    pointers: dict[str, str],
+    ints: dict[str, int],
+    consts: dict[str, object],
+    warps: int,
+    stages: int,
+    maxnreg: int = 0,
 ) -> Any:
     """Triton's CompiledKernel of one launch, for sm_90, specialised as the launch would be."""
     import triton
@@ -136,7 +148,7 @@ def compile_sm90(
     return triton.compile(
         ASTSource(fn, signature, constexprs, attrs),
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": warps, "num_stages": stages},
+        options={"num_warps": warps, "num_stages": stages} | ({"maxnreg": maxnreg} if maxnreg else {}),
     )
 
 
@@ -150,7 +162,7 @@ def compile_variant(
     import triton
 
     t0 = time.perf_counter()
-    compiled = compile_sm90(fn, pointers, ints, consts, variant.num_warps, variant.num_stages)
+    compiled = compile_sm90(fn, pointers, ints, consts, variant.num_warps, variant.num_stages, variant.maxnreg)
     variant.compile_s = round(time.perf_counter() - t0, 2)
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     res = _resources(compiled.asm["cubin"], tool)
@@ -239,32 +251,34 @@ def logits_variants() -> list[Compile]:
     tp = importlib.import_module("proctor.kernels.target_logprobs")
 
     out: dict[Key, Compile] = {}
-    for name in DTYPES.values():
-        pointers = dict(
-            zip(tp.POINTERS, [f"*{name}", "*i64", "*fp32", "*fp32", "*fp32", "*fp32", "*i32"], strict=True),
-        )
-        for top_k, vocab in itertools.product(TOP_KS, VOCABS):
+    for dtype, name in DTYPES.items():
+        types = [f"*{name}", "*i64", "*fp32", "*fp32", "*fp32", "*fp32", "*i32", "*fp32"]
+        pointers = dict(zip(tp.POINTERS, types, strict=True))
+        for top_k, vocab in itertools.product(LOGITS_TOP_KS, VOCABS):
             launch = tp.logits_launch(SCORE_ROWS, vocab, top_k)
-            ints, consts = tp.kernel_arguments(launch, vocab, vocab)
-            sig = _specialise(tp._target_logprobs_kernel, pointers, ints, consts)
+            ints, consts = tp.kernel_arguments(launch, vocab, vocab, dtype)
+            sig = _specialise(tp._target_logprobs_kernel, pointers, ints, consts, tuple(tp.UNSPECIALISED))
             key = _key("logits", name, top_k, launch.num_warps, launch.num_stages, sig)
             if key not in out:
                 v = Variant("logits", name, top_k, f"1x{launch.block_v}", launch.num_warps, launch.num_stages)
-                v.hints = _hints(tp._target_logprobs_kernel, sig, ints)
+                v.hints, v.maxnreg = _hints(tp._target_logprobs_kernel, sig, ints), launch.maxnreg or 0
                 out[key] = (v, tp._target_logprobs_kernel, pointers, ints, consts)
-            _note(out[key][0], vocab, "any (one program a row)")
+            _note(out[key][0], vocab, f"any ({launch.programs} persistent programs at {SCORE_ROWS:,})")
     return list(out.values())
 
 
-def build_all(progress: bool = True) -> list[Variant]:
+KERNELS = {"lm_head": lm_head_variants, "logits": logits_variants}
+
+
+def build_all(progress: bool = True, kernels: tuple[str, ...] = tuple(KERNELS)) -> list[Variant]:
     done = []
-    for v, fn, pointers, ints, consts in [*lm_head_variants(), *logits_variants()]:
+    for v, fn, pointers, ints, consts in [c for name in kernels for c in KERNELS[name]()]:
         done.append(compile_variant(v, fn, pointers, ints, consts))
         if progress:
             print(
                 f"{v.kernel:<8} {v.part:<4} {v.dtype} top-{v.top_k:<3} set-{v.tokens:<2} "
                 f"{'rank ' if v.rank else ''}{v.tile:<11} "
-                f"w{v.num_warps} s{v.num_stages}: "
+                f"w{v.num_warps} s{v.num_stages}{f' r{v.maxnreg}' if v.maxnreg else ''}: "
                 f"{v.registers} regs, stack {v.stack}, smem {v.shared}, wgmma {v.wgmma}, tma {v.tma} "
                 f"({v.compile_s:.1f} s) {'; '.join(v.problems)}",
                 flush=True,
@@ -272,10 +286,32 @@ def build_all(progress: bool = True) -> list[Variant]:
     return done
 
 
-def write_report(variants: list[Variant], stem: Path, command: str, elapsed_s: float) -> None:
+def carried_over(kernels: tuple[str, ...]) -> tuple[list[Variant], str]:
+    """The newest committed report's variants of the kernels named (what a run restricted to the others keeps),
+    and that report's name; it must be of this triton."""
+    import triton
+
+    reports = sorted(RESULTS.glob("*-cpu-hopper-compile.json"))
+    if not reports:
+        raise SystemExit("no committed report to carry the other kernels' variants from: compile them all")
+    record = json.loads(reports[-1].read_text())
+    if record["triton"] != triton.__version__:
+        raise SystemExit(f"{reports[-1].name} is of triton {record['triton']}, not {triton.__version__}")
+    names = {f.name for f in fields(Variant)}
+    rows = [Variant(**{k: v for k, v in row.items() if k in names}) for row in record["variants"]]
+    return [v for v in rows if v.kernel in kernels], reports[-1].name
+
+
+def write_report(
+    variants: list[Variant], stem: Path, command: str, elapsed_s: float, carried: tuple[list[Variant], str] = ([], "")
+) -> None:
+    """The compiled variants, and any carried over unchanged from an earlier report (`carried_over`)."""
     import triton
 
     stem.parent.mkdir(parents=True, exist_ok=True)
+    kept, source = carried
+    compiled = variants
+    variants = [v for name in KERNELS for v in [*kept, *compiled] if v.kernel == name]
     record = {
         "date": dt.date.today().isoformat(),
         "command": command,
@@ -284,8 +320,9 @@ def write_report(variants: list[Variant], stem: Path, command: str, elapsed_s: f
         "smem_limit": SMEM_LIMIT,
         "vocabs": list(VOCABS),
         "elapsed_s": round(elapsed_s),
-        "compile_s": round(sum(v.compile_s for v in variants)),
+        "compile_s": round(sum(v.compile_s for v in compiled)),
         "passed": not any(v.problems for v in variants),
+        "carried_from": {"report": source, "kernels": sorted({v.kernel for v in kept})} if kept else None,
         "variants": [asdict(v) | {"problems": v.problems} for v in variants],
     }
     stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
@@ -300,20 +337,30 @@ def write_report(variants: list[Variant], stem: Path, command: str, elapsed_s: f
         f"Vocabularies: {', '.join(f'{v:,}' for v in VOCABS)}; H {', '.join(map(str, HIDDENS))}; rows "
         f"{SCORE_ROWS:,} and {', '.join(map(str, PROBE_ROWS))}. {len(variants)} distinct compiles (launches that "
         "specialise alike compile once: the grid's integers are not specialised on, so the vocabulary changes only "
-        f"the hints), {record['compile_s']} s of compiling, {record['elapsed_s']} s in all on this machine's 2 "
-        "cores. The lm_head kernel's body launch covers the vocabulary's first multiple of 16 columns (its `vocab` "
-        "keeps the divisibility hint); a vocabulary that is not a multiple of 16 (50,257) adds a tail launch of "
-        "its last 1-15 columns in one 16-column block, its partials one more split.",
+        f"the hints), {record['compile_s']} s of compiling {len(compiled)} of them, {record['elapsed_s']} s in all "
+        "on this machine's 2 cores. The lm_head kernel's body launch covers the vocabulary's first multiple of 16 "
+        "columns (its `vocab` keeps the divisibility hint); a vocabulary that is not a multiple of 16 (50,257) adds "
+        "a tail launch of its last 1-15 columns in one 16-column block, its partials one more split.",
         "",
-        "| kernel | part | dtype | top-k | set | rank | tile | warps | stages | regs | stack B | shared KB | wgmma "
-        "| TMA | hints | vocabularies | rows; H | problems |",
+        *(
+            [
+                f"Carried over, not compiled in this run: the {', '.join(record['carried_from']['kernels'])} "
+                f"variants ({len(kept)}), rows copied from `{source}` (same triton); this run compiled the rest.",
+                "",
+            ]
+            if kept
+            else []
+        ),
+        "| kernel | part | dtype | top-k | set | rank | tile | warps | stages | regs (held to) | stack B | shared KB "
+        "| wgmma | TMA | hints | vocabularies | rows; H | problems |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         rows = "; ".join(v.launches) + (f"; H {', '.join(map(str, v.hiddens))}" if v.hiddens else "")
         lines.append(
             f"| {v.kernel} | {v.part} | {v.dtype} | {v.top_k} | {v.tokens} | {'yes' if v.rank else ''} | {v.tile} | "
-            f"{v.num_warps} | {v.num_stages} | {v.registers} | {v.stack} | {v.shared / 1024:.1f} | {v.wgmma} | "
+            f"{v.num_warps} | {v.num_stages} | {v.registers}{f' ({v.maxnreg})' if v.maxnreg else ''} | {v.stack} | "
+            f"{v.shared / 1024:.1f} | {v.wgmma} | "
             f"{v.tma} | {v.hints} | {', '.join(map(str, v.vocabs))} | {rows} | {'; '.join(v.problems) or 'ok'} |"
         )
     stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
@@ -323,16 +370,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write DIR/hopper-compile.{json,md} (default: dated, bench/results)")
     parser.add_argument("--check", action="store_true", help="exit 1 on a spill, too much shared memory, no wgmma")
+    parser.add_argument(
+        "--kernels",
+        nargs="+",
+        choices=tuple(KERNELS),
+        default=list(KERNELS),
+        help="compile only these kernels' variants; the others' rows are carried over from the newest committed "
+        "report, and the report says so",
+    )
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    kernels = tuple(k for k in KERNELS if k in args.kernels)
+    carried = carried_over(tuple(k for k in KERNELS if k not in kernels)) if len(kernels) < len(KERNELS) else ([], "")
     with tempfile.TemporaryDirectory() as cache:  # cold compiles: Triton's own cache would time a hit
         os.environ["TRITON_CACHE_DIR"] = cache
-        variants = build_all()
+        variants = build_all(kernels=kernels)
     stem = args.out / "hopper-compile" if args.out else RESULTS / f"{dt.date.today().isoformat()}-cpu-hopper-compile"
     command = "python -m proctor.bench.hopper " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_report(variants, stem, command.strip(), time.perf_counter() - t0)
-    bad = [v for v in variants if v.problems]
-    print(f"{len(variants)} variants, {len(bad)} with problems, {time.perf_counter() - t0:.0f} s: {stem}.{{json,md}}")
+    write_report(variants, stem, command.strip(), time.perf_counter() - t0, carried)
+    bad = [v for v in [*carried[0], *variants] if v.problems]
+    took = time.perf_counter() - t0
+    print(f"{len(variants)} compiled, {len(carried[0])} carried over, {len(bad)} with problems, {took:.0f} s: {stem}")
     return 1 if args.check and bad else 0
 
 

@@ -149,7 +149,7 @@ def check_logits(c: Check, shapes: Shapes) -> None:
             c.timed(case, "anchor: read the logits once (torch sum)", lambda: logits.sum(dtype=torch.float32))
         c.timed(
             case,
-            "proctor target_logprobs" + (", one pass" if k <= 64 else " (kernel pass + torch.topk of the logits)"),
+            "proctor target_logprobs, one pass",
             functools.partial(target_logprobs_triton, logits, targets, k),
             err,
             True,

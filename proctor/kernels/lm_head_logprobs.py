@@ -36,7 +36,7 @@ import os
 import torch
 
 from proctor.kernels.buffers import poisoned
-from proctor.kernels.lm_head_plan import H200_SMS, LmHeadLaunch, lm_head_launches, lm_head_tail
+from proctor.kernels.lm_head_plan import LmHeadLaunch, device_sms, lm_head_launches, lm_head_tail
 from proctor.kernels.target_logprobs import target_logprobs_reference, target_ranks_reference
 from proctor.kernels.topk_select import RUNNING_SLOTS, check_top_k, select_from_candidates, top_k_ties_by_id
 
@@ -458,12 +458,6 @@ def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, top_k: int) -> Non
     check_top_k(top_k, weight.shape[0])
 
 
-def _sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).multi_processor_count)
-    return H200_SMS  # the interpreter: launch as on an H200
-
-
 def lm_head_logprobs_triton(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -483,7 +477,7 @@ def lm_head_logprobs_triton(
     start = 0
     slots = min(top_k, RUNNING_SLOTS)  # each split's running top-k; past it, the splits' candidates are merged
     launches = lm_head_launches(
-        hidden.shape[0], weight.shape[0], hidden.dtype, slots, _sms(hidden.device), rank=rank_out is not None
+        hidden.shape[0], weight.shape[0], hidden.dtype, slots, device_sms(hidden.device), rank=rank_out is not None
     )
     for launch in launches:
         span = slice(start, start + launch.rows)
@@ -549,7 +543,7 @@ def lm_head_set_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, toke
     ignored = torch.full((hidden.shape[0],), -100, dtype=torch.int64, device=hidden.device)
     sets = len(token_ids)
     out, start = [], 0
-    for launch in lm_head_launches(hidden.shape[0], vocab, hidden.dtype, 0, _sms(hidden.device), sets):
+    for launch in lm_head_launches(hidden.shape[0], vocab, hidden.dtype, 0, device_sms(hidden.device), sets):
         rows = slice(start, start + launch.rows)
         part, _, _, set_logits = _launch(hidden[rows], weight, ignored[rows], launch, token_ids)
         start += launch.rows
@@ -565,7 +559,7 @@ def lm_head_main_loop_triton(hidden: torch.Tensor, weight: torch.Tensor) -> torc
     _check_inputs(hidden, weight, 0)
     ignored = torch.full((hidden.shape[0],), -100, dtype=torch.int64, device=hidden.device)
     out, start = [], 0
-    for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, 0, _sms(hidden.device)):
+    for launch in lm_head_launches(hidden.shape[0], weight.shape[0], hidden.dtype, 0, device_sms(hidden.device)):
         rows = slice(start, start + launch.rows)
         start += launch.rows
         out.append(_launch(hidden[rows], weight, ignored[rows], launch, epilogue=False)[0][1])

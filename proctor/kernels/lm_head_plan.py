@@ -13,6 +13,13 @@ H200_SMS = 132  # multiprocessors of an H200 (and H100 SXM): the launch shapes o
 PARTIALS_BUDGET = 64 * 2**20  # bytes of per-split partials and top-k candidates per launch; rows are chunked to fit
 
 
+def device_sms(device: torch.device) -> int:
+    """The device's multiprocessors: what the launch grids are sized for (an H200's off a GPU: the interpreter)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return H200_SMS
+
+
 @dataclass(frozen=True)
 class LmHeadLaunch:
     """One launch of the fused kernel: its tile, warps, pipeline depth and grid."""

@@ -1,10 +1,28 @@
 """logits [N, V] (any float dtype) -> log p(target) [N], entropy [N] and optional top-k (k <= 256), float32, in
-one pass over the vocabulary (top-k 65-256: a second read of the logits, `target_logprobs_triton`).
+one read of the logits for every k.
 
-The Triton kernel (one program per row) keeps an online log-sum-exp per row (running max, rescaled sum of
-exponentials and of x * exp(x)), so it reads each logit once and never writes a [N, V] float32 tensor; with top-k
-it also keeps the row's running best k (kernels/topk.py: a tile is merged only through its values above the current
-k-th best, so after the first tiles most tiles cost one compare per logit), and writes just [N, k].
+The Triton kernel runs persistent programs (as many as the SMs hold at once), each scoring rows one after another.
+Per row it keeps an online log-sum-exp (running max, rescaled sums of exp(x) and of x * exp(x)) tile by tile, so it
+reads each logit once and never writes a [N, V] float32 tensor; the target's logit is one load.
+
+With a top-k each program keeps a buffer of candidates (BUFFER float32 values and their ids, 8 KiB in global
+memory: 4 MiB for 512 programs, which L2 holds). A tile appends its logits above the threshold theta in column
+order (a prefix sum gives their places, a masked store writes them). When the buffer would overflow it is compacted
+in place to its k best: the k-th largest value is built bit by bit from the top of its order-preserving int32 key,
+one count over the buffer a bit (16 bits for bf16 logits, 19 for fp16, 32 for fp32: the others are zero), the
+values above it are kept and of those equal to it the first appended (the lowest ids) up to k; theta becomes it.
+A later logit equal to theta has a higher id than the k kept at or above it, so only logits strictly above theta
+may still enter. A tile that alone holds more than the free places (the first, while theta is -inf) keeps its own
+k best the same way, in registers. At the row's end the buffer is compacted once more and its k logits, in id
+order, written out; the host sorts them by value, stable (ties stay by id), and subtracts the log-sum-exp. A row
+with fewer than k finite logits (the buffer never takes -inf) is answered from its own logits on the host.
+
+Per logit that is a compare with theta, and in a tile where something enters a prefix sum and a masked store; at
+k = 256 on a 151,936-word row, with the large logits in random order, ~2,600 entries are appended and the buffer
+is compacted ~4 times (the threshold rises geometrically; bench/cost_model.py's `admission`). The running top-k
+this replaces (kernels/topk.py, still the lm_head kernel's) made one pass over its tile per value that entered,
+~k ln(V / k) a row, and past 64 slots left the top-k to torch.topk: a second read of the logits.
+
 Rows whose target is `ignore_index` get 0.0 log-prob and entropy (their top-k is still reported).
 `target_logprobs_reference` is the plain-torch definition it must match.
 """
@@ -16,18 +34,26 @@ from dataclasses import dataclass
 import torch
 
 from proctor.kernels.buffers import poisoned
-from proctor.kernels.topk_select import RUNNING_SLOTS, check_top_k, order_by_value_then_id, top_k_ties_by_id
+from proctor.kernels.lm_head_plan import H200_SMS, device_sms
+from proctor.kernels.topk_select import check_top_k, top_k_ties_by_id
 
 try:
     import triton
     import triton.language as tl
-
-    from proctor.kernels.topk import topk_init, topk_merge
 except ImportError:  # Triton is optional: the reference serves CPU tensors
     triton = None
 
 
 Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+
+BLOCK_V = 4096  # logits a step without a top-k
+TOPK_BLOCK_V = 2048  # with one
+TOPK_MAXNREG = 128  # registers a thread with a top-k: 4 programs of 4 warps an SM
+BUFFER = 1024  # a program's top-k candidates (float32 value + int32 id each): 8 KiB
+WARPS_PER_SM = 32  # warps of resident programs per SM the grid is sized for without a top-k (half of an sm_90's 64)
+REGISTERS_PER_SM = 65_536  # an sm_90 SM's register file (32-bit registers)
+# The kernel's integers that only bound loops and meet counts: not specialised on (bench/hopper.py compiles alike).
+UNSPECIALISED = ["n_rows", "top_k"]
 
 
 def target_logprobs_reference(
@@ -65,7 +91,73 @@ def target_ranks_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_i
 
 if triton is not None:
 
+    @triton.jit
+    def _from_key(key):  # type: ignore[no-untyped-def]
+        """The float32 whose order-preserving int32 key (sign-magnitude folded to two's complement) is `key`."""
+        return (key ^ ((key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+
     @triton.jit  # type: ignore[untyped-decorator]
+    def _kth_largest(v, k, KEY_BITS: tl.constexpr):  # type: ignore[no-untyped-def]
+        """The k-th largest of v [B] (-inf where empty; at least k finite): the largest key t with k values at
+        or above the float t stands for, set bit by bit from the top. The counts compare floats, as torch orders
+        them (-0.0 == 0.0). Only the top KEY_BITS bits are searched: the logits' dtype leaves the others of every
+        value's float32 zero, so of its key zero (>= 0) or one (< 0)."""
+        key = tl.where(tl.sum((v >= 0.0).to(tl.int32), axis=0) >= k, 0, -(2**31))
+        for i in range(KEY_BITS - 1):
+            cand = key | (1 << (30 - i))
+            key = tl.where(tl.sum((v >= _from_key(cand)).to(tl.int32), axis=0) >= k, cand, key)
+        return _from_key(tl.where(key < 0, key | ((1 << (32 - KEY_BITS)) - 1), key))
+
+    @triton.jit
+    def _best(v, theta, k):  # type: ignore[no-untyped-def]
+        """Which of v [B] (in id order, theta its k-th largest) are its k best, ties to the first."""
+        above = v > theta
+        tied = (v == theta).to(tl.int32)
+        room = k - tl.sum(above.to(tl.int32), axis=0)
+        return above | ((tied > 0) & (tl.cumsum(tied, axis=0) - tied < room))
+
+    # A program's buffer: BUFFER float32 values, then their ids (int32, stored as float32 bits): the two stores of
+    # an entry share one address (an id's place is its value's + BUFFER), which keeps the kernel in 128 registers.
+    @triton.jit  # type: ignore[untyped-decorator]
+    def _compact(buf, count, k, BUFFER: tl.constexpr, KEY_BITS: tl.constexpr):  # type: ignore[no-untyped-def]
+        """Keep the buffer's k best of its `count` (> k) in place, in id order; their least value."""
+        slots = tl.arange(0, BUFFER)
+        tl.debug_barrier()  # every warp's appends are in
+        v = tl.load(buf + slots, slots < count, -float("inf"))
+        ids = tl.load(buf + BUFFER + slots, slots < count, 0.0)
+        theta = _kth_largest(v, k, KEY_BITS)
+        keep = _best(v, theta, k)
+        at = tl.cumsum(keep.to(tl.int32), axis=0) - 1
+        tl.debug_barrier()  # every warp has read before any overwrites
+        tl.store(buf + at, v, keep)
+        tl.store(buf + BUFFER + at, ids, keep)
+        return theta
+
+    @triton.jit  # type: ignore[untyped-decorator]
+    def _admit(x, cols, theta, count, buf, k, BUFFER: tl.constexpr, KEY_BITS: tl.constexpr):  # type: ignore[no-untyped-def]
+        """Append the tile x's logits above theta (columns cols, ascending) to the buffer: (theta, count)."""
+        enter = x > theta
+        n = tl.sum(enter.to(tl.int32), axis=0)
+        if n > 0:
+            if count + n > BUFFER:
+                if count > k:
+                    theta = _compact(buf, count, k, BUFFER, KEY_BITS)
+                    count = tl.minimum(count, k)
+                    enter = x > theta
+                    n = tl.sum(enter.to(tl.int32), axis=0)
+                if count + n > BUFFER:  # the tile alone: only its own k best can still count (n > k here)
+                    x = tl.where(enter, x, -float("inf"))
+                    theta = _kth_largest(x, k, KEY_BITS)
+                    enter = _best(x, theta, k)
+                    n = tl.minimum(n, k)
+            at = count + tl.cumsum(enter.to(tl.int32), axis=0) - 1
+            tl.store(buf + at, x, enter)
+            tl.store(buf + BUFFER + at, cols.to(tl.float32, bitcast=True), enter)
+            count += n
+        return theta, count
+
+    # One compiled kernel serves every batch and every k of a K_PAD (UNSPECIALISED).
+    @triton.jit(do_not_specialize=UNSPECIALISED)  # type: ignore[untyped-decorator]
     def _target_logprobs_kernel(  # type: ignore[no-untyped-def]
         logits_ptr,
         targets_ptr,
@@ -74,100 +166,148 @@ if triton is not None:
         lse_ptr,
         topv_ptr,
         topi_ptr,
+        buf_ptr,
+        n_rows,
+        top_k,
         stride_row,
         vocab,
         ignore_index,
         BLOCK_V: tl.constexpr,
-        K: tl.constexpr,
         K_PAD: tl.constexpr,
+        BUFFER: tl.constexpr,
+        KEY_BITS: tl.constexpr,
     ):
-        row = tl.program_id(0).to(tl.int64)
-        one = tl.arange(0, 1)  # rows of this program: [1]-shaped vectors share kernels/topk.py with the lm_head kernel
-        target = tl.load(targets_ptr + row + one).to(tl.int32)
-        base = logits_ptr + row * stride_row
-        run_max = tl.full((1,), -float("inf"), tl.float32)
-        sum_exp = tl.zeros((1,), tl.float32)
-        sum_x_exp = tl.zeros((1,), tl.float32)
-        target_logit = tl.zeros((1,), tl.float32)
-        if K_PAD > 0:
-            best_v, best_i, theta = topk_init(1, K, K_PAD)
-        for start in range(0, vocab, BLOCK_V):
-            offsets = start + tl.arange(0, BLOCK_V)
-            inside = offsets < vocab
-            x = tl.load(base + offsets[None, :], mask=inside[None, :], other=-float("inf")).to(tl.float32)
-            new_max = tl.maximum(run_max, tl.max(x, axis=1))
-            # exp(-inf - finite) = 0 on the first tile, never NaN: new_max is finite once a real logit is seen.
-            rescale = tl.exp(run_max - new_max)
-            e = tl.exp(x - new_max[:, None])
-            sum_exp = sum_exp * rescale + tl.sum(e, axis=1)
-            sum_x_exp = sum_x_exp * rescale + tl.sum(e * tl.where(inside[None, :], x, 0.0), axis=1)
-            target_logit += tl.sum(tl.where(offsets[None, :] == target[:, None], x, 0.0), axis=1)
-            run_max = new_max
+        pid = tl.program_id(0)
+        buf = buf_ptr + pid * 2 * BUFFER
+        for r in range(pid, n_rows, tl.num_programs(0)):
+            row = tl.cast(r, tl.int64)
+            base = logits_ptr + row * stride_row
+            target = tl.load(targets_ptr + row).to(tl.int32)
+            keep = target != ignore_index
+            target_logit = tl.load(base + target, keep & (target >= 0) & (target < vocab), 0.0).to(tl.float32)
+            run_max = -float("inf")
+            sum_exp = 0.0
+            sum_x_exp = 0.0
+            theta = -float("inf")
+            count = 0
+            for start in range(0, vocab, BLOCK_V):
+                cols = start + tl.arange(0, BLOCK_V)
+                x = tl.load(base + cols, cols < vocab, -float("inf")).to(tl.float32)
+                new_max = tl.maximum(run_max, tl.max(x, axis=0))
+                # exp(-inf - finite) = 0 on the first tile, never NaN: new_max is finite once a real logit is seen.
+                rescale = tl.exp(run_max - new_max)
+                e = tl.exp(x - new_max)
+                sum_exp = sum_exp * rescale + tl.sum(e, axis=0)
+                # x * exp(x) is 0 where exp(x) is (columns past the vocabulary, -inf logits), never -inf * 0
+                sum_x_exp = sum_x_exp * rescale + tl.sum(e * tl.where(e > 0.0, x, 0.0), axis=0)
+                run_max = new_max
+                if K_PAD > 0:
+                    theta, count = _admit(x, cols, theta, count, buf, top_k, BUFFER, KEY_BITS)
+            lse = run_max + tl.log(sum_exp)
+            tl.store(lse_ptr + row, lse)
+            tl.store(out_ptr + row, tl.where(keep, target_logit - lse, 0.0))
+            tl.store(entropy_ptr + row, tl.where(keep, lse - sum_x_exp / sum_exp, 0.0))
             if K_PAD > 0:
-                best_v, best_i, theta = topk_merge(x, start, best_v, best_i, theta, K_PAD, BLOCK_V)
-        lse = run_max + tl.log(sum_exp)
-        tl.store(lse_ptr + row + one, lse)
-        keep = target != ignore_index
-        tl.store(out_ptr + row + one, tl.where(keep, target_logit - lse, 0.0))
-        tl.store(entropy_ptr + row + one, tl.where(keep, lse - sum_x_exp / sum_exp, 0.0))
-        if K_PAD > 0:
-            slots = tl.arange(0, K_PAD)
-            tl.store(topv_ptr + row * K + slots[None, :], best_v - lse[:, None], slots[None, :] < K)
-            tl.store(topi_ptr + row * K + slots[None, :], best_i, slots[None, :] < K)
+                if count > top_k:
+                    _compact(buf, count, top_k, BUFFER, KEY_BITS)
+                slots = tl.arange(0, K_PAD)
+                tl.debug_barrier()  # the compaction's stores are in
+                got = slots < tl.minimum(count, top_k)  # fewer than k only where the row has fewer finite logits
+                v = tl.load(buf + slots, got, -float("inf"))
+                ids = tl.load(buf + BUFFER + slots, got, 0.0).to(tl.int32, bitcast=True)
+                tl.store(topv_ptr + row * top_k + slots, v, slots < top_k)
+                tl.store(topi_ptr + row * top_k + slots, tl.where(got, ids, -1), slots < top_k)
+                tl.debug_barrier()  # every warp has read before the next row appends
 
 
-POINTERS = ("logits_ptr", "targets_ptr", "out_ptr", "entropy_ptr", "lse_ptr", "topv_ptr", "topi_ptr")
+# the tensor arguments
+POINTERS = ("logits_ptr", "targets_ptr", "out_ptr", "entropy_ptr", "lse_ptr", "topv_ptr", "topi_ptr", "buf_ptr")
 
 
 @dataclass(frozen=True)
 class LogitsLaunch:
-    """One launch of the logits kernel: one program per row, BLOCK_V logits per step."""
+    """One launch of the logits kernel: `programs` persistent programs, each scoring every programs-th row,
+    BLOCK_V logits per step, with a candidate buffer of `buffer` entries when there is a top-k."""
 
     rows: int
     block_v: int
     num_warps: int
     num_stages: int
     top_k: int
+    programs: int
+    buffer: int
+    maxnreg: int | None  # registers a thread may use (ptxas's .maxnreg), None: as many as it likes
 
     @property
     def k_pad(self) -> int:
         return 1 << (self.top_k - 1).bit_length() if self.top_k else 0
 
+    @property
+    def rows_per_program(self) -> int:
+        return -(-self.rows // self.programs) if self.rows else 0
 
-def logits_launch(rows: int, vocab: int, top_k: int, block_v: int = 4096) -> LogitsLaunch:
-    block = min(block_v, 1 << max(vocab - 1, 1).bit_length())
-    return LogitsLaunch(rows, block, num_warps=4, num_stages=3, top_k=top_k)
+
+def logits_launch(
+    rows: int, vocab: int, top_k: int, block_v: int | None = None, sms: int = H200_SMS, buffer: int = BUFFER
+) -> LogitsLaunch:
+    """The launch for `rows` rows on 4 warps a program: 4,096-logit tiles without a top-k (48-96 registers); with
+    one, 2,048-logit tiles held to 128 registers (the tile, its prefix sum and the scattered stores of an append,
+    or a compaction, beside it: 117-168 registers unheld, none spilled held) so that 4 programs fit an SM. As many
+    programs as an SM holds at once (4 with a top-k, 8 without: WARPS_PER_SM), each with the same number of rows
+    (16,384 rows: 512 programs of 32 with a top-k)."""
+    block = min(block_v or (TOPK_BLOCK_V if top_k else BLOCK_V), 1 << max(vocab - 1, 1).bit_length())
+    k_pad = 1 << (top_k - 1).bit_length() if top_k else 0
+    if buffer & (buffer - 1) or buffer < 2 * k_pad:
+        raise ValueError(f"the buffer must be a power of two >= 2 x {k_pad} (top-k {top_k}), got {buffer}")
+    warps, maxnreg = 4, TOPK_MAXNREG if top_k else None
+    resident = REGISTERS_PER_SM // (32 * warps * maxnreg) if maxnreg else WARPS_PER_SM // warps
+    per = -(-rows // (sms * resident))
+    programs = -(-rows // per) if rows else 1
+    return LogitsLaunch(rows, block, warps, 3, top_k, programs, buffer, maxnreg)
 
 
-def kernel_arguments(launch: LogitsLaunch, vocab: int, stride_row: int) -> tuple[dict[str, int], dict[str, object]]:
+# The float32 bits a logit of each dtype can set (sign, exponent, mantissa): the k-th value's search needs no more.
+KEY_BITS = {torch.bfloat16: 16, torch.float16: 19}
+
+
+def kernel_arguments(
+    launch: LogitsLaunch, vocab: int, stride_row: int, dtype: torch.dtype
+) -> tuple[dict[str, int], dict[str, object]]:
     """(integer arguments, constexprs) of one launch: what `_launch` passes, and what bench/hopper.py compiles."""
-    ints = {"stride_row": stride_row, "vocab": vocab, "ignore_index": -100}
-    return ints, {"BLOCK_V": launch.block_v, "K": launch.top_k, "K_PAD": launch.k_pad}
+    ints = {"n_rows": launch.rows, "top_k": launch.top_k, "stride_row": stride_row, "vocab": vocab}
+    ints["ignore_index"] = -100
+    consts: dict[str, object] = {"BLOCK_V": launch.block_v, "K_PAD": launch.k_pad, "BUFFER": launch.buffer}
+    return ints, consts | {"KEY_BITS": KEY_BITS.get(dtype, 32)}
 
 
 def _launch(
-    logits: torch.Tensor, targets: torch.Tensor, top_k: int, ignore_index: int, block_v: int
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    top_k: int,
+    ignore_index: int,
+    block_v: int | None = None,
+    buffer: int = BUFFER,
 ) -> tuple[torch.Tensor, ...]:
-    """Run the kernel: (log-prob, entropy, log-sum-exp, top-k log-probs [N, k], top-k ids [N, k] int32)."""
+    """Run the kernel: (log-prob, entropy, log-sum-exp, top-k logits [N, k] in id order, their ids [N, k] int32;
+    -inf / -1 past a row's finite logits)."""
     if triton is None:
         raise RuntimeError("Triton is not installed")
     if logits.ndim != 2 or logits.stride(1) != 1:
         raise ValueError("logits must be a row-major [N, V] tensor")
     n, vocab = logits.shape
     check_top_k(top_k, vocab)
-    if top_k > RUNNING_SLOTS:
-        raise ValueError(f"the kernel's running top-k holds at most {RUNNING_SLOTS}, got {top_k}")
-    launch = logits_launch(n, vocab, top_k, block_v)
     dev = logits.device
+    launch = logits_launch(n, vocab, top_k, block_v, device_sms(dev), buffer)
     out, entropy, lse = poisoned(n, device=dev), poisoned(n, device=dev), poisoned(n, device=dev)
     top_v = poisoned(n, max(top_k, 1), device=dev)
     top_i = poisoned(n, max(top_k, 1), device=dev, dtype=torch.int32)
+    buf = torch.empty(2 * launch.programs * launch.buffer if top_k else 1, device=dev)
     if n:
-        ints, consts = kernel_arguments(launch, vocab, logits.stride(0))
+        ints, consts = kernel_arguments(launch, vocab, logits.stride(0), logits.dtype)
         ints["ignore_index"] = ignore_index
-        _target_logprobs_kernel[(n,)](
-            logits, targets, out, entropy, lse, top_v, top_i, **ints, **consts,
-            num_warps=launch.num_warps, num_stages=launch.num_stages,
+        _target_logprobs_kernel[(launch.programs,)](
+            logits, targets, out, entropy, lse, top_v, top_i, buf, **ints, **consts,
+            num_warps=launch.num_warps, num_stages=launch.num_stages, maxnreg=launch.maxnreg,
         )  # fmt: skip
     return out, entropy, lse, top_v, top_i
 
@@ -177,32 +317,32 @@ def target_logprobs_triton(
     targets: torch.Tensor,
     top_k: int = 0,
     ignore_index: int = -100,
-    block_v: int = 4096,
+    block_v: int | None = None,
     entropy: bool = True,
-    chunk_rows: int = 1024,
+    buffer: int = BUFFER,
 ) -> Result:
-    """Up to RUNNING_SLOTS the kernel's running top-k (exact: one program sees the whole row, and among equal values
-    keeps the first it meets, the lowest id); past it (65-256) the kernel gives the log-sum-exp and torch's top-k
-    of the given logits, chunk_rows at a time, ties by id (`top_k_ties_by_id`): nothing [N, V] is made."""
+    """One read of the logits for every k <= 256: the kernel's k best logits a row (in id order) sorted by value,
+    stable, so ties stay by id; a row with fewer than k finite logits is answered from its own logits
+    (`top_k_ties_by_id`: one host sync a call with a top-k to find them)."""
     check_top_k(top_k, logits.shape[1] if logits.ndim == 2 else 0)
-    in_kernel = top_k if top_k <= RUNNING_SLOTS else 0
-    out, ent, lse, top_v, top_i = _launch(logits, targets, in_kernel, ignore_index, block_v)
+    out, ent, lse, top_v, top_i = _launch(logits, targets, top_k, ignore_index, block_v, buffer)
     ent_or_none = ent if entropy else None
     if not top_k:
         return out, ent_or_none, None, None
-    if in_kernel:
-        vals, ids = order_by_value_then_id(top_v, top_i.long())  # the kernel's slots are in no order
-        return out, ent_or_none, vals, ids
-    picked = [top_k_ties_by_id(logits[s : s + chunk_rows], top_k) for s in range(0, logits.shape[0], chunk_rows)]
-    vals = torch.cat([v for v, _ in picked]).float() - lse[:, None] if picked else top_v[:, :0]
-    ids = torch.cat([i for _, i in picked]) if picked else top_i[:, :0].long()
-    return out, ent_or_none, vals, ids
+    vals, order = top_v.sort(dim=1, descending=True, stable=True)
+    ids = top_i.long().gather(1, order)
+    short = vals[:, -1] == -float("inf")
+    if bool(short.any()):
+        rows = short.nonzero()[:, 0]
+        exact, ids[rows] = top_k_ties_by_id(logits[rows], top_k)
+        vals[rows] = exact.float()
+    return out, ent_or_none, vals - lse[:, None], ids
 
 
-def logsumexp_triton(logits: torch.Tensor, block_v: int = 4096) -> torch.Tensor:
+def logsumexp_triton(logits: torch.Tensor) -> torch.Tensor:
     """Per-row log-sum-exp in float32, one read of the logits."""
     ignored = torch.full((logits.shape[0],), -100, dtype=torch.int64, device=logits.device)
-    return _launch(logits, ignored, 0, -100, block_v)[2]
+    return _launch(logits, ignored, 0, -100)[2]
 
 
 def target_logprobs(

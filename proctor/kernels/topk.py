@@ -1,10 +1,11 @@
-"""A running top-k per row that Triton kernels update tile by tile.
+"""A running top-k per row that the fused lm_head kernel updates tile by tile (the logits kernel, one row a
+program, keeps a buffer of candidates instead: kernels/target_logprobs.py).
 
 Each row keeps its best K values (and their column ids) in K_PAD slots; the slots past K hold +inf so they are
 never the row's minimum and never replaced. A tile only touches the slots through the values above the row's
 current K-th best (theta): once a few tiles have been seen, most tiles have none, and the merge loop runs zero
-times. Worst case (a vocabulary in ascending logit order) every merge inserts K values: K passes over what it merges
-(a tile, or each half of one with `topk_merge_pairs`).
+times. Worst case (a vocabulary in ascending logit order) every merge inserts K values: K passes over each half of
+a tile.
 Columns are int32 (a vocabulary under 2^31), and no [rows, tile] integer mask is ever built.
 
 `topk_merge_pairs` merges a tile as its even and its odd columns, one after the other: on a tensor-core
@@ -33,21 +34,14 @@ if triton is not None:
         return best_v, best_i, theta
 
     @triton.jit  # type: ignore[untyped-decorator]
-    def _merge_passes(  # type: ignore[no-untyped-def]
-        cand, cols, best_v, best_i, theta, K_PAD: tl.constexpr, TIES_BY_ID: tl.constexpr = False
-    ):
+    def _merge_passes(cand, cols, best_v, best_i, theta, K_PAD: tl.constexpr):  # type: ignore[no-untyped-def]
         """Merge the candidates cand [ROWS, W] (-inf where not above theta) at columns cols [W] into the running
-        top-k: one arg-max pass per value that enters some row's best K. With TIES_BY_ID the slot given up is the
-        highest id among the least values, so that columns merged in ascending order keep, of equal values, the
-        lowest ids."""
+        top-k: one arg-max pass per value that enters some row's best K."""
         slots = tl.arange(0, K_PAD)
         top = tl.max(cand, axis=1)
         while tl.max(top, axis=0) > -float("inf"):
             at = tl.min(tl.where(cand == top[:, None], cols[None, :], 2**31 - 1), axis=1)  # the first arg-max
-            if TIES_BY_ID:
-                low = tl.argmax(tl.where(best_v == theta[:, None], best_i, -1), axis=1)
-            else:
-                low = tl.argmin(best_v, axis=1)
+            low = tl.argmin(best_v, axis=1)
             put = (slots[None, :] == low[:, None]) & (top > theta)[:, None]
             best_v = tl.where(put, top[:, None], best_v)
             best_i = tl.where(put, at[:, None], best_i)
@@ -57,16 +51,10 @@ if triton is not None:
         return best_v, best_i, theta
 
     @triton.jit  # type: ignore[untyped-decorator]
-    def topk_merge(x, col0, best_v, best_i, theta, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):  # type: ignore[no-untyped-def]
-        """Merge the tile x [ROWS, BLOCK_V] (columns col0 + 0..BLOCK_V-1; -inf where absent) into the running top-k.
-        Tiles merged in ascending column order keep, of equal values, the lowest ids."""
-        cand = tl.where(x > theta[:, None], x, -float("inf"))
-        return _merge_passes(cand, col0 + tl.arange(0, BLOCK_V), best_v, best_i, theta, K_PAD, True)
-
-    @triton.jit  # type: ignore[untyped-decorator]
     def topk_merge_pairs(x, col0, best_v, best_i, theta, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):  # type: ignore[no-untyped-def]
-        """topk_merge, the even columns first and then the odd ones: the same values (among equal values the id kept may
-        differ; torch.topk promises no order among ties either)."""
+        """Merge the tile x [ROWS, BLOCK_V] (columns col0 + 0..BLOCK_V-1; -inf where absent) into the running top-k,
+        its even columns first and then its odd ones (among equal values the id kept may not be the lowest: the
+        candidates' selection, kernels/topk_select.py, checks the rows where that can matter)."""
         cand = tl.where(x > theta[:, None], x, -float("inf"))
         if tl.max(tl.max(cand, axis=1), axis=0) > -float("inf"):
             even, odd = tl.split(tl.reshape(cand, (cand.shape[0], BLOCK_V // 2, 2)))

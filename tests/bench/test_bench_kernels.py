@@ -22,7 +22,6 @@ def test_rehearsal_passes_and_writes_its_report(tmp_path: Path) -> None:
     gated = [r for r in record["rows"] if r["tolerance"] is not None]
     assert {r["impl"] for r in gated} == {
         "proctor target_logprobs, one pass",
-        "proctor target_logprobs (kernel pass + torch.topk of the logits)",
         "proctor fused lm_head",
         "proctor fused lm_head + rank",
         "proctor fused lm_head + probes (gathered rows)",

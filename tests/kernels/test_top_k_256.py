@@ -79,11 +79,16 @@ def test_lm_head_ties_rank_the_lower_id_first() -> None:
 
 
 @pytest.mark.parametrize("k", KS)
-def test_logits_top_k_matches_float64_on_a_ragged_vocabulary(k: int) -> None:
+@pytest.mark.parametrize("launch", ["default", "smallest buffer"])
+def test_logits_top_k_matches_float64_on_a_ragged_vocabulary(k: int, launch: str) -> None:
+    """One read of the logits for every k. The default launch (2,048-logit tiles, a 1,024-entry buffer) selects
+    the first tile's own k best in registers; the smallest buffer (2 x k's power of two, 1,024-logit tiles) is
+    also compacted every few tiles, a tile select again whenever a tile's entries outnumber the free places."""
     gen = torch.Generator().manual_seed(k)
     logits = (torch.randn(3, 4_097, generator=gen) * 3).to(torch.bfloat16)
     targets = torch.randint(0, 4_097, (3,), generator=gen)
-    lp, ent, vals, ids = target_logprobs_triton(logits, targets, top_k=k, block_v=1_024)
+    kw = {"block_v": 1_024, "buffer": 2 << (k - 1).bit_length()} if launch == "smallest buffer" else {}
+    lp, ent, vals, ids = target_logprobs_triton(logits, targets, top_k=k, **kw)
     ref_lp, ref_ent, _, _ = target_logprobs_reference(logits.double(), targets)
     ref_vals, ref_ids = _float64_top_k(logits, k)
     assert vals is not None and ids is not None and ent is not None
