@@ -8,7 +8,7 @@ and the CUDA-core work of the epilogue (exp, reductions, the running top-k), and
 
     launch + max(tensor-core time + epilogue time, HBM time, L2 time)   (lm_head: one CTA per SM, no overlap of a
                                                                          program's own GEMM and epilogue)
-    launch + max(CUDA-core time, HBM time)                              (logits: many programs per SM overlap)
+    launch + max(CUDA-core time, HBM time, L2 time) + the host's sort   (logits: 4-8 programs per SM overlap)
 
 Ceilings and where they come from (the first GPU run should re-measure the two leads):
 - bf16 tensor cores 790 TFLOP/s: an 8192^3 bf16 torch matmul on random data on this project's H200s (769-798,
@@ -20,7 +20,11 @@ Ceilings and where they come from (the first GPU run should re-measure the two l
 - 5 us per kernel launch (torch's own small kernels of the combine included).
 Top-k insertions assume the large logits lie in random order along the vocabulary (about K x H_U merge passes over
 U merge units, each over its unit's columns, doubled for the max over a block's rows); an adversarial vocabulary in
-ascending order costs K passes per unit.
+ascending order costs K passes per unit. The logits kernel's candidate buffer likewise (`admission`); its CUDA-core
+work also counts each reduction across a program's warps (shuffles and a shared-memory round trip), which its
+one-row tiles pay per tile and per counting pass. It assumes 4 programs of 4 warps an SM (128 registers) keep HBM
+busy with one 4 KiB tile each in flight: 2.1 MB across the GPU, enough at 4.3 TB/s only if a load returns within
+~0.5 us; the GPU check's time for it says whether they do.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -181,40 +186,118 @@ def lm_head(
     return total
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What one row's candidate buffer does in the logits kernel, in expectation (`admission`)."""
+
+    appended: float  # entries appended (value + id, 8 bytes each)
+    appending_tiles: float  # tiles that append anything (each pays a prefix sum and masked stores per logit)
+    compactions: float  # buffer compactions, the row's last one included
+    compacted: float  # entries read by those compactions
+    tile_selects: float  # tiles that alone held more than the free places (selected in registers)
+
+
+def admission(k: int, vocab: int, block_v: int, buffer: int) -> Admission:
+    """The buffer's expected work on a row whose large logits lie in random order along the vocabulary: a tile of
+    w logits after a compaction at `seen` appends w * k / seen of them (theta is then the k-th best of the first
+    `seen`); after a tile's own selection, w * k / w_tile (its k-th best). An adversarial row in ascending order
+    appends every logit (a compaction each buffer - k appends)."""
+    if not k:
+        return Admission(0.0, 0.0, 0.0, 0.0, 0.0)
+    rate, count, seen = 1.0, 0.0, 0
+    appended = appending = compactions = compacted = selects = 0.0
+    for start in range(0, vocab, block_v):
+        w = min(block_v, vocab - start)
+        n = w * rate
+        if count + n > buffer:
+            if count > k:
+                compactions, compacted = compactions + 1, compacted + count
+                rate, count = k / seen, float(k)
+                n = w * rate
+            if count + n > buffer:
+                selects += 1
+                rate, n = k / w, float(k)
+        appending += 1.0 if rate >= 1.0 else -math.expm1(-n)  # some logit enters (Poisson)
+        appended, count, seen = appended + n, count + n, seen + w
+    if count > k:
+        compactions, compacted = compactions + 1, compacted + count
+    return Admission(appended, appending, compactions, compacted, selects)
+
+
+# The logits kernel's CUDA-core work, counted from its code (a lead, not measured): per logit the online
+# log-sum-exp (convert, column mask, max, subtract, scale for exp2, sum, the x * exp term's guard, select and
+# multiply-add); per logit of a top-k launch the compare with theta and its count; per logit of a tile that
+# appends the prefix sum (convert, scan, add the warps' offsets), the place, one address and two masked stores.
+LOGITS_STATS_OPS = 9
+ADMIT_OPS = 3
+APPEND_OPS = 8
+
+
+def select_ops(key_bits: int) -> tuple[int, int]:
+    """(lane-operations per entry, reductions across the warps) of a compaction: two loads, a counting pass
+    (compare, convert, add) per searched bit of the k-th value's key (16 for bf16 logits, 19 fp16, 32 fp32), the
+    k best with ties by place (~10), their places (3), an address and two stores; a tile's own selection the same
+    on its registers."""
+    return 2 + key_bits * 3 + 10 + 3 + 3, key_bits + 4
+
+
+# One reduction across a program's warps: 5 shuffles and 5 operations a warp, and a round trip through shared
+# memory with a barrier (~4 instructions), per warp, in lane-operations.
+REDUCE_OPS_PER_WARP = 14 * 32
+STATS_REDUCTIONS = 4  # a tile's max, sum of exp, sum of x * exp, count entering (+1: the prefix sum's, appending)
+SORT_PASSES = 8  # the host's stable sort of [N, k] (value, index): a segmented radix sort's passes, a lead
+
+
 def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat16, ceil: Ceilings = H200) -> Prediction:
-    """Top-k past RUNNING_SLOTS: the kernel's pass without a top-k, then torch.topk over the same logits (priced as
-    one more read of them: a lead, torch's radix select makes a few passes; the GPU check measures it)."""
+    """One launch of persistent programs (`logits_launch`) that reads each logit once for every k: the online
+    log-sum-exp, and with a top-k the candidate buffer's appends, compactions and tile selections (`admission`);
+    then the host sorts the [N, k] (values in id order) by value and subtracts the log-sum-exp. The buffer (8 KiB a
+    program, 4 MiB in all) lives in L2; its appends are also counted as written back to HBM once (an upper
+    bound). The work is spread over the SMs as the programs are: the SM with the most rows sets the time."""
     tp = importlib.import_module("proctor.kernels.target_logprobs")
-    in_kernel = top_k if top_k <= RUNNING_SLOTS else 0
-    launch = tp.logits_launch(rows, vocab, in_kernel)
+    launch = tp.logits_launch(rows, vocab, top_k, sms=SMS)
     elt = torch.empty(0, dtype=dtype).element_size()
     tiles = -(-vocab // launch.block_v)
-    per_row_alu = tiles * launch.block_v * (EPILOGUE_OPS + (TOPK_PRUNE_OPS if in_kernel else 0))
-    per_row_alu += topk_pass_columns(in_kernel, [launch.block_v] * tiles) * TOPK_PASS_OPS
-    alu_ops = rows * per_row_alu
-    exp_ops = float(rows * tiles * launch.block_v)
-    alu = max(alu_ops / ALU_OPS, exp_ops / EXP_OPS)
-    hbm = rows * vocab * elt + rows * (8 + 12 + 8 * top_k)
-    sort_s = (rows * top_k * 8 * 2 / ceil.hbm_bps + 3 * LAUNCH_S) if top_k else 0.0
-    if top_k > in_kernel:
-        hbm += rows * vocab * elt
-        sort_s += 6 * LAUNCH_S * -(-rows // 1024)  # per 1,024-row chunk: topk, the tie check, the order
-    ms = (LAUNCH_S + max(alu, hbm / ceil.hbm_bps) + sort_s) * 1e3
+    cols = tiles * launch.block_v
+    reduce_ops = launch.num_warps * REDUCE_OPS_PER_WARP
+    adm = admission(top_k, vocab, launch.block_v, launch.buffer)
+    per_row = cols * LOGITS_STATS_OPS + tiles * STATS_REDUCTIONS * reduce_ops
+    if top_k:
+        per_row += cols * ADMIT_OPS + adm.appending_tiles * (launch.block_v * APPEND_OPS + reduce_ops)
+        ops, reductions = select_ops(tp.KEY_BITS.get(dtype, 32))
+        selected = adm.compactions * launch.buffer + adm.tile_selects * launch.block_v
+        per_row += selected * ops + (adm.compactions + adm.tile_selects) * reductions * reduce_ops
+    alu_ops = rows * per_row
+    exp_ops = float(rows * (cols + tiles))
+    # the busiest SM's share of the rows against an even share
+    per_sm = -(-launch.programs // SMS) * launch.rows_per_program
+    imbalance = per_sm / (rows / SMS) if rows else 1.0
+    alu = max(alu_ops / ALU_OPS, exp_ops / EXP_OPS) * imbalance
+    scratch = rows * adm.appended * 8
+    hbm = rows * vocab * elt + rows * (8 + 12 + 8 * top_k) + scratch
+    l2 = scratch + rows * (adm.compacted + adm.compactions * top_k) * 8 * 2
+    combine_s = 0.0
+    if top_k:  # sort (values, int64 order), the ids made int64 and gathered, the -inf check, minus the lse
+        moved = rows * top_k * (SORT_PASSES * 8 + 20 + 12 + 8)
+        combine_s = moved / ceil.hbm_bps + 6 * LAUNCH_S
+    hbm_s, l2_s = hbm / ceil.hbm_bps, l2 / ceil.l2_bps
+    ms = (LAUNCH_S + max(alu, hbm_s, l2_s) + combine_s) * 1e3
+    terms = {"CUDA cores": alu, "HBM": hbm_s, "L2": l2_s}
     return Prediction(
         f"logits {rows}x{vocab} top-{top_k}",
         1,
         0.0,
         hbm,
-        0.0,
+        l2,
         alu_ops,
         exp_ops,
         0.0,
         alu * 1e3,
-        hbm / ceil.hbm_bps * 1e3,
-        0.0,
+        hbm_s * 1e3,
+        l2_s * 1e3,
         ms,
-        0.0,
-        "CUDA cores" if alu > hbm / ceil.hbm_bps else "HBM",
+        float(2 * 4 * launch.programs * launch.buffer if top_k else 0),
+        max(terms, key=lambda name: terms[name]),
     )
 
 
@@ -290,7 +373,7 @@ def write_report(preds: list[Prediction], bands: list[list[Prediction]], stem: P
             | {"band_ms": [b[i].ms for b in bands], "band_meets_target": [b[i].meets_target for b in bands]}
             | (
                 dict(zip(("needed_l2_bps", "needed_gemm_flops"), needed_rates(p), strict=True))
-                if p.l2_bytes and p.target_ms
+                if p.flops and p.target_ms
                 else {}
             )
             for i, p in enumerate(preds)
@@ -306,7 +389,9 @@ def write_report(preds: list[Prediction], bands: list[list[Prediction]], stem: P
         "cuBLAS's rate with L2 feeding it at 10 TB/s at the same time: so **each prediction at the leads is a lower",
         "bound**, and the columns after it give the same model at a realistic band (the main loop's and L2's rates",
         "as named; copy 4.3 TB/s). The last columns give the rates a target needs (the other terms held). See",
-        "bench/cost_model.py for what each term counts.",
+        "bench/cost_model.py for what each term counts. The logits rows have no product and little L2 traffic, so",
+        "their band is their lower bound; they are bound by CUDA-core work counted from the kernel's code (leads),",
+        "and assume 4 programs an SM keep HBM busy, which only a GPU run can confirm.",
         "",
         f"| case | launches | GFLOP | HBM GB | L2 GB | tensor ms | CUDA-core ms | HBM ms | L2 ms | lower bound ms | "
         f"{band_cols} | target ms | needs L2 TB/s | needs main loop TFLOP/s | bound | extra MiB |",
@@ -316,7 +401,7 @@ def write_report(preds: list[Prediction], bands: list[list[Prediction]], stem: P
         target = "-" if p.target_ms is None else f"{p.target_ms:g}"
         band = " | ".join(f"{b[i].ms:.2f}{'' if b[i].meets_target else ' MISSED'}" for b in bands)
         need = ["-", "-"]
-        if p.l2_bytes and p.target_ms is not None:
+        if p.flops and p.target_ms is not None:  # the lm_head's rates; logits have no product
             l2, gemm = needed_rates(p)
             need = [f">= {l2 / 1e12:.1f}", f">= {gemm / 1e12:.0f}"]
         lines.append(

@@ -20,8 +20,31 @@ def targets() -> dict[str, cm.Prediction]:
 
 def test_logits_logprob_and_top20_within_2ms(targets: dict[str, cm.Prediction]) -> None:
     p = targets["logits"]
-    assert p.hbm_bytes == pytest.approx(16_384 * 151_936 * 2, rel=0.01), "the logits are read once"
+    read_once = 16_384 * 151_936 * 2
+    assert read_once < p.hbm_bytes <= 1.03 * read_once, "the logits read once; the buffer's appends (~8 KB a row)"
     assert p.ms <= 2.0 and p.meets_target
+
+
+def test_logits_top_256_reads_once_within_2_5ms_at_the_leads_and_in_the_bands() -> None:
+    """Distillation's top-256 from logits: one read (its 65-256 no longer left to torch.topk, a second read), the
+    buffer's appends and compactions on the CUDA cores, which bound it; the bands change only the L2 rate."""
+    read_once = 16_384 * 151_936 * 2
+    for ceil in (cm.H200, *cm.BAND):
+        p = cm.logits(16_384, 151_936, 256, ceil=ceil)
+        assert read_once < p.hbm_bytes <= 1.1 * read_once and p.bound == "CUDA cores"
+        assert p.ms <= 2.4
+    for k, ms in ((64, 2.2), (100, 2.2), (128, 2.3)):
+        assert cm.logits(16_384, 151_936, k).ms <= ms
+
+
+def test_the_buffers_work_grows_with_k_and_a_smaller_buffer_compacts_more() -> None:
+    assert cm.admission(0, 151_936, 2_048, 1_024) == cm.Admission(0.0, 0.0, 0.0, 0.0, 0.0)
+    top20, top256 = (cm.admission(k, 151_936, 2_048, 1_024) for k in (20, 256))
+    assert top20.tile_selects == top256.tile_selects == 1, "the first tile, while theta is -inf"
+    assert 1_000 < top20.appended < top256.appended < 3_000 and top20.compactions <= top256.compactions <= 5
+    assert top256.appending_tiles == pytest.approx(74, abs=1), "at k = 256 nearly every tile appends"
+    small = cm.admission(256, 151_936, 2_048, 512)
+    assert small.compactions >= top256.compactions + 3, "a quarter of the room after a compaction: more often"
 
 
 def test_probes_read_the_weight_once_within_055ms(targets: dict[str, cm.Prediction]) -> None:
@@ -93,7 +116,7 @@ def test_the_report_says_what_each_prediction_assumes(tmp_path: Path) -> None:
     ]
     preds = record["predictions"]
     assert all(p["lower_bound"] and len(p["band_ms"]) == 2 and p["band_ms"][0] >= p["ms"] for p in preds)
-    targeted = [p for p in preds if p["target_ms"] and p["l2_bytes"]]
+    targeted = [p for p in preds if p["target_ms"] and p["flops"]]
     assert targeted and all(p["needed_l2_bps"] > 0 and p["needed_gemm_flops"] > 0 for p in targeted)
     md = (tmp_path / "cost-model.md").read_text()
     assert "lower bound" in md and "ms at 700 TFLOP/s, L2 8 TB/s" in md and "needs main loop TFLOP/s" in md
@@ -112,8 +135,6 @@ def test_distillation_top_k_merges_the_splits_candidates_not_a_second_product() 
     assert top100.flops == top256.flops == top64.flops and top256.hbm_bytes == top64.hbm_bytes
     assert top256.ms <= 35.0 and top100.ms <= 1.01 * 31.0
     assert top256.extra_bytes <= 0.25 * GIB
-    logits = cm.logits(16_384, 151_936, 256)
-    assert logits.hbm_bytes >= 2 * 16_384 * 151_936 * 2, "top-256 of logits reads them twice (kernel, torch.topk)"
 
 
 def test_probes_gather_their_rows_and_miss_the_ten_percent_target_on_paper() -> None:
