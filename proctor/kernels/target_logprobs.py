@@ -194,9 +194,11 @@ if triton is not None:
                 cols = start + tl.arange(0, BLOCK_V)
                 x = tl.load(base + cols, cols < vocab, -float("inf")).to(tl.float32)
                 new_max = tl.maximum(run_max, tl.max(x, axis=0))
-                # exp(-inf - finite) = 0 on the first tile, never NaN: new_max is finite once a real logit is seen.
-                rescale = tl.exp(run_max - new_max)
-                e = tl.exp(x - new_max)
+                # Until a finite logit is seen (whole tiles of masked -inf logits) new_max is -inf, and -inf - -inf
+                # is NaN: shifting by 0 instead keeps rescale and e at exp(-inf) = 0.
+                shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+                rescale = tl.exp(run_max - shift)
+                e = tl.exp(x - shift)
                 sum_exp = sum_exp * rescale + tl.sum(e, axis=0)
                 # x * exp(x) is 0 where exp(x) is (columns past the vocabulary, -inf logits), never -inf * 0
                 sum_x_exp = sum_x_exp * rescale + tl.sum(e * tl.where(e > 0.0, x, 0.0), axis=0)

@@ -106,3 +106,14 @@ def test_the_launch_fills_the_sms_with_even_rows_and_checks_its_buffer() -> None
     assert (few.programs, few.block_v) == (3, 64)
     with pytest.raises(ValueError, match=r"the buffer must be a power of two >= 2 x 256 \(top-k 256\), got 384"):
         logits_launch(8, 1_000, 256, buffer=384)
+
+
+@pytest.mark.parametrize("top_k", [0, 20])
+def test_a_row_whose_first_tiles_are_all_minus_inf(top_k: int) -> None:
+    """Masked logits (a logits processor, banned tokens) can fill whole tiles with -inf: the online log-sum-exp must
+    not turn exp(-inf - -inf) into NaN before the first finite logit arrives."""
+    logits, targets = _inputs(3, 3_000, torch.float32, 3.0, seed=7)
+    logits[0, :1_100] = -float("inf")  # two whole tiles of 512, then finite ones
+    logits[1, :512] = -float("inf")  # exactly the first tile
+    targets[:2] = 2_000  # a finite target
+    _check(logits, targets, top_k, block_v=512)
