@@ -37,6 +37,7 @@ import torch
 
 from proctor.kernels.buffers import poisoned
 from proctor.kernels.lm_head_plan import LmHeadLaunch, device_sms, lm_head_launches, lm_head_tail
+from proctor.kernels.probe_logprobs import probe_logprobs
 from proctor.kernels.target_logprobs import target_logprobs_reference, target_ranks_reference
 from proctor.kernels.topk_select import RUNNING_SLOTS, check_top_k, select_from_candidates, top_k_ties_by_id
 
@@ -431,20 +432,6 @@ def _check_probes(probes: tuple[torch.Tensor, torch.Tensor] | None, hidden: torc
         )
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(f"probe ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
-
-
-def probe_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, chunk_rows: int = 128
-) -> torch.Tensor:
-    """log p(ids[r, j] | row r) [N, P] float32 from each row's log-sum-exp (the pass that scored the row): per row
-    its P weight rows gathered and dotted with its hidden state, not a second lm_head. At most chunk_rows x P x H
-    float32 gathered at a time (128 x 128 x 4,096: 256 MiB)."""
-    out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
-    for s in range(0, hidden.shape[0], chunk_rows):
-        rows = weight[ids[s : s + chunk_rows].long()].float()  # [c, P, H]
-        dots = torch.bmm(rows, hidden[s : s + chunk_rows, :, None].float())[:, :, 0]
-        out[s : s + chunk_rows] = dots - lse[s : s + chunk_rows, None]
-    return out
 
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, top_k: int) -> None:
