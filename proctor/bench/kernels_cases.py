@@ -225,26 +225,34 @@ def check_position_probes(
     ref: torch.Tensor,
 ) -> None:
     """Top-20 with 128 probe ids a position (vLLM's prompt_logprob_token_ids), from the same pass's log-sum-exp;
-    checked against float64 on the sampled rows (the probes' and the top-20's errors)."""
+    checked against float64 on the sampled rows (the probes' and the top-20's errors). Twice: ids drawn from the
+    whole vocabulary (nearly every id distinct: the rows' weight rows gathered) and from 8,192 of its words (a
+    student's overlapping top-k: one product over the distinct ids), each beside its own prediction."""
     from proctor.kernels.lm_head_logprobs import lm_head_logprobs_triton
 
     n, vocab, hidden = shapes.lm_head
-    ids = torch.randint(0, vocab, (n, 128), device=c.device, generator=c.gen)
-    out = torch.empty(n, 128, device=c.device)
-    case = f"hidden -> lm_head -> log-prob + top-20 + 128 probes a position, {n}x{vocab}x{hidden} bf16"
+    for distinct in (None, min(8_192, vocab)):
+        words = torch.randperm(vocab, device=c.device, generator=c.gen)[: distinct or vocab]
+        ids = words[torch.randint(0, len(words), (n, 128), device=c.device, generator=c.gen)]
+        out = torch.empty(n, 128, device=c.device)
+        over = f"{distinct:,} words" if distinct else "the vocabulary"
+        case = f"hidden -> lm_head -> log-prob + top-20 + 128 probes a position over {over}, {n}x{vocab}x{hidden} bf16"
 
-    def err(got: Outputs) -> float:
-        probes = max_err(out.cpu()[rows.cpu()], ref.gather(1, ids.cpu()[rows.cpu()]))
-        return max(probes, outputs_err(got, ref, rows, targets))
+        def err(got: Outputs, ids: torch.Tensor = ids, out: torch.Tensor = out) -> float:
+            probes = max_err(out.cpu()[rows.cpu()], ref.gather(1, ids.cpu()[rows.cpu()]))
+            return max(probes, outputs_err(got, ref, rows, targets))
 
-    c.timed(
-        case,
-        "proctor fused lm_head + probes (gathered rows)",
-        functools.partial(lm_head_logprobs_triton, h, w, targets, 20, entropy=False, probes=(ids, out)),
-        err,
-        True,
-        lambda ceil: cost_model.lm_head(n, vocab, hidden, 20, ceil=ceil, probes=128).ms,
-    )
+        def predict(ceil: cost_model.Ceilings, distinct: int | None = distinct) -> float:
+            return cost_model.lm_head(n, vocab, hidden, 20, ceil=ceil, probes=128, distinct=distinct).ms
+
+        c.timed(
+            case,
+            "proctor fused lm_head + probes",
+            functools.partial(lm_head_logprobs_triton, h, w, targets, 20, entropy=False, probes=(ids, out)),
+            err,
+            True,
+            predict,
+        )
 
 
 def _rate_note(value: float, unit: str, lead: float, band: tuple[float, ...]) -> str:

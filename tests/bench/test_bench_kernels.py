@@ -24,11 +24,11 @@ def test_rehearsal_passes_and_writes_its_report(tmp_path: Path) -> None:
         "proctor target_logprobs, one pass",
         "proctor fused lm_head",
         "proctor fused lm_head + rank",
-        "proctor fused lm_head + probes (gathered rows)",
+        "proctor fused lm_head + probes",
         "proctor token_logprobs, fused lm_head",
         "proctor token_logprobs from bf16 logits",
     }
-    assert len(gated) == 9 and all(r["ok"] and r["max_err"] <= 1e-4 for r in gated)
+    assert len(gated) == 10 and all(r["ok"] and r["max_err"] <= 1e-4 for r in gated)
     assert {r["case"].split(",")[0] for r in gated if "top-256" in r["case"]} == {
         "logits -> log-prob + entropy + top-256",
         "hidden -> lm_head -> log-prob + entropy + top-256",

@@ -137,10 +137,39 @@ def test_distillation_top_k_merges_the_splits_candidates_not_a_second_product() 
     assert top256.extra_bytes <= 0.25 * GIB
 
 
-def test_probes_gather_their_rows_and_miss_the_ten_percent_target_on_paper() -> None:
-    """128 probes a position: no second product, each row's 128 weight rows gathered (17 GB in bf16 at 16,384 x
-    4,096, made float32 for the dot): the prediction says by how much the +10 % target is missed."""
-    plain, probed = cm.lm_head(16_384, 151_936, 4_096, 20), cm.lm_head(16_384, 151_936, 4_096, 20, probes=128)
-    assert probed.flops == plain.flops
-    assert probed.hbm_bytes - plain.hbm_bytes >= 16_384 * 128 * 4_096 * 2
-    assert probed.ms > 1.1 * plain.ms and probed.extra_bytes <= 0.25 * GIB
+def test_probes_over_few_distinct_ids_take_one_product_within_ten_percent() -> None:
+    """128 probes a position over 2,048 / 8,192 distinct ids: one product [rows, |U|] per launch (2 x 16,384 x |U|
+    x 4,096 FLOPs more in all, no weight row gathered per position), within +10 % of top-20 at the leads and in
+    the bands (each against its own top-20); extra memory under 0.25 GiB."""
+    for ceil in (cm.H200, *cm.BAND):
+        plain = cm.lm_head(16_384, 151_936, 4_096, 20, ceil=ceil)
+        for distinct, most in ((2_048, 1.03), (8_192, 1.07)):
+            p = cm.lm_head(16_384, 151_936, 4_096, 20, ceil=ceil, probes=128, distinct=distinct)
+            assert "shared GEMM" in p.case and p.flops == plain.flops + 2 * 16_384 * distinct * 4_096
+            assert p.hbm_bytes - plain.hbm_bytes < 16_384 * 128 * 4_096 * 2 / 8, "an eighth of the rows gathered"
+            assert p.ms <= most * plain.ms and p.extra_bytes <= 0.25 * GIB
+
+
+def test_probes_over_many_distinct_ids_miss_the_target_on_paper() -> None:
+    """32,768 distinct ids: still the product (its FLOPs, ~5.6 ms, above the 2.8 ms the target leaves); every id
+    distinct (151,936): the rule gathers each row's 128 weight rows (17 GB in bf16, made float32), cheaper there
+    than a second lm_head-sized product, and +80 %. The most distinct ids the target allows lies between."""
+    plain = cm.lm_head(16_384, 151_936, 4_096, 20)
+    many = cm.lm_head(16_384, 151_936, 4_096, 20, probes=128, distinct=32_768)
+    assert "shared GEMM" in many.case and 1.1 * plain.ms < many.ms <= 1.25 * plain.ms
+    worst = cm.lm_head(16_384, 151_936, 4_096, 20, probes=128)
+    assert "151,936 distinct (gathered rows)" in worst.case and worst.flops == plain.flops
+    assert worst.hbm_bytes - plain.hbm_bytes >= 16_384 * 128 * 4_096 * 2
+    assert 1.7 * plain.ms < worst.ms <= 1.85 * plain.ms and worst.extra_bytes <= 0.25 * GIB
+    assert 12_000 <= cm.probe_target_distinct() <= 14_000
+    assert cm.probe_target_distinct() < cm.probe_target_distinct(cm.BAND[0]) < cm.probe_target_distinct(cm.BAND[1])
+
+
+def test_the_report_prints_the_probes_at_each_distinct_count(tmp_path: Path) -> None:
+    cm.main(["--out", str(tmp_path)])
+    record = json.loads((tmp_path / "cost-model.json").read_text())
+    probed = [p for p in record["predictions"] if "probes a position" in p["case"]]
+    assert [p["meets_target"] for p in probed] == [True, True, False, False]
+    assert [p["band_meets_target"] for p in probed] == [[True, True], [True, True], [False, False], [False, False]]
+    assert record["probe_target_distinct"]["leads"] == cm.probe_target_distinct()
+    assert "holds up to" in (tmp_path / "cost-model.md").read_text()
