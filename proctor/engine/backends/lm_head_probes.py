@@ -1,9 +1,10 @@
 """The fused lm_head over a Score batch's rows with token-id probes per row (a student's top-k per position), as the
 torch backend and the vLLM hidden-state scorer both call it.
 
-The kernel probes every row it scores ([N, P] ids, read from the same pass's log-sum-exp), so when a batch mixes
-rows with probes and rows without, the two kinds go in two calls: a row gathers only the weight rows it asked for,
-and every row still goes through one lm_head pass.
+The kernel probes every row it scores ([N, P] ids, read from the same pass's log-sum-exp; kernels/probe_logprobs.py
+picks one product over the distinct ids or each row's own weight rows), so when a batch mixes rows with probes and
+rows without, the two kinds go in two calls: only the probed rows pay for probes, and every row still goes through
+one lm_head pass.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def fused_scores(
         result = lm_head_logprobs(hidden, weight, targets, top_k, rank_out=rank_out, entropy=False)
         return result, None if probes is None else [[] for _ in probes]
     width = max(map(len, probes))
-    # A short row repeats its first id up to the widest: those slots are computed and dropped.
+    # A short row repeats its first id up to the widest: those slots are computed and dropped (no distinct id more).
     ids = torch.tensor([row + row[:1] * (width - len(row)) for row in probes if row], device=hidden.device)
     out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
     probed = [r for r, row in enumerate(probes) if row]
