@@ -1,6 +1,6 @@
 """The Teacher's core: prompts checked and tokenized, sampling checked, Generate / Score / score groups /
 GenerateTriples run on the Generator backend, and Generate's and Score's metrics recorded — once, for the gRPC and the
-HTTP door (GenerateTriples records its items and its call; its backend work is not yet in the token counts). A Score
+HTTP door (GenerateTriples records its items, its call, and its samples' tokens under its own name). A Score
 and a Generate of the same sequence (vLLM's prompt_logprobs with a completion) run in one forward where they can
 (`score_and_generate`).
 
@@ -243,10 +243,10 @@ class TeacherCore:
         if probes is not None:
             checks.probe_rows(probes, field, self.backend.info.vocab_size, positions)
 
-    def _generated(self, prompt: int, gen: Generation) -> Generation:
+    def _generated(self, prompt: int, gen: Generation, rpc: str = "Generate") -> Generation:
         generated = sum(len(s.token_ids) for s in gen.samples)
-        self.svc.metrics.count_tokens(self.svc.name, "Generate", prompt=prompt, generated=generated)
-        self.svc.metrics.observe_times(self.svc.name, "Generate", gen.queue_s, gen.inference_s)
+        self.svc.metrics.count_tokens(self.svc.name, rpc, prompt=prompt, generated=generated)
+        self.svc.metrics.observe_times(self.svc.name, rpc, gen.queue_s, gen.inference_s)
         return gen
 
     def _scored(self, item: ScoreItem, out: ScoreOutput) -> ScoreOutput:
@@ -317,15 +317,16 @@ class TeacherCore:
         the teacher wrote fewer events than asked, the last is an `EventFailed` (no head) saying how far each filter
         got."""
         events, shortfall = job.events, ""
+        recorded = _RecordedTriples(self)
         if not events:
-            pool = await triples.generate_events(self.backend, job.num_events, job.seed, job.event_params)
+            pool = await triples.generate_events(recorded, job.num_events, job.seed, job.event_params)
             events, shortfall = pool.events(), pool.shortfall()
         critic = None if job.skip_critic else self.critic
         for head in events:
             received = time.perf_counter()
             try:
                 found = await triples.triples_for_event(
-                    self.backend,
+                    recorded,
                     head,
                     job.relations,
                     job.seed,
@@ -345,3 +346,24 @@ class TeacherCore:
             error = ItemError(shortfall, "num_events", "FAILED_PRECONDITION")
             calls.item(error.code, time.perf_counter())
             yield EventFailed("", error)
+
+
+class _RecordedTriples:
+    """The backend as GenerateTriples' pipeline sees it (`triples.Completer`), its samples recorded as that call's
+    tokens and times."""
+
+    def __init__(self, core: TeacherCore) -> None:
+        self._core = core
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._core.backend.info
+
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self._core.backend.tokenize(text, add_special_tokens)
+
+    async def generate_many(self, items: list[GenerateItem]) -> list[Generation]:
+        generations = await self._core.backend.generate_many(items)
+        for item, gen in zip(items, generations, strict=True):
+            self._core._generated(len(item.prompt_ids), gen, "GenerateTriples")
+        return generations

@@ -1,4 +1,5 @@
-"""The SKD pipeline on a Generator: events -> seven inference prompts per event -> tails -> critic verdicts.
+"""The SKD pipeline on a teacher (`Completer`: any Generator is one): events -> seven inference prompts per event ->
+tails -> critic verdicts.
 
 Every random choice derives from (seed, event, relation), so an event gives the same triples wherever and whenever
 it is processed: a resumed corpus job equals an uninterrupted one.
@@ -12,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from proctor.engine.backends.base import Generator
 from proctor.engine.errors import ItemError
-from proctor.engine.items import GenerateItem, SamplingParams
+from proctor.engine.items import BackendInfo, GenerateItem, Generation, SamplingParams
 from proctor.engine.skd import prompts as skd
 from proctor.engine.skd.event_pool import EventPool
 
@@ -23,6 +23,18 @@ from proctor.engine.skd.event_pool import EventPool
 class Judgement:
     score: float  # P(valid)
     cutoff: float  # the cut-off that applies to this triple
+
+
+class Completer(Protocol):
+    """What the pipeline asks of the teacher: its context length, its tokenizer, and samples of prompts that share a
+    batch (a Generator's, or a core's that records them)."""
+
+    @property
+    def info(self) -> BackendInfo: ...
+
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]: ...
+
+    async def generate_many(self, items: list[GenerateItem]) -> list[Generation]: ...
 
 
 class Critic(Protocol):
@@ -41,7 +53,7 @@ class Triple:
     accepted: bool = True  # without a critic every triple passes
 
 
-async def _complete(generator: Generator, prompts: Sequence[tuple[str, SamplingParams]]) -> list[list[skd.Candidate]]:
+async def _complete(generator: Completer, prompts: Sequence[tuple[str, SamplingParams]]) -> list[list[skd.Candidate]]:
     """Sample every prompt, all in one backend batch."""
     items = []
     limit = generator.info.max_model_len
@@ -57,7 +69,7 @@ async def _complete(generator: Generator, prompts: Sequence[tuple[str, SamplingP
     ]
 
 
-async def generate_events(generator: Generator, count: int, seed: int, params: SamplingParams) -> EventPool:
+async def generate_events(generator: Completer, count: int, seed: int, params: SamplingParams) -> EventPool:
     """Events written by the teacher from the seed pool, the paper's filters over the run's whole pool; the pool
     says which events it kept and, when fewer than `count`, exactly why."""
     pool = EventPool(count, seed, params)
@@ -67,7 +79,7 @@ async def generate_events(generator: Generator, count: int, seed: int, params: S
 
 
 async def infer(
-    generator: Generator,
+    generator: Completer,
     head: str,
     relations: Sequence[str],
     seed: int,
@@ -86,7 +98,7 @@ async def infer(
 
 
 async def triples_for_event(
-    generator: Generator,
+    generator: Completer,
     head: str,
     relations: Sequence[str],
     seed: int,

@@ -41,7 +41,7 @@ async def test_the_reward_service_reports_queue_depth_queue_time_and_tokens(
 
 
 async def test_generate_triples_is_recorded_like_every_stream(tiny_server: ProctorServer, target: str) -> None:
-    """GenerateTriples used to bypass the stream metrics: no requests counter, no item seconds."""
+    """GenerateTriples used to bypass the stream metrics (no requests counter, no item seconds) and the token counts."""
     import grpc
 
     from proctor.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
@@ -53,10 +53,16 @@ async def test_generate_triples_is_recorded_like_every_stream(tiny_server: Proct
         skip_critic=True,
         inference_params=teacher_pb2.SamplingParams(n=2, max_tokens=4, ignore_eos=True),
     )
+    triples = {("service", "proctor.v1.Teacher"), ("rpc", "GenerateTriples")}
+    generated = ("proctor_tokens_total", frozenset(triples | {("kind", "generated")}))
+    prompt = ("proctor_tokens_total", frozenset(triples | {("kind", "prompt")}))
+    before = await asyncio.to_thread(_samples, tiny_server.metrics_port)
     async with grpc.aio.insecure_channel(target) as channel:
         found = [r async for r in teacher_pb2_grpc.TeacherStub(channel).GenerateTriples(request)]
     samples = await asyncio.to_thread(_samples, tiny_server.metrics_port)
-    triples = {("service", "proctor.v1.Teacher"), ("rpc", "GenerateTriples")}
+    # its samples' tokens too: one relation prompt, n=2 samples of exactly 4 tokens (ignore_eos)
+    assert samples[generated] - before.get(generated, 0.0) == 2 * 4
+    assert samples[prompt] - before.get(prompt, 0.0) > 0
     assert samples[("proctor_requests_total", frozenset(triples | {("code", "OK")}))] >= 1
     assert samples[("proctor_item_seconds_count", frozenset(triples))] >= len(found) >= 1
     assert samples[("proctor_inflight_items", frozenset({("service", "proctor.v1.Teacher")}))] == 0
