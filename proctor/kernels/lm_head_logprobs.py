@@ -64,6 +64,14 @@ UNSPECIALISED = ["n_rows", "n_splits", "tiles_per_split", "group"]
 Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
+# Rows of logits the reference's passes after the product take at once (at V 49,152 in float32: 85 rows): few
+# enough MiB that each pass (log-sum-exp, top-k, rank count) reads them from cache, not from memory, and enough rows
+# that the passes' thread-pool rounds stay few (each waits for its slowest thread: on a shared CPU, for a time slice).
+# Measured on 2 shared cores, SmolLM2's V, 12,240 rows, top-20 and ranks (CPU s): 8 MiB 6.3-7.3 when quiet, 23 under
+# load; 16 MiB 6.1-7.3 and 14; 32 MiB 7.2-8.1 and 11; the 1,024-row chunks whole 10.4-11.6.
+CACHE_BYTES = 16 << 20
+
+
 def lm_head_logprobs_reference(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -79,19 +87,24 @@ def lm_head_logprobs_reference(
     or None); with `rank_out` [N] (int64) also each target's rank, the tokens at least as likely as it (0 on
     ignore-index rows); with `probes` (ids [N, P], out [N, P]) each row's log-probs of its own P tokens.
 
-    The logits reference applied to row chunks, so it never holds more than `chunk_rows x V` logits at once.
+    The logits reference applied to row chunks, so it never holds more than `chunk_rows x V` logits at once; each
+    chunk's product in one matrix multiply, what follows it in blocks of rows that stay in cache (`CACHE_BYTES`).
     float64 inputs are computed in float64 (a ground truth for tests), anything else in float32.
     """
     compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     w = weight.to(compute)
+    block = max(1, CACHE_BYTES // (weight.shape[0] * compute.itemsize))
     parts = []
     for s in range(0, hidden.shape[0], chunk_rows):
-        logits, t = hidden[s : s + chunk_rows].to(compute) @ w.T, targets[s : s + chunk_rows]
-        rows = slice(s, s + chunk_rows)
-        probe = (probes[0][rows], probes[1][rows]) if probes is not None else (None, None)
-        parts.append(target_logprobs_reference(logits, t, top_k, ignore_index, entropy, *probe))
-        if rank_out is not None:  # ranked as the inputs' dtype gives the logits (vLLM's lm_head does)
-            rank_out[s : s + chunk_rows] = target_ranks_reference(logits.to(hidden.dtype), t, ignore_index)
+        logits = hidden[s : s + chunk_rows].to(compute) @ w.T
+        for b in range(0, logits.shape[0], block):
+            part = logits[b : b + block]
+            rows = slice(s + b, s + b + part.shape[0])
+            t = targets[rows]
+            probe = (probes[0][rows], probes[1][rows]) if probes is not None else (None, None)
+            parts.append(target_logprobs_reference(part, t, top_k, ignore_index, entropy, *probe))
+            if rank_out is not None:  # ranked as the inputs' dtype gives the logits (vLLM's lm_head does)
+                rank_out[rows] = target_ranks_reference(part.to(hidden.dtype), t, ignore_index)
     if not parts:
         empty = torch.empty(0, dtype=compute, device=hidden.device)
         return empty, empty if entropy else None, None, None

@@ -67,26 +67,32 @@ def target_logprobs_reference(
 ) -> Result:
     """(log-prob of target [N], entropy [N] or None, top-k log-probs [N, k] or None, top-k ids [N, k] or None).
 
-    Only what is asked is computed: the log-softmax (torch's fused kernel: on the CPU faster than a log-sum-exp
-    alone), the targets' entries and the top-k (ties by id); the entropy (another exp pass and a product over
-    [N, V]) only with `entropy`. With `probe_ids` [N, P] each row's log-probs of those tokens go to `probe_out`."""
-    logprobs = torch.log_softmax(logits.float() if logits.dtype != torch.float64 else logits, dim=-1)
+    Only what is asked is computed: each row's log-sum-exp, the targets' logits, the logits' top-k (ties by id),
+    each minus its row's log-sum-exp; no [N, V] log-softmax (each pass over [N, V] is one more read of the logits,
+    and a written one one more allocation). The entropy (the log-softmax, an exp pass and a product over [N, V])
+    only with `entropy`. With `probe_ids` [N, P] each row's log-probs of those tokens go to `probe_out`."""
+    x = logits.float() if logits.dtype != torch.float64 else logits
+    lse = torch.logsumexp(x, dim=-1)
     keep = targets != ignore_index
-    picked = logprobs.gather(1, torch.where(keep, targets, 0).long().unsqueeze(1)).squeeze(1)
+    picked = x.gather(1, torch.where(keep, targets, 0).long().unsqueeze(1)).squeeze(1) - lse
     zero = torch.zeros_like(picked)
-    ent = torch.where(keep, -(logprobs.exp() * logprobs).nansum(dim=-1), zero) if entropy else None
-    vals, ids = top_k_ties_by_id(logprobs, top_k) if top_k else (None, None)
+    ent = None
+    if entropy:
+        logprobs = x - lse[:, None]
+        ent = torch.where(keep, -(logprobs.exp() * logprobs).nansum(dim=-1), zero)
+    vals, ids = top_k_ties_by_id(x, top_k) if top_k else (None, None)
     if probe_ids is not None and probe_out is not None:
-        probe_out.copy_(logprobs.gather(1, probe_ids.long()))
-    return torch.where(keep, picked, zero), ent, vals, ids
+        probe_out.copy_(x.gather(1, probe_ids.long()) - lse[:, None])
+    return torch.where(keep, picked, zero), ent, None if vals is None else vals - lse[:, None], ids
 
 
 def target_ranks_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Each target's rank [N] (int64): the logits at or above its own, itself included, as vLLM v1 ranks a token
-    (`batched_count_greater_than`); 0 on ignore-index rows."""
+    (`batched_count_greater_than`); 0 on ignore-index rows. Counted in int32 (a vocabulary is far below 2**31):
+    torch sums a bool tensor as int64 through a copy of it 8 bytes wide."""
     keep = targets != ignore_index
     own = logits.gather(1, torch.where(keep, targets, 0).long().unsqueeze(1))
-    return torch.where(keep, (logits >= own).sum(dim=1), 0)
+    return torch.where(keep, (logits >= own).sum(dim=1, dtype=torch.int32), 0).long()
 
 
 if triton is not None:
