@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,9 +20,17 @@ class Served(NamedTuple):
     metrics: str  # its /metrics URL, "" when off
 
 
-def serve(folder: Path, config_text: str) -> Served:
+def serve(
+    folder: Path,
+    config_text: str,
+    env: dict[str, str] | None = None,
+    cores: list[int] | None = None,
+    cwd: Path | None = None,
+) -> Served:
     """`proctor serve` in its own process (as in production), once it is ready. Its warnings and errors go to
-    `folder`/server.log; a server that fails to start says why from there."""
+    `folder`/server.log; a server that fails to start says why from there. `env`: its environment (default: this
+    one's); `cores`: the CPUs it may run on (default: this process's); `cwd`: where it runs (default: here; `-m`
+    puts it first on the import path, ahead of PYTHONPATH)."""
     config = folder / "proctor.yaml"
     config.write_text(config_text)
     log = folder / "server.log"
@@ -29,6 +40,9 @@ def serve(folder: Path, config_text: str) -> Served:
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
+            env=env,
+            cwd=cwd,
+            preexec_fn=pinned_to(cores),
         )
     assert proc.stdout is not None
     port = metrics = ""
@@ -76,9 +90,58 @@ def histogram_totals(metrics_text: str, name: str) -> tuple[float, float]:
     return total["sum"], total["count"]
 
 
+def _stat(path: str) -> list[str]:
+    """A /proc .../stat file's fields after the command name (state first)."""
+    return Path(path).read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
     """User + system CPU time so far (Linux) of a process, or of one of its threads (a process's main thread, where
     asyncio's loop runs, has the process's id)."""
-    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
-    fields = stat.read_text().rsplit(")", 1)[1].split()
+    fields = _stat(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> dict[str, float]:
+    """`cpu_seconds` of a process and of each of its live descendants, by "name pid" (vLLM's server runs its engine
+    core and worker as children; a child that exits takes its time with it)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                children.setdefault(int(_stat(f"{entry}/stat")[1]), []).append(int(entry.name))
+    out, todo = {}, [pid]
+    while todo:
+        at = todo.pop()
+        with contextlib.suppress(OSError):
+            out[f"{Path(f'/proc/{at}/comm').read_text().strip()} {at}"] = cpu_seconds(at)
+        todo.extend(children.get(at, []))
+    return out
+
+
+def parse_cores(spec: str) -> list[int]:
+    """CPU ids from a list like "0-1" or "0,2-3"; "" = every CPU this process may run on."""
+    if not spec:
+        return sorted(os.sched_getaffinity(0))
+    cores: list[int] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        cores.extend(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def pinned_to(cores: list[int] | None) -> Callable[[], None] | None:
+    """A Popen preexec_fn confining the child (and what it starts) to `cores`; None leaves it as this process."""
+    if cores is None:
+        return None
+    return functools.partial(os.sched_setaffinity, 0, cores)
+
+
+def omp_bound(cores: list[int]) -> dict[str, str]:
+    """The OpenMP environment vLLM's CPU backend gives its worker for a core list (vllm/utils/ompmultiprocessing.py,
+    libgomp without LD_PRELOAD): a thread per core, bound to the list's cores."""
+    return {
+        "OMP_NUM_THREADS": str(len(cores)),
+        "OMP_PLACES": "{" + ",".join(map(str, cores)) + "}",
+        "OMP_PROC_BIND": "true",
+    }
