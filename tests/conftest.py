@@ -3,12 +3,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import torch
 
+from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.config import (
     Config,
     CriticConfig,
@@ -59,6 +61,20 @@ async def tiny_server() -> AsyncIterator[ProctorServer]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def target(tiny_server: ProctorServer) -> str:
     return f"127.0.0.1:{tiny_server.port}"
+
+
+@pytest.fixture(scope="session")
+def reference() -> Iterator[Callable[[list[int]], torch.Tensor]]:
+    """log_softmax of the tiny model in float64 over one sequence: [positions, vocab] (row p predicts token p + 1)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(TINY), dtype=torch.float64)
+
+    def of(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+
+    yield of
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from proctor.engine.server.lifecycle import ProctorServer
-from tests.engine.doors.http.test_http_openai import base, reference  # noqa: F401 (a fixture)
+from tests.engine.doors.http.test_http_openai import base
 from tests.trainers.conftest import require
 
 require("swift")
@@ -49,7 +49,7 @@ async def _ids(server: ProctorServer, messages: list[dict[str, str]], generation
     return list(out["tokens"])
 
 
-async def test_swift_teacher_sampled_token_logprobs(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_swift_teacher_sampled_token_logprobs(tiny_server: ProctorServer, reference: Any) -> None:
     responses, parsed = await asyncio.to_thread(_infer, base(tiny_server), 0, "auto")
     prompt = await _ids(tiny_server, [{"role": "user", "content": "hi"}], True)
     for response, (lps, ixs) in zip(responses, parsed, strict=True):
@@ -62,7 +62,7 @@ async def test_swift_teacher_sampled_token_logprobs(tiny_server: ProctorServer, 
         assert torch.allclose(torch.tensor([lp[0] for lp in lps], dtype=torch.float64), expected, atol=1e-4)
 
 
-async def test_swift_teacher_topk(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_swift_teacher_topk(tiny_server: ProctorServer, reference: Any) -> None:
     responses, parsed = await asyncio.to_thread(_infer, base(tiny_server), 5, None)
     for response, (lps, ixs) in zip(responses, parsed, strict=True):
         ids = response.prompt_token_ids

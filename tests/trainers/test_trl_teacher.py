@@ -16,7 +16,7 @@ from proctor.clients.teacher import AsyncTeacherClient, score_request
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.server.lifecycle import ProctorServer
 from tests.conftest import TINY
-from tests.engine.doors.http.test_http_openai import PROMPT_LENGTHS, SEQUENCES, base, reference  # noqa: F401 (a fixture)
+from tests.engine.doors.http.test_http_openai import PROMPT_LENGTHS, SEQUENCES, base
 from tests.trainers.conftest import require
 
 trl = require("trl")
@@ -35,7 +35,7 @@ def trl_client(url: str) -> Any:
 async def test_trl_sequence_logprobs_match_float64_and_score(
     tiny_server: ProctorServer,
     target: str,
-    reference: Any,  # noqa: F811 (the fixture)
+    reference: Any,
 ) -> None:
     client = await asyncio.to_thread(trl_client, base(tiny_server))
     assert client.model == TINY
@@ -57,7 +57,7 @@ async def test_trl_sequence_logprobs_match_float64_and_score(
 
 async def test_trl_default_top_100_matches_float64(
     tiny_server: ProctorServer,
-    reference: Any,  # noqa: F811 (the fixture)
+    reference: Any,
 ) -> None:
     """get_sequence_logprobs' default, top_logprobs=100 (vLLM's default --max-logprobs of 20 refuses it): the 100
     most likely tokens at every completion position, in order, within 1e-4 of float64."""

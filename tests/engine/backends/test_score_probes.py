@@ -57,20 +57,6 @@ def test_fused_scores_without_probes_is_the_plain_call() -> None:
     assert empty == [[], [], [], []]
 
 
-@pytest.fixture(scope="module")
-def reference() -> Callable[[list[int]], torch.Tensor]:
-    """log_softmax of the tiny model in float64 over a sequence: [positions, vocab] (row p predicts token p + 1)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(TINY), dtype=torch.float64)
-
-    def of(ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
-
-    return of
-
-
 ITEMS = [
     ScoreItem([5, 17, 99], [3, 250, 41, 7], top_k=2, probe_ids=[[3, 4, 5], [], [41, 0, 511]]),  # fewer rows
     ScoreItem([300, 12], [12, 80, 9], rank=True),  # no probes, in the same batch

@@ -5,14 +5,13 @@ float64 reference, in a padded and a packed Score batch."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 import torch
 
-from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.torch.generator import TorchGenerator
 from proctor.engine.items import FinishReason, GenerateItem, SamplingParams, ScoreItem, ScoreSampleItem
 
@@ -39,20 +38,6 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[TorchGe
     await generator.start()
     yield generator, batches
     await generator.close()
-
-
-@pytest.fixture(scope="module")
-def reference() -> Iterator[Any]:
-    """log_softmax of the tiny model in float64: [positions, vocab] (row p predicts token p + 1)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(TINY), dtype=torch.float64)
-
-    def of(ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
-
-    yield of
 
 
 def one_token(**params: Any) -> SamplingParams:

@@ -10,13 +10,11 @@ import json
 import math
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
-from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.server.lifecycle import ProctorServer
 from tests.conftest import TINY
 
@@ -24,20 +22,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SEQUENCES = [[5, 17, 99, 3, 250, 41, 7], [300, 12, 12, 80, 9]]
 PROMPT_LENGTHS = [3, 2]
-
-
-@pytest.fixture(scope="module")
-def reference() -> Iterator[Any]:
-    """log_softmax of the tiny teacher in float64, per sequence: [positions, vocab] (row p predicts token p + 1)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(TINY), dtype=torch.float64)
-
-    def of(ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
-
-    yield of
 
 
 def base(server: ProctorServer) -> str:

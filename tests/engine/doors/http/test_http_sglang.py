@@ -12,7 +12,7 @@ import torch
 
 from proctor.engine.server.lifecycle import ProctorServer
 from tests.conftest import TINY
-from tests.engine.doors.http.test_http_openai import SEQUENCES, base, call, reference  # noqa: F401 (a fixture)
+from tests.engine.doors.http.test_http_openai import SEQUENCES, base, call
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -46,7 +46,7 @@ async def post(server: ProctorServer, body: Any, path: str = "/generate") -> tup
     return status, payload
 
 
-async def test_slime_opd_request_scores_the_prompt(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_slime_opd_request_scores_the_prompt(tiny_server: ProctorServer, reference: Any) -> None:
     seq = SEQUENCES[0]
     status, out = await post(tiny_server, opd_payload(seq))
     assert status == 200, out
@@ -66,7 +66,7 @@ async def test_slime_opd_request_scores_the_prompt(tiny_server: ProctorServer, r
     assert torch.allclose(torch.tensor(response, dtype=torch.float64), expected[-3:], atol=1e-4)
 
 
-async def test_batch_text_start_topk_and_generation(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_batch_text_start_topk_and_generation(tiny_server: ProctorServer, reference: Any) -> None:
     texts = ["hello world, a longer prompt", "PersonX goes to the market"]
     body = {
         "text": texts,

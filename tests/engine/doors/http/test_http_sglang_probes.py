@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from proctor.engine.server.lifecycle import ProctorServer
-from tests.engine.doors.http.test_http_openai import base, call, reference  # noqa: F401 (a fixture)
+from tests.engine.doors.http.test_http_openai import base, call
 from tests.engine.doors.http.test_http_sglang import HEAD, LOGPROBS, TAIL, TOPS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -28,7 +28,7 @@ async def post(server: ProctorServer, body: Any) -> tuple[int, Any]:
     return status, payload
 
 
-async def test_sglang_token_ids_logprob_on_the_prompt(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_sglang_token_ids_logprob_on_the_prompt(tiny_server: ProctorServer, reference: Any) -> None:
     body = {
         "input_ids": SEQ,
         "sampling_params": {"max_new_tokens": 0},
@@ -52,7 +52,7 @@ async def test_sglang_token_ids_logprob_on_the_prompt(tiny_server: ProctorServer
         assert torch.allclose(torch.tensor([e[0] for e in position], dtype=torch.float64), expected, atol=1e-4)
 
 
-async def test_sglang_token_ids_logprob_per_prompt_of_a_batch(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_sglang_token_ids_logprob_per_prompt_of_a_batch(tiny_server: ProctorServer, reference: Any) -> None:
     prompts = [SEQ, [5, 6, 7]]
     body = {
         "input_ids": prompts,

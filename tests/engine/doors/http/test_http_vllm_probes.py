@@ -21,7 +21,7 @@ import torch
 
 from proctor.engine.server.lifecycle import ProctorServer
 from tests.conftest import TINY
-from tests.engine.doors.http.test_http_openai import base, call, reference  # noqa: F401 (a fixture)
+from tests.engine.doors.http.test_http_openai import base, call
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -51,7 +51,7 @@ def expected_matrix(ref: torch.Tensor, rows: list[list[int]], start: int) -> np.
     return out
 
 
-async def test_vllm_probes_with_prompt_logprobs_and_a_token(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_vllm_probes_with_prompt_logprobs_and_a_token(tiny_server: ProctorServer, reference: Any) -> None:
     body = {
         "token_ids": SEQ,
         "sampling_params": {
@@ -75,7 +75,7 @@ async def test_vllm_probes_with_prompt_logprobs_and_a_token(tiny_server: Proctor
     assert len(out["choices"]) == 1 and len(out["choices"][0]["token_ids"]) == 1
 
 
-async def test_the_docs_distillation_call_is_one_forward(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_the_docs_distillation_call_is_one_forward(tiny_server: ProctorServer, reference: Any) -> None:
     """docs/training/prompt_token_id_logprobs.md's quick start: prompt + response, the student's top-k per response
     position from prompt_logprob_start = len(prompt) - 1, max_tokens 1. The scores are the float64 reference's, and
     the one token comes from the Score pass (no generation wave): the token Generate gives for the same seed."""
@@ -106,7 +106,7 @@ async def test_the_docs_distillation_call_is_one_forward(tiny_server: ProctorSer
     )
 
 
-async def test_vllm_probes_score_only_from_the_first_row(tiny_server: ProctorServer, reference: Any) -> None:  # noqa: F811
+async def test_vllm_probes_score_only_from_the_first_row(tiny_server: ProctorServer, reference: Any) -> None:
     rows = [[t, 0, 511] for t in SEQ[1:]]
     body = {"token_ids": SEQ, "sampling_params": {"max_tokens": 0, "prompt_logprob_token_ids": rows}}
     status, out = await post(tiny_server, GENERATE, body)
