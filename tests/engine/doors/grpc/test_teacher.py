@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -106,10 +107,7 @@ async def test_greedy_equals_transformers_generate(target: str) -> None:
         assert list(results[key].completions[0].token_ids) == expected[0, len(ids) :].tolist(), key
 
 
-async def test_score_equals_a_float64_reference(target: str) -> None:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(TINY), dtype=torch.float64)
+async def test_score_equals_a_float64_reference(target: str, reference: Callable[[list[int]], torch.Tensor]) -> None:
     gen = torch.Generator().manual_seed(0)
     cases = {
         f"s{i}": (
@@ -123,9 +121,7 @@ async def test_score_equals_a_float64_reference(target: str) -> None:
     for key, (context, tgt) in cases.items():
         r = results[key]
         assert not r.HasField("error"), r.error
-        with torch.no_grad():
-            logits = model(torch.tensor([context + tgt])).logits[0]
-        ref = torch.log_softmax(logits, dim=-1)[len(context) - 1 : len(context) + len(tgt) - 1]
+        ref = reference(context + tgt)[len(context) - 1 : len(context) + len(tgt) - 1]
         expected = ref.gather(1, torch.tensor(tgt).unsqueeze(1)).squeeze(1)
         assert torch.allclose(torch.tensor(list(r.logprobs), dtype=torch.float64), expected, atol=1e-4), key
         top_vals = torch.tensor(list(r.top.logprobs), dtype=torch.float64).view(len(tgt), 4)
