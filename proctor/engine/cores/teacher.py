@@ -202,7 +202,11 @@ class TeacherCore:
     ) -> ScoreOutput:
         """`probes`: per target position, token ids whose log-probs come back in `probe_logprobs` (checked here)."""
         self._check_probes(probes, probes_field, len(target))
-        item = ScoreItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank, probe_ids=probes)
+        return await self._score(
+            ScoreItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank, probe_ids=probes)
+        )
+
+    async def _score(self, item: ScoreItem) -> ScoreOutput:
         return self._scored(item, await self.backend.score(item))
 
     async def score_and_generate(
@@ -223,18 +227,19 @@ class TeacherCore:
         strings) read that token alone. A second token needs the first fed back through the model (Generate's
         decode loop), so `max_tokens` > 1 keeps the two calls, and so does a backend whose Score and Generate are
         two engines (vLLM generating: its tokens must be vLLM's)."""
+        self._check_probes(probes, probes_field, len(target))  # before either call starts work
         if self.sampler is not None and params.max_tokens == 1:
-            self._check_probes(probes, probes_field, len(target))
             item = ScoreSampleItem(
                 context_ids=context, target_ids=target, top_k=top_k, rank=rank, probe_ids=probes, params=params
             )
             both = await self.sampler.score_sample(item)
             return self._scored(item, both.score), self._generated(len(item.prompt_ids), both.generation)
-        scoring = asyncio.ensure_future(self.score(context, target, top_k, rank, probes, probes_field))
+        scored = ScoreItem(context_ids=context, target_ids=target, top_k=top_k, rank=rank, probe_ids=probes)
+        scoring = asyncio.ensure_future(self._score(scored))
         generating = asyncio.ensure_future(self.generate(context + target, params))
         try:
             return await asyncio.gather(scoring, generating)
-        except BaseException:  # one failed (a refused probe, a backend error): the other's work is not wanted
+        except BaseException:  # one failed (a backend refusal or error): the other's work is not wanted
             scoring.cancel()
             generating.cancel()
             raise

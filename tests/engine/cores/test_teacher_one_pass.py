@@ -97,8 +97,8 @@ async def test_a_backend_of_two_engines_keeps_the_two_calls(backend: tuple[Torch
 
 
 async def test_a_refused_score_stops_its_generation(backend: tuple[TorchGenerator, Batches]) -> None:
-    """On the two-call path a Score refused at the door (a probe outside the vocabulary) cancels the Generate it
-    was paired with: nobody will read that completion."""
+    """On the two-call path a Score refused (a probe outside the vocabulary) leaves no Generate running: nobody will
+    read that completion."""
     generator, _ = backend
     params = SamplingParams(max_tokens=2_000, ignore_eos=True)
     bad = [[generator.info.vocab_size]]
