@@ -23,7 +23,11 @@ tokens/s and scored tokens per server CPU-second, each as a ratio to vLLM's row 
 difference of a log-prob both servers return (a position's token and its top-k, matched by id) is measured on the
 warm-up request; `--float64` also holds every row's warm-up answer to the model's own log-probs in float64
 (transformers, in this process). `--baseline DIR` serves another checkout's proctor beside them (the same cores and
-environment, its `max_tokens: 0` row): a change's before, in the same run. Writes
+environment, its `max_tokens: 0` row): a change's before, in the same run. At each round's end the GEMM floor
+(`gemm_floor`: the model's own float32 products for the whole workload, nothing else) runs on the same cores with
+proctor's environment: each row's wall time is also given as a multiple of it, and so is the wall time a target of
+`--target` x vLLM's throughput allows, which says whether the target is within what this machine's matrix
+multiplies can do at all. Writes
 bench/results/YYYY-MM-DD-<device>-<--name>.{json,md} (`--out` another folder).
 """
 
@@ -190,6 +194,19 @@ def start_vllm(
     )
 
 
+def gemm_floor(args: argparse.Namespace, env: dict[str, str], cores: list[int]) -> dict[str, Any]:
+    """`gemm_floor` for this run's workload, in its own process on the servers' cores and environment."""
+    command = [sys.executable, "-m", "proctor.bench.gemm_floor", "--model", args.model, "--repeats", "2"]
+    command += ["--sequences", str(args.sequences), "--length", str(args.length), "--batch", str(args.batch)]
+    done = subprocess.run(
+        command, env=env, preexec_fn=pinned_to(cores), capture_output=True, text=True, check=False, timeout=1800
+    )
+    if done.returncode:
+        raise RuntimeError(f"the GEMM floor failed ({done.returncode}): {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def commit_of(checkout: Path) -> str:
     """The checkout's commit, short, as its row's name says it."""
     out = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -209,6 +226,27 @@ def summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]
                 entry[f"vs_vllm_{label}"] = [round(x, 2) for x in ratios]
                 entry[f"median_vs_vllm_{label}"] = round(statistics.median(ratios), 2)
         out[name] = entry
+    return out
+
+
+def floor_summary(rounds: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Each row's wall time over the same round's GEMM floor, and the wall time `target` x vLLM's throughput allows
+    over it (below 1.0: faster than this machine's float32 products alone)."""
+    floors = [r["gemm_floor"]["seconds"] for r in rounds]
+    out: dict[str, Any] = {
+        "seconds": floors,
+        "gflop": rounds[0]["gemm_floor"]["gflop"],
+        "gflop_per_s": [r["gemm_floor"]["gflop_per_s"] for r in rounds],
+        "wall_over_floor": {
+            name: [round(r["rows"][name]["wall_s"] / f, 2) for r, f in zip(rounds, floors, strict=True)]
+            for name in rounds[0]["rows"]
+        },
+    }
+    if VLLM_ROW in rounds[0]["rows"]:
+        out["target"] = target
+        out["target_wall_over_floor"] = [
+            round(r["rows"][VLLM_ROW]["wall_s"] / target / f, 2) for r, f in zip(rounds, floors, strict=True)
+        ]
     return out
 
 
@@ -250,6 +288,25 @@ def report_lines(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"{report['one_token_over_scoring_only']:.3f}, "
         f"server CPU seconds {report['one_token_cpu_over_scoring_only']:.3f}.",
     ]
+    floor = report["gemm_floor"]
+    lines += [
+        "",
+        f"**The GEMM floor** (`python -m proctor.bench.gemm_floor`, the model's own float32 products for the whole "
+        f"workload and nothing else, {floor['gflop']:,.1f} GFLOP, run at each round's end on the same cores): "
+        + ", ".join(f"{s:.2f} s ({g:.0f} GFLOP/s)" for s, g in zip(floor["seconds"], floor["gflop_per_s"], strict=True))
+        + ". Wall time over it, per round: "
+        + "; ".join(
+            f"{name} {', '.join(f'{v:.2f}' for v in values)}" for name, values in floor["wall_over_floor"].items()
+        )
+        + ".",
+    ]
+    if "target_wall_over_floor" in floor:
+        lines += [
+            "",
+            f"{floor['target']:g}x vLLM's throughput would need a wall time of "
+            + ", ".join(f"{v:.2f}" for v in floor["target_wall_over_floor"])
+            + " x the GEMM floor (per round; below 1.00 = faster than the machine's float32 products alone).",
+        ]
     if "max_abs_logprob_diff" in report:
         lines += [
             "",
@@ -286,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quiet-wait", type=float, default=180, help="the longest a round waits for quiet, s")
     p.add_argument("--vllm-python", default=sys.executable, help="an interpreter with vLLM; '' = proctor only")
     p.add_argument("--baseline", type=Path, help="another checkout whose proctor serves beside (a change's before)")
+    p.add_argument("--target", type=float, default=1.5, help="a throughput goal, x vLLM's (read against the floor)")
     p.add_argument("--float64", action="store_true", help="hold the warm-up answers to the model in float64 too")
     p.add_argument("--name", default="http-prompt-logprobs", help="what the result files are called after the date")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -354,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
                         "waited_s": waited,
                         "load_after": round(os.getloadavg()[0], 2),
                         "rows": {name: done[name] for name in names},
+                        "gemm_floor": gemm_floor(args, proctor_env, cores),
                     }
                 )
                 print(json.dumps(rounds[-1]), flush=True)
@@ -379,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows_in_order": {str(i + 1): n for i, n in enumerate(names)},
         "rounds": rounds,
         "summary": summary([r["rows"] for r in rounds]),
+        "gemm_floor": floor_summary(rounds, args.target),
     }
     if diff is not None:
         report["max_abs_logprob_diff"], report["compared"] = diff

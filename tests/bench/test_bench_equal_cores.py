@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 
-from proctor.bench.http_prompt_logprobs import max_logprob_diff
+import torch
+
+from proctor.bench.http_prompt_logprobs import VLLM_ROW, floor_summary, max_logprob_diff
 from proctor.bench.server import omp_bound, parse_cores, pinned_to, tree_cpu_seconds
 
 
@@ -47,3 +49,31 @@ def test_the_largest_log_prob_difference_matches_tokens_by_id() -> None:
     a = [[None, {"5": {"logprob": -1.0}, "7": {"logprob": -2.0}}]]
     b = [[None, {"7": {"logprob": -2.5}, "9": {"logprob": -0.1}}]]
     assert max_logprob_diff(a, b) == (0.5, 1)
+
+
+def test_the_gemm_floor_counts_every_layers_products_and_the_lm_head_for_the_scored_positions() -> None:
+    from transformers import AutoModelForCausalLM
+
+    from proctor.bench.gemm_floor import floor, linear_weights
+    from proctor.engine.backends.builtin_models import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny"), dtype=torch.float32).eval()
+    layers = model.config.num_hidden_layers
+    assert len(linear_weights(model)) == 7 * layers  # q, k, v, o, gate, up, down: the lm_head is timed apart
+    vocab, hidden = model.get_output_embeddings().weight.shape
+    per_token = sum(w.numel() for w in linear_weights(model))
+    # 5 sequences of 6 tokens in passes of 2, 2 and 1: 30 tokens through the layers, 25 through the lm_head
+    result = floor(model, sequences=5, length=6, batch=2, repeats=1)
+    assert result["flop"] == 2 * 30 * per_token + 2 * 25 * vocab * hidden
+    assert result["seconds"] > 0 and len(result["seconds_every_pass"]) == 1
+
+
+def test_the_floor_summary_reads_each_row_and_the_target_against_its_own_rounds_floor() -> None:
+    rows = [{VLLM_ROW: {"wall_s": 18.0}, "p": {"wall_s": 15.0}}, {VLLM_ROW: {"wall_s": 12.0}, "p": {"wall_s": 9.0}}]
+    rounds = [
+        {"rows": r, "gemm_floor": {"seconds": f, "gflop": 3.0, "gflop_per_s": 1.0}}
+        for r, f in zip(rows, (10.0, 6.0), strict=True)
+    ]
+    out = floor_summary(rounds, target=1.5)
+    assert out["wall_over_floor"] == {VLLM_ROW: [1.8, 2.0], "p": [1.5, 1.5]}
+    assert out["target_wall_over_floor"] == [1.2, 1.33]
