@@ -153,7 +153,11 @@ class TeacherCore:
         """`work` (which tokenizes `prompts`) done now when their texts are short together, else deferred: a `Later`
         that runs it in a worker thread once awaited. The one policy of where tokenizing runs, for both doors; the
         budget is the request's, so many short prompts in one request go to the thread together."""
-        if sum(len(p.text) for p in prompts if p.text is not None) > INLINE_TOKENIZE_CHARS:
+        chars = 0
+        for p in prompts:  # a loop, not sum() over a generator: this runs for every item, token ids or text
+            if p.text is not None:
+                chars += len(p.text)
+        if chars > INLINE_TOKENIZE_CHARS:
             return Later(lambda: asyncio.to_thread(work))
         return work()
 

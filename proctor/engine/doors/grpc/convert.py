@@ -47,6 +47,13 @@ def timing(queue_s: float, inference_s: float, total_s: float) -> common_pb2.Tim
     return common_pb2.Timing(queue_ms=queue_s * 1e3, inference_ms=inference_s * 1e3, total_ms=total_s * 1e3)
 
 
+def fill_timing(into: common_pb2.Timing, queue_s: float, inference_s: float, total_s: float) -> None:
+    """A result's own Timing field, set in place: half the cost of a Timing built apart and copied in."""
+    into.queue_ms = queue_s * 1e3
+    into.inference_ms = inference_s * 1e3
+    into.total_ms = total_s * 1e3
+
+
 def fill_top_k(into: common_pb2.TopK, top: TopK | None) -> None:
     """`top` written into a result's own TopK field (None leaves it unset). In place, because protobuf copies a
     message it is given as a field: a TopK built apart and then set was every entry converted and copied again."""
