@@ -12,15 +12,19 @@ speed drifts: each figure is the median over rounds, and the overhead the median
 (Score: and of each round's ratio). Besides wall time per item, the server's own CPU time per item is read from
 /proc: its inverse is the throughput per server core.
 
-Score's baseline is the server's Teacher core in this process (`in_process.InProcessTeacher`): built from the same
-config by the server's own code, under the server's GIL switch interval, fed item by item as the door feeds it (the
-same checks, a queue slot and a task per item, at most `stream_window` in flight, each result dropped once its item
-is done as the server drops it once sent), so that the backend forms the same batches (their mean size is reported
-for both sides) and the difference is the door alone: request decoding and conversion, the stream's machinery,
-result building and encoding, the transport and the client. Its costs are split by CPU time: the server's event loop
-(its main thread) against the baseline's, the server process as a whole, and the client process. And beside it a
-gRPC floor (`grpc_floor`): a plain grpc.aio servicer with no proctor code, answering each item from the request
-alone, through the same client: what gRPC and protobuf cost any Python server and client. Torch runs
+Score's baseline is the server's Teacher core without its server (`in_process.InProcessTeacher`), in a process of
+its own as the server is (`in_process.Worker`): built from the same config by the server's own code, under the
+server's GIL switch interval, fed item by item as the door feeds it (the same checks, a queue slot and a task per
+item, at most `stream_window` in flight, each result dropped once its item is done as the server drops it once sent),
+so that the backend forms the same batches (their mean size is reported for both sides) and the difference is the
+door alone: request decoding and conversion, the stream's machinery, result building and encoding, the transport and
+the client. Each round starts a fresh server (Teacher only, as the baseline) and a fresh baseline process: on this
+machine one process runs the same model work up to ~12% faster than another for as long as it lives (three
+identical servers under the same interleaved load: 465, 500 and 520 µs/item, every round), so a single pair for all
+rounds measured which process was the lucky one as well as the door. Its costs are split by CPU time: the server's
+event loop (its main thread) against the baseline's, the server process as a whole, and the client process. And
+beside it a gRPC floor (`grpc_floor`): a plain grpc.aio servicer with no proctor code, answering each item from the
+request alone, through the same client: what gRPC and protobuf cost any Python server and client. Torch runs
 `--torch-threads` intra-op threads on both sides (1 by default: with 2 on 2 cores, a core taken by the client or
 another process stalls the model's thread barrier, and a 1-item forward went from ~1 ms to ~100 ms, which would
 measure the neighbours rather than the door).
@@ -49,14 +53,14 @@ import grpc
 import torch
 
 from proctor.bench import grpc_floor, load
-from proctor.bench.in_process import InProcessTeacher, ScoreCall
+from proctor.bench.in_process import Worker, score_shapes
 from proctor.bench.load import _rollout
 from proctor.bench.server import cpu_seconds, histogram_totals, scrape, serve
 from proctor.clients.reward import RewardClient, reward_request
 from proctor.clients.teacher import TeacherClient, score_request
 from proctor.engine.backends.builtin_models import resolve_model
 from proctor.engine.backends.torch.classifier import TorchClassifier
-from proctor.engine.config import CriticConfig, load_config
+from proctor.engine.config import CriticConfig
 from proctor.engine.doors.grpc.convert import RELATIONS
 from proctor.engine.skd.critic_scoring import CriticScorer
 from proctor.v1 import critic_pb2, critic_pb2_grpc, teacher_pb2
@@ -66,6 +70,10 @@ CONFIG = """server: {port: 0, metrics_port: 0}
 teacher: {model: builtin:tiny, device: cpu}
 critic: {model: builtin:tiny-critic, device: cpu, cutoff: 0.5}
 reward: {model: '', mode: rules, total_steps: 100000}
+"""
+# Score's server and baseline: the Teacher alone.
+SCORE_CONFIG = """server: {port: 0, metrics_port: 0}
+teacher: {model: builtin:tiny, device: cpu}
 """
 SCORE_TOPS = (0, 20)  # top_logprobs: none, and what distillation trainers ask for
 SCORE_PER_MESSAGE = 64  # ScoreBatched: TeacherClient.score's default
@@ -112,41 +120,52 @@ def no_batches() -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def measure_score(
-    target: str, server: Measured, teacher: InProcessTeacher, score_items: int, rounds: int
-) -> dict[str, Any]:
-    """Score without and with top-k: the baseline, the server per message and batched, the gRPC floor both ways."""
-    import random
-
-    rng = random.Random(1)
-    shapes = [
-        ([rng.randint(3, 400) for _ in range(32)], [rng.randint(3, 400) for _ in range(32)]) for _ in range(score_items)
-    ]
-    baseline = Measured(os.getpid(), lambda: histogram_totals(teacher.metrics_text(), BATCH_SIZES), client=False)
+def measure_score(folder: Path, score_items: int, rounds: int) -> dict[str, Any]:
+    """Score without and with top-k: the baseline, the server per message and batched, the gRPC floor both ways;
+    a fresh server and baseline process each round (the docstring says why)."""
+    shapes = score_shapes(score_items)
+    requests = {
+        top: [score_request(f"s{i}", c, t, top_logprobs=top) for i, (c, t) in enumerate(shapes)] for top in SCORE_TOPS
+    }
+    runs: dict[int, dict[str, list[Run]]] = {top: {name: [] for name in VARIANTS} for top in SCORE_TOPS}
     floor_proc, floor_target = grpc_floor.start()
     floor = Measured(floor_proc.pid, no_batches, client=True)
-    report: dict[str, Any] = {"score_items": score_items, "score_tokens": "32 context + 32 target"}
     try:
-        with TeacherClient(target) as proctor, TeacherClient(floor_target) as plain:
-            for top in SCORE_TOPS:
-                requests = [score_request(f"s{i}", c, t, top_logprobs=top) for i, (c, t) in enumerate(shapes)]
-                calls = [ScoreCall(c, t, top) for c, t in shapes]
-                variants: dict[str, tuple[Measured, Callable[[], None]]] = {
-                    "in_process": (baseline, partial(in_process, teacher, calls)),
-                    "grpc_per_message": (server, partial(over_grpc, proctor, requests, 0)),
-                    "grpc_batched": (server, partial(over_grpc, proctor, requests, SCORE_PER_MESSAGE)),
-                    "floor_per_message": (floor, partial(over_grpc, plain, requests, 0)),
-                    "floor_batched": (floor, partial(over_grpc, plain, requests, SCORE_PER_MESSAGE)),
-                }
-                report.update(score_report(f"score_top{top}_", interleaved(variants, rounds, len(requests))))
+        with TeacherClient(floor_target) as plain:
+            for r in range(rounds):
+                where = folder / f"score-round-{r}"
+                where.mkdir()
+                served = serve(where, SCORE_CONFIG)
+                baseline = Worker(where / "proctor.yaml", score_items, SCORE_TOPS)
+                try:
+                    server = Measured(served.proc.pid, partial(server_batches, served.metrics), client=True)
+                    base = Measured(baseline.proc.pid, partial(baseline.histogram_totals, BATCH_SIZES), client=False)
+                    with TeacherClient(served.target) as proctor:
+                        for top in SCORE_TOPS:
+                            variants: dict[str, tuple[Measured, Callable[[], None]]] = {
+                                "in_process": (base, partial(baseline.score, top)),
+                                "grpc_per_message": (server, partial(over_grpc, proctor, requests[top], 0)),
+                                "grpc_batched": (server, partial(over_grpc, proctor, requests[top], SCORE_PER_MESSAGE)),
+                                "floor_per_message": (floor, partial(over_grpc, plain, requests[top], 0)),
+                                "floor_batched": (floor, partial(over_grpc, plain, requests[top], SCORE_PER_MESSAGE)),
+                            }
+                            for name, run in interleaved(variants, score_items, backwards=r % 2 == 1).items():
+                                runs[top][name].append(run)
+                finally:
+                    served.proc.terminate()
+                    served.proc.wait()
+                    baseline.close()
     finally:
         floor_proc.terminate()
         floor_proc.wait()
+    report: dict[str, Any] = {"score_items": score_items, "score_tokens": "32 context + 32 target"}
+    for top in SCORE_TOPS:
+        report.update(score_report(f"score_top{top}_", runs[top]))
     return report
 
 
-def in_process(teacher: InProcessTeacher, calls: list[ScoreCall]) -> None:
-    assert teacher.score(calls) == len(calls)
+def server_batches(metrics_url: str) -> tuple[float, float]:
+    return histogram_totals(scrape(metrics_url), BATCH_SIZES)
 
 
 def over_grpc(client: TeacherClient, requests: list[teacher_pb2.ScoreRequest], per_message: int) -> None:
@@ -155,17 +174,13 @@ def over_grpc(client: TeacherClient, requests: list[teacher_pb2.ScoreRequest], p
 
 
 def interleaved(
-    variants: dict[str, tuple[Measured, Callable[[], None]]], rounds: int, items: int
-) -> dict[str, list[Run]]:
-    """Every variant once a round (after one warm-up run each), in turn forwards and backwards."""
+    variants: dict[str, tuple[Measured, Callable[[], None]]], items: int, backwards: bool
+) -> dict[str, Run]:
+    """Every variant once (after one warm-up run each), in turn forwards or backwards."""
     for _, work in variants.values():
         work()
-    runs: dict[str, list[Run]] = {name: [] for name in variants}
-    for r in range(rounds):
-        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
-            measured, work = variants[name]
-            runs[name].append(measured.run(work, items))
-    return runs
+    order = list(reversed(variants)) if backwards else list(variants)
+    return {name: variants[name][0].run(variants[name][1], items) for name in order}
 
 
 def score_report(prefix: str, runs: dict[str, list[Run]]) -> dict[str, Any]:
@@ -224,8 +239,7 @@ def measure(items: int, score_items: int, rounds: int) -> dict[str, Any]:
     wall: dict[str, list[float]] = {}
     server_cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        proc, target, metrics = serve(Path(folder), CONFIG)
-        teacher = InProcessTeacher(load_config(Path(folder) / "proctor.yaml"))
+        proc, target, _ = serve(Path(folder), CONFIG)
         try:
             with RewardClient(target) as client:
 
@@ -260,12 +274,10 @@ def measure(items: int, score_items: int, rounds: int) -> dict[str, Any]:
                 triples_grpc = time.perf_counter() - t0
                 triples_cpu = cpu_seconds(proc.pid) - cpu0
                 assert len(answered) == len(triples) and not any(r.HasField("error") for r in answered)
-            server = Measured(proc.pid, lambda: histogram_totals(scrape(metrics), BATCH_SIZES), client=True)
-            score = measure_score(target, server, teacher, score_items, rounds)
         finally:
             proc.terminate()
             proc.wait()
-            teacher.close()
+        score = measure_score(Path(folder), score_items, rounds)
     median = {name: statistics.median(values) * US for name, values in wall.items()}
     cpu = {name: statistics.median(values) * US for name, values in server_cpu.items()}
     report: dict[str, Any] = {
