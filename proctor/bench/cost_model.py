@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import importlib
 import json
 import math
@@ -40,7 +41,6 @@ from pathlib import Path
 
 import torch
 
-from proctor.kernels.probe_logprobs import gathered_cost, probe_plan, shared_cost
 from proctor.kernels.topk_select import RUNNING_SLOTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,6 +67,20 @@ EPILOGUE_OPS = 10
 TOPK_PRUNE_OPS = 2  # compare with the row's k-th best, select
 TOPK_PASS_OPS = 6  # one merge pass over a tile: max, compare, select-min of the lane, mask, compare, select
 RANK_OPS = 4  # compare with the row's threshold, two masks, add
+SORT_PASSES = 8  # a host's sort of [N, k] (a key and an index): a segmented radix sort's passes, a lead
+# Per-position probes read from the tiles (kernels/probe_logprobs.py), counted from the kernel's code (leads): a pass
+# over a tile compares each column with its row's next id, selects and adds (3 operations a logit), then per row a
+# shuffle reduction, a store, a compare and a load (~16); and it waits for that load of the rows' next ids (an L1 or L2
+# hit, ~600 cycles: not measured) before the next pass.
+PROBE_PASS_OPS = 3
+PROBE_ROW_OPS = 16
+PROBE_PASS_S = 600 / CLOCK_HZ
+# The host's order of a launch's probes (probe_order, its starts and passes, the final gather), bytes through HBM a
+# probe: the ids made int32; a segmented sort of (int32 id, int64 place), SORT_PASSES passes read and written; the
+# first-of-its-id mask, the slots' cumsum and two scatters; the passes' tile, run and block indices, a cummax and a
+# scatter-amax (~130); the gather and the subtraction of the log-sum-exp. ~25 torch launches a launch, tail included.
+PROBE_HOST_BYTES = 12 + SORT_PASSES * 12 * 2 + 60 + 130 + 24
+PROBE_HOST_LAUNCHES = 25
 
 
 @dataclass
@@ -105,6 +119,45 @@ def topk_pass_columns(k: int, widths: list[int]) -> float:
     return swept
 
 
+@functools.cache
+def probe_passes(
+    block_n: int, width: int, columns: int, probes: int, distinct: int | None, crowded: bool, vocab: int
+) -> float:
+    """Expected passes the kernel makes over one tile of `width` columns (of `columns`) for a block of `block_n`
+    rows with `probes` distinct ids each: the most ids one of the rows has in the tile. Ids drawn from a pool of
+    `distinct` ids spread evenly over the vocabulary (None: the whole vocabulary): m of the pool in the tile
+    (binomial), each row holding each with probability probes / pool, so a row's count is binomial(m, that) and the
+    passes the expected maximum over the rows. `crowded`: each row's ids in tiles of their own, so the block's
+    rows pay probes passes each: block_n x probes over the tiles."""
+    tiles = -(-columns // width)
+    if crowded:
+        return block_n * probes / tiles
+    pool = min(vocab, distinct or vocab)
+    q, p_tile = min(1.0, probes / pool), width / vocab
+    mean = pool * p_tile
+    spread = int(mean + 12 * math.sqrt(mean) + 12)
+    expected = 0.0
+    for m in range(min(pool, spread) + 1):
+        weight = math.exp(_log_binomial(pool, m, p_tile))
+        if weight < 1e-12:
+            continue
+        below, most = 0.0, 0.0
+        for k in range(m + 1):  # E[max] = sum over k >= 1 of P(max >= k)
+            below += math.exp(_log_binomial(m, k, q)) if q < 1.0 else float(k == m)
+            most += 1.0 - min(1.0, below) ** block_n
+            if below >= 1.0 - 1e-12:
+                break
+        expected += weight * most
+    return expected
+
+
+def _log_binomial(n: int, k: int, p: float) -> float:
+    """log P(binomial(n, p) = k)."""
+    if p >= 1.0:
+        return 0.0 if k == n else -math.inf
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
+
+
 def lm_head(
     rows: int,
     vocab: int,
@@ -116,14 +169,15 @@ def lm_head(
     rank: bool = False,
     probes: int = 0,
     distinct: int | None = None,
+    crowded: bool = False,
 ) -> Prediction:
     """The fused kernel's launches and their combines; set_size > 0 is the RRM probes' path (token_logprobs),
     which also picks that many tokens' logits out of the tiles and subtracts the log-sum-exp (one more launch);
     rank (the HTTP front's prompt log-probs) first gathers each row's target row of the weight for its threshold
-    (a few torch launches), then counts in the tiles; probes (per position that many token ids, `distinct` of them
-    across all rows, None: as many as can be, up to the vocabulary) adds, per launch's rows, the probes' way that
-    kernels/probe_logprobs.py's rule picks, priced at these ceilings; each launch is charged all `distinct` ids
-    (an upper bound: a launch's share of the rows holds at most as many)."""
+    (a few torch launches), then counts in the tiles; probes (per position that many token ids, read from the
+    tiles: kernels/probe_logprobs.py) adds the host's order of them and, per tile, the passes `probe_passes`
+    expects for ids drawn from `distinct` ids spread over the vocabulary (None: any id, |U| ~ V), or `crowded`
+    (each row's ids packed together, apart from its block's other rows': the most passes)."""
     plan = importlib.import_module("proctor.kernels.lm_head_plan")
     elt = torch.empty(0, dtype=dtype).element_size()
     zero = dict.fromkeys(("flops", "hbm_bytes", "l2_bytes", "alu_ops", "exp_ops", "mma_ms", "alu_ms"), 0.0)
@@ -139,7 +193,7 @@ def lm_head(
         total.ms += (gathered / ceil.hbm_bps + 6 * chunks * LAUNCH_S) * 1e3
         extra = rows * 4 + min(rows, 4_096) * hidden * elt  # thresholds, and a chunk's gathered rows
     slots = min(top_k, RUNNING_SLOTS)  # each split's running top-k; more is merged from the splits' candidates
-    body = plan.lm_head_launches(rows, vocab, dtype, slots, SMS, set_size, rank)
+    body = plan.lm_head_launches(rows, vocab, dtype, slots, SMS, set_size, rank, probes)
     tails = [plan.lm_head_tail(launch, vocab) for launch in body]
     for launch in [*body, *(t for t in tails if t is not None)]:
         bn, bv = launch.block_n, launch.tile_v
@@ -154,10 +208,18 @@ def lm_head(
         swept = topk_pass_columns(slots, halves * launch.tiles_per_split)
         per_program_alu += 2 * swept * TOPK_PASS_OPS * bn
         per_program_exp = launch.tiles_per_split * tile_elems
-        alu = waves * max(per_program_alu / (ALU_OPS / SMS), per_program_exp / (EXP_OPS / SMS))
+        per_program_wait = 0.0
+        if probes:  # the passes a tile (`probe_passes`): per pass a sweep of the tile and its rows' next ids
+            passes = probe_passes(bn, bv, launch.columns, probes, distinct, crowded, vocab)
+            per_program_alu += launch.tiles_per_split * passes * (bn * bv * PROBE_PASS_OPS + bn * PROBE_ROW_OPS)
+            per_program_wait = launch.tiles_per_split * passes * PROBE_PASS_S
+        alu = waves * (max(per_program_alu / (ALU_OPS / SMS), per_program_exp / (EXP_OPS / SMS)) + per_program_wait)
         weight_bytes = launch.columns * hidden * elt
         groups = -(-launch.row_blocks // launch.group)
         hbm = weight_bytes * groups + launch.rows * hidden * elt + launch.partial_bytes() * 2
+        if probes:  # the ids read (each split its own, and a 32-byte sector at its start) and their logits written,
+            # the starts and the passes read
+            hbm += launch.rows * (probes * 8.0 + launch.splits * 36) + launch.programs * launch.tiles_per_split * 4.0
         l2 = launch.programs * launch.tiles_per_split * (bn + bv) * hidden * elt
         # The combine (torch): reads the partials and candidates once, a handful of small kernels; with a top-k
         # the candidates (value, id) are sorted by id and then by value (stable) and gathered: ~8 passes.
@@ -177,23 +239,15 @@ def lm_head(
         total.l2_ms += l2 / ceil.l2_bps * 1e3
         total.ms += t * 1e3
         extra = max(extra, launch.partial_bytes() + launch.rows * launch.splits * 8.0)  # + the combine's temporaries
-    if probes:  # kernels/probe_logprobs.py: per body launch's rows the way its rule picks for `distinct` ids
-        ways = set()
+    if probes:  # kernels/probe_logprobs.py's host side, per launch span (the kernels' passes are in their ALU time)
         for launch in body:
-            unique = min(vocab, launch.rows * probes, distinct or vocab)
-            way = probe_plan(launch.rows, probes, unique, hidden, elt)
-            ways.add("shared GEMM" if way.shared else "gathered rows")
-            if way.shared:
-                cost = shared_cost(launch.rows, probes, unique, hidden, elt, ceil.gemm_flops, ceil.hbm_bps, LAUNCH_S)
-            else:
-                cost = gathered_cost(launch.rows, probes, hidden, elt, ceil.hbm_bps, LAUNCH_S)
-            total.flops += cost.flops
-            total.mma_ms += cost.flops / ceil.gemm_flops * 1e3
-            total.hbm_bytes += cost.hbm_bytes
-            total.hbm_ms += cost.hbm_bytes / ceil.hbm_bps * 1e3
-            total.ms += cost.seconds * 1e3
-            extra = max(extra, cost.extra_bytes)
-        total.case += f" + {probes} probes a position, {unique:,} distinct ({', '.join(sorted(ways))})"
+            moved = launch.rows * (probes * PROBE_HOST_BYTES + launch.splits * 4.0)
+            total.hbm_bytes += moved
+            total.hbm_ms += moved / ceil.hbm_bps * 1e3
+            total.ms += (moved / ceil.hbm_bps + PROBE_HOST_LAUNCHES * LAUNCH_S) * 1e3
+            extra = max(extra, launch.probe_bytes())
+        layout = "crowded" if crowded else f"{distinct:,} distinct" if distinct else "any ids, |U| ~ V"
+        total.case += f" + {probes} probes a position ({layout})"
     terms = {"tensor cores + epilogue": total.mma_ms + total.alu_ms, "HBM": total.hbm_ms, "L2": total.l2_ms}
     total.bound = max(terms, key=lambda name: terms[name])
     total.extra_bytes = extra
@@ -259,7 +313,6 @@ def select_ops(key_bits: int) -> tuple[int, int]:
 # memory with a barrier (~4 instructions), per warp, in lane-operations.
 REDUCE_OPS_PER_WARP = 14 * 32
 STATS_REDUCTIONS = 4  # a tile's max, sum of exp, sum of x * exp, count entering (+1: the prefix sum's, appending)
-SORT_PASSES = 8  # the host's stable sort of [N, k] (value, index): a segmented radix sort's passes, a lead
 
 
 def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat16, ceil: Ceilings = H200) -> Prediction:
@@ -315,24 +368,16 @@ def logits(rows: int, vocab: int, top_k: int, dtype: torch.dtype = torch.bfloat1
     )
 
 
-# Distinct probe ids across 16,384 positions x 128: a student's top-k at neighbouring positions overlap, how much
-# depends on the batch (guesses: 2k one topic, 8k a mixed batch, 32k many unrelated prompts), None the worst case:
-# every id distinct, as many as the vocabulary allows.
-PROBE_DISTINCT: tuple[int | None, ...] = (2_048, 8_192, 32_768, None)
-
-
-def probe_target_distinct(ceil: Ceilings = H200, rows: int = 16_384, probes: int = 128) -> int:
-    """The most distinct probe ids for which `probes` a position still add <= 10 % to the top-20 lm_head (bisected;
-    the prediction grows with them)."""
-    budget = 1.1 * lm_head(rows, 151_936, 4_096, 20, ceil=ceil).ms
-    low, high = 0, min(151_936, rows * probes)
-    while low < high:
-        mid = (low + high + 1) // 2
-        if lm_head(rows, 151_936, 4_096, 20, ceil=ceil, probes=probes, distinct=mid).ms <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    return low
+# Per-position probes, 16,384 positions x 128 ids: any ids (None, |U| ~ V: the general case), ids that overlap across
+# positions (a student's top-k at neighbouring positions: 2k one topic, 8k a mixed batch, 32k many unrelated
+# prompts; guesses), and crowded rows (each row's ids packed apart from its block's other rows': the most passes).
+PROBE_LAYOUTS: tuple[tuple[int | None, bool], ...] = (
+    (None, False),
+    (2_048, False),
+    (8_192, False),
+    (32_768, False),
+    (None, True),
+)
 
 
 def issue_targets(ceil: Ceilings = H200) -> list[Prediction]:
@@ -368,8 +413,8 @@ def report_cases(ceil: Ceilings = H200) -> list[Prediction]:
     p.target_ms = 2.5
     preds.append(p)
     top20_ms = lm_head(16_384, 151_936, 4_096, 20, ceil=ceil).ms
-    for distinct in PROBE_DISTINCT:  # issue: 128 probes a position <= 10 % over top-20
-        p = lm_head(16_384, 151_936, 4_096, 20, ceil=ceil, probes=128, distinct=distinct)
+    for distinct, crowded in PROBE_LAYOUTS:  # issue: 128 probes a position <= 10 % over top-20
+        p = lm_head(16_384, 151_936, 4_096, 20, ceil=ceil, probes=128, distinct=distinct, crowded=crowded)
         p.target_ms = round(1.1 * top20_ms, 2)
         preds.append(p)
     return preds
@@ -397,14 +442,12 @@ def _band_label(c: Ceilings) -> str:
 def write_report(preds: list[Prediction], bands: list[list[Prediction]], stem: Path, command: str) -> None:
     """preds at the leads (lower bounds) and, per BAND entry, the same cases at its rates."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    most_lead, most_bands = probe_target_distinct(), [probe_target_distinct(c) for c in BAND]
     record = {
         "date": dt.date.today().isoformat(),
         "command": command,
         "device": "H200 (predicted, not measured)",
         "ceilings": asdict(H200) | {"alu_ops": ALU_OPS, "exp_ops": EXP_OPS, "launch_s": LAUNCH_S},
         "bands": [asdict(c) for c in BAND],
-        "probe_target_distinct": {"leads": most_lead, "bands": most_bands},
         "predictions": [
             asdict(p)
             | {"lower_bound": True, "meets_target": p.meets_target}
@@ -450,12 +493,13 @@ def write_report(preds: list[Prediction], bands: list[list[Prediction]], stem: P
         )
     lines += [
         "",
-        "Probes (128 token ids a position, kernels/probe_logprobs.py): the distinct ids across the 16,384 positions",
-        "set the cost (each of the lm_head's two 8,192-row launches charged all of them, an upper bound); the",
-        "target, +10 % over the same rates' top-20 (30.91 ms at the leads; the bands' columns are judged against",
-        "their own top-20's), holds up to "
-        f"{most_lead:,} distinct ids at the leads ({' / '.join(f'{d:,}' for d in most_bands)} in the bands).",
-        "Above ~115,000 the rule gathers each row's weight rows instead (the worst case, every id distinct).",
+        "Probes (128 token ids a position, read from the lm_head's own tiles: kernels/probe_logprobs.py): no",
+        "second product and no weight row read again; each tile costs one pass over its logits per probe the busiest",
+        "row of its block has there (~1.9 a 192-column tile for any ids, ~1.5 over 2,048), a launch's probes a sort",
+        "and a few passes on the host. Beside a top-20 the tiles stay 128 x (128 + 64), so the operand reads from L2",
+        "are top-20's own. The target, +10 % over the same rates' top-20 (the bands' columns against their own",
+        "top-20's), is judged for any ids (|U| ~ V), for ids that overlap across positions, and for crowded rows",
+        "(each row's 128 ids packed in tiles no other row of its block probes: exact, the slowest layout).",
     ]
     stem.with_name(stem.name + ".md").write_text("\n".join(lines) + "\n")
 

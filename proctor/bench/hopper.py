@@ -14,8 +14,9 @@ The H200 machines run triton 3.6.0 (torch 2.11): CI compiles with that version i
 (.ci/run); the report under bench/results is from it. Launches: bf16 / fp16 / fp32; top-k 0 and one per running
 top-k slot count (1, 2, 4, 8, 16, 20 for 32 slots, 64); H 576, 1,536, 4,096, 8,192; Score batches of 16,384 rows
 (in chunks with top-k) and RRM probes of 1, 11 and 256 rows; with a rank (the HTTP front's prompt log-probs, top-k
-or not) at the same rows. The logits kernel: the same top-k and 100 and 256, one a K_PAD (k itself is a runtime
-argument), held to the registers its launch asks (`maxnreg`).
+or not) at the same rows; with per-position probes (128 ids a row, Score's and the HTTP front's prompt token ids;
+any count compiles alike) at the same rows, rank or not. The logits kernel: the same top-k and 100 and 256, one a
+K_PAD (k itself is a runtime argument), held to the registers its launch asks (`maxnreg`).
 
 `--kernels logits` compiles only that kernel's variants and carries the lm_head rows over from the newest
 committed report (of the same triton), saying so in the report: for a change to one kernel, a few minutes less.
@@ -67,6 +68,7 @@ class Variant:
     num_stages: int
     tokens: int = 0  # the set of tokens whose logits the launch also picks (RRM probes), 0 for Score
     rank: bool = False  # also counts the logits at or above each row's target's (prompt-logprob ranks)
+    probes: int = 0  # token ids each row probes (Score's per-position probes: 128, read from the tiles), 0: none
     part: str = ""  # lm_head: "body" (the vocabulary's first multiple of 16 columns) or "tail" (the 1-15 after)
     hints: str = ""  # the integer specialisations it relies on (divisible by 16, equal to 1)
     vocabs: list[int] = field(default_factory=list)  # the vocabularies whose launches use it
@@ -217,20 +219,21 @@ def lm_head_variants() -> list[Compile]:
 
     out: dict[Key, Compile] = {}
     for dtype, name in DTYPES.items():
-        pointers = dict(
-            zip(
-                lm.POINTERS,
-                [f"*{name}", f"*{name}", "*i32", "*fp32", "*fp32", "*fp32", "*i32", "*i32", "*fp32"],
-                strict=True,
-            ),
-        )
+        types = [f"*{name}", f"*{name}", "*i32", "*fp32", "*fp32", "*fp32", "*i32", "*i32", "*fp32"]
+        types += ["*i32", "*i32", "*i32", "*fp32"]  # the probes' ids, starts, passes and logits
+        pointers = dict(zip(lm.POINTERS, types, strict=True))
         for top_k in TOP_KS:
             # Score (one target a row, top-k) at a batch's and at a few rows, with and without a rank (the HTTP
-            # front's prompt log-probs); RRM probes (a set of score tokens).
-            uses = [(rows, 0, rank) for rows in (SCORE_ROWS, *PROBE_ROWS) for rank in (False, True)]
-            uses += [(rows, PROBE_TOKENS, False) for rows in PROBE_ROWS] if top_k == 0 else []
-            for vocab, (rows, set_size, rank), hidden in itertools.product(VOCABS, uses, HIDDENS):
-                body = plan.lm_head_launches(rows, vocab, dtype, top_k, plan.H200_SMS, set_size, rank)
+            # front's prompt log-probs), with and without per-position probes; RRM probes (a set of score tokens).
+            uses = [
+                (rows, 0, rank, probes)
+                for rows in (SCORE_ROWS, *PROBE_ROWS)
+                for rank in (False, True)
+                for probes in (0, lm.MAX_PROBES)
+            ]
+            uses += [(rows, PROBE_TOKENS, False, 0) for rows in PROBE_ROWS] if top_k == 0 else []
+            for vocab, (rows, set_size, rank, probes), hidden in itertools.product(VOCABS, uses, HIDDENS):
+                body = plan.lm_head_launches(rows, vocab, dtype, top_k, plan.H200_SMS, set_size, rank, probes)
                 tails = [plan.lm_head_tail(launch, vocab) for launch in body]
                 for launch in dict.fromkeys([*body, *(t for t in tails if t is not None)]):
                     ints, consts = lm.kernel_arguments(launch, hidden, hidden, hidden, dtype)
@@ -239,7 +242,9 @@ def lm_head_variants() -> list[Compile]:
                     tile = f"{launch.block_n}x({launch.block_v}+{launch.block_v2})x{launch.block_h}"
                     if key not in out:
                         part = "tail" if launch.col0 else "body"
-                        v = Variant("lm_head", name, top_k, tile, launch.num_warps, launch.num_stages, set_size, rank)
+                        v = Variant(
+                            "lm_head", name, top_k, tile, launch.num_warps, launch.num_stages, set_size, rank, probes
+                        )
                         v.part, v.hints = part, _hints(lm._lm_head_kernel, sig, ints)
                         out[key] = (v, lm._lm_head_kernel, pointers, ints, consts)
                     what = f"{rows}" + (f" (launches of {launch.rows})" if launch.rows != rows else "")
@@ -277,7 +282,7 @@ def build_all(progress: bool = True, kernels: tuple[str, ...] = tuple(KERNELS)) 
         if progress:
             print(
                 f"{v.kernel:<8} {v.part:<4} {v.dtype} top-{v.top_k:<3} set-{v.tokens:<2} "
-                f"{'rank ' if v.rank else ''}{v.tile:<11} "
+                f"{'rank ' if v.rank else ''}{f'probes-{v.probes} ' if v.probes else ''}{v.tile:<11} "
                 f"w{v.num_warps} s{v.num_stages}{f' r{v.maxnreg}' if v.maxnreg else ''}: "
                 f"{v.registers} regs, stack {v.stack}, smem {v.shared}, wgmma {v.wgmma}, tma {v.tma} "
                 f"({v.compile_s:.1f} s) {'; '.join(v.problems)}",
@@ -351,14 +356,15 @@ def write_report(
             if kept
             else []
         ),
-        "| kernel | part | dtype | top-k | set | rank | tile | warps | stages | regs (held to) | stack B | shared KB "
-        "| wgmma | TMA | hints | vocabularies | rows; H | problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | part | dtype | top-k | set | rank | probes | tile | warps | stages | regs (held to) | stack B "
+        "| shared KB | wgmma | TMA | hints | vocabularies | rows; H | problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         rows = "; ".join(v.launches) + (f"; H {', '.join(map(str, v.hiddens))}" if v.hiddens else "")
         lines.append(
-            f"| {v.kernel} | {v.part} | {v.dtype} | {v.top_k} | {v.tokens} | {'yes' if v.rank else ''} | {v.tile} | "
+            f"| {v.kernel} | {v.part} | {v.dtype} | {v.top_k} | {v.tokens} | {'yes' if v.rank else ''} | "
+            f"{v.probes or ''} | {v.tile} | "
             f"{v.num_warps} | {v.num_stages} | {v.registers}{f' ({v.maxnreg})' if v.maxnreg else ''} | {v.stack} | "
             f"{v.shared / 1024:.1f} | {v.wgmma} | "
             f"{v.tma} | {v.hints} | {', '.join(map(str, v.vocabs))} | {rows} | {'; '.join(v.problems) or 'ok'} |"

@@ -226,8 +226,8 @@ def check_position_probes(
 ) -> None:
     """Top-20 with 128 probe ids a position (vLLM's prompt_logprob_token_ids), from the same pass's log-sum-exp;
     checked against float64 on the sampled rows (the probes' and the top-20's errors). Twice: ids drawn from the
-    whole vocabulary (nearly every id distinct: the rows' weight rows gathered) and from 8,192 of its words (a
-    student's overlapping top-k: one product over the distinct ids), each beside its own prediction."""
+    whole vocabulary (nearly every id distinct: the most passes a tile of any random ids) and from 8,192 of its
+    words (a student's overlapping top-k: fewer), each beside its own prediction."""
     from proctor.kernels.lm_head_logprobs import lm_head_logprobs_triton
 
     n, vocab, hidden = shapes.lm_head

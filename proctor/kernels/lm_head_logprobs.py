@@ -16,7 +16,12 @@ within groups of GROUP row blocks, so the programs in flight share their weight 
 weight comes from HBM about once per group).
 
 With a set of S token ids (an RRM's score tokens, `lm_head_set_logprobs_triton`) the program whose tile holds a
-token also stores that token's logit for its rows, so the probes' log-probs need no second product.
+token also stores that token's logit for its rows, so the probes' log-probs need no second product. Per-position
+probes (each row its own <= 128 ids, vLLM's prompt_logprob_token_ids) come out of the tiles alike: each row's ids
+sorted and deduplicated on the host (kernels/probe_logprobs.py), a cursor a row walks them as its program walks the
+vocabulary, and over each tile as many passes as the busiest of its rows has ids there (`_probes`); the log-probs
+are those logits minus the combine's log-sum-exp. Beside a 32- or 64-slot top-k a launch with probes takes a
+narrower second accumulator or none (`lm_head_plan._tile`: the passes' registers spill beside the wider one).
 
 With `rank_out` (vLLM's ranks: the tokens at least as likely as the target, itself included) each row's target logit
 is computed first, one row of the weight per row (a gather, not a product), and the tiles count the other logits at
@@ -37,7 +42,7 @@ import torch
 
 from proctor.kernels.buffers import poisoned
 from proctor.kernels.lm_head_plan import LmHeadLaunch, device_sms, lm_head_launches, lm_head_tail
-from proctor.kernels.probe_logprobs import probe_logprobs
+from proctor.kernels.probe_logprobs import ProbeOrder, probe_logprobs, probe_order
 from proctor.kernels.target_logprobs import target_logprobs_reference, target_ranks_reference
 from proctor.kernels.topk_select import RUNNING_SLOTS, check_top_k, select_from_candidates, top_k_ties_by_id
 
@@ -58,7 +63,7 @@ _INTERPRETER_BF16_DOT = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_PROBES = 128  # token ids a position may probe (vLLM's prompt_logprob_token_ids allows 128)
 
 # The kernel's integer arguments that it is not specialised on (see the kernel); bench/hopper.py compiles alike.
-UNSPECIALISED = ["n_rows", "n_splits", "tiles_per_split", "group"]
+UNSPECIALISED = ["n_rows", "n_splits", "tiles_per_split", "group", "n_probes"]
 
 
 Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
@@ -167,6 +172,28 @@ if triton is not None:
             best_v, best_i, theta = topk_merge_pairs(x, col0, best_v, best_i, theta, K_PAD, BLOCK_V)
         return new_max, sum_exp, sum_x_exp, target_logit, best_v, best_i, theta, above
 
+    @triton.jit  # type: ignore[untyped-decorator]
+    def _probes(  # type: ignore[no-untyped-def]
+        acc, acc2, col0, end, vocab, rows, cursor, probe, passes, probe_ids_ptr, probe_out_ptr, n_probes,
+        BLOCK_V: tl.constexpr, BLOCK_V2: tl.constexpr,
+    ):  # fmt: skip
+        """Store the logits of the rows' probes in one tile (columns col0... of acc, then of acc2, up to `end`), each
+        at its row's cursor, in `passes` passes (the most probes one of the rows has in the tile, counted on the
+        host: a count found here would take a reduction across the warps, and its registers, each pass). `probe` is
+        each row's next id (`vocab`, which matches no column, past its last); returns the moved cursor and the id
+        now at it."""
+        for _ in range(passes):
+            hit = (probe >= col0) & (probe < end)
+            picked = tl.sum(tl.where(col0 + tl.arange(0, BLOCK_V)[None, :] == probe[:, None], acc, 0.0), axis=1)
+            if BLOCK_V2 > 0:
+                cols2 = col0 + BLOCK_V + tl.arange(0, BLOCK_V2)
+                picked += tl.sum(tl.where(cols2[None, :] == probe[:, None], acc2, 0.0), axis=1)
+            tl.store(probe_out_ptr + rows * n_probes + cursor, picked, hit)
+            cursor += hit.to(tl.int32)
+            more = hit & (cursor < n_probes)
+            probe = tl.where(hit, tl.load(probe_ids_ptr + rows * n_probes + cursor, more, vocab), probe)
+        return cursor, probe
+
     # The grid's integers (rows, splits, tiles a split, row blocks a group) only index and bound the loop and the
     # partials' stores: not specialised on, so one compiled kernel serves every row count and vocabulary of a tile,
     # dtype and top-k (the vocabulary and H keep their divisibility-by-16 hints: the weight's loads and the column
@@ -182,6 +209,10 @@ if triton is not None:
         topi_ptr,
         ids_ptr,
         set_ptr,
+        probe_ids_ptr,
+        probe_start_ptr,
+        probe_pass_ptr,
+        probe_out_ptr,
         n_rows,
         vocab,
         hidden,
@@ -190,6 +221,7 @@ if triton is not None:
         n_splits,
         tiles_per_split,
         group,
+        n_probes,
         BLOCK_N: tl.constexpr,
         BLOCK_V: tl.constexpr,
         BLOCK_V2: tl.constexpr,
@@ -199,6 +231,7 @@ if triton is not None:
         K_PAD: tl.constexpr,
         S: tl.constexpr,
         RANK: tl.constexpr,
+        PROBES: tl.constexpr,
         IEEE: tl.constexpr,
         UPCAST: tl.constexpr,
         EPILOGUE: tl.constexpr,
@@ -227,6 +260,11 @@ if triton is not None:
             best_v, best_i, theta = zero, zero, zero
         thresholds = tl.load(thr_ptr + rows, row_ok, float("inf")) if RANK else zero
         stats = (run_max, zero, zero, zero, best_v, best_i, theta, zero)
+        # PROBES: each row's distinct probe ids, sorted (host-side, kernels/probe_logprobs.py); `cursor` the place
+        # of its next one (from its split's first), `probe` that id (`vocab`, matching no column, past its last).
+        if PROBES:
+            cursor = tl.load(probe_start_ptr + rows * n_splits + split, row_ok, 0)
+            probe = tl.load(probe_ids_ptr + rows * n_probes + cursor, row_ok & (cursor < n_probes), vocab)
         # A tile is BLOCK_V columns, and BLOCK_V2 more that share its hidden block's loads (128 x (128 + 128): three
         # quarters of a 128 x 128 tiling's operand reads per logit, 128 x (128 + 64) five sixths, without the spills
         # of one 128 x 256 accumulator beside its epilogue).
@@ -246,6 +284,12 @@ if triton is not None:
                 acc = _dot(acc, h, _operand(w_rows, ks, hidden, EVEN_H, UPCAST), IEEE or UPCAST)
                 if BLOCK_V2 > 0:
                     acc2 = _dot(acc2, h, _operand(w2_rows, ks, hidden, EVEN_H, UPCAST), IEEE or UPCAST)
+            if PROBES:
+                passes = tl.load(probe_pass_ptr + rb * tl.cdiv(vocab, TILE_V) + tile)
+                cursor, probe = _probes(
+                    acc, acc2 if BLOCK_V2 > 0 else acc, col0, tl.minimum(col0 + TILE_V, vocab), vocab, rows, cursor,
+                    probe, passes, probe_ids_ptr, probe_out_ptr, n_probes, BLOCK_V, BLOCK_V2,
+                )  # fmt: skip
             if EPILOGUE:
                 if BLOCK_V2 > 0:  # the narrower block first: the wider one's merge then has nothing beside it
                     stats = _fold(
@@ -280,7 +324,10 @@ if triton is not None:
 
 
 # the tensor arguments
-POINTERS = ("h_ptr", "w_ptr", "t_ptr", "thr_ptr", "part_ptr", "topv_ptr", "topi_ptr", "ids_ptr", "set_ptr")
+POINTERS = (
+    "h_ptr", "w_ptr", "t_ptr", "thr_ptr", "part_ptr", "topv_ptr", "topi_ptr", "ids_ptr", "set_ptr", "probe_ids_ptr",
+    "probe_start_ptr", "probe_pass_ptr", "probe_out_ptr",
+)  # fmt: skip
 
 
 def kernel_arguments(
@@ -296,6 +343,7 @@ def kernel_arguments(
         "n_splits": launch.splits,
         "tiles_per_split": launch.tiles_per_split,
         "group": launch.group,
+        "n_probes": launch.probes,
     }
     consts: dict[str, object] = {
         "BLOCK_N": launch.block_n,
@@ -307,6 +355,7 @@ def kernel_arguments(
         "K_PAD": launch.k_pad,
         "S": launch.set_size,
         "RANK": launch.rank,
+        "PROBES": launch.probes > 0,
         "IEEE": dtype == torch.float32,
         "UPCAST": _INTERPRETER_BF16_DOT and dtype == torch.bfloat16,
         "EPILOGUE": epilogue,
@@ -324,6 +373,18 @@ def _local(ids: torch.Tensor, launch: LmHeadLaunch) -> torch.Tensor:
     return torch.where((local >= 0) & (local < launch.columns), local, -1).to(torch.int32)
 
 
+# a launch's probe ids (its own columns), each row's start in each split, each row block's passes a tile, the logits
+Probe = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _probe(order: ProbeOrder, launch: LmHeadLaunch, out: torch.Tensor) -> Probe:
+    """The probes' arguments of one launch (`ProbeOrder.starts`, `ProbeOrder.passes`) and the logits' buffer."""
+    per = launch.tiles_per_split * launch.tile_v
+    firsts = [launch.col0 + s * per for s in range(launch.splits)]
+    ids = order.ids - launch.col0 if launch.col0 else order.ids
+    return ids, order.starts(firsts), order.passes(launch.col0, launch.columns, launch.tile_v, launch.block_n), out
+
+
 def _launch_one(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -332,9 +393,11 @@ def _launch_one(
     token_ids: torch.Tensor | None,
     thresholds: torch.Tensor | None,
     epilogue: bool = True,
+    probe: Probe | None = None,
 ) -> Partials:
     """Run one launch over its columns (weight rows col0...): its partials, top-k candidates (ids of the whole
-    vocabulary) and the set's logits (those of its columns; the others as they were poisoned)."""
+    vocabulary) and the set's logits (those of its columns; the others as they were poisoned); with `probe` the
+    logits of the probes in its columns go to their slots in its buffer."""
     n, h = hidden.shape
     dev = hidden.device
     part = poisoned(4 + launch.rank, n, launch.splits, device=dev)
@@ -345,10 +408,11 @@ def _launch_one(
     set_logits = poisoned(n, max(launch.set_size, 1), device=dev)
     ints, consts = kernel_arguments(launch, h, hidden.stride(0), weight.stride(0), hidden.dtype, epilogue)
     thr = thresholds if thresholds is not None else set_logits  # not read without a rank
+    probe_ids, probe_starts, probe_passes, probe_out = probe if probe is not None else (ids, ids, ids, set_logits)
     cols = weight[launch.col0 : launch.col0 + launch.columns]
     _lm_head_kernel[(launch.programs,)](
-        hidden, cols, _local(targets, launch), thr, part, top_v, top_i, ids, set_logits, **ints, **consts,
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
+        hidden, cols, _local(targets, launch), thr, part, top_v, top_i, ids, set_logits, probe_ids, probe_starts,
+        probe_passes, probe_out, **ints, **consts, num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
     return part, top_v, top_i + launch.col0 if launch.col0 else top_i, set_logits
 
@@ -361,15 +425,23 @@ def _launch(
     token_ids: torch.Tensor | None = None,
     thresholds: torch.Tensor | None = None,
     epilogue: bool = True,
+    probes: tuple[ProbeOrder, torch.Tensor] | None = None,
 ) -> Partials:
     """Run a body launch and its tail (`lm_head_tail`): (partials [4, rows, splits] and with a rank the count at
     or above `thresholds` [rows] as a fifth plane, top-k values [rows, splits * k], ids [rows, splits * k], the
-    set's logits [rows, S]); the tail's are one more split."""
-    body = _launch_one(hidden, weight, targets, launch, token_ids, thresholds, epilogue)
+    set's logits [rows, S]); the tail's are one more split. With `probes` (their order, a [rows, P] buffer) each
+    launch writes the logits of the probes in its columns to their slots in the buffer."""
+    body = _launch_one(
+        hidden, weight, targets, launch, token_ids, thresholds, epilogue,
+        None if probes is None else _probe(probes[0], launch, probes[1]),
+    )  # fmt: skip
     tail_launch = lm_head_tail(launch, weight.shape[0])
     if tail_launch is None:
         return body
-    tail = _launch_one(hidden, weight, targets, tail_launch, token_ids, thresholds, epilogue)
+    tail = _launch_one(
+        hidden, weight, targets, tail_launch, token_ids, thresholds, epilogue,
+        None if probes is None else _probe(probes[0], tail_launch, probes[1]),
+    )  # fmt: skip
     set_logits = body[3]
     if token_ids is not None:
         set_logits = torch.where(token_ids[None, :] < tail_launch.col0, body[3], tail[3])
@@ -476,23 +548,29 @@ def lm_head_logprobs_triton(
     lps, ents, vals, ids, lses, doubts = [], [], [], [], [], []
     start = 0
     slots = min(top_k, RUNNING_SLOTS)  # each split's running top-k; past it, the splits' candidates are merged
+    vocab, width = weight.shape[0], 0 if probes is None else probes[0].shape[1]
     launches = lm_head_launches(
-        hidden.shape[0], weight.shape[0], hidden.dtype, slots, device_sms(hidden.device), rank=rank_out is not None
+        hidden.shape[0], vocab, hidden.dtype, slots, device_sms(hidden.device), rank=rank_out is not None, probes=width
     )
     for launch in launches:
         span = slice(start, start + launch.rows)
         start += launch.rows
         h, t = hidden[span], targets[span]
+        order = None
+        if probes is not None:
+            order = probe_order(probes[0][span], vocab)
+            probe_logits = poisoned(launch.rows, width, device=hidden.device)
         part, top_v, top_i, _ = _launch(
-            h, weight, t, launch, thresholds=None if thresholds is None else thresholds[span]
-        )
+            h, weight, t, launch, thresholds=None if thresholds is None else thresholds[span],
+            probes=None if order is None else (order, probe_logits),
+        )  # fmt: skip
         lse, mean_x = combine(part)
         keep = t != ignore_index
         if rank_out is not None:
             rank_out[span] = torch.where(keep, part[4].sum(dim=1) + 1, 0).long()
         lps.append(torch.where(keep, part[3].sum(dim=1) - lse, 0.0))
-        if probes is not None:
-            probes[1][span] = probe_logprobs(h, weight, probes[0][span], lse)
+        if probes is not None and order is not None:
+            probes[1][span] = probe_logprobs(probe_logits, order, lse)
         ents.append(torch.where(keep, lse - mean_x, 0.0))
         if top_k:
             v, i, unsure = select_from_candidates(top_v, top_i.long(), slots, top_k)

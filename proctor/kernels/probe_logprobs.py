@@ -1,216 +1,87 @@
-"""Each row's log-probs of its own token ids (per-position probes, a student's top-k): hidden [N, H], weight [V, H],
-ids [N, P], the rows' log-sum-exp [N] (from the lm_head pass that scored them) -> [N, P] float32, exact (float32
-logits of the inputs' products), by one of two ways, chosen per call by their predicted cost (`probe_plan`).
+"""Per-position probes (each row's own token ids, a student's top-k) read from the fused lm_head's own tiles: the
+host side. ids [N, P] -> each row's distinct ids, sorted, and the passes each tile needs; the kernel's logits of
+them -> log-probs [N, P] float32 in the caller's order, exact (the float32 logits the lm_head computes for its
+log-sum-exp, picked out of its registers).
 
-- gathered: per row its P weight rows gathered (made float32) and dotted with its hidden state. Memory-bound: it
-  reads N x P weight rows however often the rows repeat (16,384 x 128 x 4,096 bf16: 17 GB, then 69 GB more of
-  float32 copies written and read back).
-- shared: the distinct ids U of all rows (torch.unique), then one dense product hidden @ W[U].T [N, |U|] on the
-  tensor cores (bf16 in, float32 out: torch's mm with out_dtype on CUDA), each of W[U]'s rows read once, and each
-  row's P columns picked out through the ids' places in U. Compute-bound: 2 x N x |U| x H FLOPs. A student's top-k
-  at neighbouring positions overlap, so |U| is far below N x P in practice (and never above V).
+The kernel (kernels/lm_head_logprobs.py, `_probes`) computes every logit tile [BLOCK_N, BLOCK_V + BLOCK_V2] in
+registers anyway; the probes are a subset of them. Each row carries a cursor into its sorted ids, started at its
+split's first (`ProbeOrder.starts`, a searchsorted here), and the row's next id. Over a tile the program makes as
+many passes as the busiest of its rows has ids there (`ProbeOrder.passes`, counted here: counting in the kernel
+takes a reduction across the warps a pass, whose registers spill beside a top-k); a pass picks each row's next id's
+logit out of the tile if it lies there (compare, select, row sum: what the target's logit costs), stores it at the
+row's cursor and moves the cursor on. No bitmap over the vocabulary, no second product, no weight row read again;
+a tile no row probes costs nothing.
 
-Neither needs a second lm_head over the vocabulary. Extra memory stays under PROBE_BUDGET (the other kernels'
-0.25 GiB): the shared way takes rows in groups (each its own U), the distinct ids in column chunks and the rows in
-row chunks, so the W[U] chunk, the [rows, cols] float32 logits and the ids' places each fit their share.
+Any ids (random over the vocabulary, |U| ~ V) cost ~1.4-1.9 passes a tile; ids that overlap across positions cost
+less. A batch whose rows crowd their ids into tiles no other row of their block probes costs up to P passes in each
+of those tiles: exact, slower (bench/cost_model.py prices these layouts).
+
+The caller's duplicates (the backends pad short rows by repeating their first id) collapse into one slot, so they
+cost no pass; `ProbeOrder.slots` maps every one of the caller's [N, P] back to its slot. Extra memory:
+`PROBE_BYTES` a probe while the order is built (the launches take rows in chunks that keep it within PROBE_BUDGET).
+CPU tensors never come here: the reference reads the probes from its logits (target_logprobs_reference).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-PROBE_BUDGET = 2**28  # bytes of extra memory a call may hold: a quarter for the ids' places, a quarter for a
-# chunk of W[U], half for a block of float32 logits
-GATHER_ROWS = 128  # rows the gathered way takes at a time: 128 x 128 x 4,096 float32 weight rows, 256 MiB
-SORT_PASSES = 8  # torch.unique's segmented radix sort over int64 ids: its passes (a lead, as bench/cost_model.py's)
-
-# The rates the choice is priced at: bench/cost_model.py's H200 leads (an 8192^3 bf16 torch matmul's 790 TFLOP/s, a
-# device copy's 4.3 TB/s, 5 us a launch). The choice moves only with their ratio (~184 FLOPs a byte; an H100 SXM's
-# 990 / 3.35 is ~296, which favours the shared way further) and with the launch cost.
-GEMM_FLOPS = 790e12
-HBM_BPS = 4.3e12
-LAUNCH_S = 5e-6
-
-# The shared way's product needs float32 out of 16-bit operands on the tensor cores: torch's mm with out_dtype (the
-# aten::mm.dtype overload). A torch without it would multiply in float32 on the CUDA cores, ~10x slower, so there
-# the gathered way serves every 16-bit CUDA call.
-MM_TO_FLOAT32 = hasattr(torch.ops.aten.mm, "dtype")
+PROBE_BUDGET = 2**28  # bytes of extra memory the probes may hold at once (the other kernels' 0.25 GiB)
+# The host's buffers a probe at their peak, counted from the code: `probe_order` holds ~37 bytes (the ids made int32,
+# the sort's id and int64 place, the first-of-its-id mask, the int64 slot, the distinct ids and the caller's int64
+# slots); the peak is in `ProbeOrder.passes`, beside the order's 12 and the kernel's float32 logits: the tile index
+# (int64), two masks, and the run lengths' int64 temporaries (the masked place, cummax's values and indices, the
+# difference, the run): ~66 bytes, 80 with margin.
+PROBE_BYTES = 80
 
 
 @dataclass(frozen=True)
-class ProbeCost:
-    """What one way of computing the probes costs, predicted at the given rates."""
+class ProbeOrder:
+    """A launch span's probes as the kernel reads them."""
 
-    flops: float  # tensor-core FLOPs (the shared way's product; the gathered way's dots hide under its reads)
-    hbm_bytes: float
-    launches: int
-    seconds: float
-    extra_bytes: float  # buffers beyond the inputs and the output
+    ids: torch.Tensor  # [rows, P] int32: each row's distinct ids, ascending, then the vocabulary size (no column)
+    slots: torch.Tensor  # [rows, P] int64: the place in `ids` of each of the caller's ids
 
+    def starts(self, columns: Sequence[int]) -> torch.Tensor:
+        """[rows, len(columns)] int32: per row the place of its first id at or after each column, where a split
+        that begins at that column starts its cursor."""
+        first = torch.tensor(columns, dtype=torch.int32, device=self.ids.device)
+        return torch.searchsorted(self.ids, first.expand(self.ids.shape[0], -1).contiguous()).int()
 
-@dataclass(frozen=True)
-class ProbePlan:
-    """The way a group of rows takes: shared (with its chunks) or gathered, and both ways' predicted costs."""
-
-    shared: bool
-    cols: int  # distinct ids per column chunk (the shared way)
-    block: int  # rows per product (the shared way)
-    gathered_cost: ProbeCost
-    shared_cost: ProbeCost
-
-    @property
-    def cost(self) -> ProbeCost:
-        return self.shared_cost if self.shared else self.gathered_cost
-
-
-def group_rows(probes: int, budget: int = PROBE_BUDGET) -> int:
-    """Rows the shared way takes together (one torch.unique, one U): their ids' places (int64 place, int64 place in
-    the chunk, bool inside it, float32 picked: 21 bytes an id) fit a quarter of the budget."""
-    return max(1, budget // 4 // (max(probes, 1) * 21))
-
-
-def shared_chunks(rows: int, unique: int, hidden: int, elt: int, budget: int = PROBE_BUDGET) -> tuple[int, int]:
-    """(distinct ids per column chunk, rows per product): W[U]'s chunk fits a quarter of the budget, the [rows,
-    cols] float32 logits half."""
-    cols = max(1, min(unique, budget // 4 // (hidden * elt)))
-    return cols, max(1, min(rows, budget // 2 // (cols * 4)))
+    def passes(self, col0: int, columns: int, tile_v: int, block_n: int) -> torch.Tensor:
+        """[row blocks, tiles] int32 over the columns col0... (tiles of `tile_v`, blocks of `block_n` rows): the
+        most distinct ids one row of the block has in the tile, the passes the kernel makes there."""
+        rows, width = self.ids.shape
+        tiles = -(-columns // tile_v)
+        inside = (self.ids >= col0) & (self.ids < col0 + columns)
+        tile = torch.where(inside, (self.ids - col0) // tile_v, tiles).long()  # outside: one more, dropped
+        # each id's place in its row's run of ids in the same tile (the ids are sorted, so a tile's are adjacent)
+        place = torch.arange(width, device=tile.device).expand(rows, -1)
+        first = torch.ones_like(inside)
+        first[:, 1:] = tile[:, 1:] != tile[:, :-1]
+        run = place - torch.where(first, place, 0).cummax(dim=1).values + 1
+        block = torch.arange(rows, device=tile.device)[:, None] // block_n
+        out = torch.zeros((-(-rows // block_n)) * (tiles + 1), dtype=torch.int32, device=tile.device)
+        out.scatter_reduce_(0, (block * (tiles + 1) + tile).flatten(), run.flatten().int(), "amax")
+        return out.view(-1, tiles + 1)[:, :tiles].contiguous()
 
 
-def gathered_cost(
-    rows: int, probes: int, hidden: int, elt: int, hbm_bps: float = HBM_BPS, launch_s: float = LAUNCH_S
-) -> ProbeCost:
-    """Per GATHER_ROWS rows: the rows' P weight rows gathered (read in the weight's dtype, written as float32 and
-    read back by the batched dot, whose FLOPs run on the CUDA cores under these reads), the ids read, the log-probs
-    written; ~4 launches a chunk."""
-    ids = rows * probes
-    moved = ids * (hidden * (elt + 2 * 4) + 8 + 4)
-    launches = 4 * -(-rows // GATHER_ROWS)
-    extra = min(rows, GATHER_ROWS) * probes * hidden * 4.0
-    return ProbeCost(0.0, moved, launches, moved / hbm_bps + launches * launch_s, extra)
+def probe_order(ids: torch.Tensor, vocab: int) -> ProbeOrder:
+    """Each row of ids [rows, P] (in [0, vocab)) sorted, its duplicates dropped: one sort and a few passes over
+    [rows, P], no host sync."""
+    key, place = ids.int().sort(dim=1)
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[:, 1:] = key[:, 1:] != key[:, :-1]
+    slot = first.cumsum(dim=1) - 1  # each sorted probe's slot among its row's distinct ids
+    del first  # freed as soon as done with, here and below: PROBE_BYTES counts the peak
+    distinct = torch.full_like(key, vocab).scatter_(1, slot, key)  # duplicates write their slot's own id again
+    del key
+    return ProbeOrder(distinct, torch.empty_like(slot).scatter_(1, place, slot))
 
 
-def shared_cost(
-    rows: int,
-    probes: int,
-    unique: int,
-    hidden: int,
-    elt: int,
-    gemm_flops: float = GEMM_FLOPS,
-    hbm_bps: float = HBM_BPS,
-    launch_s: float = LAUNCH_S,
-    budget: int = PROBE_BUDGET,
-) -> ProbeCost:
-    """torch.unique over the N x P ids (SORT_PASSES passes of an id and its place, read and written; the places
-    written), one host sync; per column chunk W[U]'s rows gathered (read, written) and the ids' places in it (read
-    8, written 8 + 1 + 8 bytes an id); per product the hidden block and the chunk read, the float32 logits written
-    (the product's time the larger of its FLOPs and these bytes); per row block its P columns picked (a 32-byte
-    sector each, the places read, float32 written) and, past one column chunk, merged (read 1 + 4 + 4, written 4);
-    last the log-sum-exp subtracted (read and written)."""
-    ids = rows * probes
-    cols, block = shared_chunks(rows, unique, hidden, elt, budget)
-    col_chunks, row_chunks = -(-unique // cols), -(-rows // block)
-    flops = 2.0 * rows * unique * hidden
-    product = row_chunks * unique * hidden * elt + col_chunks * rows * hidden * elt + rows * unique * 4.0
-    rest = ids * SORT_PASSES * 16.0 * 2 + ids * 8.0  # the sort, the places
-    rest += 2 * unique * hidden * elt + col_chunks * ids * 25.0  # the chunks' weight rows, the places in each
-    rest += col_chunks * ids * (32 + 8 + 4.0) + (col_chunks > 1) * col_chunks * ids * 13.0  # picked, merged
-    rest += ids * 8.0 + rows * 4.0  # minus the log-sum-exp
-    launches = 6 + col_chunks * (4 + row_chunks * (2 + (col_chunks > 1))) + 1
-    seconds = max(flops / gemm_flops, product / hbm_bps) + rest / hbm_bps + launches * launch_s
-    extra = ids * 21.0 + ids * 8 + min(cols, unique) * hidden * elt + block * cols * 4.0  # + torch.unique's output
-    return ProbeCost(flops, product + rest, launches, seconds, extra)
-
-
-def probe_plan(
-    rows: int,
-    probes: int,
-    unique: int,
-    hidden: int,
-    elt: int,
-    float32_product: bool = True,
-    budget: int = PROBE_BUDGET,
-) -> ProbePlan:
-    """The rule: the shared way where its predicted time (`shared_cost`) is below the gathered way's
-    (`gathered_cost`) at the H200 leads, and its float32 product runs on the tensor cores (`float32_product`).
-
-    At the lm_head's shape (one launch's 8,192 rows x 128 probes, H = 4,096 bf16) the gathered way moves ~10 bytes
-    an element of N x P x H (11.3 ms predicted) and the shared way does 2 FLOPs an element of N x |U| x H (~85 ns a
-    distinct id), so the shared way wins below |U| ~ 115,000 (of at most 151,936 ids); with few rows the gathered
-    way's few launches win (128 rows x 128 probes: below |U| ~ 11,800; 11 rows: always gathered).
-    bench/cost_model.py prints both at the issue's shapes."""
-    cols, block = shared_chunks(rows, unique, hidden, elt, budget)
-    gathered = gathered_cost(rows, probes, hidden, elt)
-    shared = shared_cost(rows, probes, unique, hidden, elt, budget=budget)
-    return ProbePlan(float32_product and shared.seconds < gathered.seconds, cols, block, gathered, shared)
-
-
-def gathered_probe_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, chunk_rows: int = GATHER_ROWS
-) -> torch.Tensor:
-    """The gathered way: per row its P weight rows gathered and dotted with its hidden state, chunk_rows rows at a
-    time (at most chunk_rows x P x H float32 gathered)."""
-    out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
-    for s in range(0, hidden.shape[0], chunk_rows):
-        rows = weight[ids[s : s + chunk_rows].long()].float()  # [c, P, H]
-        dots = torch.bmm(rows, hidden[s : s + chunk_rows, :, None].float())[:, :, 0]
-        out[s : s + chunk_rows] = dots - lse[s : s + chunk_rows, None]
-    return out
-
-
-def float32_logits(hidden: torch.Tensor, weight_rows: torch.Tensor) -> torch.Tensor:
-    """hidden [n, H] @ weight_rows [u, H].T as float32: 16-bit CUDA operands on the tensor cores with a float32
-    result (exact products, float32 accumulation); anything else made float32 first."""
-    if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16):
-        return torch.mm(hidden, weight_rows.T, out_dtype=torch.float32)
-    return hidden.float() @ weight_rows.float().T
-
-
-def shared_probe_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    lse: torch.Tensor,
-    unique: torch.Tensor,
-    places: torch.Tensor,
-    cols: int,
-    block: int,
-) -> torch.Tensor:
-    """The shared way for rows whose ids are `unique`[`places`] (torch.unique's output): W[unique] in chunks of
-    `cols` rows, each multiplied by `block` rows of hidden at a time, each row's columns picked from its chunk."""
-    out = torch.empty(places.shape, dtype=torch.float32, device=hidden.device)
-    chunks = -(-unique.numel() // cols)
-    for c in range(0, unique.numel(), cols):
-        rows_w = weight[unique[c : c + cols]]  # [u, H], each distinct id's weight row read once
-        at = places - c
-        inside = (at >= 0) & (at < rows_w.shape[0])
-        at = at.clamp(0, rows_w.shape[0] - 1)
-        for s in range(0, hidden.shape[0], block):
-            logits = float32_logits(hidden[s : s + block], rows_w)
-            if chunks == 1:
-                torch.gather(logits, 1, at[s : s + block], out=out[s : s + block])
-            else:
-                picked = logits.gather(1, at[s : s + block])
-                torch.where(inside[s : s + block], picked, out[s : s + block], out=out[s : s + block])
-    return out.sub_(lse[:, None])
-
-
-def probe_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, budget: int = PROBE_BUDGET
-) -> torch.Tensor:
-    """log p(ids[r, j] | row r) [N, P] float32 from each row's log-sum-exp: per group of `group_rows` rows the
-    distinct ids found (one host sync), then the way `probe_plan` picks for their count."""
-    n, p = ids.shape
-    out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
-    product = MM_TO_FLOAT32 or not (hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16))
-    step = group_rows(p, budget)
-    for s in range(0, n, step):
-        group = slice(s, s + step)
-        unique, places = torch.unique(ids[group].long(), return_inverse=True)
-        rows, elt = min(step, n - s), weight.element_size()
-        plan = probe_plan(rows, p, unique.numel(), hidden.shape[1], elt, product, budget)
-        if plan.shared:
-            out[group] = shared_probe_logprobs(hidden[group], weight, lse[group], unique, places, plan.cols, plan.block)
-        else:
-            out[group] = gathered_probe_logprobs(hidden[group], weight, ids[group], lse[group])
-    return out
+def probe_logprobs(logits: torch.Tensor, order: ProbeOrder, lse: torch.Tensor) -> torch.Tensor:
+    """The caller's [rows, P] log-probs from the kernel's logits in `order`'s slots and each row's log-sum-exp."""
+    return logits.gather(1, order.slots).sub_(lse[:, None])

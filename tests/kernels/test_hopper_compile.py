@@ -18,7 +18,7 @@ from proctor.bench import hopper
 
 triton = pytest.importorskip("triton")
 
-FIELDS = ("kernel", "part", "dtype", "top_k", "tokens", "rank", "tile", "num_warps", "num_stages", "hints")
+FIELDS = ("kernel", "part", "dtype", "top_k", "tokens", "rank", "probes", "tile", "num_warps", "num_stages", "hints")
 REPORTS = sorted(hopper.RESULTS.glob("*-cpu-hopper-compile.json"))
 
 
@@ -32,7 +32,8 @@ def test_the_committed_report_is_of_the_current_launches_and_clean() -> None:
     assert record["triton"] == "3.6.0" and record["passed"]
     assert all(v["stack"] == 0 and v["shared"] <= hopper.SMEM_LIMIT for v in record["variants"])
     assert record["vocabs"] == list(hopper.VOCABS)
-    assert len(record["variants"]) <= 320, "CI's step has 900 s: <= 2.5 s a compile on two cores, one compile a key"
+    # 531 compiles: 490 s in test_every_launch_compiles_for_sm90_without_spills on two cores (~0.9 s a compile)
+    assert len(record["variants"]) <= 540, "CI's step has 900 s: <= 1.65 s a compile on two cores, one compile a key"
     assert {v for variant in record["variants"] for v in variant["vocabs"]} == set(hopper.VOCABS)
     committed = {tuple(v[f] for f in FIELDS) for v in record["variants"]}
     current = _keys([v for v, *_ in [*hopper.lm_head_variants(), *hopper.logits_variants()]])
@@ -46,7 +47,7 @@ TRITON_36 = pytest.mark.skipif(
 
 
 @TRITON_36
-@pytest.mark.timeout(900)  # 303 compiles of 0.2-5 s each: ~5-6 minutes on two cores
+@pytest.mark.timeout(900)  # 531 compiles of 0.2-4 s each: ~8-10 minutes on two cores
 def test_every_launch_compiles_for_sm90_without_spills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # every variant compiled, none read from a cache
     variants = hopper.build_all(progress=False)

@@ -1,139 +1,136 @@
-"""Per-position probes' log-probs (kernels/probe_logprobs.py): both ways against float64 on the same (rounded)
-inputs, their chunks and row groups, and the rule that picks between them."""
+"""Per-position probes read from the fused lm_head's own tiles (kernels/probe_logprobs.py, the kernel's `_probes`):
+the host's order (sorted, deduplicated, slots back to the caller's order), its passes a tile, and the kernel under
+TRITON_INTERPRET=1 against float64 on the same (rounded) inputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from proctor.kernels import lm_head_plan
 from proctor.kernels import probe_logprobs as pl
 from proctor.kernels.lm_head_logprobs import lm_head_logprobs_reference, lm_head_logprobs_triton
+from proctor.kernels.lm_head_plan import lm_head_launches
 
-Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+def test_the_order_sorts_drops_duplicates_and_maps_back() -> None:
+    ids = torch.tensor([[7, 3, 7, 0, 3], [4, 4, 4, 4, 4], [9, 8, 7, 6, 5]])
+    order = pl.probe_order(ids, vocab=10)
+    assert order.ids.tolist() == [[0, 3, 7, 10, 10], [4, 10, 10, 10, 10], [5, 6, 7, 8, 9]]
+    assert torch.equal(order.ids.long().gather(1, order.slots), ids), "every caller's id at its slot"
+    assert order.starts([0, 4, 8]).tolist() == [[0, 2, 3], [0, 0, 1], [0, 0, 3]]
 
 
-def _inputs(n: int, vocab: int, hidden: int, probes: int, dtype: torch.dtype, seed: int, pool: int = 0) -> Inputs:
-    """(hidden, weight, ids, lse): ids drawn from the first `pool` words (all of them if 0), so rows share ids and
-    a row repeats some of its own; lse the float64 log-sum-exp, made float32 as the lm_head pass gives it."""
-    gen = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, hidden, generator=gen).to(dtype)
-    w = (torch.randn(vocab, hidden, generator=gen) / hidden**0.5 * 4).to(dtype)
-    ids = torch.randint(0, pool or vocab, (n, probes), generator=gen)
-    lse = torch.logsumexp(h.double() @ w.double().T, dim=1).float()
-    return h, w, ids, lse
+@pytest.mark.parametrize(
+    ("col0", "columns", "tile_v", "block_n"), [(0, 300, 64, 2), (0, 288, 192, 3), (288, 12, 16, 4)]
+)
+def test_the_passes_are_the_most_probes_a_row_of_the_block_has_in_the_tile(
+    col0: int, columns: int, tile_v: int, block_n: int
+) -> None:
+    """Against a count per row and tile; rows past the last block's end, ids outside the launch's columns and the
+    pads left out."""
+    gen = torch.Generator().manual_seed(col0 + tile_v)
+    ids = torch.randint(0, 300, (7, 40), generator=gen)
+    ids[1] = ids[1] % 5  # many duplicates, few distinct
+    order = pl.probe_order(ids, vocab=300)
+    tiles = -(-columns // tile_v)
+    want = torch.zeros(-(-7 // block_n), tiles, dtype=torch.int32)
+    for r in range(7):
+        for t in range(tiles):
+            lo, hi = col0 + t * tile_v, min(col0 + (t + 1) * tile_v, col0 + columns)
+            count = sum(lo <= i < hi for i in set(ids[r].tolist()))
+            want[r // block_n, t] = max(int(want[r // block_n, t]), count)
+    assert torch.equal(order.passes(col0, columns, tile_v, block_n), want)
 
 
 def _float64(h: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(h.double() @ w.double().T, dim=1).gather(1, ids)
 
 
-def _close(got: torch.Tensor, h: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> None:
-    assert got.dtype == torch.float32 and got.shape == ids.shape and not got.isnan().any()
-    assert (got.double() - _float64(h, w, ids)).abs().max() <= 1e-4
+def _inputs(n: int, vocab: int, hidden: int, probes: int, dtype: torch.dtype, seed: int):  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, hidden, generator=gen).to(dtype)
+    w = (torch.randn(vocab, hidden, generator=gen) / hidden**0.5 * 4).to(dtype)
+    ids = torch.randint(0, vocab, (n, probes), generator=gen)
+    return h, w, torch.randint(0, vocab, (n,), generator=gen), ids
 
 
-def _shared(h: torch.Tensor, w: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, cols: int, block: int):  # type: ignore[no-untyped-def]
-    unique, places = torch.unique(ids, return_inverse=True)
-    return pl.shared_probe_logprobs(h, w, lse, unique, places, cols, block)
+def _edges(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Row 0 the vocabulary's last id and the columns around each 16-bit tile's blocks (128, 192, 256: the first
+    accumulator's end, the second's, the tile's); row 1 one id repeated (a short row as the backends pad it); row
+    2 a few ids then repeats of its first; row 3 all its ids in the first tile (its cursor runs out early)."""
+    ids = ids.clone()
+    width = ids.shape[1]
+    edges = [vocab - 1, *(c for c in (0, 127, 128, 159, 160, 191, 192, 255, 256, 257) if c < vocab)]
+    ids[0, : min(width, len(edges))] = torch.tensor(edges[:width])
+    ids[1] = ids[1, 0]
+    ids[2, 3:] = ids[2, 0]
+    ids[3] = torch.arange(width) % min(vocab, 128)
+    return ids
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize(("n", "probes", "pool"), [(1, 1, 0), (7, 5, 0), (33, 128, 0), (130, 128, 40), (9, 3, 2)])
-def test_both_ways_equal_float64(dtype: torch.dtype, n: int, probes: int, pool: int) -> None:
-    """Ragged row counts, P up to 128, ids repeated within a row and across rows (a pool of 40 or 2 words)."""
-    h, w, ids, lse = _inputs(n, 300, 48, probes, dtype, seed=n * probes, pool=pool)
-    if pool:
-        assert all(len(set(row.tolist())) < probes for row in ids), "each row repeats an id"
-    _close(pl.gathered_probe_logprobs(h, w, ids, lse), h, w, ids)
-    unique = torch.unique(ids).numel()
-    _close(_shared(h, w, ids, lse, cols=unique, block=n), h, w, ids)
+def _check(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, top_k: int, rank: bool) -> None:
+    out = torch.full(ids.shape, float("nan"))
+    ranks = torch.empty(h.shape[0], dtype=torch.long) if rank else None
+    lp, _, vals, _ = lm_head_logprobs_triton(h, w, t, top_k=top_k, rank_out=ranks, entropy=False, probes=(ids, out))
+    assert not out.isnan().any()
+    assert (out.double() - _float64(h, w, ids)).abs().max() <= 1e-4
+    ref_lp, _, ref_vals, _ = lm_head_logprobs_reference(h.double(), w.double(), t, top_k=top_k, entropy=False)
+    assert (lp.double() - ref_lp).abs().max() <= 1e-4, "probes leave the log-probs as they were"
+    if top_k:
+        assert vals is not None and ref_vals is not None and (vals.double() - ref_vals).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize(("cols", "block"), [(1, 1), (3, 4), (39, 129), (40, 130), (41, 131), (7, 64)])
-def test_the_shared_ways_chunks_give_the_same_answer(cols: int, block: int) -> None:
-    """Column chunks of 1, a few, one short of the 40 distinct ids, all, more; row blocks around the 130 rows."""
-    h, w, ids, lse = _inputs(130, 300, 32, 17, torch.bfloat16, seed=5, pool=40)
-    assert torch.unique(ids).numel() == 40
-    got = _shared(h, w, ids, lse, cols, block)
-    _close(got, h, w, ids)
-    whole = _shared(h, w, ids, lse, cols=40, block=130)
-    assert (got - whole).abs().max() <= 1e-5, "the same float32 products, summed in another order at most"
-
-
-def test_row_groups_each_find_their_own_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A budget that takes 512 rows a group (1,030 rows of 128 probes over 50 words: groups of 512, 512 and 6), each
-    with its own distinct ids and the way its rule picks: the shared way for the two full groups (their few
-    launches), the gathered way for the last 6 rows."""
-    h, w, ids, lse = _inputs(1_030, 300, 16, 128, torch.float32, seed=9, pool=50)
-    ids[512:1024] %= 20  # the second group's ids: 20 words, not the first group's 50
-    budget = 512 * 128 * 21 * 4
-    assert pl.group_rows(128, budget) == 512
-    seen = []
-    real = pl.probe_plan
-
-    def spy(*args: int | bool) -> pl.ProbePlan:
-        plan = real(*args)  # type: ignore[arg-type]
-        seen.append((args[0], args[2], plan.shared))
-        return plan
-
-    monkeypatch.setattr(pl, "probe_plan", spy)
-    _close(pl.probe_logprobs(h, w, ids, lse, budget=budget), h, w, ids)
-    assert seen == [(512, 50, True), (512, 20, True), (6, torch.unique(ids[1024:]).numel(), False)]
-
-
-def test_the_dispatch_takes_the_shared_way_where_it_is_cheaper() -> None:
-    """1,024 rows x 128 probes over 50 words: the shared way (its few launches against the gathered way's 32),
-    exact; with a torch whose mm cannot give float32 out of 16-bit CUDA operands the rule falls back."""
-    h, w, ids, lse = _inputs(1024, 300, 16, 128, torch.float32, seed=3, pool=50)
-    plan = pl.probe_plan(1024, 128, 50, 16, 4)
-    assert plan.shared and plan.cost is plan.shared_cost and (plan.cols, plan.block) == (50, 1024)
-    assert not pl.probe_plan(1024, 128, 50, 16, 4, float32_product=False).shared
-    _close(pl.probe_logprobs(h, w, ids, lse), h, w, ids)
-
-
-def test_probes_through_the_fused_lm_head_equal_the_reference() -> None:
-    """The Triton path (interpreter) hands each launch's rows and log-sum-exp to the probes: the same log-probs as
-    the reference's full log-softmax, ragged rows padded with repeats as the backend pads them."""
-    h, w, ids, _ = _inputs(70, 600, 64, 6, torch.bfloat16, seed=1, pool=30)
-    ids[3, 2:] = ids[3, 0]
-    t = torch.randint(0, 600, (70,), generator=torch.Generator().manual_seed(2))
-    out, ref = torch.full(ids.shape, float("nan")), torch.full(ids.shape, float("nan"), dtype=torch.float64)
-    lm_head_logprobs_triton(h, w, t, top_k=3, probes=(ids, out))
-    lm_head_logprobs_reference(h.double(), w.double(), t, top_k=3, probes=(ids, ref))
-    assert (out.double() - ref).abs().max() <= 1e-4
-
-
+@pytest.mark.parametrize("top_k", [0, 20, 256])
+@pytest.mark.parametrize("rank", [False, True])
 @pytest.mark.parametrize(
-    ("rows", "probes", "unique", "shared"),
+    ("n", "vocab", "probes", "dtype"),
+    # 300 words: a last 16-bit tile that ends inside its first block; 502: a body of 496 and a 6-column tail launch;
+    # 70 rows: two 128-row blocks; 6 rows: one 64-row block; float32's 64 x 32 tiles.
     [
-        (8_192, 128, 2_048, True),  # the lm_head's launch, a student's top-k over one topic
-        (8_192, 128, 32_768, True),
-        (8_192, 128, 110_000, True),
-        (8_192, 128, 120_000, False),  # near every id distinct: gathering the rows moves less
-        (8_192, 128, 151_936, False),
-        (16_384, 1, 8_000, True),
-        (128, 128, 11_000, True),
-        (128, 128, 12_500, False),
-        (11, 128, 100, False),  # few rows: the gathered way's few launches
-        (1, 128, 128, False),
+        (6, 300, 9, torch.bfloat16),
+        (70, 502, 20, torch.bfloat16),
+        (5, 400, 12, torch.float16),
+        (4, 300, 7, torch.float32),
     ],
 )
-def test_the_rule_picks_the_cheaper_way(rows: int, probes: int, unique: int, shared: bool) -> None:
-    plan = pl.probe_plan(rows, probes, unique, 4_096, 2)
-    assert plan.shared is shared
-    assert plan.cost.seconds == min(plan.shared_cost.seconds, plan.gathered_cost.seconds)
+def test_probes_from_the_tiles_equal_float64(
+    n: int, vocab: int, probes: int, dtype: torch.dtype, top_k: int, rank: bool
+) -> None:
+    h, w, t, ids = _inputs(n, vocab, 32, probes, dtype, seed=n + vocab + top_k)
+    _check(h, w, t, _edges(ids, vocab), top_k, rank)
 
 
-def test_the_rule_switches_once_as_distinct_ids_grow() -> None:
-    picks = [pl.probe_plan(8_192, 128, u, 4_096, 2).shared for u in range(1_000, 151_937, 1_000)]
-    switch = picks.index(False)
-    assert all(picks[:switch]) and not any(picks[switch:]) and 100 <= switch <= 130
+def test_many_splits_start_each_row_at_its_splits_first_probe() -> None:
+    """3,001 words: 12 tiles split over the programs, each split's cursors started where its columns begin; 128
+    probes a row (the most), ids crowded into a few tiles (several passes there) and spread over the rest."""
+    h, w, t, ids = _inputs(3, 3_001, 16, 128, torch.bfloat16, seed=4)
+    ids[0, :64] = torch.arange(64) + 1_000  # 64 ids in one tile: 64 passes there
+    ids[1] = torch.arange(128) * 23  # one or two a tile, every tile
+    assert lm_head_launches(3, 3_001, torch.bfloat16, 5, probes=128)[0].splits > 1
+    _check(h, w, t, ids, top_k=5, rank=False)
 
 
-@pytest.mark.parametrize("unique", [1, 2_048, 8_192, 32_768, 151_936])
-def test_the_shared_way_stays_within_its_budget(unique: int) -> None:
-    cols, block = pl.shared_chunks(8_192, unique, 4_096, 2)
-    assert cols * 4_096 * 2 <= pl.PROBE_BUDGET // 4 and block * cols * 4 <= pl.PROBE_BUDGET // 2
-    assert pl.group_rows(128) * 128 * 21 <= pl.PROBE_BUDGET // 4
-    assert pl.shared_cost(8_192, 128, unique, 4_096, 2).extra_bytes <= pl.PROBE_BUDGET
-    assert pl.gathered_cost(8_192, 128, 4_096, 2).extra_bytes <= pl.PROBE_BUDGET
+def test_launches_keep_the_probes_within_their_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16,384 rows x 128 probes fit one launch's budget; a budget of 100 rows' makes launches of 64 rows, each with
+    its own order, the same answer."""
+    for launch in lm_head_launches(16_384, 151_936, torch.bfloat16, 20, probes=128):
+        assert launch.probe_bytes() <= pl.PROBE_BUDGET
+    assert [launch.rows for launch in lm_head_launches(16_384, 151_936, torch.bfloat16, 0, probes=128)] == [16_384]
+    h, w, t, ids = _inputs(150, 200, 16, 6, torch.float32, seed=3)
+    whole = torch.empty(ids.shape)
+    lm_head_logprobs_triton(h, w, t, probes=(ids, whole))
+    monkeypatch.setattr(lm_head_plan, "PROBE_BUDGET", 100 * 6 * pl.PROBE_BYTES)
+    assert [launch.rows for launch in lm_head_launches(150, 200, torch.float32, 0, probes=6)] == [64, 64, 22]
+    chunked = torch.empty(ids.shape)
+    lm_head_logprobs_triton(h, w, t, probes=(ids, chunked))
+    assert torch.equal(whole, chunked)
+    assert (chunked.double() - _float64(h, w, ids)).abs().max() <= 1e-4
+
+
+def test_the_reference_serves_cpu_tensors_exactly() -> None:
+    h, w, t, ids = _inputs(9, 300, 48, 128, torch.bfloat16, seed=9)
+    ids = _edges(ids, 300)
+    out = torch.empty(ids.shape, dtype=torch.float64)
+    lm_head_logprobs_reference(h.double(), w.double(), t, top_k=3, probes=(ids, out))
+    assert (out - _float64(h, w, ids)).abs().max() <= 1e-12

@@ -1,10 +1,11 @@
 """The fused lm_head over a Score batch's rows with token-id probes per row (a student's top-k per position), as the
 torch backend and the vLLM hidden-state scorer both call it.
 
-The kernel probes every row it scores ([N, P] ids, read from the same pass's log-sum-exp; kernels/probe_logprobs.py
-picks one product over the distinct ids or each row's own weight rows), so when a batch mixes rows with probes and
-rows without, the two kinds go in two calls: only the probed rows pay for probes, and every row still goes through
-one lm_head pass.
+The kernel probes every row it scores ([N, P] ids: their logits picked out of the lm_head's own tiles, minus the same
+pass's log-sum-exp; kernels/probe_logprobs.py), so when a batch mixes rows with probes and rows without, the two
+kinds go in two calls: only the probed rows pay for probes (the host's sort of their ids, the passes over the tiles
+that hold them, and beside a 64-slot top-k or a rank a narrower tile), and every row still goes through one
+lm_head pass.
 """
 
 from __future__ import annotations
