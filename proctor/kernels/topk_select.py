@@ -30,7 +30,13 @@ def select_from_candidates(
     values: torch.Tensor, ids: torch.Tensor, slots: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the k best values [R, k], their ids, unsure rows [R] bool) from candidates [R, splits * slots], each
-    split's `slots` kept values in a row (-inf in slots it could not fill)."""
+    split's `slots` kept values in a row (-inf in slots it could not fill). Fewer candidates than k (a vocabulary
+    of a few tiles, so a few splits of `slots` each, with k above them) cannot hold a top-k: every row is unsure,
+    to be answered from its own logits."""
+    if values.shape[1] < k:
+        rows, device = values.shape[0], values.device
+        unsure = torch.ones(rows, dtype=torch.bool, device=device)
+        return values.new_full((rows, k), -float("inf")), ids.new_zeros((rows, k)), unsure
     vals, order = order_by_value_then_id(values, ids)
     vals, picked = vals[:, :k], order[:, :k]
     floor = values.view(values.shape[0], -1, slots).min(dim=2).values

@@ -70,6 +70,19 @@ def test_lm_head_rows_a_split_cannot_answer_are_answered_from_their_own_logits(
     assert calls == [2]
 
 
+@pytest.mark.parametrize("k", [200, 256])
+def test_lm_head_top_k_past_the_splits_candidates_is_answered_from_the_logits(
+    k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """257 words are a few tiles, so a few splits of 64 slots: 192 candidates, fewer than k (this raised a shape
+    mismatch). Every row is then answered from its own logits, and exactly."""
+    calls = []
+    real = lm._exact_top_k
+    monkeypatch.setattr(lm, "_exact_top_k", lambda hh, *a, **kw: calls.append(len(hh)) or real(hh, *a, **kw))
+    _check_lm(*_lm_inputs(5, 257, 32, seed=k), k)
+    assert calls == [5]
+
+
 def test_lm_head_ties_rank_the_lower_id_first() -> None:
     """Reserved tokens sharing one weight row tie exactly: kept and ordered by id, at the k-th place too."""
     h, w, t = _lm_inputs(2, 1_000, 32, seed=3)
