@@ -52,10 +52,8 @@ class CriticService(critic_pb2_grpc.CriticServicer):
             verdict = await self.core.pair(req.pair.first, req.pair.second, cutoff)
         else:
             raise ItemError("required: set triple or pair", "input")
-        return critic_pb2.ClassifyResult(
-            id=req.id,
-            score=verdict.score,
-            accepted=verdict.accepted,
-            cutoff=verdict.cutoff,
-            timing=convert.timing(verdict.queue_s, verdict.inference_s, time.perf_counter() - received),
+        result = critic_pb2.ClassifyResult(
+            id=req.id, score=verdict.score, accepted=verdict.accepted, cutoff=verdict.cutoff
         )
+        convert.fill_timing(result.timing, verdict.queue_s, verdict.inference_s, time.perf_counter() - received)
+        return result

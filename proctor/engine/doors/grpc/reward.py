@@ -118,8 +118,8 @@ class RewardService(reward_pb2_grpc.RewardModelServicer):
             training_step=out.training_step,
             rrm_text=out.rrm_text if req.return_rrm_text else "",
             rrm_attempts=out.rrm_attempts,
-            timing=convert.timing(out.queue_s, out.inference_s, time.perf_counter() - received),
         )
+        convert.fill_timing(result.timing, out.queue_s, out.inference_s, time.perf_counter() - received)
         detail = req.atom_detail
         if detail != reward_pb2.ATOM_DETAIL_NONE:
             add = result.atoms.add  # built in place: no Atom message to copy into the result
