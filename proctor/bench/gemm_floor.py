@@ -62,12 +62,18 @@ def floor(model: Any, sequences: int, length: int, batch: int, repeats: int) -> 
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def workload_arguments(p: argparse.ArgumentParser, batch: str) -> None:
+    """The scoring workload's flags, as this floor and the comparisons that run it (`http_prompt_logprobs`) read
+    them; `batch` says what a batch of sequences is there."""
     p.add_argument("--model", default="builtin:tiny")
     p.add_argument("--sequences", type=int, default=64)
     p.add_argument("--length", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--batch", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--batch", type=int, default=8, help=f"sequences per {batch}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    workload_arguments(p, "forward pass")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     for name in ("sequences", "batch", "repeats"):

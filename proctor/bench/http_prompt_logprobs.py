@@ -52,6 +52,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from proctor.bench.gemm_floor import workload_arguments
 from proctor.bench.server import omp_bound, parse_cores, pinned_to, serve, tree_cpu_seconds
 from proctor.engine.backends.builtin_models import resolve_model
 
@@ -331,10 +332,7 @@ def _ratios(values: list[float] | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="builtin:tiny")
-    p.add_argument("--sequences", type=int, default=64)
-    p.add_argument("--length", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--batch", type=int, default=8, help="sequences per request")
+    workload_arguments(p, "request")
     p.add_argument("--concurrency", type=int, default=2, help="requests in flight")
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
